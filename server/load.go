@@ -1,0 +1,657 @@
+package server
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// maxConfigSize bounds fleet.yaml: a fleet of thousands of boards is well under it, and
+// it keeps a runaway file (or a YAML bomb) from eating the server's memory.
+const maxConfigSize = 8 << 20
+
+// The keys each fleet.yaml mapping may hold. Strict: anything else is an error with a
+// "did you mean" hint.
+var (
+	topKeys     = []string{"server", "images", "defaults", "boards"}
+	serverKeys  = []string{"interface", "address", "state", "dhcp", "ports"}
+	dhcpKeys    = []string{"mode", "range", "router", "dns", "lease"}
+	portKeys    = []string{"dhcp", "tftp", "nfs", "mount", "http"}
+	imageKeys   = []string{"path"}
+	defaultKeys = []string{"image", "cmdline", "config", "root_squash", "user"}
+	boardKeys   = []string{"name", "mac", "serial", "ip", "image", "hostname", "cmdline", "config", "root_squash", "user", "group"}
+	userKeys    = []string{"name", "password_hash", "ssh_keys"}
+)
+
+// Load reads and validates the fleet file at path. Relative paths in it (state dir, image
+// paths) are taken relative to the file's directory. On any error-level problem it
+// returns a *ConfigError listing all of them; warnings come back with a valid config.
+func Load(path string) (*Config, Problems, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("fleet file: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxConfigSize+1))
+	if err != nil {
+		return nil, nil, fmt.Errorf("fleet file %s: %w", path, err)
+	}
+	if len(data) > maxConfigSize {
+		return nil, nil, fmt.Errorf("fleet file %s: larger than %d bytes", path, maxConfigSize)
+	}
+	return Parse(data, path)
+}
+
+// Parse validates fleet.yaml content; path names it in messages and anchors relative
+// paths. See Load.
+func Parse(data []byte, path string) (*Config, Problems, error) {
+	l := &loader{file: path}
+	cfg := l.parse(data)
+	ps := l.ps.sorted()
+	if ps.Errors() > 0 {
+		return nil, ps, &ConfigError{File: path, Problems: ps}
+	}
+	base := filepath.Dir(path)
+	if !filepath.IsAbs(cfg.Server.State) {
+		cfg.Server.State = filepath.Join(base, cfg.Server.State)
+	}
+	for n, im := range cfg.Images {
+		if im.Path != "" && !filepath.IsAbs(im.Path) {
+			im.Path = filepath.Join(base, im.Path)
+			cfg.Images[n] = im
+		}
+	}
+	cfg.Path = path
+	return cfg, ps, nil
+}
+
+type loader struct {
+	file string
+	ps   Problems
+}
+
+func (l *loader) add(n *yaml.Node, warning bool, hint, format string, args ...any) {
+	line, col := 1, 1
+	if n != nil {
+		line, col = n.Line, n.Column
+	}
+	l.ps = append(l.ps, Problem{Line: line, Col: col, Msg: fmt.Sprintf(format, args...), Hint: hint, Warning: warning})
+}
+
+func (l *loader) errf(n *yaml.Node, hint, format string, args ...any) {
+	l.add(n, false, hint, format, args...)
+}
+
+func (l *loader) warnf(n *yaml.Node, hint, format string, args ...any) {
+	l.add(n, true, hint, format, args...)
+}
+
+// mapping checks that n is a mapping whose keys are all in allowed (reporting each
+// unknown or repeated key) and returns the value node of each known key.
+func (l *loader) mapping(n *yaml.Node, what string, allowed []string) map[string]*yaml.Node {
+	out := map[string]*yaml.Node{}
+	if n == nil || isNull(n) {
+		return out
+	}
+	if n.Kind != yaml.MappingNode {
+		l.errf(n, "", "%s must be a mapping of key: value lines, not %s", what, kindName(n))
+		return out
+	}
+	keyNodes := map[string]*yaml.Node{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		key := k.Value
+		if !contains(allowed, key) {
+			hint := "allowed keys: " + strings.Join(allowed, ", ")
+			if c := closest(key, allowed); c != "" {
+				hint = fmt.Sprintf("did you mean %q?", c)
+			}
+			l.errf(k, hint, "unknown key %q in %s", key, what)
+			continue
+		}
+		if prev, dup := keyNodes[key]; dup {
+			l.errf(k, "", "key %q repeated in %s (first at line %d)", key, what, prev.Line)
+			continue
+		}
+		keyNodes[key] = k
+		out[key] = v
+	}
+	return out
+}
+
+func (l *loader) str(n *yaml.Node, what string) string {
+	if n == nil || isNull(n) {
+		return ""
+	}
+	if n.Kind != yaml.ScalarNode {
+		l.errf(n, "", "%s must be a single value, not %s", what, kindName(n))
+		return ""
+	}
+	return strings.TrimSpace(n.Value)
+}
+
+func (l *loader) boolean(n *yaml.Node, what string) bool {
+	if n == nil || isNull(n) {
+		return false
+	}
+	var b bool
+	if n.Kind != yaml.ScalarNode || n.Decode(&b) != nil {
+		l.errf(n, "write true or false", "%s must be true or false, not %q", what, n.Value)
+	}
+	return b
+}
+
+func (l *loader) port(n *yaml.Node, what string, def int) int {
+	if n == nil || isNull(n) {
+		return def
+	}
+	var p int
+	if n.Kind != yaml.ScalarNode || n.Decode(&p) != nil || p < 1 || p > 65535 {
+		l.errf(n, "a port is a number from 1 to 65535", "%s port %q is not a port number", what, n.Value)
+		return def
+	}
+	return p
+}
+
+// lines accepts a list of strings, or a single string (one line), for config.txt extras
+// and ssh keys alike.
+func (l *loader) lines(n *yaml.Node, what string) []string {
+	if n == nil || isNull(n) {
+		return nil
+	}
+	if n.Kind == yaml.ScalarNode {
+		return []string{n.Value}
+	}
+	if n.Kind != yaml.SequenceNode {
+		l.errf(n, "", "%s must be a list of lines, not %s", what, kindName(n))
+		return nil
+	}
+	var out []string
+	for _, c := range n.Content {
+		if c.Kind != yaml.ScalarNode {
+			l.errf(c, "", "each entry of %s must be a single line, not %s", what, kindName(c))
+			continue
+		}
+		out = append(out, c.Value)
+	}
+	return out
+}
+
+func (l *loader) addr(n *yaml.Node, what string) netip.Addr {
+	s := l.str(n, what)
+	if s == "" {
+		return netip.Addr{}
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil || !a.Is4() {
+		l.errf(n, "an IPv4 address like 192.168.1.10", "%s %q is not an IPv4 address", what, s)
+		return netip.Addr{}
+	}
+	return a
+}
+
+func (l *loader) parse(data []byte) *Config {
+	cfg := &Config{Images: map[string]Image{}}
+	cfg.Server.State = DefaultState
+	cfg.Server.Ports = DefaultPorts()
+	cfg.Server.DHCP = DHCPConfig{Mode: DHCPProxy, Lease: DefaultLease}
+
+	var doc yaml.Node
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			l.errf(nil, "start from the fleet.yaml in the pifleet repository", "the file is empty")
+			return cfg
+		}
+		line := 1
+		if m := yamlLineRE.FindStringSubmatch(err.Error()); m != nil {
+			fmt.Sscan(m[1], &line)
+		}
+		l.ps = append(l.ps, Problem{Line: line, Col: 1, Msg: "not valid YAML: " + strings.TrimPrefix(err.Error(), "yaml: "),
+			Hint: "check indentation (spaces, not tabs) and quoting"})
+		return cfg
+	}
+	var extra yaml.Node
+	if dec.Decode(&extra) == nil {
+		l.errf(&extra, "keep one YAML document in fleet.yaml", "a second YAML document (---) is not allowed")
+	}
+	if len(doc.Content) == 0 {
+		l.errf(&doc, "", "the file is empty")
+		return cfg
+	}
+	root := doc.Content[0]
+	if root.Kind != yaml.MappingNode {
+		l.errf(root, "the top level has the keys server, images, defaults, boards", "fleet.yaml must be a mapping, not %s", kindName(root))
+		return cfg
+	}
+	top := l.mapping(root, "the top level", topKeys)
+	l.server(top["server"], &cfg.Server)
+	l.images(top["images"], cfg)
+	def := l.defaults(top["defaults"], cfg)
+	l.boards(top["boards"], cfg, def)
+	l.validate(cfg, top)
+	return cfg
+}
+
+func (l *loader) server(n *yaml.Node, s *ServerConfig) {
+	m := l.mapping(n, "server", serverKeys)
+	s.Interface = l.str(m["interface"], "server.interface")
+	if v := l.str(m["address"], "server.address"); v != "" {
+		p, err := netip.ParsePrefix(v)
+		if err != nil || !p.Addr().Is4() {
+			l.errf(m["address"], "the server's IPv4 address with its prefix length, like 192.168.1.10/24",
+				"server.address %q is not an address with a prefix", v)
+		} else {
+			s.Address = p
+		}
+	}
+	if v := l.str(m["state"], "server.state"); v != "" {
+		s.State = v
+	}
+	d := l.mapping(m["dhcp"], "server.dhcp", dhcpKeys)
+	if v := l.str(d["mode"], "server.dhcp.mode"); v != "" {
+		switch v {
+		case DHCPProxy, DHCPFull, DHCPOff:
+			s.DHCP.Mode = v
+		default:
+			l.errf(d["mode"], "proxy (beside the LAN's router), full (closed lab network) or off",
+				"server.dhcp.mode %q is not a DHCP mode", v)
+		}
+	}
+	if v := l.str(d["range"], "server.dhcp.range"); v != "" {
+		a, b, ok := strings.Cut(v, "-")
+		start, err1 := netip.ParseAddr(strings.TrimSpace(a))
+		end, err2 := netip.ParseAddr(strings.TrimSpace(b))
+		switch {
+		case !ok || err1 != nil || err2 != nil || !start.Is4() || !end.Is4():
+			l.errf(d["range"], "first-last, like 192.168.1.200-192.168.1.250", "server.dhcp.range %q is not an address range", v)
+		case end.Less(start):
+			l.errf(d["range"], "write the lower address first", "server.dhcp.range %q ends before it starts", v)
+		default:
+			s.DHCP.PoolStart, s.DHCP.PoolEnd = start, end
+		}
+	}
+	s.DHCP.Router = l.addr(d["router"], "server.dhcp.router")
+	if dn := d["dns"]; dn != nil && !isNull(dn) {
+		for _, line := range l.lines(dn, "server.dhcp.dns") {
+			a, err := netip.ParseAddr(strings.TrimSpace(line))
+			if err != nil || !a.Is4() {
+				l.errf(dn, "a list of IPv4 addresses", "server.dhcp.dns entry %q is not an IPv4 address", line)
+				continue
+			}
+			s.DHCP.DNS = append(s.DHCP.DNS, a)
+		}
+	}
+	if v := l.str(d["lease"], "server.dhcp.lease"); v != "" {
+		dur, err := time.ParseDuration(v)
+		if err != nil || dur < time.Minute {
+			l.errf(d["lease"], "a duration of a minute or more, like 12h or 30m", "server.dhcp.lease %q is not a lease time", v)
+		} else {
+			s.DHCP.Lease = dur
+		}
+	}
+	p := l.mapping(m["ports"], "server.ports", portKeys)
+	s.Ports.DHCP = l.port(p["dhcp"], "dhcp", s.Ports.DHCP)
+	s.Ports.TFTP = l.port(p["tftp"], "tftp", s.Ports.TFTP)
+	s.Ports.NFS = l.port(p["nfs"], "nfs", s.Ports.NFS)
+	s.Ports.Mount = l.port(p["mount"], "mount", s.Ports.Mount)
+	s.Ports.HTTP = l.port(p["http"], "http", s.Ports.HTTP)
+	l.portClashes(p, s.Ports)
+}
+
+// portClashes reports two services of the same transport on one port. DHCP and TFTP
+// are UDP; NFS, MOUNT and HTTP are TCP (pifleet serves NFS over TCP only).
+func (l *loader) portClashes(nodes map[string]*yaml.Node, p Ports) {
+	groups := [][]struct {
+		name string
+		port int
+	}{
+		{{"dhcp", p.DHCP}, {"tftp", p.TFTP}},
+		{{"nfs", p.NFS}, {"mount", p.Mount}, {"http", p.HTTP}},
+	}
+	for _, g := range groups {
+		for i := range g {
+			for j := i + 1; j < len(g); j++ {
+				if g[i].port == g[j].port {
+					n := nodes[g[j].name]
+					if n == nil {
+						n = nodes[g[i].name]
+					}
+					l.errf(n, "give each service its own port", "ports %s and %s are both %d", g[i].name, g[j].name, g[i].port)
+				}
+			}
+		}
+	}
+}
+
+func (l *loader) images(n *yaml.Node, cfg *Config) {
+	if n == nil || isNull(n) {
+		return
+	}
+	if n.Kind != yaml.MappingNode {
+		l.errf(n, "images: maps a name to {} (imported into the state dir) or {path: /some/root}", "images must be a mapping, not %s", kindName(n))
+		return
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		name := k.Value
+		if !validImageName(name) {
+			l.errf(k, "letters, digits, '.', '_' and '-', starting with a letter or digit", "image name %q is not valid", name)
+			continue
+		}
+		if _, dup := cfg.Images[name]; dup {
+			l.errf(k, "", "image %q is listed twice", name)
+			continue
+		}
+		m := l.mapping(v, "image "+name, imageKeys)
+		cfg.Images[name] = Image{Name: name, Path: l.str(m["path"], "images."+name+".path")}
+	}
+}
+
+type boardDefaults struct {
+	image, cmdline string
+	imageNode      *yaml.Node
+	config         []string
+	rootSquash     bool
+	user           *User
+}
+
+func (l *loader) defaults(n *yaml.Node, cfg *Config) boardDefaults {
+	m := l.mapping(n, "defaults", defaultKeys)
+	d := boardDefaults{
+		image:      l.str(m["image"], "defaults.image"),
+		imageNode:  m["image"],
+		cmdline:    l.str(m["cmdline"], "defaults.cmdline"),
+		config:     l.lines(m["config"], "defaults.config"),
+		rootSquash: l.boolean(m["root_squash"], "defaults.root_squash"),
+		user:       l.user(m["user"], "defaults.user"),
+	}
+	if d.image != "" {
+		l.knownImage(m["image"], d.image, cfg)
+	}
+	l.cmdlineWarnings(m["cmdline"], d.cmdline)
+	return d
+}
+
+func (l *loader) user(n *yaml.Node, what string) *User {
+	if n == nil || isNull(n) {
+		return nil
+	}
+	m := l.mapping(n, what, userKeys)
+	u := &User{
+		Name:           l.str(m["name"], what+".name"),
+		PasswordHash:   l.str(m["password_hash"], what+".password_hash"),
+		AuthorizedKeys: l.lines(m["ssh_keys"], what+".ssh_keys"),
+	}
+	if u.Name == "" {
+		l.errf(n, "add name: pi (or another user name)", "%s has no name", what)
+	} else if !userNameRE.MatchString(u.Name) {
+		l.errf(m["name"], "lowercase letters, digits, '_' and '-', at most 32", "%s.name %q is not a valid user name", what, u.Name)
+	}
+	if u.PasswordHash != "" && !strings.HasPrefix(u.PasswordHash, "$") {
+		l.errf(m["password_hash"], "a crypt(3) hash such as the output of `openssl passwd -6`", "%s.password_hash is not a password hash (never put a plain password here)", what)
+	}
+	return u
+}
+
+func (l *loader) knownImage(n *yaml.Node, name string, cfg *Config) {
+	if _, ok := cfg.Images[name]; ok {
+		return
+	}
+	names := make([]string, 0, len(cfg.Images))
+	for k := range cfg.Images {
+		names = append(names, k)
+	}
+	hint := "add it under images:"
+	if c := closest(name, names); c != "" {
+		hint = fmt.Sprintf("did you mean %q?", c)
+	}
+	l.errf(n, hint, "unknown image %q", name)
+}
+
+func (l *loader) cmdlineWarnings(n *yaml.Node, cmdline string) {
+	for _, f := range strings.Fields(cmdline) {
+		k, _, _ := strings.Cut(f, "=")
+		switch k {
+		case "root", "nfsroot", "ip":
+			l.warnf(n, "pifleet generates root=/dev/nfs nfsroot=... ip=dhcp; remove it unless you mean to override", "cmdline sets %s", f)
+		}
+	}
+}
+
+func (l *loader) boards(n *yaml.Node, cfg *Config, def boardDefaults) {
+	if n == nil || isNull(n) {
+		return
+	}
+	if n.Kind != yaml.SequenceNode {
+		l.errf(n, "boards is a list: each board starts with '- name: ...'", "boards must be a list, not %s", kindName(n))
+		return
+	}
+	for i, bn := range n.Content {
+		what := fmt.Sprintf("board #%d", i+1)
+		if name := l.subNodes(bn)["name"]; name != nil && name.Kind == yaml.ScalarNode && name.Value != "" {
+			what = "board " + name.Value
+		}
+		m := l.mapping(bn, what, boardKeys)
+		b := Board{
+			Name:       l.str(m["name"], what+".name"),
+			Image:      def.image,
+			Cmdline:    def.cmdline,
+			Config:     append([]string(nil), def.config...),
+			RootSquash: def.rootSquash,
+			User:       def.user,
+		}
+		b.Hostname = l.str(m["hostname"], what+".hostname")
+		b.Group = l.str(m["group"], what+".group")
+		if v := l.str(m["image"], what+".image"); v != "" {
+			b.Image = v
+			l.knownImage(m["image"], v, cfg)
+		}
+		if c := l.str(m["cmdline"], what+".cmdline"); c != "" {
+			l.cmdlineWarnings(m["cmdline"], c)
+			b.Cmdline = strings.TrimSpace(b.Cmdline + " " + c)
+		}
+		b.Config = append(b.Config, l.lines(m["config"], what+".config")...)
+		if v, ok := m["root_squash"]; ok {
+			b.RootSquash = l.boolean(v, what+".root_squash")
+		}
+		if u := l.user(m["user"], what+".user"); u != nil {
+			b.User = u
+		}
+		l.board(bn, m, &b, what)
+		cfg.Boards = append(cfg.Boards, b)
+	}
+}
+
+var (
+	hostnameLabel = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+	serialRE      = regexp.MustCompile(`^[0-9a-f]{8}$`)
+	imageNameRE   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+	userNameRE    = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
+	yamlLineRE    = regexp.MustCompile(`line (\d+)`)
+)
+
+func validHostname(s string) bool {
+	if len(s) == 0 || len(s) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(s, ".") {
+		if !hostnameLabel.MatchString(label) {
+			return false
+		}
+	}
+	return true
+}
+
+func validImageName(s string) bool {
+	return imageNameRE.MatchString(s)
+}
+
+// board parses and checks the fields of one board that need more than a type check.
+func (l *loader) board(bn *yaml.Node, m map[string]*yaml.Node, b *Board, what string) {
+	switch {
+	case b.Name == "":
+		l.errf(bn, "add name: pi-01 (it becomes the hostname and the NFS export)", "%s has no name", what)
+	case !hostnameLabel.MatchString(b.Name):
+		l.errf(m["name"], "lowercase letters, digits and '-', at most 63, not starting or ending with '-'",
+			"board name %q is not a valid hostname", b.Name)
+	}
+	if b.Hostname == "" {
+		b.Hostname = b.Name
+	} else if !validHostname(b.Hostname) {
+		l.errf(m["hostname"], "lowercase letters, digits, '-' and '.'", "%s: hostname %q is not a valid hostname", what, b.Hostname)
+	}
+	if v := l.str(m["mac"], what+".mac"); v != "" {
+		mac, err := net.ParseMAC(v)
+		if err != nil || len(mac) != 6 {
+			l.errf(m["mac"], "six hex pairs like dc:a6:32:01:02:03", "%s: mac %q is not a MAC address", what, v)
+		} else {
+			b.MAC = mac
+		}
+	}
+	if n := m["serial"]; n != nil && !isNull(n) {
+		// A serial like 0123abcd reads as a number or string depending on quoting; take
+		// the text as written.
+		v := strings.ToLower(strings.TrimSpace(n.Value))
+		if n.Kind != yaml.ScalarNode || !serialRE.MatchString(v) {
+			hint := "8 hex digits: the last 8 of `Serial` in /proc/cpuinfo, e.g. 9ffefdef"
+			if n.Kind == yaml.ScalarNode && len(v) == 16 && serialRE.MatchString(v[8:]) {
+				hint = fmt.Sprintf("the Pi uses the last 8 hex digits: %s", v[8:])
+			}
+			l.errf(n, hint, "%s: serial %q is not a Pi serial", what, n.Value)
+		} else {
+			b.Serial = v
+		}
+	}
+	b.IP = l.addr(m["ip"], what+".ip")
+	if m["mac"] == nil && m["serial"] == nil {
+		l.errf(bn, "add mac: (every board) and, for a Pi, serial:", "%s has neither mac nor serial, so pifleet cannot recognise it", what)
+	}
+	if b.Image == "" {
+		l.errf(bn, "add image: to the board or set defaults.image", "%s has no image", what)
+	}
+}
+
+// validate runs the checks that look across entries: duplicates, addresses against the
+// subnet and the pool, and mode-specific advice.
+func (l *loader) validate(cfg *Config, top map[string]*yaml.Node) {
+	s := cfg.Server
+	serverNodes := l.subNodes(top["server"])
+	dhcpNodes := l.subNodes(serverNodes["dhcp"])
+	if s.DHCP.Mode == DHCPFull && !s.Address.IsValid() {
+		l.errf(top["server"], "full DHCP needs to know the subnet: set server.address like 10.0.0.1/24", "server.dhcp.mode is full but server.address is not set")
+	}
+	if s.DHCP.PoolStart.IsValid() && s.Address.IsValid() {
+		if !s.Address.Contains(s.DHCP.PoolStart) || !s.Address.Contains(s.DHCP.PoolEnd) {
+			l.errf(dhcpNodes["range"], "keep the range inside "+s.Address.Masked().String(), "server.dhcp.range is outside the server's subnet")
+		}
+		if s.DHCP.InPool(s.Address.Addr()) {
+			l.errf(dhcpNodes["range"], "exclude the server's own address from the range", "server.dhcp.range contains the server's address %s", s.Address.Addr())
+		}
+	}
+	if s.DHCP.PoolStart.IsValid() && s.DHCP.Mode != DHCPFull {
+		l.warnf(dhcpNodes["range"], "only full mode hands out addresses", "server.dhcp.range is ignored in %s mode", s.DHCP.Mode)
+	}
+	if s.DHCP.Router.IsValid() && s.Address.IsValid() && !s.Address.Contains(s.DHCP.Router) {
+		l.errf(dhcpNodes["router"], "the router must be on the boards' subnet "+s.Address.Masked().String(), "server.dhcp.router %s is outside the server's subnet", s.DHCP.Router)
+	}
+
+	boardNodes := []*yaml.Node{}
+	if bn := top["boards"]; bn != nil && bn.Kind == yaml.SequenceNode {
+		boardNodes = bn.Content
+	}
+	type seen struct {
+		board string
+		line  int
+	}
+	names, macs, serials, ips := map[string]seen{}, map[string]seen{}, map[string]seen{}, map[string]seen{}
+	dup := func(table map[string]seen, key, field string, n *yaml.Node, b *Board) {
+		if key == "" || n == nil {
+			return
+		}
+		if prev, ok := table[key]; ok {
+			l.errf(n, fmt.Sprintf("already used by board %s at line %d; each board needs its own", prev.board, prev.line), "duplicate %s %s", field, key)
+			return
+		}
+		table[key] = seen{b.Name, n.Line}
+	}
+	for i := range cfg.Boards {
+		b := &cfg.Boards[i]
+		var bn *yaml.Node
+		if i < len(boardNodes) {
+			bn = boardNodes[i]
+		}
+		fields := l.subNodes(bn)
+		dup(names, b.Name, "board name", fields["name"], b)
+		if b.MAC != nil {
+			dup(macs, b.MAC.String(), "mac", fields["mac"], b)
+		}
+		dup(serials, b.Serial, "serial", fields["serial"], b)
+		if b.IP.IsValid() {
+			dup(ips, b.IP.String(), "ip", fields["ip"], b)
+			switch {
+			case s.Address.IsValid() && !s.Address.Contains(b.IP):
+				l.errf(fields["ip"], "use an address in "+s.Address.Masked().String()+" or fix server.address", "board %s: ip %s is outside the server's subnet", b.Name, b.IP)
+			case s.Address.IsValid() && b.IP == s.Address.Addr():
+				l.errf(fields["ip"], "the server has that address", "board %s: ip %s is the server's own address", b.Name, b.IP)
+			case s.DHCP.InPool(b.IP):
+				l.errf(fields["ip"], "move the board's fixed address out of server.dhcp.range", "board %s: ip %s is inside the dynamic range", b.Name, b.IP)
+			}
+		} else if s.DHCP.Mode == DHCPFull && !s.DHCP.PoolStart.IsValid() {
+			l.errf(bn, "give the board an ip: or configure server.dhcp.range", "board %s has no ip and full DHCP has no range to lease from", b.Name)
+		}
+		if b.Serial == "" && s.DHCP.Mode == DHCPProxy && bn != nil {
+			l.warnf(bn, "U-Boot does not merge proxy DHCP offers: use server.dhcp.mode full, or point the router's next-server at pifleet",
+				"board %s has no serial, so it boots as a U-Boot/PXE board, which proxy DHCP cannot serve", b.Name)
+		}
+	}
+}
+
+func (l *loader) subNodes(n *yaml.Node) map[string]*yaml.Node {
+	out := map[string]*yaml.Node{}
+	if n == nil || n.Kind != yaml.MappingNode {
+		return out
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if _, ok := out[n.Content[i].Value]; !ok {
+			out[n.Content[i].Value] = n.Content[i+1]
+		}
+	}
+	return out
+}
+
+func isNull(n *yaml.Node) bool {
+	return n.Kind == yaml.ScalarNode && n.Tag == "!!null"
+}
+
+func kindName(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.AliasNode:
+		return "an alias"
+	default:
+		return fmt.Sprintf("the value %q", n.Value)
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
