@@ -2,6 +2,7 @@ package boot
 
 import (
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 )
@@ -23,6 +24,7 @@ type Event struct {
 	Board    string        `json:"board"`
 	MAC      string        `json:"mac,omitempty"`
 	Serial   string        `json:"serial,omitempty"`
+	Client   netip.Addr    `json:"client,omitzero"` // the board's address, when the packet had one
 	Stage    Stage         `json:"stage"`
 	What     string        `json:"what"`           // e.g. "offer", "ack", "read", "probe", "mount"
 	File     string        `json:"file,omitempty"` // TFTP file name as asked
@@ -46,6 +48,9 @@ type Timeline struct {
 	mu     sync.Mutex
 	boards map[string][]Event
 	seen   map[string]*Unknown // by MAC string
+	// OnEvent, if set before use, sees every recorded event (outside the lock); the
+	// server uses it to learn board addresses and count metrics.
+	OnEvent func(Event)
 }
 
 // NewTimeline returns an empty timeline.
@@ -69,6 +74,11 @@ func (t *Timeline) Record(e Event) {
 		evs = append(evs[:0], evs[len(evs)-maxEventsPerBoard/2:]...)
 	}
 	t.boards[e.Board] = append(evs, e)
+	t.mu.Unlock()
+	if t.OnEvent != nil {
+		t.OnEvent(e)
+	}
+	t.mu.Lock() // re-taken for the deferred Unlock
 }
 
 // LastBoot returns a copy of the board's last-boot timeline, oldest first.
