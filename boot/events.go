@@ -65,7 +65,6 @@ func (t *Timeline) Record(e Event) {
 		e.Time = time.Now()
 	}
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	evs := t.boards[e.Board]
 	if e.Stage == StageDHCP && e.What == "discover" {
 		evs = evs[:0]
@@ -78,7 +77,6 @@ func (t *Timeline) Record(e Event) {
 	if t.OnEvent != nil {
 		t.OnEvent(e)
 	}
-	t.mu.Lock() // re-taken for the deferred Unlock
 }
 
 // LastBoot returns a copy of the board's last-boot timeline, oldest first.
