@@ -1,0 +1,294 @@
+// Package dhcp answers the DHCP requests of the fleet's boards so they find the TFTP server:
+// proxyDHCP (boot options only, next to the LAN's router) or full DHCP (also their address).
+//
+// Specs: RFC 2131 (protocol) and RFC 2132 (options), the PXE 2.1 specification (proxyDHCP
+// on port 67, option 43 sub-options), RFC 4578 (options 93, 94, 97), RFC 3046 (option 82
+// echo), RFC 3396 (long options); Raspberry Pi specifics are in shared/PI-BOOT.md.
+// The flow of one packet: dhcp.go (socket, workers) -> handler.go (which client, which
+// board) -> proxy.go or full.go (the reply) -> pi.go/bootopts.go (boot options) ->
+// wire.go (bytes, no pad option). leases.go persists full mode's leases.
+package dhcp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pifleet/pifleet/boot"
+	"golang.org/x/net/ipv4"
+)
+
+// Mode selects how the server answers.
+type Mode string
+
+// The modes fleet.yaml can choose. "off" never reaches this package: the server
+// simply does not start the service.
+const (
+	// ModeProxy answers only boot clients that are boards of the fleet, with boot
+	// options and never an address: the LAN's router keeps assigning addresses.
+	ModeProxy Mode = "proxy"
+	// ModeFull is the LAN's DHCP server: fixed addresses for the fleet's boards, an
+	// optional pool for everyone else, leases persisted in Config.LeaseFile.
+	ModeFull Mode = "full"
+	// ModeOff means no DHCP service; New refuses it.
+	ModeOff Mode = "off"
+)
+
+// Config is what the server wires from fleet.yaml.
+type Config struct {
+	// Mode is ModeProxy (also when empty) or ModeFull.
+	Mode Mode
+	// Interface binds the socket to one interface (SO_BINDTODEVICE); "" = all.
+	Interface string
+	// ServerIP is our address: option 54, siaddr and option 66 (TFTP runs here too).
+	ServerIP netip.Addr
+	// Subnet is the LAN; full mode sends its mask (option 1) and checks addresses against it.
+	Subnet netip.Prefix
+	// Router is full mode's option 3 (optional).
+	Router netip.Addr
+	// DNS is full mode's option 6 (optional).
+	DNS []netip.Addr
+	// LeaseTime is full mode's lease length (option 51); zero means one hour.
+	LeaseTime time.Duration
+	// PoolStart and PoolEnd bound full mode's dynamic pool; both zero = no pool, and
+	// then clients that are not boards with a fixed IP get no answer.
+	PoolStart, PoolEnd netip.Addr
+	// LeaseFile is where full mode persists leases (required in full mode).
+	LeaseFile string
+	// Port is the server port, 67 unless a test says otherwise; replies go to Port+1.
+	Port int
+	// Fleet answers which board a packet came from. Its contents change on reload.
+	Fleet boot.Fleet
+	// Events receives each board's DHCP steps; nil = a private timeline.
+	Events *boot.Timeline
+	// Logger receives one line per DHCP step; nil = discard.
+	Logger *slog.Logger
+}
+
+// Stats counts packets, for metrics and benchmarks.
+type Stats struct {
+	Received    uint64 // packets read from the socket
+	Replied     uint64 // replies sent
+	Ignored     uint64 // valid requests deliberately not answered (not ours, not in fleet, ...)
+	Malformed   uint64 // packets that were not DHCP requests
+	RateLimited uint64 // dropped by the per-MAC limit
+	Overflow    uint64 // dropped because every worker was busy and the queue was full
+	SendErrors  uint64 // replies the kernel refused
+}
+
+// Server is one DHCP service on one interface. Create it with New, run it with Serve.
+type Server struct {
+	cfg        Config
+	log        *slog.Logger
+	events     *boot.Timeline
+	leases     *leaseTable // full mode only
+	clients    *clientTable
+	clientPort int
+	pool       bool
+
+	received, replied, ignored, malformed, limited, overflow, sendErr atomic.Uint64
+}
+
+// Tunables. Workers block on lease fsyncs (group commit), so there are many of them.
+const (
+	workers    = 64
+	queueDepth = 1024
+)
+
+// New checks cfg and, in full mode, loads the lease file.
+func New(cfg Config) (*Server, error) {
+	if cfg.Mode == "" {
+		cfg.Mode = ModeProxy
+	}
+	if cfg.Mode != ModeProxy && cfg.Mode != ModeFull {
+		return nil, fmt.Errorf("dhcp: mode %q: want %q or %q (%q means: do not start the service)",
+			cfg.Mode, ModeProxy, ModeFull, ModeOff)
+	}
+	if !cfg.ServerIP.Is4() {
+		return nil, fmt.Errorf("dhcp: server address %v is not an IPv4 address", cfg.ServerIP)
+	}
+	if cfg.Fleet == nil {
+		return nil, errors.New("dhcp: no fleet")
+	}
+	if cfg.Port == 0 {
+		cfg.Port = 67
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Events == nil {
+		cfg.Events = boot.NewTimeline()
+	}
+	if cfg.LeaseTime <= 0 {
+		cfg.LeaseTime = time.Hour
+	}
+	s := &Server{
+		cfg:        cfg,
+		log:        cfg.Logger.With("service", "dhcp", "mode", string(cfg.Mode)),
+		events:     cfg.Events,
+		clients:    newClientTable(),
+		clientPort: cfg.Port + 1,
+	}
+	if cfg.Mode == ModeFull {
+		if err := s.checkFull(); err != nil {
+			return nil, err
+		}
+		l, err := openLeases(cfg.LeaseFile, time.Now())
+		if err != nil {
+			return nil, fmt.Errorf("dhcp: %w", err)
+		}
+		s.leases = l
+	}
+	return s, nil
+}
+
+func (s *Server) checkFull() error {
+	c := s.cfg
+	if !c.Subnet.IsValid() || !c.Subnet.Addr().Is4() {
+		return fmt.Errorf("dhcp: full mode needs the LAN subnet (e.g. 192.168.1.0/24), got %v", c.Subnet)
+	}
+	if !c.Subnet.Contains(c.ServerIP) {
+		return fmt.Errorf("dhcp: server address %v is outside the subnet %v", c.ServerIP, c.Subnet)
+	}
+	if c.LeaseFile == "" {
+		return errors.New("dhcp: full mode needs a lease file")
+	}
+	switch {
+	case !c.PoolStart.IsValid() && !c.PoolEnd.IsValid():
+	case !c.PoolStart.Is4() || !c.PoolEnd.Is4():
+		return fmt.Errorf("dhcp: pool %v-%v: give both ends as IPv4 addresses", c.PoolStart, c.PoolEnd)
+	case !c.Subnet.Contains(c.PoolStart) || !c.Subnet.Contains(c.PoolEnd):
+		return fmt.Errorf("dhcp: pool %v-%v is not inside the subnet %v", c.PoolStart, c.PoolEnd, c.Subnet)
+	case c.PoolEnd.Less(c.PoolStart):
+		return fmt.Errorf("dhcp: pool %v-%v: start is after end", c.PoolStart, c.PoolEnd)
+	default:
+		s.pool = true
+	}
+	return nil
+}
+
+// Stats returns the packet counters.
+func (s *Server) Stats() Stats {
+	return Stats{
+		Received: s.received.Load(), Replied: s.replied.Load(), Ignored: s.ignored.Load(),
+		Malformed: s.malformed.Load(), RateLimited: s.limited.Load(), Overflow: s.overflow.Load(),
+		SendErrors: s.sendErr.Load(),
+	}
+}
+
+// Lease is a full-mode lease as shown on the status page.
+type Lease struct {
+	MAC     string     `json:"mac"`
+	IP      netip.Addr `json:"ip"`
+	Board   string     `json:"board,omitempty"` // "" for pool clients not in the fleet
+	Expires time.Time  `json:"expires"`
+}
+
+// Leases lists the live leases (full mode; nil in proxy mode).
+func (s *Server) Leases() []Lease {
+	if s.leases == nil {
+		return nil
+	}
+	var out []Lease
+	for _, l := range s.leases.live(time.Now()) {
+		out = append(out, Lease{MAC: l.MAC, IP: l.IP, Board: l.Board, Expires: l.Expires})
+	}
+	return out
+}
+
+type packet struct {
+	buf     []byte
+	ifIndex int
+	at      time.Time
+}
+
+// Serve listens on 0.0.0.0:Port (a socket bound to one address never sees broadcast
+// DISCOVERs) and answers until ctx is cancelled; it then closes its socket and the
+// lease file and returns nil. Serve runs once per Server. The socket is created on the
+// calling goroutine's thread, so a caller that entered a network namespace on a locked
+// thread gets the socket in that namespace.
+func (s *Server) Serve(ctx context.Context) error {
+	conn, err := listen(s.cfg.Interface, s.cfg.Port)
+	if err != nil {
+		return fmt.Errorf("dhcp: %w", err)
+	}
+	pc := ipv4.NewPacketConn(conn)
+	// The incoming interface tells where a broadcast reply must go when we are
+	// not bound to one interface.
+	if err := pc.SetControlMessage(ipv4.FlagInterface, true); err != nil {
+		conn.Close()
+		return fmt.Errorf("dhcp: IP_PKTINFO: %w", err)
+	}
+	s.log.Info("listening", "interface", s.cfg.Interface, "port", s.cfg.Port, "server_ip", s.cfg.ServerIP)
+
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+
+	queue := make(chan packet, queueDepth)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for p := range queue {
+				s.serveOne(pc, p)
+			}
+		})
+	}
+	bufs := sync.Pool{New: func() any { b := make([]byte, 1500); return &b }}
+	var readErr error
+	for {
+		bp := bufs.Get().(*[]byte)
+		n, cm, _, err := pc.ReadFrom(*bp)
+		if err != nil {
+			if ctx.Err() == nil && !errors.Is(err, net.ErrClosed) {
+				readErr = fmt.Errorf("dhcp: read: %w", err)
+			}
+			break
+		}
+		s.received.Add(1)
+		p := packet{buf: append([]byte(nil), (*bp)[:n]...), at: time.Now()}
+		bufs.Put(bp)
+		if cm != nil {
+			p.ifIndex = cm.IfIndex
+		}
+		select {
+		case queue <- p:
+		default:
+			// Every worker busy and the queue full: drop rather than queue without
+			// bound. Clients retransmit (RFC 2131 section 4.1).
+			s.overflow.Add(1)
+		}
+	}
+	close(queue)
+	wg.Wait()
+	conn.Close()
+	if s.leases != nil {
+		if err := s.leases.close(); err != nil && readErr == nil {
+			readErr = fmt.Errorf("dhcp: %w", err)
+		}
+	}
+	s.log.Info("stopped", "stats", s.Stats())
+	return readErr
+}
+
+func (s *Server) serveOne(pc *ipv4.PacketConn, p packet) {
+	out, dst := s.handle(p.buf, p.at)
+	if out == nil {
+		return
+	}
+	var cm *ipv4.ControlMessage
+	if p.ifIndex != 0 && s.cfg.Interface == "" {
+		cm = &ipv4.ControlMessage{IfIndex: p.ifIndex}
+	}
+	if _, err := pc.WriteTo(out, cm, net.UDPAddrFromAddrPort(dst)); err != nil {
+		s.sendErr.Add(1)
+		s.log.Warn("send reply", "to", dst, "err", err)
+		return
+	}
+	s.replied.Add(1)
+}

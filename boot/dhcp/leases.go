@@ -1,0 +1,396 @@
+package dhcp
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+)
+
+// Full mode's leases: who holds which address until when, kept in memory and
+// persisted to Config.LeaseFile so a restart neither forgets nor double-assigns.
+//
+// Persistence rule: an address is only ACKed (or, for the Pi 3 ROM that never
+// REQUESTs, OFFERed) once the lease record is on disk (written and fsynced). OFFERs
+// are not persisted: they are short in-memory reservations (RFC 2131 section 4.3.1
+// lets a server keep offers in memory; a client that never REQUESTs has no lease).
+//
+// The file is an append-only log of JSON lines, last record per MAC wins, rewritten
+// (temp file, fsync, rename, fsync of the directory) when it grows to several times
+// the live lease count. Records are written in groups: every ACK waits for an fsync,
+// but concurrent ACKs share one, which is what lets full mode outrun dnsmasq (which
+// rewrites its whole lease file per change).
+
+// offerHold is how long an offered pool address stays reserved for its client.
+const offerHold = 60 * time.Second
+
+// lease is one client's address. A zero Expires means released.
+type lease struct {
+	MAC     string     `json:"mac"`
+	IP      netip.Addr `json:"ip"`
+	Expires time.Time  `json:"expires"`
+	Board   string     `json:"board,omitempty"`
+}
+
+// offer is a pool address held for a client between OFFER and REQUEST.
+type offer struct {
+	mac   string
+	until time.Time
+}
+
+// leaseTable is the in-memory lease state plus its log. Safe for concurrent use.
+type leaseTable struct {
+	mu     sync.Mutex
+	byMAC  map[string]*lease
+	byIP   map[netip.Addr]string // holder MAC of an unexpired or released-but-remembered lease
+	offers map[netip.Addr]offer
+	next   netip.Addr // where the next pool scan starts, so allocation is round-robin
+	log    *leaseLog
+}
+
+// openLeases loads path (if it exists) and opens it for appending.
+func openLeases(path string, now time.Time) (*leaseTable, error) {
+	t := &leaseTable{
+		byMAC:  make(map[string]*lease),
+		byIP:   make(map[netip.Addr]string),
+		offers: make(map[netip.Addr]offer),
+	}
+	lines, err := t.load(path, now)
+	if err != nil {
+		return nil, err
+	}
+	t.log = &leaseLog{path: path, snapshot: t.snapshot, count: t.count, lines: lines}
+	t.log.cond = sync.NewCond(&t.log.mu)
+	t.log.open = &leaseBatch{}
+	// Compact on start: drops expired and superseded records from the last run.
+	if err := t.log.rewrite(); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+func (t *leaseTable) load(path string, now time.Time) (lines int, err error) {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("lease file: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		lines++
+		var l lease
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil || !l.IP.Is4() || l.MAC == "" {
+			// A torn last line after a crash is expected; anything else is skipped
+			// rather than refusing to start the boot service.
+			continue
+		}
+		if old, ok := t.byMAC[l.MAC]; ok && t.byIP[old.IP] == l.MAC {
+			delete(t.byIP, old.IP)
+		}
+		if !l.Expires.After(now) {
+			delete(t.byMAC, l.MAC)
+			continue
+		}
+		t.byMAC[l.MAC] = &l
+		t.byIP[l.IP] = l.MAC
+	}
+	if err := sc.Err(); err != nil {
+		return 0, fmt.Errorf("lease file %s: %w", path, err)
+	}
+	return lines, nil
+}
+
+// snapshot returns the live leases, for compaction.
+func (t *leaseTable) snapshot() []lease {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]lease, 0, len(t.byMAC))
+	for _, l := range t.byMAC {
+		out = append(out, *l)
+	}
+	return out
+}
+
+func (t *leaseTable) count() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.byMAC)
+}
+
+// holder reports who holds ip: a live lease, or an offer not yet expired.
+// Caller holds t.mu.
+func (t *leaseTable) holder(ip netip.Addr, now time.Time) (mac string, held bool) {
+	if m, ok := t.byIP[ip]; ok {
+		if l := t.byMAC[m]; l != nil && l.IP == ip && l.Expires.After(now) {
+			return m, true
+		}
+	}
+	if o, ok := t.offers[ip]; ok && o.until.After(now) {
+		return o.mac, true
+	}
+	return "", false
+}
+
+// pick chooses a pool address for mac: its current (or last, still free) lease, then
+// the address it asked for, then the next free one round-robin. usable filters out
+// addresses that belong to something else (fixed board IPs, the server, the router).
+// Caller holds t.mu.
+func (t *leaseTable) pick(mac string, requested, start, end netip.Addr, now time.Time, usable func(netip.Addr) bool) (netip.Addr, bool) {
+	inPool := func(a netip.Addr) bool {
+		return a.IsValid() && start.Compare(a) <= 0 && a.Compare(end) <= 0 && usable(a)
+	}
+	free := func(a netip.Addr) bool {
+		h, held := t.holder(a, now)
+		return !held || h == mac
+	}
+	if l := t.byMAC[mac]; l != nil && inPool(l.IP) && free(l.IP) {
+		return l.IP, true
+	}
+	for a, o := range t.offers {
+		if o.mac == mac && o.until.After(now) && inPool(a) {
+			return a, true
+		}
+	}
+	if inPool(requested) && free(requested) {
+		return requested, true
+	}
+	a := t.next
+	if !inPool(a) {
+		a = start
+	}
+	for first := a; ; {
+		if usable(a) && free(a) {
+			t.next = a.Next()
+			return a, true
+		}
+		a = a.Next()
+		if a.Compare(end) > 0 || !a.IsValid() {
+			a = start
+		}
+		if a == first {
+			return netip.Addr{}, false
+		}
+	}
+}
+
+// reserve holds ip for mac between OFFER and REQUEST. Caller holds t.mu.
+func (t *leaseTable) reserve(mac string, ip netip.Addr, now time.Time) {
+	// Bound the offer table: drop expired offers when it grows.
+	if len(t.offers) > 4096 {
+		for a, o := range t.offers {
+			if !o.until.After(now) {
+				delete(t.offers, a)
+			}
+		}
+	}
+	t.offers[ip] = offer{mac: mac, until: now.Add(offerHold)}
+}
+
+// bind records a lease in memory and queues its record; the caller must wait on the
+// returned batch before telling the client. Caller must NOT hold t.mu.
+func (t *leaseTable) bind(l lease) *leaseBatch {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if old := t.byMAC[l.MAC]; old != nil && old.IP != l.IP && t.byIP[old.IP] == l.MAC {
+		delete(t.byIP, old.IP)
+	}
+	if o, ok := t.offers[l.IP]; ok && o.mac == l.MAC {
+		delete(t.offers, l.IP)
+	}
+	t.byMAC[l.MAC] = &l
+	t.byIP[l.IP] = l.MAC
+	// Queued under t.mu so log order equals memory order for the same MAC.
+	return t.log.enqueue(l)
+}
+
+// release ends mac's lease on ip (DHCPRELEASE/DHCPDECLINE); nil when there is none.
+func (t *leaseTable) release(mac string, ip netip.Addr) *leaseBatch {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	l := t.byMAC[mac]
+	if l == nil || l.IP != ip {
+		return nil
+	}
+	delete(t.byMAC, mac)
+	if t.byIP[ip] == mac {
+		delete(t.byIP, ip)
+	}
+	return t.log.enqueue(lease{MAC: mac, IP: ip, Board: l.Board})
+}
+
+// lookup returns mac's live lease.
+func (t *leaseTable) lookup(mac string, now time.Time) (lease, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	l := t.byMAC[mac]
+	if l == nil || !l.Expires.After(now) {
+		return lease{}, false
+	}
+	return *l, true
+}
+
+// Leases returns the live leases (for the status page), unordered.
+func (t *leaseTable) live(now time.Time) []lease {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]lease, 0, len(t.byMAC))
+	for _, l := range t.byMAC {
+		if l.Expires.After(now) {
+			out = append(out, *l)
+		}
+	}
+	return out
+}
+
+func (t *leaseTable) close() error { return t.log.close() }
+
+// leaseBatch is a group of records written and fsynced together.
+type leaseBatch struct {
+	recs []lease
+	done bool
+	err  error
+}
+
+// leaseLog is the append-only lease file with group commit: the first waiter of a
+// batch that finds no write in progress writes it; the others wait for it.
+type leaseLog struct {
+	path     string
+	snapshot func() []lease
+	count    func() int // live lease count, cheaper than a snapshot
+
+	mu       sync.Mutex
+	cond     *sync.Cond
+	open     *leaseBatch // collecting records
+	flushing bool
+	f        *os.File
+	lines    int
+	closed   bool
+}
+
+func (g *leaseLog) enqueue(l lease) *leaseBatch {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.open.recs = append(g.open.recs, l)
+	return g.open
+}
+
+// wait returns once b is on disk, or with the error that kept it off.
+func (g *leaseLog) wait(b *leaseBatch) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for !b.done {
+		if g.flushing {
+			g.cond.Wait()
+			continue
+		}
+		// Not done and nobody writing: b is the open batch. Write it.
+		g.flushing = true
+		g.open = &leaseBatch{}
+		g.mu.Unlock()
+		err := g.write(b.recs)
+		g.mu.Lock()
+		b.err, b.done = err, true
+		g.flushing = false
+		g.cond.Broadcast()
+	}
+	return b.err
+}
+
+// write appends recs and fsyncs; only one writer runs at a time (flushing).
+func (g *leaseLog) write(recs []lease) error {
+	if g.closed {
+		return errors.New("lease file closed")
+	}
+	buf := make([]byte, 0, 96*len(recs))
+	for _, r := range recs {
+		j, err := json.Marshal(r)
+		if err != nil {
+			return fmt.Errorf("lease record: %w", err)
+		}
+		buf = append(append(buf, j...), '\n')
+	}
+	if _, err := g.f.Write(buf); err != nil {
+		return fmt.Errorf("lease file %s: %w", g.path, err)
+	}
+	if err := g.f.Sync(); err != nil {
+		return fmt.Errorf("lease file %s: fsync: %w", g.path, err)
+	}
+	g.lines += len(recs)
+	if g.lines > 4*g.count()+1024 {
+		return g.rewrite()
+	}
+	return nil
+}
+
+// rewrite replaces the file with one record per live lease, atomically: a crash
+// leaves either the old log or the new one, never a mix.
+func (g *leaseLog) rewrite() error {
+	dir := filepath.Dir(g.path)
+	tmp, err := os.CreateTemp(dir, filepath.Base(g.path)+".tmp*")
+	if err != nil {
+		return fmt.Errorf("lease file: %w", err)
+	}
+	defer os.Remove(tmp.Name()) // no-op after the rename
+	w := bufio.NewWriter(tmp)
+	snap := g.snapshot()
+	for _, r := range snap {
+		j, err := json.Marshal(r)
+		if err != nil {
+			tmp.Close()
+			return fmt.Errorf("lease record: %w", err)
+		}
+		w.Write(j)
+		w.WriteByte('\n')
+	}
+	if err := w.Flush(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("lease file %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("lease file %s: fsync: %w", tmp.Name(), err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("lease file %s: %w", tmp.Name(), err)
+	}
+	if err := os.Rename(tmp.Name(), g.path); err != nil {
+		return fmt.Errorf("lease file: %w", err)
+	}
+	if d, err := os.Open(dir); err == nil {
+		d.Sync() // make the rename durable; best effort where dirs cannot be synced
+		d.Close()
+	}
+	f, err := os.OpenFile(g.path, os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("lease file: %w", err)
+	}
+	if g.f != nil {
+		g.f.Close()
+	}
+	g.f, g.lines = f, len(snap)
+	return nil
+}
+
+func (g *leaseLog) close() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for g.flushing {
+		g.cond.Wait()
+	}
+	g.closed = true
+	if g.f == nil {
+		return nil
+	}
+	err := g.f.Close()
+	g.f = nil
+	return err
+}
