@@ -1,0 +1,46 @@
+package demo
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/pifleet/pifleet/images"
+)
+
+// Build makes the demo image in store unless it already exists, and returns its Info.
+// It needs root (the tree has root-owned, setuid and device files), apt-get, dpkg-deb and
+// depmod on the host.
+func Build(ctx context.Context, store *images.Store, opts Options) (*images.Info, error) {
+	name := opts.name()
+	if store.Exists(name) {
+		return store.Info(name)
+	}
+	if opts.CacheDir == "" {
+		return nil, fmt.Errorf("demo image %s: no cache directory for the downloaded packages", name)
+	}
+	if err := os.MkdirAll(opts.CacheDir, 0o755); err != nil {
+		return nil, fmt.Errorf("demo image %s: %w", name, err)
+	}
+	// Built next to the cache, not in /tmp: /tmp may be a small tmpfs, and the tree is ~60 MB.
+	tmp, err := os.MkdirTemp(opts.CacheDir, "demo-build-")
+	if err != nil {
+		return nil, fmt.Errorf("demo image %s: %w", name, err)
+	}
+	defer os.RemoveAll(tmp)
+	root := filepath.Join(tmp, "root")
+	if _, err := BuildTree(ctx, root, opts); err != nil {
+		return nil, fmt.Errorf("demo image %s: %w", name, err)
+	}
+	opts.logger().Info("demo image: importing", "image", name, "from", root)
+	info, err := store.Import(ctx, root, name, images.ImportOptions{
+		// The demo root is made for an NFS root already: no preparation layer.
+		Prepare: false,
+		Logger:  opts.logger(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("demo image %s: import: %w", name, err)
+	}
+	return info, nil
+}
