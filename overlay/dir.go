@@ -1,0 +1,313 @@
+package overlay
+
+import (
+	"os"
+	"sort"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Stat describes name, following symlinks inside the overlay root.
+func (o *FS) Stat(name string) (os.FileInfo, error) { return o.stat("stat", name, true) }
+
+// Lstat describes name without following a final symlink. It is the NFS LOOKUP/GETATTR
+// hot path: for a name in an already resolved dir it costs one lstat per layer that
+// dir is made of, and no xattr read unless the object is in the upper.
+func (o *FS) Lstat(name string) (os.FileInfo, error) { return o.stat("lstat", name, false) }
+
+func (o *FS) stat(op, name string, follow bool) (os.FileInfo, error) {
+	o.mu.RLock()
+	defer o.mu.RUnlock()
+	n, err := o.resolve(name, follow)
+	if err != nil {
+		return nil, pathErr(op, name, err)
+	}
+	return n.info(), nil
+}
+
+// createIn makes the new object name in the merged dir d through mk, in the upper. If the
+// upper holds a whiteout there, the object is made in Work and renamed over it (a
+// directory is exchanged with it and made opaque, so the lower dir it replaces stays
+// hidden); the name never shows the lower object in between.
+func (o *FS) createIn(d *mdir, name string, dir bool, mk func(string) error) (string, error) {
+	if len(name) > 255 {
+		return "", unix.ENAMETOOLONG
+	}
+	upDir, err := o.ensureUpperDir(d)
+	if err != nil {
+		return "", err
+	}
+	dst := upDir + "/" + name
+	var st unix.Stat_t
+	err = unix.Lstat(dst, &st)
+	if err == unix.ENOENT {
+		return dst, mk(dst)
+	}
+	if err != nil {
+		return "", err
+	}
+	if !isWhiteout(&st) {
+		return "", unix.EEXIST
+	}
+	tmp := o.tempName()
+	if err := mk(tmp); err != nil {
+		return "", err
+	}
+	if dir {
+		if err := unix.Lsetxattr(tmp, xattrOpaque, []byte("y"), 0); err != nil {
+			os.RemoveAll(tmp)
+			return "", err
+		}
+		if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, dst, unix.RENAME_EXCHANGE); err != nil {
+			os.RemoveAll(tmp)
+			return "", err
+		}
+		unix.Unlink(tmp)
+		return dst, nil
+	}
+	if err := unix.Rename(tmp, dst); err != nil {
+		os.RemoveAll(tmp)
+		return "", err
+	}
+	return dst, nil
+}
+
+// Mkdir creates one directory with exactly perm (no umask).
+func (o *FS) Mkdir(name string, perm os.FileMode) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	d, base, n, err := o.walk(name, false)
+	if err != nil {
+		return pathErr("mkdir", name, err)
+	}
+	if n != nil || d == nil {
+		return pathErr("mkdir", name, unix.EEXIST)
+	}
+	return pathErr("mkdir", name, o.mkdirIn(d, base, perm))
+}
+
+func (o *FS) mkdirIn(d *mdir, name string, perm os.FileMode) error {
+	_, err := o.createIn(d, name, true, func(p string) error {
+		if err := unix.Mkdir(p, 0o700); err != nil {
+			return err
+		}
+		return unix.Chmod(p, permBits(perm))
+	})
+	o.dirs.clear()
+	return err
+}
+
+// MkdirAll creates name and any missing parents with perm; existing dirs are left alone.
+func (o *FS) MkdirAll(name string, perm os.FileMode) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var prefix string
+	for _, c := range strings.Split(name, "/") {
+		if c == "" {
+			continue
+		}
+		prefix = joinPath(prefix, c)
+		d, base, n, err := o.walk(prefix, true)
+		if err != nil {
+			return pathErr("mkdir", prefix, err)
+		}
+		if n != nil {
+			if !isDir(&n.st) {
+				return pathErr("mkdir", prefix, unix.ENOTDIR)
+			}
+			continue
+		}
+		if err := o.mkdirIn(d, base, perm); err != nil {
+			return pathErr("mkdir", prefix, err)
+		}
+	}
+	return nil
+}
+
+// ReadDir lists the merged dir name sorted by name: each name once, from the topmost
+// layer that has it; whiteouts hide names, an opaque dir hides everything below it.
+func (o *FS) ReadDir(name string) ([]os.FileInfo, error) {
+	o.mu.RLock()
+	defer o.mu.RUnlock()
+	n, err := o.resolve(name, true)
+	if err != nil {
+		return nil, pathErr("readdir", name, err)
+	}
+	d, err := o.childDir(n)
+	if err != nil {
+		return nil, pathErr("readdir", name, err)
+	}
+	ents, err := o.merged(d, false)
+	if err != nil {
+		return nil, pathErr("readdir", name, err)
+	}
+	infos := make([]os.FileInfo, len(ents))
+	for i, e := range ents {
+		infos[i] = e.info()
+	}
+	sort.Slice(infos, func(i, j int) bool { return infos[i].Name() < infos[j].Name() })
+	return infos, nil
+}
+
+// merged returns the visible entries of d; firstOnly stops at the first one (emptiness).
+func (o *FS) merged(d *mdir, firstOnly bool) ([]*node, error) {
+	seen := make(map[string]bool)
+	var out []*node
+	for i, p := range d.parts {
+		names, err := readNames(p.real)
+		if err != nil {
+			return nil, err
+		}
+		for _, name := range names {
+			if seen[name] {
+				continue
+			}
+			seen[name] = true
+			n := &node{parent: d, name: name, path: joinPath(d.path, name), part: i, layer: p.layer, real: p.real + "/" + name}
+			if err := unix.Lstat(n.real, &n.st); err != nil {
+				if err == unix.ENOENT {
+					continue
+				}
+				return nil, err
+			}
+			if isWhiteout(&n.st) {
+				continue
+			}
+			out = append(out, n)
+			if firstOnly {
+				return out, nil
+			}
+		}
+	}
+	return out, nil
+}
+
+func readNames(dir string) ([]string, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, underlying(err)
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(-1)
+	return names, underlying(err)
+}
+
+func (o *FS) isEmptyDir(d *mdir) (bool, error) {
+	ents, err := o.merged(d, true)
+	return len(ents) == 0, err
+}
+
+// lowerHas reports whether a layer of d below the upper would show name once the upper's
+// own entry is gone: then removing it must leave a whiteout.
+func (o *FS) lowerHas(d *mdir, name string) bool {
+	for _, p := range d.parts {
+		if p.layer == 0 {
+			continue
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(p.real+"/"+name, &st); err != nil {
+			continue
+		}
+		return !isWhiteout(&st)
+	}
+	return false
+}
+
+// Remove removes a file or an empty (in the merged view) directory. If a lower still has
+// the name, a whiteout takes its place in the upper; a lower object is never touched.
+func (o *FS) Remove(name string) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	n, err := o.resolve(name, false)
+	if err != nil {
+		return pathErr("remove", name, err)
+	}
+	return pathErr("remove", name, o.removeNode(n))
+}
+
+func (o *FS) removeNode(n *node) error {
+	if n.parent == nil {
+		return unix.EBUSY
+	}
+	dir := isDir(&n.st)
+	if dir {
+		d, err := o.childDir(n)
+		if err != nil {
+			return err
+		}
+		empty, err := o.isEmptyDir(d)
+		if err != nil {
+			return err
+		}
+		if !empty {
+			return unix.ENOTEMPTY
+		}
+	}
+	if dir || isSymlink(&n.st) {
+		defer o.dirs.clear()
+	}
+	if n.layer != 0 {
+		upDir, err := o.ensureUpperDir(n.parent)
+		if err != nil {
+			return err
+		}
+		return unix.Mknod(upDir+"/"+n.name, unix.S_IFCHR, 0)
+	}
+	needWhiteout := o.lowerHas(n.parent, n.name)
+	if dir {
+		if err := purgeWhiteouts(n.real); err != nil {
+			return err
+		}
+	}
+	if !needWhiteout {
+		if dir {
+			return unix.Rmdir(n.real)
+		}
+		return unix.Unlink(n.real)
+	}
+	return o.replaceWithWhiteout(n.real, dir)
+}
+
+// replaceWithWhiteout swaps the upper object at real for a whiteout in one step, so the
+// lower object below never shows through.
+func (o *FS) replaceWithWhiteout(real string, dir bool) error {
+	tmp := o.tempName()
+	if err := unix.Mknod(tmp, unix.S_IFCHR, 0); err != nil {
+		return err
+	}
+	if !dir {
+		if err := unix.Rename(tmp, real); err != nil {
+			unix.Unlink(tmp)
+			return err
+		}
+		return nil
+	}
+	if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, real, unix.RENAME_EXCHANGE); err != nil {
+		unix.Unlink(tmp)
+		return err
+	}
+	return os.RemoveAll(tmp)
+}
+
+// purgeWhiteouts empties an upper dir that is empty in the merged view: all it can hold
+// is whiteouts, which the kernel would refuse to rmdir over.
+func purgeWhiteouts(real string) error {
+	names, err := readNames(real)
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		var st unix.Stat_t
+		if err := unix.Lstat(real+"/"+name, &st); err != nil {
+			return err
+		}
+		if !isWhiteout(&st) {
+			return unix.ENOTEMPTY
+		}
+		if err := unix.Unlink(real + "/" + name); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,191 @@
+package overlay
+
+import (
+	"errors"
+	"io/fs"
+	"math/rand/v2"
+	"os"
+	"path"
+	"strconv"
+
+	"github.com/go-git/go-billy/v5"
+	"golang.org/x/sys/unix"
+)
+
+// File is what Open, OpenFile and Create return: a billy.File that also offers WriteAt,
+// Sync and Stat, because the NFS server keeps files open across READ, WRITE and COMMIT.
+type File struct {
+	name  string
+	f     *os.File
+	layer int
+}
+
+var _ billy.File = (*File)(nil)
+
+// Name is the name the file was opened with.
+func (f *File) Name() string { return f.name }
+
+// Read reads from the current offset.
+func (f *File) Read(p []byte) (int, error) { return f.f.Read(p) }
+
+// ReadAt reads at off without moving the offset.
+func (f *File) ReadAt(p []byte, off int64) (int, error) { return f.f.ReadAt(p, off) }
+
+// Write writes at the current offset (at the end when opened with O_APPEND).
+func (f *File) Write(p []byte) (int, error) { return f.f.Write(p) }
+
+// WriteAt writes at off without moving the offset.
+func (f *File) WriteAt(p []byte, off int64) (int, error) { return f.f.WriteAt(p, off) }
+
+// Seek moves the offset.
+func (f *File) Seek(off int64, whence int) (int64, error) { return f.f.Seek(off, whence) }
+
+// Close releases the file.
+func (f *File) Close() error { return f.f.Close() }
+
+// Sync flushes the file's data and metadata to disk (NFS COMMIT).
+func (f *File) Sync() error { return f.f.Sync() }
+
+// Truncate changes the size of the file.
+func (f *File) Truncate(size int64) error { return f.f.Truncate(size) }
+
+// Lock takes an exclusive flock on the file.
+func (f *File) Lock() error { return f.flock(unix.LOCK_EX) }
+
+// Unlock releases the flock.
+func (f *File) Unlock() error { return f.flock(unix.LOCK_UN) }
+
+func (f *File) flock(how int) error {
+	rc, err := f.f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var ferr error
+	if err := rc.Control(func(fd uintptr) { ferr = unix.Flock(int(fd), how) }); err != nil {
+		return err
+	}
+	return pathErr("flock", f.name, ferr)
+}
+
+// Stat describes the open file, with *Stat in Sys() like the FS's own Stat.
+func (f *File) Stat() (os.FileInfo, error) {
+	rc, err := f.f.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var st unix.Stat_t
+	var id uint64
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		if serr = unix.Fstat(int(fd), &st); serr != nil {
+			return
+		}
+		id = makeFileID(f.layer, st.Ino)
+		if f.layer == 0 {
+			var buf [8]byte
+			if n, err := unix.Fgetxattr(int(fd), xattrFileID, buf[:]); err == nil && n == 8 {
+				id = decodeFileID(buf[:])
+			}
+		}
+	})
+	if err == nil {
+		err = serr
+	}
+	if err != nil {
+		return nil, pathErr("stat", f.name, err)
+	}
+	return &fileInfo{name: path.Base(f.name), st: toStat(id, &st)}, nil
+}
+
+// Open opens name for reading.
+func (o *FS) Open(name string) (billy.File, error) { return o.OpenFile(name, os.O_RDONLY, 0) }
+
+// Create creates or truncates name for reading and writing.
+func (o *FS) Create(name string) (billy.File, error) {
+	return o.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o666)
+}
+
+// OpenFile opens name like os.OpenFile. Opening a lower file for writing (or with
+// O_TRUNC) copies it up first. A new file gets exactly perm (no umask) and is owned by
+// the server; the caller chowns it. Parents are not created. O_CREATE|O_EXCL is atomic.
+// Device nodes, fifos and sockets cannot be opened: they would be the server's devices.
+func (o *FS) OpenFile(name string, flag int, perm os.FileMode) (billy.File, error) {
+	acc := flag & (os.O_RDONLY | os.O_WRONLY | os.O_RDWR)
+	writes := acc != os.O_RDONLY || flag&os.O_TRUNC != 0
+	if !writes && flag&os.O_CREATE == 0 {
+		o.mu.RLock()
+		defer o.mu.RUnlock()
+		n, err := o.resolve(name, true)
+		if err != nil {
+			return nil, pathErr("open", name, err)
+		}
+		return o.openNode(name, n, flag)
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	excl := flag&os.O_CREATE != 0 && flag&os.O_EXCL != 0
+	d, base, n, err := o.walk(name, !excl)
+	if err != nil {
+		return nil, pathErr("open", name, err)
+	}
+	if n == nil {
+		if flag&os.O_CREATE == 0 || d == nil {
+			return nil, pathErr("open", name, unix.ENOENT)
+		}
+		var f *os.File
+		_, err := o.createIn(d, base, false, func(p string) error {
+			var err error
+			f, err = os.OpenFile(p, flag&^os.O_TRUNC|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
+			if err != nil {
+				return err
+			}
+			if err = f.Chmod(perm & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)); err != nil {
+				f.Close()
+				os.Remove(p)
+			}
+			return err
+		})
+		if err != nil {
+			return nil, pathErr("create", name, err)
+		}
+		return &File{name: name, f: f}, nil
+	}
+	if excl {
+		return nil, pathErr("open", name, unix.EEXIST)
+	}
+	if isDir(&n.st) && writes {
+		return nil, pathErr("open", name, unix.EISDIR)
+	}
+	if writes && n.layer != 0 {
+		if n, err = o.copyUp(n, flag&os.O_TRUNC == 0); err != nil {
+			return nil, pathErr("open", name, err)
+		}
+	}
+	return o.openNode(name, n, flag&^(os.O_CREATE|os.O_EXCL))
+}
+
+func (o *FS) openNode(name string, n *node, flag int) (*File, error) {
+	switch n.st.Mode & unix.S_IFMT {
+	case unix.S_IFREG, unix.S_IFDIR:
+	default:
+		return nil, pathErr("open", name, unix.ENXIO)
+	}
+	f, err := os.OpenFile(n.real, flag|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, pathErr("open", name, err)
+	}
+	return &File{name: name, f: f, layer: n.layer}, nil
+}
+
+// TempFile creates a new file with a random name in dir, like os.CreateTemp.
+func (o *FS) TempFile(dir, prefix string) (billy.File, error) {
+	for range 1000 {
+		name := path.Join(dir, prefix+strconv.FormatUint(rand.Uint64(), 36))
+		f, err := o.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		if errors.Is(err, unix.EEXIST) {
+			continue
+		}
+		return f, err
+	}
+	return nil, pathErr("tempfile", dir, unix.EEXIST)
+}

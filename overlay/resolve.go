@@ -1,0 +1,355 @@
+package overlay
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// layerDir is one layer's real directory contributing to a merged directory.
+type layerDir struct {
+	layer int
+	real  string
+}
+
+// mdir is a resolved merged directory: its canonical path (no symlinks, no dots, "" for
+// the root) and the real dirs that make it, topmost first. An opaque dir or a lower
+// non-directory ends the list, as in the kernel.
+type mdir struct {
+	path  string
+	parts []layerDir
+}
+
+func (d *mdir) hasUpper() bool { return len(d.parts) > 0 && d.parts[0].layer == 0 }
+
+// node is one merged object found by a lookup: the topmost layer that has it.
+type node struct {
+	parent *mdir // nil for the root
+	name   string
+	path   string // canonical merged path
+	part   int    // index in parent.parts of the layer it was found in
+	layer  int
+	real   string
+	st     unix.Stat_t
+}
+
+func (n *node) info() *fileInfo {
+	name := n.name
+	if n.parent == nil {
+		name = "/"
+	}
+	return &fileInfo{name: name, st: toStat(fileID(n.layer, n.real, &n.st), &n.st)}
+}
+
+func joinPath(dir, name string) string {
+	if dir == "" {
+		return name
+	}
+	return dir + "/" + name
+}
+
+// maxCachedDirs bounds the lookup cache so an idle board stays in the low MB.
+const maxCachedDirs = 4096
+
+// dirCache maps a clean merged path to its resolved directory, so the hot path (NFS
+// LOOKUP/GETATTR of a name in a known dir) costs one lstat per contributing layer. Keys are
+// canonical paths and also clean paths that went through symlinks (lib -> usr/lib); every
+// change of the namespace that could alter either clears it.
+type dirCache struct {
+	mu sync.Mutex
+	m  map[string]*mdir
+}
+
+func (c *dirCache) init() { c.m = make(map[string]*mdir) }
+
+func (c *dirCache) get(k string) *mdir {
+	c.mu.Lock()
+	d := c.m[k]
+	c.mu.Unlock()
+	return d
+}
+
+func (c *dirCache) put(k string, d *mdir) {
+	c.mu.Lock()
+	if len(c.m) >= maxCachedDirs {
+		c.m = make(map[string]*mdir)
+	}
+	c.m[k] = d
+	c.mu.Unlock()
+}
+
+func (c *dirCache) clear() {
+	c.mu.Lock()
+	if len(c.m) > 0 {
+		c.m = make(map[string]*mdir)
+	}
+	c.mu.Unlock()
+}
+
+func (o *FS) rootDir() *mdir {
+	if d := o.dirs.get(""); d != nil {
+		return d
+	}
+	d := &mdir{}
+	for i, l := range o.layers {
+		d.parts = append(d.parts, layerDir{layer: i, real: l})
+	}
+	o.dirs.put("", d)
+	return d
+}
+
+func (o *FS) rootNode() (*node, error) {
+	n := &node{real: o.upper}
+	if err := unix.Lstat(o.upper, &n.st); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+// lookupIn finds name in the merged dir d: the topmost layer having it wins, a whiteout
+// hides it.
+func (o *FS) lookupIn(d *mdir, name string) (*node, error) {
+	n := &node{parent: d, name: name, path: joinPath(d.path, name)}
+	for i, p := range d.parts {
+		real := p.real + "/" + name
+		if err := unix.Lstat(real, &n.st); err != nil {
+			if err == unix.ENOENT {
+				continue
+			}
+			return nil, err
+		}
+		if isWhiteout(&n.st) {
+			return nil, unix.ENOENT
+		}
+		n.part, n.layer, n.real = i, p.layer, real
+		return n, nil
+	}
+	return nil, unix.ENOENT
+}
+
+// childDir resolves the merged directory n, merging the same name in the layers below
+// the one n was found in.
+func (o *FS) childDir(n *node) (*mdir, error) {
+	if n.parent == nil {
+		return o.rootDir(), nil
+	}
+	if !isDir(&n.st) {
+		return nil, unix.ENOTDIR
+	}
+	if d := o.dirs.get(n.path); d != nil {
+		return d, nil
+	}
+	d := &mdir{path: n.path, parts: []layerDir{{layer: n.layer, real: n.real}}}
+	rest := n.parent.parts[n.part+1:]
+	if len(rest) > 0 && !isOpaque(n.real) {
+		for i, p := range rest {
+			real := p.real + "/" + n.name
+			var st unix.Stat_t
+			if err := unix.Lstat(real, &st); err != nil {
+				if err == unix.ENOENT {
+					continue
+				}
+				return nil, err
+			}
+			if !isDir(&st) {
+				break
+			}
+			d.parts = append(d.parts, layerDir{layer: p.layer, real: real})
+			if i < len(rest)-1 && isOpaque(real) {
+				break
+			}
+		}
+	}
+	o.dirs.put(n.path, d)
+	return d, nil
+}
+
+const xattrOpaque = "trusted.overlay.opaque"
+
+func isOpaque(real string) bool {
+	var buf [2]byte
+	n, err := unix.Lgetxattr(real, xattrOpaque, buf[:])
+	return err == nil && n == 1 && buf[0] == 'y'
+}
+
+// cleanRel reports whether p is already a clean relative path (no empty, "." or ".."
+// components), the form the fast path and the cache keys need.
+func cleanRel(p string) (string, bool) {
+	p = strings.TrimLeft(p, "/")
+	if p == "" || p == "." {
+		return "", true
+	}
+	for _, c := range strings.Split(p, "/") {
+		if c == "" || c == "." || c == ".." {
+			return "", false
+		}
+	}
+	return p, true
+}
+
+// maxSymlinkHops is the kernel's MAXSYMLINKS.
+const maxSymlinkHops = 40
+
+// walk resolves p inside the overlay root: component by component, symlinks (followed
+// everywhere but the last component unless follow) re-enter at the root when absolute,
+// ".." stops at the root. It returns the parent dir and final name, and the final node or
+// nil if only that last name is missing.
+func (o *FS) walk(p string, follow bool) (*mdir, string, *node, error) {
+	if strings.IndexByte(p, 0) >= 0 {
+		return nil, "", nil, unix.EINVAL
+	}
+	clean, ok := cleanRel(p)
+	if ok {
+		if clean == "" {
+			n, err := o.rootNode()
+			return nil, "", n, err
+		}
+		key, name := "", clean
+		if i := strings.LastIndexByte(clean, '/'); i >= 0 {
+			key, name = clean[:i], clean[i+1:]
+		}
+		if d := o.dirs.get(key); d != nil {
+			n, err := o.lookupIn(d, name)
+			switch {
+			case err == unix.ENOENT:
+				return d, name, nil, nil
+			case err != nil:
+				return nil, "", nil, err
+			case !follow || !isSymlink(&n.st):
+				return d, name, n, nil
+			}
+		}
+	}
+	var rawParent *mdir
+	d, name, n, err := o.walkSlow(p, follow, &rawParent)
+	if err == nil && ok && rawParent != nil && strings.Contains(clean, "/") {
+		o.dirs.put(clean[:strings.LastIndexByte(clean, '/')], rawParent)
+	}
+	return d, name, n, err
+}
+
+// walkSlow is walk without the cache. It sets rawParent to the dir the last component of p
+// itself (before following it) was looked up in.
+func (o *FS) walkSlow(p string, follow bool, rawParent **mdir) (*mdir, string, *node, error) {
+	dirs := []*mdir{o.rootDir()}
+	queue := strings.Split(p, "/")
+	hops := 0
+	for len(queue) > 0 {
+		c := queue[0]
+		queue = queue[1:]
+		last := len(queue) == 0
+		if last && *rawParent == nil {
+			*rawParent = dirs[len(dirs)-1]
+		}
+		switch c {
+		case "", ".":
+			if last {
+				return o.dirNode(dirs)
+			}
+			continue
+		case "..":
+			if len(dirs) > 1 {
+				dirs = dirs[:len(dirs)-1]
+			}
+			if last {
+				return o.dirNode(dirs)
+			}
+			continue
+		}
+		if len(c) > 255 {
+			return nil, "", nil, unix.ENAMETOOLONG
+		}
+		d := dirs[len(dirs)-1]
+		n, err := o.lookupIn(d, c)
+		if err != nil {
+			if err == unix.ENOENT && last {
+				return d, c, nil, nil
+			}
+			return nil, "", nil, err
+		}
+		if isSymlink(&n.st) && (!last || follow) {
+			hops++
+			if hops > maxSymlinkHops {
+				return nil, "", nil, unix.ELOOP
+			}
+			target, err := os.Readlink(n.real)
+			if err != nil {
+				return nil, "", nil, underlying(err)
+			}
+			if target == "" {
+				return nil, "", nil, unix.ENOENT
+			}
+			if target[0] == '/' {
+				dirs = dirs[:1]
+			}
+			queue = append(strings.Split(target, "/"), queue...)
+			continue
+		}
+		if last {
+			return d, c, n, nil
+		}
+		cd, err := o.childDir(n)
+		if err != nil {
+			return nil, "", nil, err
+		}
+		dirs = append(dirs, cd)
+	}
+	return o.dirNode(dirs)
+}
+
+// dirNode returns the node of the innermost directory of a walk.
+func (o *FS) dirNode(dirs []*mdir) (*mdir, string, *node, error) {
+	if len(dirs) == 1 {
+		n, err := o.rootNode()
+		return nil, "", n, err
+	}
+	parent, d := dirs[len(dirs)-2], dirs[len(dirs)-1]
+	name := d.path[strings.LastIndexByte(d.path, '/')+1:]
+	n, err := o.lookupIn(parent, name)
+	return parent, name, n, err
+}
+
+// resolve finds an existing object.
+func (o *FS) resolve(p string, follow bool) (*node, error) {
+	_, _, n, err := o.walk(p, follow)
+	if err != nil {
+		return nil, err
+	}
+	if n == nil {
+		return nil, unix.ENOENT
+	}
+	return n, nil
+}
+
+// underlying digs the errno out of os errors, so every error we return carries it once.
+func underlying(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	var le *os.LinkError
+	if errors.As(err, &le) {
+		return le.Err
+	}
+	var se *os.SyscallError
+	if errors.As(err, &se) {
+		return se.Err
+	}
+	return err
+}
+
+// pathErr wraps err for the caller, keeping an inner PathError (e.g. from copy-up) whole.
+func pathErr(op, p string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return err
+	}
+	return &fs.PathError{Op: op, Path: p, Err: underlying(err)}
+}
