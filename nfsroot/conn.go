@@ -1,0 +1,161 @@
+package nfsroot
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+)
+
+const (
+	// maxInFlight bounds the requests one connection runs at once: enough to keep a board's
+	// readahead busy, small enough that one board cannot take every core or much memory.
+	maxInFlight = 16
+	// writeTimeout closes a connection whose peer stopped reading replies, so its stuck
+	// writers give their memory back instead of waiting forever.
+	writeTimeout = 2 * time.Minute
+)
+
+// conn is one client connection.
+type conn struct {
+	s    *Server
+	c    net.Conn
+	addr netip.Addr
+	log  *slog.Logger
+	wmu  sync.Mutex
+}
+
+var recordPool = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
+
+func (s *Server) serveConn(ctx context.Context, c net.Conn) {
+	ap, _ := netip.ParseAddrPort(c.RemoteAddr().String())
+	addr := ap.Addr().Unmap()
+	cc := &conn{s: s, c: c, addr: addr, log: s.log.With("board", s.boardFor(addr), "client", addr.String())}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	defer func() {
+		wg.Wait()
+		close(done)
+		c.Close()
+	}()
+	go func() {
+		select {
+		case <-ctx.Done():
+			c.Close()
+		case <-done:
+		}
+	}()
+	br := bufio.NewReaderSize(c, 64<<10)
+	sem := make(chan struct{}, maxInFlight)
+	for {
+		bp := recordPool.Get().(*[]byte)
+		rec, err := readRecord(br, *bp)
+		if err != nil {
+			recordPool.Put(bp)
+			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && ctx.Err() == nil {
+				cc.log.Warn("closing connection", "err", err)
+			}
+			return
+		}
+		*bp = rec
+		h, cerr := parseCall(rec)
+		if h == nil {
+			recordPool.Put(bp) // a reply or junk without an xid: nothing to answer
+			continue
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() {
+				recordPool.Put(bp)
+				<-sem
+				wg.Done()
+			}()
+			cc.write(s.dispatch(cc, h, cerr))
+		}()
+	}
+}
+
+// boardFor names the board a client address belongs to, for the connection's log lines.
+func (s *Server) boardFor(a netip.Addr) string {
+	for _, e := range s.exports.Load().byID {
+		if e.allowed(a) {
+			return e.Board
+		}
+	}
+	return "unknown"
+}
+
+func (cc *conn) write(rec []byte) {
+	cc.wmu.Lock()
+	defer cc.wmu.Unlock()
+	_ = cc.c.SetWriteDeadline(time.Now().Add(writeTimeout))
+	if _, err := cc.c.Write(rec); err != nil {
+		cc.log.Warn("writing reply; closing connection", "err", err)
+		cc.c.Close()
+	}
+	putReply(rec)
+}
+
+var replyPool = sync.Pool{New: func() any { b := make([]byte, 0, 8<<10); return &b }}
+
+func getReply() []byte { return (*replyPool.Get().(*[]byte))[:0] }
+
+func putReply(b []byte) {
+	if cap(b) > 2*maxRecord {
+		return
+	}
+	b = b[:0]
+	replyPool.Put(&b)
+}
+
+// errGarbage makes dispatch answer GARBAGE_ARGS.
+var errGarbage = errors.New("garbage arguments")
+
+// dispatch answers one call and returns the reply record.
+func (s *Server) dispatch(cc *conn, h *rpcCallHdr, cerr *callError) []byte {
+	w := replyBuf(getReply(), h.xid)
+	if cerr != nil {
+		cc.log.Warn("refusing call", "prog", h.prog, "vers", h.vers, "proc", h.proc, "err", cerr.err)
+		w.callError(cerr, 0, 0)
+		return w.finish()
+	}
+	var handler func(*conn, *rpcCallHdr, *xdrReader, *xdrWriter) error
+	switch h.prog {
+	case progNFS:
+		if h.vers != 3 {
+			w.callError(&callError{stat: acceptProgMismatch}, 3, 3)
+			return w.finish()
+		}
+		handler = s.nfsProc(h.proc)
+	case progMount:
+		if h.vers != 3 {
+			w.callError(&callError{stat: acceptProgMismatch}, 3, 3)
+			return w.finish()
+		}
+		handler = s.mountProc(h.proc)
+	default:
+		// NFS_ACL (100227), NLM and the rest: not offered. The Linux client takes
+		// PROG_UNAVAIL on NFS_ACL as "no ACL support" and mounts without noacl.
+		w.accepted(acceptProgUnavail)
+		return w.finish()
+	}
+	if handler == nil {
+		w.accepted(acceptProcUnavail)
+		return w.finish()
+	}
+	mark := len(w.b)
+	w.accepted(acceptSuccess)
+	r := &xdrReader{b: h.args}
+	if err := handler(cc, h, r, w); err != nil {
+		cc.log.Warn("garbage arguments", "prog", h.prog, "proc", h.proc, "err", err)
+		w.b = w.b[:mark]
+		w.accepted(acceptGarbageArgs)
+	}
+	return w.finish()
+}

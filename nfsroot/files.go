@@ -1,0 +1,171 @@
+package nfsroot
+
+import (
+	"io/fs"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/go-git/go-billy/v5"
+)
+
+// openFiles keeps recently used files open per export, so READ and WRITE do not open and
+// close the file on every call, and so a file removed while open stays readable through
+// its handle. Entries are reference counted: eviction never closes a file under a reader.
+type openFiles struct {
+	mu   sync.Mutex
+	m    map[uint64]*openFile
+	tick uint64
+}
+
+const maxOpenFiles = 32 // per export
+
+type openFile struct {
+	f    billy.File
+	id   uint64
+	rw   bool
+	refs int
+	dead bool // evicted or superseded: close when the last user lets go
+	used uint64
+}
+
+// get returns an open file for fileID at path, opened read-write when write is set.
+// A read-only open never copies a lower file up; a write replaces it with a read-write one.
+func (o *openFiles) get(fsys FileSystem, id uint64, path string, write bool) (*openFile, error) {
+	o.mu.Lock()
+	if f := o.m[id]; f != nil && (f.rw || !write) {
+		f.refs++
+		o.tick++
+		f.used = o.tick
+		o.mu.Unlock()
+		return f, nil
+	}
+	o.mu.Unlock()
+	flag := os.O_RDONLY
+	if write {
+		flag = os.O_RDWR
+	}
+	bf, err := fsys.OpenFile(path, flag, 0)
+	if err != nil {
+		return nil, err
+	}
+	f := &openFile{f: bf, id: id, rw: write, refs: 1}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if old := o.m[id]; old != nil {
+		o.dropLocked(old)
+	}
+	o.tick++
+	f.used = o.tick
+	o.m[id] = f
+	if len(o.m) > maxOpenFiles {
+		var victim *openFile
+		for _, c := range o.m {
+			if c != f && (victim == nil || c.used < victim.used) {
+				victim = c
+			}
+		}
+		if victim != nil {
+			o.dropLocked(victim)
+		}
+	}
+	return f, nil
+}
+
+// cached returns the open file for fileID if there is one, whatever its path is now.
+func (o *openFiles) cached(id uint64) *openFile {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	f := o.m[id]
+	if f != nil {
+		f.refs++
+	}
+	return f
+}
+
+func (o *openFiles) put(f *openFile) {
+	o.mu.Lock()
+	f.refs--
+	closeIt := f.dead && f.refs == 0
+	o.mu.Unlock()
+	if closeIt {
+		f.f.Close()
+	}
+}
+
+func (o *openFiles) dropLocked(f *openFile) {
+	if o.m[f.id] == f {
+		delete(o.m, f.id)
+	}
+	if !f.dead {
+		f.dead = true
+		if f.refs == 0 {
+			go f.f.Close() // may flush to disk: not under the lock
+		}
+	}
+}
+
+// forget drops a read-only cached file after its file may have been copied up, so later
+// reads see the upper copy instead of the lower one the old descriptor points to.
+func (o *openFiles) forget(id uint64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if f := o.m[id]; f != nil && !f.rw {
+		o.dropLocked(f)
+	}
+}
+
+func (o *openFiles) closeAll() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, f := range o.m {
+		o.dropLocked(f)
+	}
+}
+
+// dirCache keeps the listing a READDIR(PLUS) sequence is walking, so a 10,000-entry
+// directory is read once per listing, not once per reply. The cookie verifier names the
+// listing; a client continuing with an old verifier after the cache dropped it gets
+// BAD_COOKIE and restarts.
+type dirCache struct {
+	mu   sync.Mutex
+	m    map[uint64]*dirList
+	next uint64
+}
+
+type dirList struct {
+	verf uint64
+	ents []fs.FileInfo
+	at   time.Time
+}
+
+const (
+	maxDirLists = 8
+	dirListTTL  = 30 * time.Second
+)
+
+func (c *dirCache) get(dir, verf uint64) *dirList {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	l := c.m[dir]
+	if l == nil || l.verf != verf || time.Since(l.at) > dirListTTL {
+		return nil
+	}
+	return l
+}
+
+func (c *dirCache) put(dir uint64, ents []fs.FileInfo) *dirList {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.next++
+	l := &dirList{verf: c.next | uint64(time.Now().UnixNano())<<20, ents: ents, at: time.Now()}
+	if len(c.m) >= maxDirLists {
+		for k, v := range c.m {
+			if time.Since(v.at) > dirListTTL || len(c.m) >= maxDirLists {
+				delete(c.m, k)
+			}
+		}
+	}
+	c.m[dir] = l
+	return l
+}

@@ -1,0 +1,129 @@
+package nfsroot
+
+import (
+	"path"
+
+	"github.com/willscott/go-nfs"
+)
+
+// MOUNT v3 (RFC 1813 appendix I). A board may mount only its own export and only from an
+// address its export allows; everyone else gets MNT3ERR_ACCES, whatever path it asks for,
+// so a probe cannot even learn which exports exist.
+
+func (s *Server) mountProc(proc uint32) func(*conn, *rpcCallHdr, *xdrReader, *xdrWriter) error {
+	switch nfs.MountProcedure(proc) {
+	case nfs.MountProcNull:
+		return func(*conn, *rpcCallHdr, *xdrReader, *xdrWriter) error { return nil }
+	case nfs.MountProcMount:
+		return s.onMnt
+	case nfs.MountProcDump:
+		return s.onDump
+	case nfs.MountProcUmnt:
+		return s.onUmnt
+	case nfs.MountProcUmntAll:
+		return s.onUmntAll
+	case nfs.MountProcExport:
+		return s.onExport
+	}
+	return nil
+}
+
+// exportFor finds the export a client asks for by path, if the client may use it.
+func (s *Server) exportFor(p string, cc *conn) *export {
+	e := s.exports.Load().byPath[path.Clean("/"+p)]
+	if e == nil || !e.allowed(cc.addr) {
+		return nil
+	}
+	return e
+}
+
+func (s *Server) onMnt(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) error {
+	p := r.str(maxPathLen)
+	if r.err != nil {
+		return r.err
+	}
+	e := s.exportFor(p, cc)
+	if e == nil {
+		cc.log.Warn("mount refused: not this client's export", "path", p)
+		w.u32(uint32(nfs.MountStatusErrAcces))
+		return nil
+	}
+	log := e.log.With("client", cc.addr.String())
+	if err := e.init(); err != nil {
+		log.Error("mount failed", "err", err)
+		w.u32(uint32(nfs.MountStatusErrServerFault))
+		return nil
+	}
+	e.mu.Lock()
+	e.mounts[cc.addr] = struct{}{}
+	e.mu.Unlock()
+	e.touch()
+	log.Info("mounted", "machine", h.cred.machine)
+	if s.onMount != nil {
+		s.onMount(e.Board, cc.addr)
+	}
+	w.u32(uint32(nfs.MountStatusOk))
+	w.opaque(e.handle(e.rootID))
+	w.u32(1) // one auth flavor: AUTH_SYS
+	w.u32(authSys)
+	return nil
+}
+
+func (s *Server) onUmnt(cc *conn, _ *rpcCallHdr, r *xdrReader, w *xdrWriter) error {
+	p := r.str(maxPathLen)
+	if r.err != nil {
+		return r.err
+	}
+	if e := s.exportFor(p, cc); e != nil {
+		e.mu.Lock()
+		delete(e.mounts, cc.addr)
+		e.mu.Unlock()
+		e.log.Info("unmounted", "client", cc.addr.String())
+	}
+	return nil
+}
+
+func (s *Server) onUmntAll(cc *conn, _ *rpcCallHdr, _ *xdrReader, _ *xdrWriter) error {
+	for _, e := range s.exports.Load().byID {
+		e.mu.Lock()
+		delete(e.mounts, cc.addr)
+		e.mu.Unlock()
+	}
+	return nil
+}
+
+// onDump lists the caller's own mounts only: other boards' mounts are not its business.
+func (s *Server) onDump(cc *conn, _ *rpcCallHdr, _ *xdrReader, w *xdrWriter) error {
+	for _, e := range s.exports.Load().byID {
+		if !e.allowed(cc.addr) {
+			continue
+		}
+		e.mu.Lock()
+		for a := range e.mounts {
+			if a == cc.addr {
+				w.bool(true)
+				w.str(a.String())
+				w.str(e.Path)
+			}
+		}
+		e.mu.Unlock()
+	}
+	w.bool(false)
+	return nil
+}
+
+// onExport lists the exports the caller may mount, each open to the caller's address.
+func (s *Server) onExport(cc *conn, _ *rpcCallHdr, _ *xdrReader, w *xdrWriter) error {
+	for _, e := range s.exports.Load().byID {
+		if !e.allowed(cc.addr) {
+			continue
+		}
+		w.bool(true)
+		w.str(e.Path)
+		w.bool(true)
+		w.str(cc.addr.String())
+		w.bool(false)
+	}
+	w.bool(false)
+	return nil
+}

@@ -1,0 +1,203 @@
+package nfsroot
+
+import (
+	"errors"
+	"io"
+
+	"github.com/willscott/go-nfs"
+)
+
+// stable_how of WRITE.
+const (
+	unstable = 0
+	fileSync = 2
+)
+
+func (s *Server) onRead(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) error {
+	fh := r.opaque(maxFHSize)
+	off := r.u64()
+	count := r.u32()
+	if r.err != nil {
+		return r.err
+	}
+	count = min(count, maxIO)
+	q, id, status := s.bind(cc, h, fh)
+	if status != nfs.NFSStatusOk {
+		w.status(status)
+		w.postOpAttr(nil, 0)
+		return nil
+	}
+	p, st, status := q.e.resolve(id)
+	var f *openFile
+	switch {
+	case status == nfs.NFSStatusStale:
+		// Removed while open (and not silly-renamed): the descriptor still reads it.
+		if f = q.e.files.cached(id); f != nil {
+			status = nfs.NFSStatusOk
+		}
+	case status != nfs.NFSStatusOk:
+	case st.isDir():
+		status = nfs.NFSStatusIsDir
+	case st.mode&sIFMT != sIFREG:
+		status = nfs.NFSStatusInval
+	case !q.cred.mayReadData(st):
+		status = nfs.NFSStatusAccess
+	}
+	if status == nfs.NFSStatusOk && f == nil {
+		var err error
+		if f, err = q.e.files.get(q.e.FS, id, p, false); err != nil {
+			status = q.fail("open", p, err)
+		}
+	}
+	if status != nfs.NFSStatusOk {
+		w.status(status)
+		w.postOpAttr(st, q.e.id)
+		return nil
+	}
+	defer q.e.files.put(f)
+	start := len(w.b)
+	w.status(nfs.NFSStatusOk)
+	w.postOpAttr(st, q.e.id)
+	hdr := len(w.b)
+	w.u32(0) // count, filled below
+	w.u32(0) // eof
+	w.u32(0) // data length
+	dataAt := len(w.b)
+	w.b = append(w.b, make([]byte, (int(count)+3)&^3)...)
+	n, err := f.f.ReadAt(w.b[dataAt:dataAt+int(count)], int64(off))
+	if err != nil && !errors.Is(err, io.EOF) {
+		w.b = w.b[:start]
+		w.status(q.fail("read", p, err))
+		w.postOpAttr(st, q.e.id)
+		return nil
+	}
+	eof := errors.Is(err, io.EOF) || (st != nil && int64(off)+int64(n) >= st.size)
+	w.b = w.b[:dataAt+((n+3)&^3)]
+	for i := dataAt + n; i < len(w.b); i++ {
+		w.b[i] = 0
+	}
+	put32(w.b[hdr:], uint32(n))
+	if eof {
+		put32(w.b[hdr+4:], 1)
+	}
+	put32(w.b[hdr+8:], uint32(n))
+	return nil
+}
+
+func put32(b []byte, v uint32) { b[0], b[1], b[2], b[3] = byte(v>>24), byte(v>>16), byte(v>>8), byte(v) }
+
+func (s *Server) onWrite(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) error {
+	fh := r.opaque(maxFHSize)
+	off := r.u64()
+	r.u32() // count: the opaque's own length is what is written
+	stable := r.u32()
+	data := r.opaque(maxIO)
+	if r.err != nil {
+		return r.err
+	}
+	q, id, p, st, status := s.file(cc, h, fh)
+	switch {
+	case status != nfs.NFSStatusOk:
+	case st.isDir():
+		status = nfs.NFSStatusIsDir
+	case st.mode&sIFMT != sIFREG:
+		status = nfs.NFSStatusInval
+	case !q.cred.mayWriteData(st):
+		status = nfs.NFSStatusAccess
+	}
+	var f *openFile
+	if status == nfs.NFSStatusOk {
+		var err error
+		if f, err = q.e.files.get(q.e.FS, id, p, true); err != nil {
+			status = q.fail("open for write", p, err)
+		}
+	}
+	if status == nfs.NFSStatusOk {
+		defer q.e.files.put(f)
+		status = q.writeAt(f, p, data, int64(off), stable != unstable)
+	}
+	if status != nfs.NFSStatusOk {
+		w.status(status)
+		if q != nil {
+			w.wcc(st, st, q.e.id)
+		} else {
+			w.wcc(nil, nil, 0)
+		}
+		return nil
+	}
+	post, _ := q.lstat(p)
+	w.status(nfs.NFSStatusOk)
+	w.wcc(st, post, q.e.id)
+	w.u32(uint32(len(data)))
+	if stable != unstable {
+		w.u32(fileSync)
+	} else {
+		w.u32(unstable)
+	}
+	w.fixed(s.verf[:])
+	return nil
+}
+
+// writeAt writes data; with sync set it is on disk before the reply says FILE_SYNC.
+func (q *req) writeAt(f *openFile, p string, data []byte, off int64, sync bool) nfs.NFSStatus {
+	wa, ok := f.f.(io.WriterAt)
+	if !ok {
+		q.log.Error("file has no WriteAt", "path", p)
+		return nfs.NFSStatusServerFault
+	}
+	if _, err := wa.WriteAt(data, off); err != nil {
+		return q.fail("write", p, err)
+	}
+	if sync {
+		if err := syncFile(f); err != nil {
+			return q.fail("fsync", p, err)
+		}
+	}
+	return nfs.NFSStatusOk
+}
+
+func syncFile(f *openFile) error {
+	sy, ok := f.f.(syncer)
+	if !ok {
+		return errors.New("file cannot be synced")
+	}
+	return sy.Sync()
+}
+
+func (s *Server) onCommit(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) error {
+	fh := r.opaque(maxFHSize)
+	r.u64()
+	r.u32() // offset and count: the whole file is flushed, which covers any range
+	if r.err != nil {
+		return r.err
+	}
+	q, id, p, st, status := s.file(cc, h, fh)
+	if status == nfs.NFSStatusOk && st.mode&sIFMT != sIFREG {
+		status = nfs.NFSStatusInval
+	}
+	if status == nfs.NFSStatusOk {
+		// fsync through any descriptor of the inode flushes all of its dirty data; reuse the
+		// cached one when there is one so COMMIT never copies a file up.
+		f, err := q.e.files.get(q.e.FS, id, p, false)
+		if err == nil {
+			err = syncFile(f)
+			q.e.files.put(f)
+		}
+		if err != nil {
+			status = q.fail("commit", p, err)
+		}
+	}
+	if status != nfs.NFSStatusOk {
+		w.status(status)
+		if q != nil {
+			w.wcc(st, st, q.e.id)
+		} else {
+			w.wcc(nil, nil, 0)
+		}
+		return nil
+	}
+	w.status(nfs.NFSStatusOk)
+	w.wcc(st, st, q.e.id)
+	w.fixed(s.verf[:])
+	return nil
+}
