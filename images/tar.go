@@ -1,0 +1,81 @@
+package images
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+)
+
+// maxTarXattr bounds one xattr value from a PAX header; the kernel's limit is 64 KiB.
+const maxTarXattr = 64 << 10
+
+// walkTar streams a tar archive as entries. Owners, modes, devices, links and PAX xattrs
+// (SCHILY.xattr.*, as GNU tar and bsdtar write them) are kept; names are checked by the
+// treeWriter so a hostile archive cannot write outside the root.
+func walkTar(ctx context.Context, r io.Reader, fn func(*entry) error) error {
+	tr := tar.NewReader(r)
+	n := 0
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			if n == 0 {
+				return errors.New("tar archive holds no files")
+			}
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("tar: %w", err)
+		}
+		n++
+		e := &entry{
+			Path:  h.Name,
+			Mode:  uint32(h.Mode) & 0o7777,
+			UID:   uint32(h.Uid),
+			GID:   uint32(h.Gid),
+			Mtime: h.ModTime,
+			Size:  h.Size,
+			Major: uint32(h.Devmajor),
+			Minor: uint32(h.Devminor),
+		}
+		for k, v := range h.PAXRecords {
+			if name, ok := strings.CutPrefix(k, "SCHILY.xattr."); ok {
+				if len(v) > maxTarXattr {
+					return fmt.Errorf("tar: %s: xattr %s is %d bytes", h.Name, name, len(v))
+				}
+				if e.Xattrs == nil {
+					e.Xattrs = map[string][]byte{}
+				}
+				e.Xattrs[name] = []byte(v)
+			}
+		}
+		switch h.Typeflag {
+		case tar.TypeDir:
+			e.Mode |= typeDir
+		case tar.TypeReg, tar.TypeRegA, tar.TypeGNUSparse:
+			e.Mode |= typeReg
+			e.Open = func() (io.ReadCloser, error) { return io.NopCloser(tr), nil }
+		case tar.TypeSymlink:
+			e.Mode |= typeLnk
+			e.Target = h.Linkname
+		case tar.TypeLink:
+			e = &entry{Path: h.Name, LinkTo: h.Linkname}
+		case tar.TypeChar:
+			e.Mode |= typeChr
+		case tar.TypeBlock:
+			e.Mode |= typeBlk
+		case tar.TypeFifo:
+			e.Mode |= typeFifo
+		default:
+			return fmt.Errorf("tar: %s: unsupported entry type %q", h.Name, h.Typeflag)
+		}
+		if err := fn(e); err != nil {
+			return err
+		}
+	}
+}

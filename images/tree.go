@@ -1,0 +1,351 @@
+package images
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// entry is one file system object as a source (directory, tarball, ext4 or FAT partition)
+// presents it: every source is turned into a stream of entries and one treeWriter lays them
+// down, so fidelity rules live in one place.
+type entry struct {
+	// Path is slash-separated and relative to the image root; "" is the root itself.
+	Path   string
+	Mode   uint32 // st_mode: type bits | permission bits incl. setuid/setgid/sticky
+	UID    uint32
+	GID    uint32
+	Mtime  time.Time
+	Size   int64
+	Major  uint32 // char/block devices
+	Minor  uint32
+	Target string // symlink target
+	// LinkTo names an earlier entry this one is a hard link of; all other fields are ignored.
+	LinkTo string
+	Xattrs map[string][]byte
+	// Open returns the content of a regular file, holes read as zeros.
+	Open func() (io.ReadCloser, error)
+}
+
+// Type bits of st_mode; spelled out because unix.S_IF* are untyped per platform.
+const (
+	typeMask = unix.S_IFMT
+	typeDir  = unix.S_IFDIR
+	typeReg  = unix.S_IFREG
+	typeLnk  = unix.S_IFLNK
+	typeChr  = unix.S_IFCHR
+	typeBlk  = unix.S_IFBLK
+	typeFifo = unix.S_IFIFO
+	typeSock = unix.S_IFSOCK
+)
+
+// sparseBlock is the granularity at which all-zero data becomes a hole in the imported
+// file: a Pi OS root has a few large mostly-empty files and holes keep the store small.
+const sparseBlock = 4096
+
+// treeWriter lays entries down under root with owners, modes, times, xattrs, devices and hard
+// links, and records each one for the manifest.
+type treeWriter struct {
+	image    string // image name, for error messages
+	root     string
+	buf      []byte
+	zero     []byte
+	dirs     []string // in creation order, each once
+	dirTimes map[string]time.Time
+	records  []record
+	recIndex map[string]int
+	bytes    int64
+	progress *progress
+}
+
+func newTreeWriter(image, root string, p *progress) *treeWriter {
+	return &treeWriter{
+		image:    image,
+		root:     root,
+		buf:      make([]byte, 1<<20),
+		zero:     make([]byte, sparseBlock),
+		progress: p,
+		dirTimes: map[string]time.Time{},
+		recIndex: map[string]int{},
+	}
+}
+
+// record keeps one manifest record per path; a later entry for the same path (a tarball
+// naming a directory after its children) replaces the earlier one.
+func (w *treeWriter) record(r record) {
+	if i, ok := w.recIndex[r.Path]; ok {
+		w.records[i] = r
+		return
+	}
+	w.recIndex[r.Path] = len(w.records)
+	w.records = append(w.records, r)
+}
+
+func (w *treeWriter) dirTime(p string, t time.Time) {
+	if _, ok := w.dirTimes[p]; !ok {
+		w.dirs = append(w.dirs, p)
+	}
+	w.dirTimes[p] = t
+}
+
+// cleanPath rejects paths that would escape the root: a hostile tarball must not write
+// outside the import directory.
+func cleanPath(p string) (string, error) {
+	p = strings.TrimPrefix(p, "./")
+	p = strings.Trim(p, "/")
+	if p == "" || p == "." {
+		return "", nil
+	}
+	c := path.Clean(p)
+	if c == ".." || strings.HasPrefix(c, "../") || strings.Contains(c, "\x00") {
+		return "", fmt.Errorf("path %q leaves the image root", p)
+	}
+	return c, nil
+}
+
+func (w *treeWriter) host(p string) string {
+	if p == "" {
+		return w.root
+	}
+	return filepath.Join(w.root, filepath.FromSlash(p))
+}
+
+// add writes one entry. Parent directories missing from the stream (tarballs may omit them)
+// are created root-owned 0755, as tar does.
+func (w *treeWriter) add(ctx context.Context, e *entry) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	p, err := cleanPath(e.Path)
+	if err != nil {
+		return fmt.Errorf("image %s: %w", w.image, err)
+	}
+	e.Path = p
+	dst := w.host(p)
+	if p != "" {
+		if err := w.ensureParent(p); err != nil {
+			return err
+		}
+	}
+	if e.LinkTo != "" {
+		return w.addLink(e, dst)
+	}
+	rec := record{Path: p, Mode: e.Mode, UID: e.UID, GID: e.GID, Mtime: e.Mtime.UnixNano(), Xattrs: xattrDigest(e.Xattrs)}
+	switch e.Mode & typeMask {
+	case typeDir:
+		if err := os.Mkdir(dst, 0o700); err != nil && !(errors.Is(err, os.ErrExist) && isDir(dst)) {
+			return fmt.Errorf("image %s: mkdir /%s: %w", w.image, p, err)
+		}
+		w.dirTime(p, e.Mtime)
+	case typeReg:
+		n, sum, err := w.writeFile(e, dst)
+		if err != nil {
+			return fmt.Errorf("image %s: /%s: %w", w.image, p, err)
+		}
+		rec.Size, rec.Data = n, sum
+		w.bytes += n
+	case typeLnk:
+		_ = os.Remove(dst)
+		if err := os.Symlink(e.Target, dst); err != nil {
+			return fmt.Errorf("image %s: symlink /%s: %w", w.image, p, err)
+		}
+		rec.Data = e.Target
+		rec.Size = int64(len(e.Target))
+	case typeChr, typeBlk, typeFifo, typeSock:
+		_ = os.Remove(dst)
+		dev := unix.Mkdev(e.Major, e.Minor)
+		if err := unix.Mknod(dst, e.Mode&(typeMask|0o7777), int(dev)); err != nil {
+			return fmt.Errorf("image %s: mknod /%s: %w", w.image, p, err)
+		}
+		if t := e.Mode & typeMask; t == typeChr || t == typeBlk {
+			rec.Data = fmt.Sprintf("%d:%d", e.Major, e.Minor)
+		}
+	default:
+		return fmt.Errorf("image %s: /%s: unsupported file type %#o", w.image, p, e.Mode&typeMask)
+	}
+	if err := w.setAttrs(dst, e); err != nil {
+		return fmt.Errorf("image %s: /%s: %w", w.image, p, err)
+	}
+	w.record(rec)
+	return nil
+}
+
+func isDir(p string) bool {
+	fi, err := os.Lstat(p)
+	return err == nil && fi.IsDir()
+}
+
+func (w *treeWriter) ensureParent(p string) error {
+	parent := path.Dir(p)
+	if parent == "." {
+		return nil
+	}
+	dst := w.host(parent)
+	if isDir(dst) {
+		return nil
+	}
+	if err := w.ensureParent(parent); err != nil {
+		return err
+	}
+	if err := os.Mkdir(dst, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("image %s: mkdir /%s: %w", w.image, parent, err)
+	}
+	w.record(record{Path: parent, Mode: typeDir | 0o755})
+	w.dirTime(parent, time.Unix(0, 0))
+	return nil
+}
+
+func (w *treeWriter) addLink(e *entry, dst string) error {
+	first, err := cleanPath(e.LinkTo)
+	if err != nil {
+		return fmt.Errorf("image %s: hard link /%s: %w", w.image, e.Path, err)
+	}
+	_ = os.Remove(dst)
+	if err := os.Link(w.host(first), dst); err != nil {
+		return fmt.Errorf("image %s: hard link /%s -> /%s: %w", w.image, e.Path, first, err)
+	}
+	w.record(record{Path: e.Path, Link: first})
+	return nil
+}
+
+// writeFile copies the content, turning all-zero blocks into holes, and hashes it on the way.
+func (w *treeWriter) writeFile(e *entry, dst string) (int64, string, error) {
+	f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		// tarballs may carry the same path twice; the last one wins, as with tar -x
+		_ = os.Remove(dst)
+		f, err = os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_EXCL, 0o600)
+	}
+	if err != nil {
+		return 0, "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	var n int64
+	if e.Open != nil {
+		r, err := e.Open()
+		if err != nil {
+			return 0, "", err
+		}
+		n, err = w.copySparse(f, r, h)
+		r.Close()
+		if err != nil {
+			return 0, "", err
+		}
+	}
+	if e.Size >= 0 && n != e.Size && e.Open != nil {
+		return 0, "", fmt.Errorf("content is %d bytes, size says %d", n, e.Size)
+	}
+	if err := f.Truncate(n); err != nil {
+		return 0, "", err
+	}
+	if err := f.Close(); err != nil {
+		return 0, "", err
+	}
+	return n, hex.EncodeToString(h.Sum(nil)), nil
+}
+
+func (w *treeWriter) copySparse(f *os.File, r io.Reader, h hash.Hash) (int64, error) {
+	var off int64
+	for {
+		m, err := fill(r, w.buf)
+		if m > 0 {
+			chunk := w.buf[:m]
+			h.Write(chunk)
+			for i := 0; i < m; i += sparseBlock {
+				end := min(i+sparseBlock, m)
+				if bytes.Equal(chunk[i:end], w.zero[:end-i]) {
+					continue
+				}
+				if _, err := f.WriteAt(chunk[i:end], off+int64(i)); err != nil {
+					return off, err
+				}
+			}
+			off += int64(m)
+			w.progress.add(int64(m))
+		}
+		if err == io.EOF {
+			return off, nil
+		}
+		if err != nil {
+			return off, err
+		}
+	}
+}
+
+// setAttrs applies owner, then mode (chown clears setuid/setgid), then xattrs (chown also
+// drops security.capability), then times.
+func (w *treeWriter) setAttrs(dst string, e *entry) error {
+	if err := os.Lchown(dst, int(e.UID), int(e.GID)); err != nil {
+		return err
+	}
+	if e.Mode&typeMask != typeLnk {
+		if err := unix.Chmod(dst, e.Mode&0o7777); err != nil {
+			return fmt.Errorf("chmod: %w", err)
+		}
+	}
+	names := make([]string, 0, len(e.Xattrs))
+	for k := range e.Xattrs {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		if err := unix.Lsetxattr(dst, k, e.Xattrs[k], 0); err != nil {
+			return fmt.Errorf("setxattr %s: %w", k, err)
+		}
+	}
+	if e.Mode&typeMask != typeDir {
+		return setMtime(dst, e.Mtime)
+	}
+	return nil
+}
+
+func setMtime(dst string, t time.Time) error {
+	ts := unix.NsecToTimespec(t.UnixNano())
+	if err := unix.UtimesNanoAt(unix.AT_FDCWD, dst, []unix.Timespec{ts, ts}, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return fmt.Errorf("set times: %w", err)
+	}
+	return nil
+}
+
+// finish sets directory times last, deepest first, because creating children bumps them.
+func (w *treeWriter) finish() error {
+	for i := len(w.dirs) - 1; i >= 0; i-- {
+		d := w.dirs[i]
+		if err := setMtime(w.host(d), w.dirTimes[d]); err != nil {
+			return fmt.Errorf("image %s: /%s: %w", w.image, d, err)
+		}
+	}
+	return nil
+}
+
+// xattrDigest condenses a file's xattrs for the manifest: names and values, order-free.
+func xattrDigest(x map[string][]byte) string {
+	if len(x) == 0 {
+		return ""
+	}
+	names := make([]string, 0, len(x))
+	for k := range x {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	h := sha256.New()
+	for _, k := range names {
+		fmt.Fprintf(h, "%s\x00%d\x00", k, len(x[k]))
+		h.Write(x[k])
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
