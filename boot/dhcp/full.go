@@ -98,6 +98,7 @@ func (s *Server) fullDiscover(r *request) *dhcpv4.DHCPv4 {
 		}
 	}
 	reply := s.fullReply(r, dhcpv4.MessageTypeOffer, ip)
+	r.client = ip
 	s.record(r, "offer", "ip", ip)
 	return reply
 }
@@ -148,6 +149,7 @@ func (s *Server) fullRequest(r *request) *dhcpv4.DHCPv4 {
 		return nil
 	}
 	reply := s.fullReply(r, dhcpv4.MessageTypeAck, want)
+	r.client = want
 	s.record(r, "ack", "ip", want, "lease", s.cfg.LeaseTime)
 	return reply
 }

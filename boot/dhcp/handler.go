@@ -48,6 +48,7 @@ type request struct {
 	board      *boot.Board // nil = not in the fleet
 	at         time.Time   // when the packet arrived
 	discoverAt time.Time   // when this MAC's last DISCOVER arrived (zero if unseen)
+	client     netip.Addr  // the client's address once known (ciaddr, or what we gave it)
 	log        *slog.Logger
 }
 
@@ -101,7 +102,8 @@ func (s *Server) handle(pkt []byte, at time.Time) ([]byte, netip.AddrPort) {
 // by the serial in option 97 (a Pi listed only by serial), then by the serial its
 // DISCOVER carried (a REQUEST may lack option 97 and 60).
 func (s *Server) identify(msg *dhcpv4.DHCPv4, typ dhcpv4.MessageType, macStr string, at time.Time) *request {
-	r := &request{msg: msg, typ: typ, mac: msg.ClientHWAddr, macStr: macStr, at: at}
+	r := &request{msg: msg, typ: typ, mac: msg.ClientHWAddr, macStr: macStr, at: at,
+		client: addrOf(msg.ClientIPAddr)}
 	vc := string(msg.Options.Get(dhcpv4.OptionClassIdentifier))
 	r.pxeVendor = strings.HasPrefix(vc, "PXEClient")
 	id, isPi := parseOption97(msg.Options.Get(dhcpv4.OptionClientMachineIdentifier))
@@ -165,7 +167,7 @@ func (s *Server) record(r *request, what string, attrs ...any) {
 	r.log.Info("dhcp "+what, append(attrs, "duration", d)...)
 	s.events.Record(boot.Event{
 		Board: r.board.Name, MAC: r.macStr, Serial: r.serial,
-		Stage: boot.StageDHCP, What: what, Duration: d,
+		Client: r.client, Stage: boot.StageDHCP, What: what, Duration: d,
 	})
 }
 

@@ -1,0 +1,328 @@
+package dhcp
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/pifleet/pifleet/boot"
+	"golang.org/x/sys/unix"
+)
+
+// The test network: two namespaces joined by a veth pair, server side 198.18.0.1/15
+// (the benchmarking range, RFC 2544), client side without an address like a board at
+// power-on. Nothing in these tests reaches beyond the two namespaces.
+
+var (
+	serverIP  = netip.MustParseAddr("198.18.0.1")
+	testNet   = netip.MustParsePrefix("198.18.0.0/15")
+	nsCounter atomic.Int32
+)
+
+type testNetns struct {
+	server, client     string // namespace names
+	serverIf, clientIf string // veth ends
+}
+
+func requireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates network namespaces and binds port 67 inside them")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("needs iproute2 (ip) to create network namespaces")
+	}
+}
+
+func run(t testing.TB, args ...string) {
+	t.Helper()
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+// newNetns creates the namespace pair; t.Cleanup deletes it, also on failure.
+func newNetns(t testing.TB) *testNetns {
+	t.Helper()
+	requireRoot(t)
+	id := fmt.Sprintf("%d-%d", os.Getpid()%100000, nsCounter.Add(1))
+	n := &testNetns{
+		server: "pfdhcp-s" + id, client: "pfdhcp-c" + id,
+		serverIf: "pfs" + id, clientIf: "pfc" + id,
+	}
+	if len(n.serverIf) > 15 {
+		t.Fatalf("interface name %s too long", n.serverIf)
+	}
+	run(t, "ip", "netns", "add", n.server)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", n.server).Run() })
+	run(t, "ip", "netns", "add", n.client)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", n.client).Run() })
+	run(t, "ip", "link", "add", n.serverIf, "netns", n.server, "type", "veth", "peer", "name", n.clientIf, "netns", n.client)
+	run(t, "ip", "-n", n.server, "addr", "add", serverIP.String()+"/15", "dev", n.serverIf)
+	run(t, "ip", "-n", n.server, "link", "set", n.serverIf, "up")
+	run(t, "ip", "-n", n.server, "link", "set", "lo", "up")
+	run(t, "ip", "-n", n.client, "link", "set", n.clientIf, "up")
+	run(t, "ip", "-n", n.client, "link", "set", "lo", "up")
+	return n
+}
+
+// setClientMAC gives the client veth a board's MAC, for real clients that use the
+// interface's address (udhcpc, dhclient).
+func (n *testNetns) setClientMAC(t testing.TB, mac string) {
+	run(t, "ip", "-n", n.client, "link", "set", n.clientIf, "address", mac)
+}
+
+// inNetns runs fn on a thread that entered namespace ns. The thread is never handed
+// back to the runtime (the goroutine exits locked), so no other goroutine ever runs
+// in ns by accident. Sockets fn creates stay in ns wherever they are used later.
+func inNetns(ns string, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		f, err := os.Open(filepath.Join("/var/run/netns", ns))
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer f.Close()
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("setns %s: %w", ns, err)
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
+}
+
+// testFleet is a boot.Fleet over a fixed list of boards.
+type testFleet struct{ boards []*boot.Board }
+
+func (f *testFleet) BoardByMAC(mac net.HardwareAddr) (*boot.Board, bool) {
+	for _, b := range f.boards {
+		if len(b.MAC) > 0 && bytes.Equal(b.MAC, mac) {
+			return b, true
+		}
+	}
+	return nil, false
+}
+
+func (f *testFleet) BoardBySerial(serial string) (*boot.Board, bool) {
+	for _, b := range f.boards {
+		if b.Serial != "" && b.Serial == serial {
+			return b, true
+		}
+	}
+	return nil, false
+}
+
+func (f *testFleet) BoardByIP(ip netip.Addr) (*boot.Board, bool) {
+	for _, b := range f.boards {
+		if b.IP.IsValid() && b.IP == ip {
+			return b, true
+		}
+	}
+	return nil, false
+}
+
+func mustMAC(s string) net.HardwareAddr {
+	m, err := net.ParseMAC(s)
+	if err != nil {
+		panic(err)
+	}
+	return m
+}
+
+// logBuffer collects log lines for assertions (safe for concurrent use).
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+// running is a server under test inside the server namespace.
+type running struct {
+	srv    *Server
+	cfg    Config
+	logs   *logBuffer
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// startServer runs a server with cfg in n's server namespace until the test ends.
+func startServer(t testing.TB, n *testNetns, cfg Config) *running {
+	t.Helper()
+	logs := &logBuffer{}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	if cfg.Events == nil {
+		cfg.Events = boot.NewTimeline()
+	}
+	if !cfg.ServerIP.IsValid() {
+		cfg.ServerIP = serverIP
+	}
+	if !cfg.Subnet.IsValid() {
+		cfg.Subnet = testNet
+	}
+	cfg.Interface = n.serverIf
+	srv, err := New(cfg)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{srv: srv, cfg: cfg, logs: logs, cancel: cancel, done: make(chan error, 1)}
+	go func() {
+		r.done <- inNetns(n.server, func() error { return srv.Serve(ctx) })
+	}()
+	t.Cleanup(func() { r.stop(t) })
+	waitListening(t, n.server, 67, r.done)
+	return r
+}
+
+// stop cancels the server and waits for Serve to return (bounded).
+func (r *running) stop(t testing.TB) {
+	if r.cancel == nil {
+		return
+	}
+	r.cancel()
+	r.cancel = nil
+	select {
+	case err := <-r.done:
+		if err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Errorf("Serve did not return after cancel")
+	}
+}
+
+// waitListening polls (bounded) until a UDP socket is bound to port in ns.
+func waitListening(t testing.TB, ns string, port int, done chan error) {
+	t.Helper()
+	for range 100 {
+		select {
+		case err := <-done:
+			t.Fatalf("Serve returned early: %v", err)
+		default:
+		}
+		out, _ := exec.Command("ip", "netns", "exec", ns, "ss", "-Huln", fmt.Sprintf("sport = :%d", port)).Output()
+		if len(bytes.TrimSpace(out)) > 0 {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("server not listening on port %d in %s", port, ns)
+}
+
+// rawClient is a UDP socket on port 68 in the client namespace, for crafted packets.
+type rawClient struct {
+	conn *net.UDPConn
+}
+
+func newRawClient(t testing.TB, n *testNetns) *rawClient {
+	t.Helper()
+	var conn *net.UDPConn
+	err := inNetns(n.client, func() error {
+		lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			c.Control(func(fd uintptr) {
+				serr = errors.Join(
+					unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_BROADCAST, 1),
+					unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1),
+					unix.BindToDevice(int(fd), n.clientIf))
+			})
+			return serr
+		}}
+		pc, err := lc.ListenPacket(context.Background(), "udp4", "0.0.0.0:68")
+		if err != nil {
+			return err
+		}
+		conn = pc.(*net.UDPConn)
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("client socket: %v", err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &rawClient{conn: conn}
+}
+
+// send broadcasts pkt to the server port.
+func (c *rawClient) send(t testing.TB, pkt []byte) {
+	t.Helper()
+	if _, err := c.conn.WriteToUDP(pkt, &net.UDPAddr{IP: net.IPv4bcast, Port: 67}); err != nil {
+		t.Fatalf("send: %v", err)
+	}
+}
+
+// replies collects replies with transaction id xid until wait passes without one.
+func (c *rawClient) replies(t testing.TB, xid [4]byte, wait time.Duration, max int) [][]byte {
+	t.Helper()
+	var out [][]byte
+	buf := make([]byte, 1500)
+	for len(out) < max {
+		c.conn.SetReadDeadline(time.Now().Add(wait))
+		n, _, err := c.conn.ReadFromUDP(buf)
+		if err != nil {
+			break
+		}
+		if n >= 8 && buf[0] == 2 && bytes.Equal(buf[4:8], xid[:]) {
+			out = append(out, append([]byte(nil), buf[:n]...))
+		}
+	}
+	return out
+}
+
+// exchange sends pkt (retrying a few times, as a client would) and returns the
+// first reply with the same xid, or nil after the bounded attempts.
+func (c *rawClient) exchange(t testing.TB, pkt []byte) []byte {
+	t.Helper()
+	var xid [4]byte
+	copy(xid[:], pkt[4:8])
+	for range 3 {
+		c.send(t, pkt)
+		if r := c.replies(t, xid, time.Second, 1); len(r) > 0 {
+			return r[0]
+		}
+	}
+	return nil
+}
+
+// expectNone sends pkt and checks that no reply comes (bounded wait).
+func (c *rawClient) expectNone(t testing.TB, pkt []byte) {
+	t.Helper()
+	var xid [4]byte
+	copy(xid[:], pkt[4:8])
+	c.send(t, pkt)
+	if r := c.replies(t, xid, 1500*time.Millisecond, 1); len(r) > 0 {
+		m, _ := dhcpv4.FromBytes(r[0])
+		t.Fatalf("unexpected reply: %v", m)
+	}
+}
