@@ -1,7 +1,7 @@
 package tftp
 
 import (
-		"context"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -189,10 +189,11 @@ func (s *sender) run(ctx context.Context, r io.Reader, n negotiated) (int64, err
 			return s.sent, fmt.Errorf("read block %d: %w", block, err)
 		}
 		binary.BigEndian.PutUint16(blk[2:], block)
-		if err := s.exchange(blk[:4+l], block); err != nil {
+		err = s.exchange(blk[:4+l], block)
+		s.sent += int64(l) // sent, if not acknowledged: a probe's first block counts
+		if err != nil {
 			return s.sent, fmt.Errorf("block %d: %w", block, err)
 		}
-		s.sent += int64(l)
 		if l < n.blockSize {
 			return s.sent, nil
 		}
