@@ -18,6 +18,7 @@ import (
 type FileSystem interface {
 	billy.Filesystem
 	billy.Change
+	Mkdir(name string, perm os.FileMode) error // fails with EEXIST, unlike MkdirAll
 	Link(oldname, newname string) error
 	Mknod(name string, mode uint32, dev uint64) error
 	Truncate(name string, size int64) error
@@ -218,5 +219,3 @@ func statusOf(err error) nfs.NFSStatus {
 	}
 	return nfs.NFSStatusIO
 }
-
-var _ = os.ModePerm

@@ -200,7 +200,9 @@ func exclusiveMatch(st *fstat, verf []byte) bool {
 	return st.atime.Unix() == int64(be32(verf[0:4])) && st.mtime.Unix() == int64(be32(verf[4:8]))
 }
 
-func be32(b []byte) uint32 { return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]) }
+func be32(b []byte) uint32 {
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+}
 
 func errStatus(err error) nfs.NFSStatus {
 	if err != nil {
@@ -222,10 +224,7 @@ func (s *Server) onMkdir(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) er
 	var st *fstat
 	if status == nfs.NFSStatusOk {
 		p := joinPath(dirPath, name)
-		// billy has only MkdirAll, which succeeds on an existing directory.
-		if _, s := q.lstat(p); s == nfs.NFSStatusOk {
-			status = nfs.NFSStatusExist
-		} else if err := q.e.FS.MkdirAll(p, 0o700); err != nil {
+		if err := q.e.FS.Mkdir(p, 0o700); err != nil {
 			status = q.fail("mkdir", p, err)
 		} else {
 			st, status = q.finishNew(dirID, dirSt, p, name, a, q.newMode(a, 0o755, dirSt, true))
