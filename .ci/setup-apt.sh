@@ -14,6 +14,6 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   iproute2 kmod cpio xz-utils zstd gzip curl ca-certificates \
   busybox udhcpc isc-dhcp-client tftp-hpa libnfs-utils \
-  qemu-system-arm u-boot-qemu u-boot-tools ipxe-qemu- \
+  qemu-system-arm u-boot-qemu u-boot-tools \
   attr e2fsprogs mtools dosfstools fdisk \
   >/dev/null

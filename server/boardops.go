@@ -1,0 +1,173 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// ErrMounted refuses a reset of a board that is running off its root right now.
+var ErrMounted = errors.New("board has an active NFS mount")
+
+// resetBoardDir wipes a board's state crash-safely: the whole board dir (upper, work,
+// NFS handle table, identity) is renamed into the trash in one step, then deleted. A
+// crash before the rename leaves the board as it was; after it, the board is already
+// reset and finishResets deletes the leftovers at the next start. It returns the trash
+// path (already deleted unless keepTrash, which tests use to inject a crash).
+func resetBoardDir(st State, board string, keepTrash bool) (string, error) {
+	dir := st.Board(board)
+	if _, err := os.Lstat(dir); errors.Is(err, fs.ErrNotExist) {
+		return "", nil // never booted: nothing to wipe
+	}
+	if err := os.MkdirAll(st.Trash(), 0o700); err != nil {
+		return "", fmt.Errorf("board %s: reset: %w", board, err)
+	}
+	trash := filepath.Join(st.Trash(), board+"."+strconv.FormatInt(time.Now().UnixNano(), 10))
+	if err := os.Rename(dir, trash); err != nil {
+		return "", fmt.Errorf("board %s: reset: move aside: %w", board, err)
+	}
+	if err := syncDir(st.Boards()); err != nil {
+		return "", fmt.Errorf("board %s: reset: %w", board, err)
+	}
+	if keepTrash {
+		return trash, nil
+	}
+	if err := os.RemoveAll(trash); err != nil {
+		return trash, fmt.Errorf("board %s: reset: delete %s: %w", board, trash, err)
+	}
+	return trash, nil
+}
+
+// finishResets deletes board dirs a reset moved aside but did not get to delete (the
+// server or the CLI died in between).
+func finishResets(st State, log *slog.Logger) error {
+	ents, err := os.ReadDir(st.Trash())
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("state dir: %w", err)
+	}
+	for _, e := range ents {
+		p := filepath.Join(st.Trash(), e.Name())
+		board, _, _ := strings.Cut(e.Name(), ".")
+		log.Info("finishing an interrupted board reset", "board", board, "path", p)
+		if err := os.RemoveAll(p); err != nil {
+			return fmt.Errorf("board %s: finish reset: %w", board, err)
+		}
+	}
+	return nil
+}
+
+func syncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}
+
+// Change is one line of `pifleet board diff`: what a board changed against its image.
+type Change struct {
+	Kind string `json:"kind"` // "A" added, "C" changed, "D" deleted
+	Path string `json:"path"` // absolute path in the board's root
+	Size int64  `json:"size"` // bytes the upper copy takes (0 for D)
+}
+
+// DiffBoard lists what a board changed, read straight from its upper dir in the
+// overlayfs format: a whiteout (char device 0/0) is a deletion, an entry that also
+// exists in a lower is a change, anything else an addition. An opaque directory
+// replaced the lower one: it is a change and its contents are additions.
+func DiffBoard(upper string, lowers []string) ([]Change, error) {
+	var out []Change
+	err := filepath.WalkDir(upper, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) && p == upper {
+				return fs.SkipDir // the board never wrote anything
+			}
+			return err
+		}
+		if p == upper {
+			return nil
+		}
+		rel, _ := filepath.Rel(upper, p)
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return fmt.Errorf("diff %s: %w", p, err)
+		}
+		name := "/" + filepath.ToSlash(rel)
+		if st.Mode&syscall.S_IFMT == syscall.S_IFCHR && st.Rdev == 0 {
+			out = append(out, Change{Kind: "D", Path: name})
+			return nil
+		}
+		kind := "A"
+		if inLowers(lowers, rel) {
+			kind = "C"
+		}
+		size := int64(0)
+		if d.Type().IsRegular() {
+			size = st.Blocks * 512
+		}
+		out = append(out, Change{Kind: kind, Path: name, Size: size})
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
+	return out, nil
+}
+
+// inLowers reports whether rel exists in a lower, stopping at a lower that whites it out
+// or hides it under an opaque directory (the same lookup the overlay does).
+func inLowers(lowers []string, rel string) bool {
+	for _, l := range lowers {
+		var st unix.Stat_t
+		if err := unix.Lstat(filepath.Join(l, rel), &st); err == nil {
+			return !(st.Mode&syscall.S_IFMT == syscall.S_IFCHR && st.Rdev == 0)
+		}
+		if opaqueAbove(l, rel) {
+			return false
+		}
+	}
+	return false
+}
+
+func opaqueAbove(layer, rel string) bool {
+	dir := filepath.Dir(rel)
+	for dir != "." && dir != "/" {
+		buf := make([]byte, 4)
+		if n, err := unix.Lgetxattr(filepath.Join(layer, dir), "trusted.overlay.opaque", buf); err == nil && n == 1 && buf[0] == 'y' {
+			return true
+		}
+		dir = filepath.Dir(dir)
+	}
+	return false
+}
+
+// DirSize is the disk space a tree takes (what a board's upper costs).
+func DirSize(dir string) int64 {
+	var total int64
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		var st unix.Stat_t
+		if unix.Lstat(p, &st) == nil {
+			total += st.Blocks * 512
+		}
+		return nil
+	})
+	return total
+}

@@ -1,0 +1,190 @@
+package server
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/pifleet/pifleet/boot"
+	"github.com/pifleet/pifleet/images"
+)
+
+// BoardStatus is one row of `pifleet board ls` and of the status page.
+type BoardStatus struct {
+	Name      string       `json:"name"`
+	MAC       string       `json:"mac,omitempty"`
+	Serial    string       `json:"serial,omitempty"`
+	IP        string       `json:"ip,omitempty"`
+	Image     string       `json:"image"`
+	Group     string       `json:"group,omitempty"`
+	UpperSize int64        `json:"upper_bytes"`
+	Mounted   bool         `json:"mounted"`
+	LastBoot  *time.Time   `json:"last_boot,omitempty"`
+	Reached   boot.Stage   `json:"reached,omitempty"` // how far the last boot got
+	Timeline  []boot.Event `json:"timeline,omitempty"`
+}
+
+func statusOf(st State, b Board) BoardStatus {
+	s := BoardStatus{Name: b.Name, Serial: b.Serial, Image: b.Image, Group: b.Group, UpperSize: DirSize(st.Upper(b.Name))}
+	if b.MAC != nil {
+		s.MAC = b.MAC.String()
+	}
+	if b.IP.IsValid() {
+		s.IP = b.IP.String()
+	}
+	return s
+}
+
+// Boards reports every board with its live state; withTimeline adds each last boot's events.
+func (s *Server) Boards(withTimeline bool) []BoardStatus {
+	s.mu.Lock()
+	cfg := s.cfg
+	s.mu.Unlock()
+	out := make([]BoardStatus, 0, len(cfg.Boards))
+	for _, b := range cfg.Boards {
+		bs := statusOf(s.state, b)
+		bs.Mounted = s.nfs.Mounted(b.Name)
+		evs := s.timeline.LastBoot(b.Name)
+		if len(evs) > 0 {
+			t := evs[0].Time
+			bs.LastBoot = &t
+			bs.Reached = evs[len(evs)-1].Stage
+			for _, e := range evs {
+				if e.Stage == boot.StageNFS {
+					bs.Reached = boot.StageNFS
+				}
+			}
+		}
+		if withTimeline {
+			bs.Timeline = evs
+		}
+		out = append(out, bs)
+	}
+	return out
+}
+
+// ResetBoard wipes a board's upper dir (and its NFS handles and identity, which are
+// made afresh) while the server runs. It refuses a board with an active mount unless
+// force: that board's handles then go STALE, and it must reboot.
+func (s *Server) ResetBoard(name string, force bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	snap := s.fleet.cur.Load()
+	b, ok := snap.boards[name]
+	if !ok {
+		return fmt.Errorf("board %s: not in the fleet", name)
+	}
+	if s.nfs.Mounted(name) && !force {
+		return fmt.Errorf("board %s: %w: power it off first, or use --force (its running system then loses its root)", name, ErrMounted)
+	}
+	// Detach the board first so no NFS call runs against the old upper while it moves.
+	without := make(map[string]*boardRT, len(snap.boards))
+	for n, x := range snap.boards {
+		if n != name {
+			without[n] = x
+		}
+	}
+	s.install(newSnapshot(snap.cfg, snap.serverIP, without))
+	_, resetErr := resetBoardDir(s.state, name, false)
+	rt, err := s.openBoard(snap.cfg, b.cfg, b.lowers)
+	if err != nil {
+		return fmt.Errorf("board %s: reopen after reset: %w", name, err)
+	}
+	without[name] = rt
+	s.install(newSnapshot(snap.cfg, snap.serverIP, without))
+	s.timeline.Record(boot.Event{Board: name, Stage: boot.StageReset, What: "reset"})
+	s.log.Info("board reset", "board", name, "mac", b.cfg.MAC, "forced", force)
+	return resetErr
+}
+
+// Diff lists what a board changed against its image.
+func (s *Server) Diff(name string) ([]Change, error) {
+	b, ok := s.fleet.cur.Load().boards[name]
+	if !ok {
+		return nil, fmt.Errorf("board %s: not in the fleet", name)
+	}
+	return DiffBoard(s.state.Upper(name), b.lowers)
+}
+
+// OfflineBoards reports the boards of cfg from the state dir alone (no server running).
+func OfflineBoards(cfg *Config) []BoardStatus {
+	st := State{Dir: cfg.Server.State}
+	out := make([]BoardStatus, 0, len(cfg.Boards))
+	for _, b := range cfg.Boards {
+		out = append(out, statusOf(st, b))
+	}
+	return out
+}
+
+// OfflineReset resets a board straight on the state dir, for when no server runs.
+func OfflineReset(cfg *Config, name string) error {
+	if !hasBoard(cfg, name) {
+		return fmt.Errorf("board %s: not in %s", name, cfg.Path)
+	}
+	st := State{Dir: cfg.Server.State}
+	if err := finishResets(st, discardLogger()); err != nil {
+		return err
+	}
+	_, err := resetBoardDir(st, name, false)
+	return err
+}
+
+// OfflineDiff lists a board's changes from the state dir alone.
+func OfflineDiff(cfg *Config, name string) ([]Change, error) {
+	var b *Board
+	for i := range cfg.Boards {
+		if cfg.Boards[i].Name == name {
+			b = &cfg.Boards[i]
+		}
+	}
+	if b == nil {
+		return nil, fmt.Errorf("board %s: not in %s", name, cfg.Path)
+	}
+	st := State{Dir: cfg.Server.State}
+	lowers := []string{st.Identity(name)}
+	if im := cfg.Images[b.Image]; im.Path != "" {
+		lowers = append(lowers, im.Path)
+	} else {
+		store, err := images.OpenStore(st.Images())
+		if err != nil {
+			return nil, err
+		}
+		layers, err := store.Layers(b.Image)
+		if err != nil {
+			return nil, fmt.Errorf("board %s: %w", name, err)
+		}
+		lowers = append(lowers, layers...)
+	}
+	return DiffBoard(st.Upper(name), lowers)
+}
+
+func hasBoard(cfg *Config, name string) bool {
+	for _, b := range cfg.Boards {
+		if b.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// CheckState looks at the state dir for things `pifleet check` should warn about:
+// images the fleet names that are not there yet.
+func CheckState(cfg *Config) []string {
+	var out []string
+	st := State{Dir: cfg.Server.State}
+	for name, im := range cfg.Images {
+		p := im.Path
+		if p == "" {
+			p = filepath.Join(st.Images(), name, "root")
+		}
+		if _, err := os.Stat(p); err != nil {
+			hint := fmt.Sprintf("import it with `pifleet image import FILE --name %s`", name)
+			if name == "demo" {
+				hint = "build it with `make demo`"
+			}
+			out = append(out, fmt.Sprintf("image %s is not there yet (%s): %s", name, p, hint))
+		}
+	}
+	return out
+}

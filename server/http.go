@@ -1,0 +1,174 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"html/template"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"time"
+)
+
+// The HTTP side: a status page for people, a JSON API for `pifleet board ...` and
+// scripts, and Prometheus metrics. Calls that change state (reset, reload) are accepted
+// only from the server itself (loopback), since the API has no authentication.
+func (s *Server) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{$}", s.handleStatus)
+	mux.HandleFunc("GET /api/boards", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, s.Boards(r.URL.Query().Get("timeline") != ""))
+	})
+	mux.HandleFunc("GET /api/boards/{name}", func(w http.ResponseWriter, r *http.Request) {
+		for _, b := range s.Boards(true) {
+			if b.Name == r.PathValue("name") {
+				writeJSON(w, http.StatusOK, b)
+				return
+			}
+		}
+		writeError(w, http.StatusNotFound, "board "+r.PathValue("name")+": not in the fleet")
+	})
+	mux.HandleFunc("GET /api/boards/{name}/diff", func(w http.ResponseWriter, r *http.Request) {
+		ch, err := s.Diff(r.PathValue("name"))
+		if err != nil {
+			writeError(w, http.StatusNotFound, err.Error())
+			return
+		}
+		writeJSON(w, http.StatusOK, ch)
+	})
+	mux.HandleFunc("POST /api/boards/{name}/reset", localOnly(func(w http.ResponseWriter, r *http.Request) {
+		err := s.ResetBoard(r.PathValue("name"), r.URL.Query().Get("force") == "1")
+		switch {
+		case errors.Is(err, ErrMounted):
+			writeError(w, http.StatusConflict, err.Error())
+		case err != nil:
+			writeError(w, http.StatusBadRequest, err.Error())
+		default:
+			writeJSON(w, http.StatusOK, map[string]string{"reset": r.PathValue("name")})
+		}
+	}))
+	mux.HandleFunc("POST /api/reload", localOnly(func(w http.ResponseWriter, r *http.Request) {
+		if _, err := s.Reload(true); err != nil {
+			writeError(w, http.StatusUnprocessableEntity, err.Error())
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"reloaded": s.cfgPath})
+	}))
+	mux.HandleFunc("GET /api/unknown", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, s.timeline.Unknowns())
+	})
+	mux.HandleFunc("GET /metrics", s.handleMetrics)
+	return mux
+}
+
+func (s *Server) serveHTTP(ctx context.Context, l net.Listener) error {
+	srv := &http.Server{Handler: s.handler(), ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+	go func() {
+		<-ctx.Done()
+		shut, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(shut)
+	}()
+	if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+func localOnly(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		ap, err := netip.ParseAddrPort(r.RemoteAddr)
+		if err != nil || !ap.Addr().Unmap().IsLoopback() {
+			writeError(w, http.StatusForbidden, "this call is accepted from the server itself only (use the pifleet CLI there)")
+			return
+		}
+		h(w, r)
+	}
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, map[string]string{"error": msg})
+}
+
+func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {
+	boards := s.Boards(false)
+	mounted := 0
+	for _, b := range boards {
+		if b.Mounted {
+			mounted++
+		}
+	}
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+	s.metrics.write(w, map[string]float64{
+		"pifleet_boards":          float64(len(boards)),
+		"pifleet_boards_mounted":  float64(mounted),
+		"pifleet_unknown_clients": float64(len(s.timeline.Unknowns())),
+		"pifleet_uptime_seconds":  time.Since(s.started).Seconds(),
+	})
+}
+
+var statusPage = template.Must(template.New("status").Funcs(template.FuncMap{
+	"bytes": HumanBytes,
+	"ago": func(t *time.Time) string {
+		if t == nil {
+			return "never"
+		}
+		return time.Since(*t).Round(time.Second).String() + " ago"
+	},
+}).Parse(`<!doctype html>
+<html><head><meta charset="utf-8"><title>pifleet</title>
+<meta http-equiv="refresh" content="5">
+<style>body{font:14px system-ui,sans-serif;margin:2em}table{border-collapse:collapse}td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:left}
+.on{color:#080;font-weight:bold}.mono{font-family:monospace}</style></head><body>
+<h1>pifleet</h1>
+<p>{{.Address}} · DHCP {{.Mode}} · {{len .Boards}} boards · config {{.Config}}</p>
+<table><tr><th>board</th><th>MAC</th><th>serial</th><th>IP</th><th>image</th><th>upper</th><th>last boot</th><th>reached</th><th>root</th></tr>
+{{range .Boards}}<tr><td><a href="/api/boards/{{.Name}}">{{.Name}}</a></td><td class="mono">{{.MAC}}</td><td class="mono">{{.Serial}}</td><td>{{.IP}}</td><td>{{.Image}}</td>
+<td>{{bytes .UpperSize}}</td><td>{{ago .LastBoot}}</td><td>{{.Reached}}</td><td>{{if .Mounted}}<span class="on">mounted</span>{{else}}-{{end}}</td></tr>
+{{end}}</table>
+<h2>Seen, not in fleet</h2>
+{{if .Unknown}}<table><tr><th>MAC</th><th>serial</th><th>model</th><th>last seen</th><th>requests</th></tr>
+{{range .Unknown}}<tr><td class="mono">{{.MAC}}</td><td class="mono">{{.Serial}}</td><td>{{.Model}}</td><td>{{.LastSeen.Format "2006-01-02 15:04:05"}}</td><td>{{.Count}}</td></tr>{{end}}
+</table>{{else}}<p>none</p>{{end}}
+<p><a href="/metrics">metrics</a> · <a href="/api/boards?timeline=1">JSON</a></p>
+</body></html>`))
+
+func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	cfg := s.cfg
+	s.mu.Unlock()
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	statusPage.Execute(w, map[string]any{
+		"Address": cfg.Server.Address, "Mode": cfg.Server.DHCP.Mode, "Config": s.cfgPath,
+		"Boards": s.Boards(false), "Unknown": s.timeline.Unknowns(),
+	})
+}
+
+// HumanBytes renders a byte count for people: "512 B", "1.5 MiB".
+func HumanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }

@@ -1,0 +1,61 @@
+package server
+
+import (
+	"fmt"
+	"path/filepath"
+)
+
+// State is the on-disk layout of the state dir (fleet.yaml's server.state). It is the
+// one place that knows where things live:
+//
+//	images/<image>/...           base images (package images owns the inside)
+//	boards/<board>/upper/        the board's writes, in overlayfs format
+//	boards/<board>/work/         scratch for crash-safe copy-up (same file system as upper)
+//	boards/<board>/nfs/          NFS handle table and instance id (package nfsroot)
+//	boards/<board>/identity/     per-board identity layer: hostname, machine-id, SSH keys
+//	boards/.trash/               board dirs moved aside by a reset, deleted next
+//	dhcp/leases.json             full-mode DHCP leases
+//	cache/                       downloaded .debs for the demo image
+type State struct {
+	// Dir is the state directory, absolute.
+	Dir string
+}
+
+// Images is the image store's directory.
+func (s State) Images() string { return filepath.Join(s.Dir, "images") }
+
+// Boards is the directory holding every board's dir.
+func (s State) Boards() string { return filepath.Join(s.Dir, "boards") }
+
+// Board is the directory of one board's state.
+func (s State) Board(name string) string { return filepath.Join(s.Boards(), name) }
+
+// Upper is the board's overlay upper dir.
+func (s State) Upper(name string) string { return filepath.Join(s.Board(name), "upper") }
+
+// Work is the board's overlay scratch dir.
+func (s State) Work(name string) string { return filepath.Join(s.Board(name), "work") }
+
+// NFS is the board's NFS state dir (handle table).
+func (s State) NFS(name string) string { return filepath.Join(s.Board(name), "nfs") }
+
+// Identity is the board's identity layer, the topmost lower of its overlay.
+func (s State) Identity(name string) string { return filepath.Join(s.Board(name), "identity") }
+
+// Trash holds board dirs that a reset moved aside and has not finished deleting.
+func (s State) Trash() string { return filepath.Join(s.Boards(), ".trash") }
+
+// Leases is the full-mode DHCP lease file.
+func (s State) Leases() string { return filepath.Join(s.Dir, "dhcp", "leases.json") }
+
+// Cache holds downloads (the demo image's .debs).
+func (s State) Cache() string { return filepath.Join(s.Dir, "cache") }
+
+// Export is the NFS export path a board mounts; the same string goes into its
+// cmdline.txt (nfsroot=) and into the NFS server's export table.
+func Export(board string) string { return "/boards/" + board }
+
+// NFSRoot is the value of a board's nfsroot= kernel argument.
+func NFSRoot(server string, board string, p Ports) string {
+	return fmt.Sprintf("%s:%s,vers=3,tcp,port=%d,mountport=%d,nolock", server, Export(board), p.NFS, p.Mount)
+}
