@@ -50,7 +50,7 @@ option lease 3600
 	t.Cleanup(func() { dhcpd.Process.Kill(); dhcpd.Wait() })
 
 	fw := filepath.Join(tr.Root, "boot/firmware")
-	board := testbed.StartBoard(t, net, testbed.BoardConfig{
+	board := testbed.MustStartBoard(t, net, testbed.BoardConfig{
 		Name: "smoke", Tap: "tap0", MAC: "52:54:00:12:34:99", LogDir: dir,
 		Machine: []string{"-M", "virt", "-cpu", "cortex-a72", "-smp", "1", "-m", "512",
 			"-kernel", filepath.Join(fw, "kernel8.img"), "-initrd", filepath.Join(fw, "initramfs8"),

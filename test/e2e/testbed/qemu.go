@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -24,6 +25,8 @@ type Board struct {
 	cmd     *exec.Cmd
 	done    chan struct{}
 	waitErr error
+	// closeOnce: Kill runs from cleanups and from tests.
+	closeOnce sync.Once
 }
 
 // BoardConfig says how to start a board.
@@ -55,9 +58,9 @@ func UBootVirt() []string {
 	return []string{"-M", "virt", "-cpu", "cortex-a72", "-smp", "1", "-m", "1024", "-bios", UBootQEMUArm64}
 }
 
-// StartBoard starts QEMU inside net and kills it when the test ends.
-func StartBoard(t testing.TB, net *Net, cfg BoardConfig) *Board {
-	t.Helper()
+// StartBoard starts QEMU inside net. The caller must Kill it (t.Cleanup(b.Kill)) on the
+// test that owns the board, which may outlive the subtest that started it.
+func StartBoard(net *Net, cfg BoardConfig) (*Board, error) {
 	args := append([]string{}, cfg.Machine...)
 	// -nodefaults + -serial stdio: the guest console is the process's stdin/stdout, with no
 	// monitor muxed in (so no escape character can reach QEMU by accident).
@@ -73,30 +76,43 @@ func StartBoard(t testing.TB, net *Net, cfg BoardConfig) *Board {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	cmd.Stderr = cmd.Stdout
 	b := &Board{Name: cfg.Name, LogPath: filepath.Join(cfg.LogDir, cfg.Name+".log"), cmd: cmd, done: make(chan struct{})}
 	if b.Console, err = NewConsole(stdout, stdin, b.LogPath); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	fmt.Fprintf(b.Console.log, "\n==== %s: qemu-system-aarch64 %q\n", time.Now().UTC().Format(time.RFC3339), args)
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("start QEMU for %s: %v", cfg.Name, err)
+		b.Console.Close()
+		return nil, fmt.Errorf("start QEMU for %s: %w", cfg.Name, err)
 	}
 	go func() {
 		b.waitErr = cmd.Wait()
 		close(b.done)
 	}()
-	t.Cleanup(func() { b.Kill() })
+	return b, nil
+}
+
+// MustStartBoard is StartBoard for a test: it fails t on error and kills the board when t
+// ends.
+func MustStartBoard(t testing.TB, net *Net, cfg BoardConfig) *Board {
+	t.Helper()
+	b, err := StartBoard(net, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Kill)
 	return b
 }
 
-// Kill stops QEMU at once (the guest gets no shutdown) and waits for it.
+// Kill stops QEMU at once (the guest gets no shutdown) and waits for it. Calling it
+// again is harmless.
 func (b *Board) Kill() {
 	select {
 	case <-b.done:
@@ -104,7 +120,7 @@ func (b *Board) Kill() {
 		b.cmd.Process.Kill()
 		<-b.done
 	}
-	b.Console.Close()
+	b.closeOnce.Do(func() { b.Console.Close() })
 }
 
 // Wait waits up to timeout for QEMU to exit by itself (a guest poweroff with -no-reboot).

@@ -1,0 +1,186 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pifleet/pifleet/test/e2e/testbed"
+)
+
+var (
+	board1 = testBoard{name: "board1", mac: "52:54:00:12:34:01", ip: "10.77.0.11", tap: "tap1"}
+	board2 = testBoard{name: "board2", mac: "52:54:00:12:34:02", ip: "10.77.0.12", tap: "tap2"}
+)
+
+// TestFleet boots two U-Boot boards (-M virt) from pifleet over DHCP, TFTP and NFS, and
+// checks from inside them what a diskless fleet needs: per-board persistence and
+// isolation, reset, Unix permissions, a server crash under load, and an untouched image.
+func TestFleet(t *testing.T) {
+	l := newLab(t, []testBoard{board1, board2})
+	imageRoot := filepath.Join(l.state, "images", "demo")
+	before := treeDigest(t, imageRoot)
+	l.startServer(t)
+
+	// Boot both at once, as a fleet powering up would.
+	// Started here, not in the subtest: they must outlive it. b1 is replaced by reboots.
+	var b1, b2 *testbed.Board
+	q1 := testbed.MustStartBoard(t, l.net, testbed.BoardConfig{Name: board1.name, Tap: board1.tap, MAC: board1.mac, Machine: testbed.UBootVirt(), LogDir: l.logDir})
+	q2 := testbed.MustStartBoard(t, l.net, testbed.BoardConfig{Name: board2.name, Tap: board2.tap, MAC: board2.mac, Machine: testbed.UBootVirt(), LogDir: l.logDir})
+	t.Run("boot", func(t *testing.T) {
+		for _, q := range []struct {
+			qb *testbed.Board
+			b  testBoard
+		}{{q1, board1}, {q2, board2}} {
+			// Each step of the boot on the console, so a failure says how far it got.
+			for _, step := range []string{
+				`DHCP client bound to address ` + regexp.QuoteMeta(q.b.ip),
+				`pxelinux\.cfg/01-` + strings.ReplaceAll(q.b.mac, ":", "-"),
+				`Starting kernel`,
+				`pifleet-initramfs: lease ` + regexp.QuoteMeta(q.b.ip),
+				`pifleet-initramfs: mounting ` + regexp.QuoteMeta(serverAddr) + `:/boards/` + q.b.name,
+				`PIFLEET-READY`,
+			} {
+				if _, err := q.qb.Console.Expect(regexp.MustCompile(step), guestFail, bootTimeout); err != nil {
+					t.Fatalf("board %s: %v\nconsole log %s, last output:\n%s", q.b.name, err, q.qb.LogPath, q.qb.Console.Tail(4000))
+				}
+			}
+			info := l.check(t, q.qb, "info", "")
+			t.Logf("board %s booted: %s", q.b.name, info)
+		}
+		b1, b2 = q1, q2
+	})
+	if b1 == nil || b2 == nil {
+		t.Fatal("boards did not boot; the remaining checks need them")
+	}
+
+	token := fmt.Sprintf("token-%d", time.Now().UnixNano())
+	t.Run("root-is-own-nfs-export", func(t *testing.T) {
+		for _, q := range []struct {
+			qb   *testbed.Board
+			name string
+		}{{b1, board1.name}, {b2, board2.name}} {
+			q.qb.Console.Send("awk '$2 == \"/\" {print \"ROOT=\" $1 \" \" $3}' /proc/mounts")
+			want := regexp.MustCompile(`ROOT=` + regexp.QuoteMeta(serverAddr+":/boards/"+q.name) + ` nfs`)
+			if _, err := q.qb.Console.Expect(want, guestFail, checkTimeout); err != nil {
+				t.Errorf("board %s: root is not its NFS export: %v\n%s", q.name, err, q.qb.Console.Tail(1500))
+			}
+		}
+	})
+	t.Run("write-is-not-visible-on-other-board", func(t *testing.T) {
+		l.check(t, b1, "write", token)
+		l.check(t, b2, "absent", "")
+	})
+	t.Run("permissions-setuid-hardlink-rename", func(t *testing.T) {
+		l.check(t, b1, "perms", "")
+	})
+	t.Run("server-sigkill-under-io", func(t *testing.T) {
+		io := regexp.MustCompile(`PIFLEET-IO ([0-9]+)`)
+		b2.Console.Send("pifleet-check io " + token)
+		for range 3 {
+			if _, err := b2.Console.Expect(io, guestFail, checkTimeout); err != nil {
+				t.Fatalf("io loop did not start: %v\n%s", err, b2.Console.Tail(2000))
+			}
+		}
+		l.killServer()
+		t.Log("server killed with SIGKILL while board2 loops on I/O")
+		time.Sleep(2 * time.Second) // let the board hit the dead server, not just a gap
+		l.startServer(t)
+		// Rounds after the restart must complete: the board's handles survived it.
+		for range 5 {
+			if _, err := b2.Console.Expect(io, guestFail, checkTimeout); err != nil {
+				t.Fatalf("io loop did not carry on after the server restart: %v\n%s", err, b2.Console.Tail(3000))
+			}
+		}
+		b2.Console.Send("stop")
+		m, err := b2.Console.Expect(regexp.MustCompile(`PIFLEET-CHECK ok io[^\r\n]*`), guestFail, checkTimeout)
+		if err != nil {
+			t.Fatalf("io loop: %v\n%s", err, b2.Console.Tail(3000))
+		}
+		t.Log(m)
+		// No stale handle and no I/O error reached the kernel log either.
+		b2.Console.Send("dmesg | grep -ciE 'stale|i/o error|nfs: server .* not responding, timed out' ; echo dmesg-checked")
+		if _, err := b2.Console.Expect(regexp.MustCompile(`\n0\r?\ndmesg-checked`), nil, checkTimeout); err != nil {
+			b2.Console.Send("dmesg | tail -n 30")
+			time.Sleep(3 * time.Second)
+			t.Errorf("kernel log mentions stale handles or I/O errors: %v\n%s", err, b2.Console.Tail(3000))
+		}
+	})
+	t.Run("write-survives-reboot", func(t *testing.T) {
+		l.powerOff(t, b1)
+		b1 = l.boot(t, board1)
+		l.check(t, b1, "read", token)
+		l.check(t, b2, "absent", "")
+	})
+	t.Run("reset-restores-image", func(t *testing.T) {
+		l.powerOff(t, b1)
+		// --force: the server cannot know that a powered-off board let go of its root.
+		if out, err := l.pifleet("board", "reset", "-c", l.cfgPath, "--force", board1.name); err != nil {
+			t.Fatalf("pifleet board reset %s: %v\n%s", board1.name, err, out)
+		}
+		b1 = l.boot(t, board1)
+		l.check(t, b1, "absent", "")
+	})
+	t.Run("image-unchanged", func(t *testing.T) {
+		b1.Kill()
+		b2.Kill()
+		l.stopServer()
+		if after := treeDigest(t, imageRoot); after != before {
+			t.Errorf("the base image %s changed while the boards ran (digest %s, was %s)", imageRoot, after, before)
+		}
+	})
+}
+
+// TestPi3Path follows a Raspberry Pi 3 as far as QEMU allows: QEMU's raspi3b has no
+// network boot ROM, so the test fetches what the Pi's firmware would over pifleet's TFTP,
+// under the board's serial prefix, boots those with -kernel/-dtb/-initrd and lets the
+// initramfs mount the root over NFS through -device usb-net.
+func TestPi3Path(t *testing.T) {
+	pi := testBoard{name: "pi3", mac: "52:54:00:12:34:03", ip: "10.77.0.13", serial: "00c0ffee", tap: "tap3"}
+	l := newLab(t, []testBoard{pi})
+	l.startServer(t)
+	dl := filepath.Join(l.dir, "tftp")
+	if err := os.MkdirAll(dl, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"config.txt", "cmdline.txt", "kernel8.img", "initramfs8", "bcm2837-rpi-3-b.dtb", "start.elf", "bootcode.bin"} {
+		out, err := l.net.Command(t.Context(), "busybox", "tftp", "-g", "-b", "1468", "-r", pi.serial+"/"+f, "-l", filepath.Join(dl, f), serverAddr).CombinedOutput()
+		if err != nil {
+			t.Fatalf("TFTP %s/%s from pifleet: %v: %s", pi.serial, f, err, out)
+		}
+	}
+	cfg, _ := os.ReadFile(filepath.Join(dl, "config.txt"))
+	if !strings.Contains(string(cfg), "kernel=kernel8.img") {
+		t.Errorf("config.txt over TFTP lacks kernel=kernel8.img:\n%s", cfg)
+	}
+	cmdline, _ := os.ReadFile(filepath.Join(dl, "cmdline.txt"))
+	wantRoot := "nfsroot=" + serverAddr + ":/boards/" + pi.name
+	if !strings.Contains(string(cmdline), wantRoot) {
+		t.Fatalf("cmdline.txt over TFTP lacks %s:\n%s", wantRoot, cmdline)
+	}
+	qb := testbed.MustStartBoard(t, l.net, testbed.BoardConfig{
+		Name: pi.name, Tap: pi.tap, MAC: pi.mac, LogDir: l.logDir,
+		Machine: []string{"-M", "raspi3b", "-m", "1G",
+			"-kernel", filepath.Join(dl, "kernel8.img"), "-dtb", filepath.Join(dl, "bcm2837-rpi-3-b.dtb"),
+			"-initrd", filepath.Join(dl, "initramfs8"), "-append", strings.TrimSpace(string(cmdline))},
+		NIC: "usb-net,netdev=net0,mac=" + pi.mac,
+	})
+	for _, step := range []string{
+		`pifleet-initramfs: lease ` + regexp.QuoteMeta(pi.ip),
+		`pifleet-initramfs: mounting ` + regexp.QuoteMeta(serverAddr) + `:/boards/` + pi.name,
+		`PIFLEET-READY`,
+	} {
+		if _, err := qb.Console.Expect(regexp.MustCompile(step), guestFail, 2*bootTimeout); err != nil {
+			t.Fatalf("pi3: %v\nconsole log %s, last output:\n%s", err, qb.LogPath, qb.Console.Tail(4000))
+		}
+	}
+	qb.Console.Send("cat /proc/device-tree/model; echo; echo model-done")
+	if _, err := qb.Console.Expect(regexp.MustCompile(`Raspberry Pi 3 Model B[^\r\n]*\r?\n+model-done`), nil, checkTimeout); err != nil {
+		t.Errorf("pi3 does not run with the Pi 3 device tree: %v\n%s", err, qb.Console.Tail(2000))
+	}
+	l.check(t, qb, "write", "pi3-token")
+}
