@@ -136,6 +136,16 @@ func (e *export) close() {
 	}
 }
 
+// flush fsyncs the handle table if the export is open.
+func (e *export) flush() error {
+	e.initMu.Lock()
+	defer e.initMu.Unlock()
+	if e.tbl == nil {
+		return nil
+	}
+	return e.tbl.durable()
+}
+
 func (e *export) handle(fileID uint64) []byte { return makeHandle(e.id, e.inst, fileID) }
 
 // resolve turns a FileID into its current path and status, or STALE.

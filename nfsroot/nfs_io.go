@@ -154,6 +154,9 @@ func (q *req) writeAt(f *openFile, p string, data []byte, off int64, sync bool) 
 		if err := syncFile(f); err != nil {
 			return q.fail("fsync", p, err)
 		}
+		if err := q.e.tbl.durable(); err != nil {
+			return q.fail("fsync handles", p, err)
+		}
 	}
 	return nfs.NFSStatusOk
 }
@@ -184,6 +187,10 @@ func (s *Server) onCommit(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) e
 		if err == nil {
 			err = syncFile(f)
 			q.e.files.put(f)
+		}
+		if err == nil {
+			// The handles the board holds must survive what its data survives.
+			err = q.e.tbl.durable()
 		}
 		if err != nil {
 			status = q.fail("commit", p, err)

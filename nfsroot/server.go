@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Options configure a Server.
@@ -112,6 +113,11 @@ func (s *Server) serve(ctx context.Context, l net.Listener, what string) error {
 	}()
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.flushHandles(ctx)
+	}()
 	for {
 		c, err := l.Accept()
 		if err != nil {
@@ -129,5 +135,24 @@ func (s *Server) serve(ctx context.Context, l net.Listener, what string) error {
 			defer wg.Done()
 			s.serveConn(ctx, c)
 		}()
+	}
+}
+
+// flushHandles fsyncs every board's handle table once a second while serving, bounding
+// what a power loss can take to the last second of newly issued handles.
+func (s *Server) flushHandles(ctx context.Context) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		for _, e := range s.exports.Load().byID {
+			if err := e.flush(); err != nil {
+				e.log.Error("flushing handle table", "client", "", "err", err)
+			}
+		}
 	}
 }

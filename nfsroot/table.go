@@ -43,7 +43,8 @@ type handleTable struct {
 	records int    // records in the log file, for compaction
 
 	syncMu sync.Mutex // serialises writes+fsync; holders batch all pending records
-	synced uint64     // seq covered by the last fsync
+	synced uint64     // seq written to the file
+	dirty  bool       // written since the last fsync
 	f      *os.File
 }
 
@@ -272,13 +273,21 @@ func (t *handleTable) record(op byte, id uint64, l link) uint64 {
 	return t.seq
 }
 
-// sync makes every record up to seq durable. Concurrent callers share one fsync.
+// sync writes every record up to seq to the log file before the caller replies. A write(2)
+// is enough for a SIGKILL (the page cache outlives the process); fsync, which a power loss
+// needs, is batched by durable: at every COMMIT and FILE_SYNC write of the board and once a
+// second, the same promise the board's own file data gets. An fsync per new handle would
+// cost a disk flush per LOOKUP.
 func (t *handleTable) sync(seq uint64) error {
 	if seq == 0 {
 		return nil
 	}
 	t.syncMu.Lock()
 	defer t.syncMu.Unlock()
+	return t.writeLocked(seq)
+}
+
+func (t *handleTable) writeLocked(seq uint64) error {
 	if t.synced >= seq {
 		return nil
 	}
@@ -292,13 +301,31 @@ func (t *handleTable) sync(seq uint64) error {
 	if _, err := t.f.Write(buf); err != nil {
 		return fmt.Errorf("handle table: %w", err)
 	}
-	if err := t.f.Sync(); err != nil {
-		return fmt.Errorf("handle table: %w", err)
-	}
 	t.mu.Lock()
 	t.records += int(upto - t.synced)
 	t.mu.Unlock()
 	t.synced = upto
+	t.dirty = true
+	return nil
+}
+
+// durable writes and fsyncs everything recorded so far.
+func (t *handleTable) durable() error {
+	t.syncMu.Lock()
+	defer t.syncMu.Unlock()
+	t.mu.Lock()
+	seq := t.seq
+	t.mu.Unlock()
+	if err := t.writeLocked(seq); err != nil {
+		return err
+	}
+	if !t.dirty || t.f == nil {
+		return nil
+	}
+	if err := t.f.Sync(); err != nil {
+		return fmt.Errorf("handle table: %w", err)
+	}
+	t.dirty = false
 	return nil
 }
 
