@@ -46,7 +46,7 @@ func FuzzHandle(f *testing.F) {
 	f.Add(plainDiscover(4, mustMAC("02:00:00:00:00:01"), poolStart))
 	f.Add(plainRequest(4, mustMAC("02:00:00:00:00:01"), serverIP, poolStart))
 	f.Add(release(5, mustMAC("02:00:00:00:00:01"), serverIP, poolStart))
-	f.Add(rawPacket(6, pi, netip.Addr{}, opt(53, 8)))                    // INFORM
+	f.Add(rawPacket(6, pi, netip.Addr{}, opt(53, 8)))                     // INFORM
 	f.Add(rawPacket(7, pi, netip.Addr{}, opt(53, 1), []byte{97, 200, 0})) // option overruns
 	f.Add([]byte{})
 	f.Add(bytes.Repeat([]byte{0xff}, 300))
