@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -80,7 +81,7 @@ func (f *fixture) makeLower() {
 		must(t, os.MkdirAll(filepath.Dir(p), 0o755))
 		must(t, os.WriteFile(p, []byte(data), 0o600))
 		must(t, os.Chown(p, uid, gid))
-		must(t, os.Chmod(p, mode))
+		must(t, syscall.Chmod(p, uint32(mode))) // raw bits: os.Chmod drops 04000/02000/01000
 	}
 	put("etc/hostname", "base\n", 0o644, 0, 0)
 	put("etc/shadow", "root:*:1::::::\n", 0o640, 0, 42)
@@ -89,7 +90,7 @@ func (f *fixture) makeLower() {
 	put("home/user/secret", "user's secret\n", 0o600, 1000, 1000)
 	put("srv/deep/a/b/c/file", "deep\n", 0o644, 0, 0)
 	must(t, os.MkdirAll(filepath.Join(f.lower, "tmp"), 0o755))
-	must(t, os.Chmod(filepath.Join(f.lower, "tmp"), 0o1777))
+	must(t, syscall.Chmod(filepath.Join(f.lower, "tmp"), 0o1777))
 	must(t, os.Chown(filepath.Join(f.lower, "home/user"), 1000, 1000))
 }
 
