@@ -77,6 +77,9 @@ func fixtureTree(t testing.TB, dir string, bigDir int) {
 	mk("etc/fstab", 0o644, "proc            /proc           proc    defaults          0       0\n"+
 		"PARTUUID=1234abcd-01  /boot/firmware  vfat    defaults          0       2\n"+
 		"PARTUUID=1234abcd-02  /               ext4    defaults,noatime  0       1\n")
+	mk("lib/systemd/system/dphys-swapfile.service", 0o644, "[Service]\nExecStart=/sbin/dphys-swapfile swapon\n")
+	mk("etc/init.d/resize2fs_once", 0o755, "#!/bin/sh\n")
+	mk("etc/NetworkManager/NetworkManager.conf", 0o644, "[main]\nplugins=ifupdown,keyfile\n")
 	su := mk("usr/bin/sudo", 0o755, "#!/bin/sh\necho sudo\n")
 	must(unix.Chmod(su, 0o4755))
 	sg := mk("usr/bin/wall", 0o755, "wall\n")
@@ -238,3 +241,28 @@ func dirMtimes(t testing.TB, src, dst string, skip func(string) bool) {
 }
 
 func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func runErr(name string, args ...string) (string, error) {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	return string(out), err
+}
+
+func execIn(stdin, name string, args ...string) error {
+	cmd := exec.Command(name, args...)
+	cmd.Stdin = strings.NewReader(stdin)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%v: %s", err, out)
+	}
+	return nil
+}
+
+func execOut(w io.Writer, name string, args ...string) error {
+	cmd := exec.Command(name, args...)
+	cmd.Stdout = w
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s: %v: %s", name, err, stderr.String())
+	}
+	return nil
+}

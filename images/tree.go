@@ -349,3 +349,12 @@ func xattrDigest(x map[string][]byte) string {
 	}
 	return hex.EncodeToString(h.Sum(nil))
 }
+
+// ensureDir makes sure p exists as a directory (the mount point of a second partition),
+// recording it like a tarball's implicit parent when the source did not have it.
+func (w *treeWriter) ensureDir(p string) error {
+	if isDir(w.host(p)) {
+		return nil
+	}
+	return w.ensureParent(p + "/x")
+}
