@@ -186,11 +186,17 @@ func (s *Server) Serve(ctx context.Context) error {
 			s.log.Warn("cannot answer request", "client", client, "file", req.name, "err", err)
 			continue
 		}
+		sock, err := newSocket(conn)
+		if err != nil {
+			conn.Close()
+			s.log.Warn("cannot answer request", "client", client, "file", req.name, "err", err)
+			continue
+		}
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			defer conn.Close()
-			s.serveRead(ctx, conn, client, req, maxBlk)
+			defer sock.Close()
+			s.serveRead(ctx, sock, client, req, maxBlk)
 		}()
 	}
 }
@@ -229,9 +235,9 @@ func (s *Server) refuse(ctx context.Context, cm *ipv4.ControlMessage, client net
 }
 
 // serveRead handles one RRQ from resolution to the last ACK, and logs and records it.
-func (s *Server) serveRead(ctx context.Context, conn *net.UDPConn, client netip.AddrPort, req request, maxBlk int) {
+func (s *Server) serveRead(ctx context.Context, sock *socket, client netip.AddrPort, req request, maxBlk int) {
 	start := time.Now()
-	snd := &sender{conn: conn, timeout: s.cfg.Timeout, retries: s.cfg.Retries}
+	snd := &sender{sock: sock, timeout: s.cfg.Timeout, retries: s.cfg.Retries}
 	board, path, err := resolve(s.cfg.Fleet, client.Addr(), req.name)
 	var f *file
 	if err == nil {

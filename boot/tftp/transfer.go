@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -148,22 +146,18 @@ const readChunk = 64 << 10
 // anything else. The packet buffer is allocated once per transfer; the block loop
 // allocates nothing.
 type sender struct {
-	conn    *net.UDPConn // connected to the client's address and port (its TID)
+	sock    *socket
 	timeout time.Duration
 	retries int
 	pkt     []byte // 4-byte header + one block; also holds OACK/ERROR packets
 	ack     []byte
-	// deadline is the socket's current read deadline. Moving it costs a timer update per
-	// block; it is only pushed out when less than half a timeout is left, so a lost
-	// packet is resent after between timeout/2 and timeout.
-	deadline time.Time
-	sent     int64
+	sent    int64
 }
 
 // run sends the OACK (if any options were granted) and then r in blocks. It returns the
 // bytes sent and why it stopped (nil = the last block was acknowledged).
 func (s *sender) run(ctx context.Context, r io.Reader, n negotiated) (int64, error) {
-	stop := context.AfterFunc(ctx, func() { s.conn.Close() })
+	stop := context.AfterFunc(ctx, s.sock.shutdown)
 	defer stop()
 
 	if len(n.oack) > 0 {
@@ -205,36 +199,35 @@ func (s *sender) run(ctx context.Context, r io.Reader, n negotiated) (int64, err
 // Sorcerer's Apprentice syndrome (RFC 1123 4.2.3.1).
 func (s *sender) exchange(pkt []byte, want uint16) error {
 	for try := 0; try <= s.retries; try++ {
-		if _, err := s.conn.Write(pkt); err != nil {
+		if err := s.sock.send(pkt); err != nil {
 			return fmt.Errorf("send: %w", err)
 		}
-		if now := time.Now(); s.deadline.Sub(now) < s.timeout/2 || try > 0 {
-			s.deadline = now.Add(s.timeout)
-			if err := s.conn.SetReadDeadline(s.deadline); err != nil {
-				return fmt.Errorf("set deadline: %w", err)
-			}
-		}
+		var deadline time.Time // set once a stray packet arrives, so strays cannot stall us
 		for {
-			n, err := s.conn.Read(s.ack)
+			n, err := s.sock.recv(s.ack, s.timeout)
+			if errors.Is(err, errTimeout) {
+				break // resend
+			}
 			if err != nil {
-				if errors.Is(err, os.ErrDeadlineExceeded) {
-					break // resend
-				}
-				// Closed on shutdown, or ECONNREFUSED: an ICMP port unreachable
-				// answered an earlier send, the client is gone.
+				// Shut down, or ECONNREFUSED: an ICMP port unreachable answered an
+				// earlier send, the client is gone.
 				return fmt.Errorf("receive: %w", err)
 			}
-			if n < 4 {
-				continue
-			}
-			switch binary.BigEndian.Uint16(s.ack) {
-			case opACK:
-				if binary.BigEndian.Uint16(s.ack[2:]) == want {
-					return nil
+			if n >= 4 {
+				switch binary.BigEndian.Uint16(s.ack) {
+				case opACK:
+					if binary.BigEndian.Uint16(s.ack[2:]) == want {
+						return nil
+					}
+				case opERROR:
+					msg, _, _ := strings.Cut(string(s.ack[4:n]), "\x00")
+					return &clientError{code: binary.BigEndian.Uint16(s.ack[2:]), msg: msg}
 				}
-			case opERROR:
-				msg, _, _ := strings.Cut(string(s.ack[4:n]), "\x00")
-				return &clientError{code: binary.BigEndian.Uint16(s.ack[2:]), msg: msg}
+			}
+			if deadline.IsZero() {
+				deadline = time.Now().Add(s.timeout)
+			} else if time.Now().After(deadline) {
+				break
 			}
 		}
 	}
@@ -244,7 +237,7 @@ func (s *sender) exchange(pkt []byte, want uint16) error {
 // sendError tells the client why its transfer ends. Best effort: the client may be gone.
 func (s *sender) sendError(code uint16, msg string) {
 	l := packError(s.pkt, code, msg)
-	s.conn.Write(s.pkt[:l])
+	s.sock.send(s.pkt[:l])
 }
 
 // packError writes an ERROR packet into buf (which must hold 5 bytes more than msg).
