@@ -126,10 +126,10 @@ sif / mtime @%[2]d
 
 	// FAT32 boot partition
 	pi.boot = map[string][]byte{
-		"config.txt":          []byte("arm_64bit=1\ndtoverlay=vc4-kms-v3d\n"),
-		"cmdline.txt":         []byte("console=serial0,115200 console=tty1 root=PARTUUID=1234abcd-02 rootfstype=ext4 fsck.repair=yes rootwait quiet init=/usr/lib/raspberrypi-sys-mods/firstboot resize\n"),
-		"start4.elf":          randomBytes(t, 300_000),
-		"bcm2711-rpi-4-b.dtb": randomBytes(t, 50_000),
+		"config.txt":                []byte("arm_64bit=1\ndtoverlay=vc4-kms-v3d\n"),
+		"cmdline.txt":               []byte("console=serial0,115200 console=tty1 root=PARTUUID=1234abcd-02 rootfstype=ext4 fsck.repair=yes rootwait quiet init=/usr/lib/raspberrypi-sys-mods/firstboot resize\n"),
+		"start4.elf":                randomBytes(t, 300_000),
+		"bcm2711-rpi-4-b.dtb":       randomBytes(t, 50_000),
 		"overlays/vc4-kms-v3d.dtbo": randomBytes(t, 4000),
 		"overlays/README":           []byte("overlays\n"),
 	}

@@ -1,0 +1,303 @@
+package images
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Identity is what makes one board unique. It is written into a per-board layer (the
+// topmost lower of that board's overlay), so a board reset that wipes the upper keeps it.
+type Identity struct {
+	Hostname string
+	// Serial is the board's serial number (the Pi's, as in fleet.yaml); the machine-id is
+	// derived from it, or from MAC when there is no serial.
+	Serial string
+	MAC    string
+	// User, when set, is the first user, created by Pi OS's userconf service at first boot.
+	User string
+	// PasswordHash is a crypt(3) hash (e.g. from `openssl passwd -6`); empty leaves the
+	// password locked.
+	PasswordHash   string
+	AuthorizedKeys []string
+}
+
+var (
+	hostnameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
+	userRE     = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
+)
+
+// check rejects values that would corrupt the files they land in (a newline in a hostname
+// adds a line to /etc/hosts, a colon in a hash splits userconf.txt).
+func (id Identity) check() error {
+	if !hostnameRE.MatchString(id.Hostname) {
+		return fmt.Errorf("hostname %q: use letters, digits and '-' (at most 63)", id.Hostname)
+	}
+	if id.Serial == "" && id.MAC == "" {
+		return fmt.Errorf("board %s: a serial or a MAC is needed to derive a stable machine-id", id.Hostname)
+	}
+	if id.User != "" && !userRE.MatchString(id.User) {
+		return fmt.Errorf("board %s: user name %q: lower-case letters, digits, '_' and '-', at most 32", id.Hostname, id.User)
+	}
+	if strings.ContainsAny(id.PasswordHash, ":\n\r") {
+		return fmt.Errorf("board %s: password hash contains ':' or a newline", id.Hostname)
+	}
+	if id.PasswordHash != "" && id.User == "" {
+		return fmt.Errorf("board %s: a password hash without a user", id.Hostname)
+	}
+	for _, k := range id.AuthorizedKeys {
+		if strings.ContainsAny(k, "\n\r") || len(strings.Fields(k)) < 2 {
+			return fmt.Errorf("board %s: authorized key %.30q is not one OpenSSH public key line", id.Hostname, k)
+		}
+	}
+	if len(id.AuthorizedKeys) > 0 && id.User == "" {
+		return fmt.Errorf("board %s: authorized keys without a user", id.Hostname)
+	}
+	return nil
+}
+
+// MachineID returns the board's /etc/machine-id: 128 bits hashed from the serial (or MAC),
+// formatted as systemd wants a random one (a v4 UUID, lower-case hex), stable across resets
+// and re-imports so journald and DHCP DUIDs keep recognising the board.
+func (id Identity) MachineID() string {
+	key := "serial:" + strings.ToLower(strings.TrimPrefix(strings.TrimPrefix(id.Serial, "0x"), "0X"))
+	if id.Serial == "" {
+		key = "mac:" + strings.ToLower(strings.NewReplacer(":", "", "-", "", ".", "").Replace(id.MAC))
+	}
+	sum := sha256.Sum256([]byte("pifleet machine-id\x00" + key))
+	b := sum[:16]
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return hex.EncodeToString(b)
+}
+
+// authorizedKeysDir keeps keys out of the user's home: Pi OS's userconf service renames the
+// first user and moves its home at first boot, and a home dir shipped in a layer would be in
+// its way. sshd reads this dir through a drop-in.
+const authorizedKeysDir = "etc/ssh/authorized_keys"
+
+const sshdDropIn = `# Written by pifleet: keys from fleet.yaml live outside the home dir.
+AuthorizedKeysFile .ssh/authorized_keys /etc/ssh/authorized_keys/%u
+`
+
+// WriteIdentity writes a board's identity files into dir, a per-board overlay layer:
+// /etc/hostname, /etc/hosts, /etc/machine-id, SSH host keys (generated on the first call and
+// kept afterwards, so they change only when dir is wiped) and, when fleet.yaml names one, the
+// first user (userconf.txt for Pi OS's userconf service, the authorized keys, and the `ssh`
+// flag file that switches sshd on).
+func WriteIdentity(dir string, id Identity) error {
+	if err := id.check(); err != nil {
+		return err
+	}
+	fail := func(what string, err error) error {
+		return fmt.Errorf("board %s: identity %s: %w", id.Hostname, what, err)
+	}
+	l := layerWriter{dir: dir}
+	files := []struct {
+		rel  string
+		data string
+	}{
+		{"etc/hostname", id.Hostname + "\n"},
+		{"etc/hosts", "127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\nff02::1\t\tip6-allnodes\nff02::2\t\tip6-allrouters\n\n127.0.1.1\t" + id.Hostname + "\n"},
+		{"etc/machine-id", id.MachineID() + "\n"},
+	}
+	for _, f := range files {
+		if err := l.write(f.rel, []byte(f.data), 0o644); err != nil {
+			return fail(f.rel, err)
+		}
+	}
+	if err := writeHostKeys(l, id.Hostname); err != nil {
+		return fail("SSH host keys", err)
+	}
+	if id.User == "" {
+		return nil
+	}
+	if id.PasswordHash != "" {
+		if err := l.write("boot/firmware/userconf.txt", []byte(id.User+":"+id.PasswordHash+"\n"), 0o600); err != nil {
+			return fail("userconf.txt", err)
+		}
+	}
+	if err := l.write("boot/firmware/ssh", nil, 0o644); err != nil {
+		return fail("ssh flag", err)
+	}
+	if len(id.AuthorizedKeys) > 0 {
+		keys := strings.Join(id.AuthorizedKeys, "\n") + "\n"
+		if err := l.write(authorizedKeysDir+"/"+id.User, []byte(keys), 0o644); err != nil {
+			return fail("authorized keys", err)
+		}
+		if err := l.write("etc/ssh/sshd_config.d/pifleet-authorized-keys.conf", []byte(sshdDropIn), 0o644); err != nil {
+			return fail("sshd drop-in", err)
+		}
+	}
+	return nil
+}
+
+// layerWriter writes root-owned files into an overlay layer dir, replacing them atomically
+// so a board booting meanwhile never reads half a file.
+type layerWriter struct{ dir string }
+
+func (l layerWriter) write(rel string, data []byte, mode uint32) error {
+	dst := filepath.Join(l.dir, filepath.FromSlash(rel))
+	if err := l.mkdirs(filepath.Dir(dst)); err != nil {
+		return err
+	}
+	tmp := dst + ".pifleet-tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return err
+	}
+	if err := unix.Chmod(tmp, mode); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return nil
+}
+
+// mkdirs creates directories root-owned 0755: as the topmost lower, a layer's directories
+// are the ones a board sees, and /etc, /etc/ssh, /boot/firmware are all root's 0755.
+func (l layerWriter) mkdirs(dir string) error {
+	if fi, err := os.Stat(dir); err == nil && fi.IsDir() {
+		return nil
+	}
+	if err := l.mkdirs(filepath.Dir(dir)); err != nil {
+		return err
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	return os.Chmod(dir, 0o755)
+}
+
+func (l layerWriter) exists(rel string) bool {
+	_, err := os.Stat(filepath.Join(l.dir, filepath.FromSlash(rel)))
+	return err == nil
+}
+
+// writeHostKeys generates the missing host keys: ed25519, ecdsa P-256 and rsa 3072, in
+// OpenSSH's own private key format, as ssh-keygen -A writes them.
+func writeHostKeys(l layerWriter, host string) error {
+	comment := "root@" + host
+	gens := []struct {
+		name string
+		gen  func() (priv, pub []byte, err error)
+	}{
+		{"ed25519", func() ([]byte, []byte, error) {
+			pub, priv, err := ed25519.GenerateKey(rand.Reader)
+			if err != nil {
+				return nil, nil, err
+			}
+			return marshalOpenSSH("ssh-ed25519", sshString(nil, pub), sshString(sshString(nil, pub), priv), comment), publicLine("ssh-ed25519", sshString(nil, pub), comment), nil
+		}},
+		{"ecdsa", func() ([]byte, []byte, error) {
+			k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+			if err != nil {
+				return nil, nil, err
+			}
+			pt, err := k.PublicKey.ECDH()
+			if err != nil {
+				return nil, nil, err
+			}
+			pubBody := sshString(sshString(nil, []byte("nistp256")), pt.Bytes())
+			privBody := sshMPInt(append([]byte(nil), pubBody...), k.D)
+			return marshalOpenSSH("ecdsa-sha2-nistp256", pubBody, privBody, comment), publicLine("ecdsa-sha2-nistp256", pubBody, comment), nil
+		}},
+		{"rsa", func() ([]byte, []byte, error) {
+			k, err := rsa.GenerateKey(rand.Reader, 3072)
+			if err != nil {
+				return nil, nil, err
+			}
+			e := big.NewInt(int64(k.E))
+			pubBody := sshMPInt(sshMPInt(nil, e), k.N)
+			privBody := sshMPInt(sshMPInt(nil, k.N), e)
+			privBody = sshMPInt(privBody, k.D)
+			privBody = sshMPInt(privBody, k.Precomputed.Qinv)
+			privBody = sshMPInt(privBody, k.Primes[0])
+			privBody = sshMPInt(privBody, k.Primes[1])
+			return marshalOpenSSH("ssh-rsa", pubBody, privBody, comment), publicLine("ssh-rsa", pubBody, comment), nil
+		}},
+	}
+	for _, g := range gens {
+		rel := "etc/ssh/ssh_host_" + g.name + "_key"
+		if l.exists(rel) && l.exists(rel+".pub") {
+			continue
+		}
+		priv, pub, err := g.gen()
+		if err != nil {
+			return fmt.Errorf("%s: %w", g.name, err)
+		}
+		if err := l.write(rel, priv, 0o600); err != nil {
+			return err
+		}
+		if err := l.write(rel+".pub", pub, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sshString appends an SSH wire-format string (RFC 4251 5).
+func sshString(b, s []byte) []byte {
+	b = binary.BigEndian.AppendUint32(b, uint32(len(s)))
+	return append(b, s...)
+}
+
+// sshMPInt appends an SSH mpint: big-endian, with a leading zero byte when the top bit is set.
+func sshMPInt(b []byte, n *big.Int) []byte {
+	v := n.Bytes()
+	if len(v) > 0 && v[0]&0x80 != 0 {
+		v = append([]byte{0}, v...)
+	}
+	return sshString(b, v)
+}
+
+func publicLine(keyType string, pubBody []byte, comment string) []byte {
+	blob := sshString(nil, []byte(keyType))
+	blob = append(blob, pubBody...)
+	return []byte(keyType + " " + base64.StdEncoding.EncodeToString(blob) + " " + comment + "\n")
+}
+
+// marshalOpenSSH writes an unencrypted "openssh-key-v1" private key (OpenSSH's PROTOCOL.key).
+// pubBody and privBody are the key-type-specific fields after the key type name.
+func marshalOpenSSH(keyType string, pubBody, privBody []byte, comment string) []byte {
+	pubBlob := append(sshString(nil, []byte(keyType)), pubBody...)
+	var check [4]byte
+	_, _ = rand.Read(check[:])
+	var priv []byte
+	priv = append(priv, check[:]...)
+	priv = append(priv, check[:]...)
+	priv = sshString(priv, []byte(keyType))
+	priv = append(priv, privBody...)
+	priv = sshString(priv, []byte(comment))
+	for i := byte(1); len(priv)%8 != 0; i++ {
+		priv = append(priv, i)
+	}
+	var b bytes.Buffer
+	b.WriteString("openssh-key-v1\x00")
+	b.Write(sshString(nil, []byte("none")))
+	b.Write(sshString(nil, []byte("none")))
+	b.Write(sshString(nil, nil))
+	b.Write(binary.BigEndian.AppendUint32(nil, 1))
+	b.Write(sshString(nil, pubBlob))
+	b.Write(sshString(nil, priv))
+	return pem.EncodeToMemory(&pem.Block{Type: "OPENSSH PRIVATE KEY", Bytes: b.Bytes()})
+}
