@@ -141,6 +141,9 @@ func runBoardReset(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	names := fs.Args()
+	if len(names) == 0 && *group == "" {
+		return usagef("board reset needs board names (or --group)")
+	}
 	cfg, err := loadConfig(*cfgPath)
 	if err != nil {
 		return err
@@ -154,9 +157,6 @@ func runBoardReset(ctx context.Context, e *env, args []string) error {
 		if len(names) == 0 {
 			return fmt.Errorf("no board has group %q", *group)
 		}
-	}
-	if len(names) == 0 {
-		return usagef("board reset needs board names (or --group)")
 	}
 	live := dialAPI(ctx, cfg)
 	var failed []string
@@ -228,4 +228,3 @@ func dash(s string) string {
 	}
 	return s
 }
-

@@ -1,0 +1,102 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func runCLI(args ...string) (code int, stdout, stderr string) {
+	var out, errb bytes.Buffer
+	code = run(context.Background(), &env{out: &out, err: &errb}, args)
+	return code, out.String(), errb.String()
+}
+
+// TestHelpEverywhere: every command and subcommand answers --help with its usage, exit 0.
+func TestHelpEverywhere(t *testing.T) {
+	for _, args := range [][]string{
+		{"--help"}, {"serve", "--help"}, {"check", "--help"}, {"board", "--help"}, {"board", "ls", "--help"},
+		{"board", "reset", "--help"}, {"board", "diff", "--help"}, {"image", "--help"}, {"image", "ls", "--help"},
+		{"image", "import", "--help"}, {"image", "verify", "--help"}, {"image", "rm", "--help"}, {"image", "demo", "-h"},
+	} {
+		code, out, errOut := runCLI(args...)
+		if code != 0 || !strings.Contains(out, "Usage: pifleet") {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q", args, code, out, errOut)
+		}
+	}
+}
+
+func TestUsageErrorsExit2(t *testing.T) {
+	for _, args := range [][]string{
+		{}, {"frobnicate"}, {"check", "--nope"}, {"check", "extra-arg"}, {"board"}, {"board", "reset"},
+		{"board", "diff"}, {"image", "import", "x.img"}, {"serve", "--log-level", "loud"},
+	} {
+		code, _, errOut := runCLI(args...)
+		if code != 2 || !strings.HasPrefix(errOut, "pifleet: ") && !strings.Contains(errOut, "pifleet: ") {
+			t.Errorf("%v: exit %d (want 2), stderr %q", args, code, errOut)
+		}
+	}
+}
+
+func TestCheck(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("server:\n  adress: 1.2.3.4/24\nimages: {i: {}}\nboards:\n  - {name: a, mac: 'zz', image: i}\n"), 0o644)
+	code, out, errOut := runCLI("check", "-c", bad)
+	if code != 1 {
+		t.Errorf("bad config: exit %d, want 1", code)
+	}
+	for _, want := range []string{bad + `:2:3: unknown key "adress" in server (hint: did you mean "address"?)`, bad + `:5:20: board a: mac "zz" is not a MAC address`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("check output lacks %q:\n%s", want, out)
+		}
+	}
+	if !strings.Contains(errOut, "2 error(s)") {
+		t.Errorf("stderr = %q", errOut)
+	}
+	// The repository's demo fleet passes (exit 0), whatever the state dir holds.
+	code, out, errOut = runCLI("check", "-c", filepath.Join("..", "..", "fleet.yaml"))
+	if code != 0 || !strings.Contains(out, "ok: 2 board(s)") {
+		t.Errorf("demo fleet: exit %d\n%s\n%s", code, out, errOut)
+	}
+	if code, _, errOut := runCLI("check", "-c", filepath.Join(dir, "missing.yaml")); code != 1 || !strings.Contains(errOut, "missing.yaml") {
+		t.Errorf("missing file: exit %d, %q", code, errOut)
+	}
+}
+
+// TestBoardOffline: without a running server, board ls/reset/diff work on the state dir.
+func TestBoardOffline(t *testing.T) {
+	dir := t.TempDir()
+	root := filepath.Join(dir, "root")
+	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
+	os.WriteFile(filepath.Join(root, "etc", "hosts"), []byte("x"), 0o644)
+	cfg := filepath.Join(dir, "fleet.yaml")
+	// An HTTP port nothing listens on, so the CLI takes the offline path.
+	os.WriteFile(cfg, []byte("server: {state: st, ports: {http: 1}}\nimages: {img: {path: root}}\ndefaults: {image: img}\nboards:\n  - {name: pi-01, serial: '12345678'}\n"), 0o644)
+	upper := filepath.Join(dir, "st", "boards", "pi-01", "upper")
+	os.MkdirAll(filepath.Join(upper, "etc"), 0o755)
+	os.WriteFile(filepath.Join(upper, "etc", "new"), []byte("hello"), 0o644)
+	os.WriteFile(filepath.Join(upper, "etc", "hosts"), []byte("changed"), 0o644)
+
+	code, out, errOut := runCLI("board", "ls", "-c", cfg)
+	if code != 0 || !strings.Contains(out, "pi-01") || !strings.Contains(out, "12345678") {
+		t.Errorf("board ls: exit %d\n%s%s", code, out, errOut)
+	}
+	code, out, errOut = runCLI("board", "diff", "-c", cfg, "pi-01")
+	if code != 0 || !strings.Contains(out, "A /etc/new\n") || !strings.Contains(out, "C /etc/hosts\n") {
+		t.Errorf("board diff: exit %d\n%s%s", code, out, errOut)
+	}
+	code, out, errOut = runCLI("board", "reset", "pi-01", "-c", cfg)
+	if code != 0 || out != "reset pi-01\n" {
+		t.Errorf("board reset: exit %d\n%s%s", code, out, errOut)
+	}
+	if _, err := os.Stat(upper); !os.IsNotExist(err) {
+		t.Errorf("upper still there after reset: %v", err)
+	}
+	if code, _, errOut := runCLI("board", "reset", "-c", cfg, "nope"); code != 1 || !strings.Contains(errOut, "board nope: not in") {
+		t.Errorf("reset of an unknown board: exit %d %q", code, errOut)
+	}
+}

@@ -1,0 +1,352 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// syncBuffer is a log sink tests can read while the server writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: board overlays keep owners, device-node whiteouts and trusted.* xattrs (CI runs as root)")
+	}
+}
+
+// freePorts returns n distinct free TCP+UDP ports on loopback.
+func freePorts(t *testing.T, n int) []int {
+	t.Helper()
+	var out []int
+	var ls []io.Closer
+	for len(out) < n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := l.Addr().(*net.TCPAddr).Port
+		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			l.Close()
+			continue
+		}
+		ls = append(ls, l, u)
+		out = append(out, p)
+	}
+	for _, c := range ls {
+		c.Close()
+	}
+	return out
+}
+
+// testImage lays out a tiny Pi root: /boot/firmware with config.txt and cmdline.txt.
+func testImage(t *testing.T) string {
+	t.Helper()
+	root := filepath.Join(t.TempDir(), "root")
+	fw := filepath.Join(root, "boot", "firmware")
+	if err := os.MkdirAll(fw, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	files := map[string]string{
+		"config.txt":  "arm_64bit=1\nkernel=kernel8.img\n",
+		"cmdline.txt": "console=serial0,115200 root=PARTUUID=1234-02 rootfstype=ext4 fsck.repair=yes rootwait init=/usr/lib/raspberrypi-sys-mods/firstboot\n",
+		"start4.elf":  strings.Repeat("firmware", 1000),
+	}
+	for n, c := range files {
+		if err := os.WriteFile(filepath.Join(fw, n), []byte(c), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.MkdirAll(filepath.Join(root, "etc"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "etc", "os-release"), []byte("ID=test\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return root
+}
+
+type testServer struct {
+	t       *testing.T
+	cfgPath string
+	http    string
+	tftp    int
+	srv     *Server
+	logs    *syncBuffer
+	cancel  context.CancelFunc
+	done    chan error
+}
+
+const fleetTmpl = `server:
+  address: 127.0.0.1/8
+  state: %s
+  dhcp: {mode: off}
+  ports: {tftp: %d, nfs: %d, mount: %d, http: %d}
+images:
+  img: {path: %s}
+defaults: {image: img, cmdline: quiet}
+boards:
+%s`
+
+func boardYAML(names ...string) string {
+	var b strings.Builder
+	for i, n := range names {
+		fmt.Fprintf(&b, "  - {name: %s, mac: '02:00:00:00:00:%02x', serial: '%08x', ip: 127.0.0.%d}\n", n, i+1, 0xabc00+i, i+2)
+	}
+	return b.String()
+}
+
+func startServer(t *testing.T, boards string) *testServer {
+	t.Helper()
+	dir := t.TempDir()
+	ports := freePorts(t, 4)
+	ts := &testServer{t: t, cfgPath: filepath.Join(dir, "fleet.yaml"), tftp: ports[0], logs: &syncBuffer{}, done: make(chan error, 1)}
+	img := testImage(t)
+	write := func(boards string) {
+		y := fmt.Sprintf(fleetTmpl, filepath.Join(dir, "state"), ports[0], ports[1], ports[2], ports[3], img, boards)
+		if err := os.WriteFile(ts.cfgPath, []byte(y), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(boards)
+	ctx, cancel := context.WithCancel(context.Background())
+	ts.cancel = cancel
+	ready := make(chan *Server, 1)
+	go func() {
+		ts.done <- Run(ctx, Options{ConfigPath: ts.cfgPath, Logger: slog.New(slog.NewTextHandler(ts.logs, nil)),
+			Ready: func(s *Server) { ready <- s }})
+	}()
+	select {
+	case s := <-ready:
+		ts.srv = s
+		ts.http = "http://" + s.HTTPAddr().String()
+	case err := <-ts.done:
+		t.Fatalf("server did not start: %v\n%s", err, ts.logs.String())
+	case <-time.After(30 * time.Second):
+		t.Fatalf("server did not start in 30s\n%s", ts.logs.String())
+	}
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-ts.done:
+			if err != nil {
+				t.Errorf("server exit: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Errorf("server did not stop within 20s of cancel")
+		}
+	})
+	return ts
+}
+
+func (ts *testServer) getJSON(path string, v any) int {
+	ts.t.Helper()
+	resp, err := http.Get(ts.http + path)
+	if err != nil {
+		ts.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if v != nil {
+		json.NewDecoder(resp.Body).Decode(v)
+	}
+	return resp.StatusCode
+}
+
+func (ts *testServer) boardNames() []string {
+	var bs []BoardStatus
+	ts.getJSON("/api/boards", &bs)
+	var names []string
+	for _, b := range bs {
+		names = append(names, b.Name)
+	}
+	return names
+}
+
+// waitFor polls cond (bounded: 150 tries, 100 ms apart) for the file watcher to act.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for i := 0; i < 150; i++ {
+		if cond() {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("timed out waiting for %s", what)
+}
+
+func tftpGet(t *testing.T, port int, name string) (string, error) {
+	t.Helper()
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Skip("curl not installed (apt-get install curl)")
+	}
+	out, err := exec.Command("curl", "-sS", "--max-time", "20", fmt.Sprintf("tftp://127.0.0.1:%d/%s", port, name)).CombinedOutput()
+	return string(out), err
+}
+
+// TestServeReload: pifleet serve picks up a good fleet.yaml edit, refuses a broken one
+// while it keeps serving, and leaves unchanged boards' live state alone.
+func TestServeReload(t *testing.T) {
+	needRoot(t)
+	ts := startServer(t, boardYAML("alpha", "beta"))
+	if got := strings.Join(ts.boardNames(), ","); got != "alpha,beta" {
+		t.Fatalf("boards = %s", got)
+	}
+	// The wired TFTP serves a board's generated cmdline.txt under its serial prefix.
+	out, err := tftpGet(t, ts.tftp, "000abc00/cmdline.txt")
+	if err != nil {
+		t.Fatalf("tftp: %v: %s", err, out)
+	}
+	for _, want := range []string{"root=/dev/nfs", "nfsroot=127.0.0.1:/boards/alpha,vers=3,tcp,port=", "console=serial0,115200", "quiet"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("cmdline.txt %q lacks %q", out, want)
+		}
+	}
+	if strings.Contains(out, "PARTUUID") || strings.Contains(out, "firstboot") {
+		t.Errorf("cmdline.txt kept SD-card options: %q", out)
+	}
+	alphaBefore := ts.srv.fleet.cur.Load().boards["alpha"]
+
+	// A good edit: gamma added, beta's cmdline changed, alpha untouched.
+	y, _ := os.ReadFile(ts.cfgPath)
+	good := strings.Replace(string(y), boardYAML("alpha", "beta"), boardYAML("alpha", "beta", "gamma"), 1)
+	good = strings.Replace(good, "ip: 127.0.0.3}", "ip: 127.0.0.3, cmdline: debug}", 1)
+	if err := os.WriteFile(ts.cfgPath, []byte(good), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the edit to be picked up", func() bool { return strings.Join(ts.boardNames(), ",") == "alpha,beta,gamma" })
+	snap := ts.srv.fleet.cur.Load()
+	if snap.boards["alpha"] != alphaBefore {
+		t.Error("alpha's entry did not change but its live state was rebuilt")
+	}
+	if out, err := tftpGet(t, ts.tftp, "000abc01/cmdline.txt"); err != nil || !strings.Contains(out, "debug") {
+		t.Errorf("beta's new cmdline not served: %v %q", err, out)
+	}
+	if out, err := tftpGet(t, ts.tftp, "000abc02/config.txt"); err != nil || !strings.Contains(out, "arm_64bit=1") {
+		t.Errorf("new board gamma not served: %v %q", err, out)
+	}
+
+	// A broken edit is refused with its line, and serving goes on with the last good config.
+	if err := os.WriteFile(ts.cfgPath, []byte(good+"  - {name: delta, mac: 'zz:00:00:00:00:09', ip: 127.0.0.9}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the broken edit to be reported", func() bool { return strings.Contains(ts.logs.String(), "fleet.yaml rejected") })
+	if !strings.Contains(ts.logs.String(), `mac \"zz:00:00:00:00:09\" is not a MAC address`) {
+		t.Errorf("log does not say what is wrong:\n%s", ts.logs.String())
+	}
+	if got := strings.Join(ts.boardNames(), ","); got != "alpha,beta,gamma" {
+		t.Errorf("after a broken edit boards = %s, want the running alpha,beta,gamma", got)
+	}
+	if out, err := tftpGet(t, ts.tftp, "000abc00/config.txt"); err != nil || !strings.Contains(out, "arm_64bit=1") {
+		t.Errorf("serving stopped after a broken edit: %v %q", err, out)
+	}
+	resp, err := http.Get(ts.http + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), "pifleet_reload_failures_total 1") || !strings.Contains(string(body), "pifleet_boards 3") {
+		t.Errorf("metrics:\n%s", body)
+	}
+
+	// SIGHUP-style forced reload of a fixed file works through the API too.
+	if err := os.WriteFile(ts.cfgPath, []byte(good), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r, err := http.Post(ts.http+"/api/reload", "", nil)
+	if err != nil || r.StatusCode != 200 {
+		t.Fatalf("reload: %v %v", err, r)
+	}
+	r.Body.Close()
+}
+
+// TestServeStatusAndReset: the status page lists boards; a reset through the API wipes
+// the board's upper dir and diff reads A/C/D from it.
+func TestServeStatusAndReset(t *testing.T) {
+	needRoot(t)
+	ts := startServer(t, boardYAML("alpha", "beta"))
+	resp, err := http.Get(ts.http + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(page), "alpha") || !strings.Contains(string(page), "02:00:00:00:00:02") {
+		t.Errorf("status page lacks the boards:\n%s", page)
+	}
+	// Change the board's root through its overlay, as NFS would.
+	fs := ts.srv.fleet.cur.Load().boards["alpha"].fs
+	f, err := fs.Create("/etc/added.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write([]byte("x"))
+	f.Close()
+	if err := fs.Remove("/etc/os-release"); err != nil {
+		t.Fatal(err)
+	}
+	if err := fs.Chmod("/boot/firmware/config.txt", 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var changes []Change
+	ts.getJSON("/api/boards/alpha/diff", &changes)
+	got := map[string]string{}
+	for _, c := range changes {
+		got[c.Path] = c.Kind
+	}
+	want := map[string]string{"/etc/added.conf": "A", "/etc/os-release": "D", "/boot/firmware/config.txt": "C", "/etc": "C"}
+	for p, k := range want {
+		if got[p] != k {
+			t.Errorf("diff %s = %q, want %q (all: %v)", p, got[p], k, changes)
+		}
+	}
+	r, err := http.Post(ts.http+"/api/boards/alpha/reset", "", nil)
+	if err != nil || r.StatusCode != 200 {
+		t.Fatalf("reset: %v %v", err, r.Status)
+	}
+	r.Body.Close()
+	changes = nil
+	ts.getJSON("/api/boards/alpha/diff", &changes)
+	if len(changes) != 0 {
+		t.Errorf("after reset the board still differs: %v", changes)
+	}
+	fs = ts.srv.fleet.cur.Load().boards["alpha"].fs
+	if _, err := fs.Stat("/etc/os-release"); err != nil {
+		t.Errorf("after reset the image's file is not back: %v", err)
+	}
+	if _, err := fs.Stat("/etc/added.conf"); err == nil {
+		t.Error("after reset the board's own file is still there")
+	}
+	if code := ts.getJSON("/api/boards/nope/diff", nil); code != http.StatusNotFound {
+		t.Errorf("diff of an unknown board: HTTP %d", code)
+	}
+}
