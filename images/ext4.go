@@ -182,7 +182,7 @@ func parseExt4Inode(n uint32, b []byte) *ext4Inode {
 	}
 	copy(in.block[:], b[0x28:0x28+60])
 	sec, nsec := int64(int32(le.Uint32(b[0x10:]))), int64(0)
-	if len(b) > 128 {
+	if len(b) >= 0x82 {
 		extra := int(le.Uint16(b[0x80:]))
 		if extra >= 12 && 128+extra <= len(b) { // i_mtime_extra at 0x88
 			x := le.Uint32(b[0x88:])

@@ -63,8 +63,15 @@ func findPartitions(b backend.Storage, fileSize int64, parts []struct{ start, si
 
 // walkDisk reads a disk image (a file, never a device or a mount): the ext4 root partition
 // first, then the FAT boot partition into /boot/firmware.
-func walkDisk(ctx context.Context, img, name string, tw *treeWriter, prog *progress, log *slog.Logger) error {
+func walkDisk(ctx context.Context, img, name string, tw *treeWriter, prog *progress, log *slog.Logger) (err error) {
 	fail := func(err error) error { return fmt.Errorf("image %s: %s: %w", name, img, err) }
+	// go-diskfs indexes slices with values read from the image; a corrupt image must end in
+	// an error, not take the process down.
+	defer func() {
+		if r := recover(); r != nil {
+			err = fail(fmt.Errorf("corrupt disk image (reader failed: %v)", r))
+		}
+	}()
 	fi, err := os.Stat(img)
 	if err != nil {
 		return fail(err)

@@ -8,8 +8,7 @@
 //
 //	/bin/busybox + applet links, /sbin/init    busybox init, /etc/inittab, /etc/init.d/rcS
 //	/etc/passwd, /etc/shadow (0600), /etc/group  root and pi (uid 1000) for permission checks
-//	/usr/local/bin/suid-busybox (4755 root)     setuid test binary; /etc/busybox.conf lets
-//	                                            its `whoami` applet keep euid 0
+//	/usr/local/bin/pifleet-euid (4755 root)     setuid test binary: exits with its euid
 //	/usr/local/bin/pifleet-check                the guest side of the end-to-end test
 //	/lib/modules/<ver>/                         the modules the NFS root needs, with modules.dep
 //	/boot/firmware/                             kernel8.img (uncompressed arm64 Image),

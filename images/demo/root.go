@@ -269,9 +269,8 @@ func (b *builder) layout(mods []string) {
 	for _, a := range sbinApplets {
 		b.symlink("../bin/busybox", "sbin/"+a)
 	}
-	// The setuid test binary: a root-owned 4755 copy of busybox (see files/busybox.conf).
-	b.write("usr/local/bin/suid-busybox", data, 0o755|os.ModeSetuid, 0, 0)
-	b.embedded("busybox.conf", "etc/busybox.conf", 0o644)
+	// The setuid test binary (see euidProbe): root-owned, 4755.
+	b.write("usr/local/bin/pifleet-euid", euidProbe(), 0o755|os.ModeSetuid, 0, 0)
 	b.embedded("pifleet-check", "usr/local/bin/pifleet-check", 0o755)
 	b.embedded("inittab", "etc/inittab", 0o644)
 	b.embedded("rcS", "etc/init.d/rcS", 0o755)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"debug/elf"
 	"io"
 	"log/slog"
 	"os"
@@ -82,7 +83,7 @@ func TestTreeLayout(t *testing.T) {
 		{"etc/inittab", 0o644, 0, 0, 0},
 		{"etc/init.d/rcS", 0o755, 0, 0, 0},
 		{"etc/hostname", 0o644, 0, 0, 0},
-		{"usr/local/bin/suid-busybox", 0o755 | os.ModeSetuid, 0, 0, 0},
+		{"usr/local/bin/pifleet-euid", 0o755 | os.ModeSetuid, 0, 0, 0},
 		{"usr/local/bin/pifleet-check", 0o755, 0, 0, 0},
 		{"tmp", 0o777 | os.ModeSticky, 0, 0, os.ModeDir},
 		{"home/pi", 0o755, 1000, 1000, os.ModeDir},
@@ -236,9 +237,9 @@ func TestBuildImportsOnce(t *testing.T) {
 		t.Fatalf("Build returned %+v but the store has no demo-test", info)
 	}
 	root := store.RootDir("demo-test")
-	fi, err := os.Stat(filepath.Join(root, "usr/local/bin/suid-busybox"))
+	fi, err := os.Stat(filepath.Join(root, "usr/local/bin/pifleet-euid"))
 	if err != nil || fi.Mode()&os.ModeSetuid == 0 {
-		t.Errorf("imported suid-busybox lost its setuid bit: %v %v", fi, err)
+		t.Errorf("imported pifleet-euid lost its setuid bit: %v %v", fi, err)
 	}
 	if fi, err := os.Lstat(filepath.Join(root, "dev/console")); err != nil || fi.Mode()&os.ModeCharDevice == 0 {
 		t.Errorf("imported /dev/console is not a char device: %v %v", fi, err)
@@ -256,5 +257,20 @@ func TestBuildImportsOnce(t *testing.T) {
 	}
 	if left, _ := filepath.Glob(filepath.Join(testCache, "demo-build-*")); len(left) > 0 {
 		t.Errorf("Build left its work dirs behind: %v", left)
+	}
+}
+
+// TestEuidProbeIsArm64ELF checks the hand-made probe with Go's ELF reader (running it needs
+// an arm64 machine: test/e2e does that over NFS).
+func TestEuidProbeIsArm64ELF(t *testing.T) {
+	f, err := elf.NewFile(bytes.NewReader(euidProbe()))
+	if err != nil {
+		t.Fatalf("euid probe is not an ELF file: %v", err)
+	}
+	if f.Machine != elf.EM_AARCH64 || f.Class != elf.ELFCLASS64 || f.Type != elf.ET_EXEC {
+		t.Errorf("euid probe: machine %v class %v type %v, want AArch64 64-bit executable", f.Machine, f.Class, f.Type)
+	}
+	if len(f.Progs) != 1 || f.Entry < f.Progs[0].Vaddr || f.Entry >= f.Progs[0].Vaddr+f.Progs[0].Filesz {
+		t.Errorf("euid probe: entry %#x outside its one segment %+v", f.Entry, f.Progs)
 	}
 }
