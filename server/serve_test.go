@@ -107,7 +107,7 @@ type testServer struct {
 }
 
 const fleetTmpl = `server:
-  address: 127.0.0.1/8
+  address: 127.0.0.100/8
   state: %s
   dhcp: {mode: off}
   ports: {tftp: %d, nfs: %d, mount: %d, http: %d}
@@ -225,7 +225,7 @@ func TestServeReload(t *testing.T) {
 	if err != nil {
 		t.Fatalf("tftp: %v: %s", err, out)
 	}
-	for _, want := range []string{"root=/dev/nfs", "nfsroot=127.0.0.1:/boards/alpha,vers=3,tcp,port=", "console=serial0,115200", "quiet"} {
+	for _, want := range []string{"root=/dev/nfs", "nfsroot=127.0.0.100:/boards/alpha,vers=3,tcp,port=", "console=serial0,115200", "quiet"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("cmdline.txt %q lacks %q", out, want)
 		}
