@@ -61,7 +61,12 @@ func Parse(data []byte, path string) (*Config, Problems, error) {
 	if ps.Errors() > 0 {
 		return nil, ps, &ConfigError{File: path, Problems: ps}
 	}
-	base := filepath.Dir(path)
+	// Relative paths are relative to fleet.yaml, and made absolute once here so nothing
+	// downstream depends on the working directory.
+	base, err := filepath.Abs(filepath.Dir(path))
+	if err != nil {
+		return nil, ps, fmt.Errorf("fleet file %s: %w", path, err)
+	}
 	if !filepath.IsAbs(cfg.Server.State) {
 		cfg.Server.State = filepath.Join(base, cfg.Server.State)
 	}
