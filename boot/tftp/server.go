@@ -322,7 +322,7 @@ func (s *Server) finish(b *boot.Board, client netip.AddrPort, name, what string,
 	if s.cfg.Events == nil {
 		return
 	}
-	ev := boot.Event{Board: b.Name, MAC: mac, Serial: b.Serial, Stage: boot.StageTFTP,
+	ev := boot.Event{Board: b.Name, MAC: mac, Serial: b.Serial, Client: client.Addr(), Stage: boot.StageTFTP,
 		What: what, File: name, Bytes: n, Duration: d}
 	if err != nil {
 		ev.Err = err.Error()
