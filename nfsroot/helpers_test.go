@@ -497,7 +497,9 @@ func (c *client) readdirplus(dir []byte) (uint32, []entryPlus) {
 		verf = read[[8]byte](c.t, r)
 		for read[bool](c.t, r) {
 			e := read[entryPlus](c.t, r)
-			out = append(out, e)
+			if e.Name != "." && e.Name != ".." {
+				out = append(out, e)
+			}
 			cookie = e.Cookie
 		}
 		if read[bool](c.t, r) {

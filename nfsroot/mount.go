@@ -2,6 +2,7 @@ package nfsroot
 
 import (
 	"path"
+	"strings"
 
 	"github.com/willscott/go-nfs"
 )
@@ -28,13 +29,54 @@ func (s *Server) mountProc(proc uint32) func(*conn, *rpcCallHdr, *xdrReader, *xd
 	return nil
 }
 
-// exportFor finds the export a client asks for by path, if the client may use it.
-func (s *Server) exportFor(p string, cc *conn) *export {
-	e := s.exports.Load().byPath[path.Clean("/"+p)]
-	if e == nil || !e.allowed(cc.addr) {
-		return nil
+// exportFor finds the export a client asks for by path, if the client may use it. A path
+// below an export (libnfs mounts the directory of the file it was given, knfsd allows it)
+// returns the rest as a path inside the export.
+func (s *Server) exportFor(p string, cc *conn) (*export, string) {
+	p = path.Clean("/" + p)
+	set := s.exports.Load()
+	for dir, rest := p, "/"; ; {
+		if e := set.byPath[dir]; e != nil {
+			if !e.allowed(cc.addr) {
+				return nil, ""
+			}
+			return e, rest
+		}
+		if dir == "/" {
+			return nil, ""
+		}
+		rest = path.Join("/", path.Base(dir), rest)
+		dir = path.Dir(dir)
 	}
-	return e
+}
+
+// mountPoint walks from the export root to sub, recording each step so the handle it
+// returns resolves like any other.
+func (e *export) mountPoint(sub string) (uint64, nfs.MountStatus) {
+	id := e.rootID
+	dir := "/"
+	for _, name := range strings.Split(strings.Trim(sub, "/"), "/") {
+		if name == "" {
+			continue
+		}
+		p := joinPath(dir, name)
+		fi, err := e.FS.Lstat(p)
+		if err != nil {
+			return 0, nfs.MountStatusErrNoEnt
+		}
+		st, ok := statOf(fi)
+		if !ok {
+			return 0, nfs.MountStatusErrServerFault
+		}
+		if !st.isDir() {
+			return 0, nfs.MountStatusErrNotDir
+		}
+		if err := e.tbl.sync(e.learn(id, name, &st)); err != nil {
+			return 0, nfs.MountStatusErrServerFault
+		}
+		id, dir = st.fileID, p
+	}
+	return id, nfs.MountStatusOk
 }
 
 func (s *Server) onMnt(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) error {
@@ -42,7 +84,7 @@ func (s *Server) onMnt(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) erro
 	if r.err != nil {
 		return r.err
 	}
-	e := s.exportFor(p, cc)
+	e, sub := s.exportFor(p, cc)
 	if e == nil {
 		cc.log.Warn("mount refused: not this client's export", "path", p)
 		w.u32(uint32(nfs.MountStatusErrAcces))
@@ -54,6 +96,12 @@ func (s *Server) onMnt(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) erro
 		w.u32(uint32(nfs.MountStatusErrServerFault))
 		return nil
 	}
+	id, st := e.mountPoint(sub)
+	if st != nfs.MountStatusOk {
+		log.Warn("mount refused", "path", p, "status", st)
+		w.u32(uint32(st))
+		return nil
+	}
 	e.mu.Lock()
 	e.mounts[cc.addr] = struct{}{}
 	e.mu.Unlock()
@@ -63,7 +111,7 @@ func (s *Server) onMnt(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) erro
 		s.onMount(e.Board, cc.addr)
 	}
 	w.u32(uint32(nfs.MountStatusOk))
-	w.opaque(e.handle(e.rootID))
+	w.opaque(e.handle(id))
 	w.u32(1) // one auth flavor: AUTH_SYS
 	w.u32(authSys)
 	return nil
@@ -74,7 +122,7 @@ func (s *Server) onUmnt(cc *conn, _ *rpcCallHdr, r *xdrReader, w *xdrWriter) err
 	if r.err != nil {
 		return r.err
 	}
-	if e := s.exportFor(p, cc); e != nil {
+	if e, _ := s.exportFor(p, cc); e != nil {
 		e.mu.Lock()
 		delete(e.mounts, cc.addr)
 		e.mu.Unlock()

@@ -17,7 +17,16 @@ func TestMountOwnExportOnly(t *testing.T) {
 	}
 	st, _ = a.mnt("/boards/pi-a/") // the same export, spelled with a slash
 	wantStatus(t, "pi-a mounts /boards/pi-a/", st, 0)
-	for _, p := range []string{"/boards/pi-b", "/boards/pi-c", "/", "/boards", "/nope", "", "/boards/pi-a/../pi-b"} {
+	st, etc := a.mnt("/boards/pi-a/etc") // a directory below it, as libnfs and knfsd allow
+	wantStatus(t, "pi-a mounts /boards/pi-a/etc", st, 0)
+	if st, _, _ := a.lookup(etc, "hostname"); st != 0 {
+		t.Fatalf("lookup in mounted subdir: %d", st)
+	}
+	st, _ = a.mnt("/boards/pi-a/etc/hostname")
+	wantStatus(t, "mount a file", st, 20)
+	st, _ = a.mnt("/boards/pi-a/nope")
+	wantStatus(t, "mount a missing dir", st, 2)
+	for _, p := range []string{"/boards/pi-b", "/boards/pi-c", "/", "/boards", "/nope", "", "/boards/pi-a/../pi-b", "/boards/pi-b/etc"} {
 		st, _ := a.mnt(p)
 		wantStatus(t, "pi-a mounts "+p, st, 13)
 	}

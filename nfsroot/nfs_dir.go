@@ -140,7 +140,13 @@ func (s *Server) readdir(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter, pl
 	if status == nfs.NFSStatusOk {
 		l, status = q.listing(dirID, dirPath, cookie, verf)
 	}
-	if status == nfs.NFSStatusOk && cookie > uint64(len(l.ents)) {
+	// Positions 0 and 1 are "." and "..", as knfsd and ganesha list them (some clients,
+	// go-nfs-client among them, need "."); the entry at position i has cookie i+1.
+	total := 0
+	if l != nil {
+		total = len(l.ents) + 2
+	}
+	if status == nfs.NFSStatusOk && cookie > uint64(total) {
 		status = nfs.NFSStatusBadCookie
 	}
 	if status != nfs.NFSStatusOk {
@@ -160,13 +166,27 @@ func (s *Server) readdir(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter, pl
 	dirBytes := 0
 	var seq uint64
 	i := int(cookie)
-	for ; i < len(l.ents); i++ {
-		fi := l.ents[i]
-		st, ok := statOf(fi)
-		if !ok {
-			continue
+	for ; i < total; i++ {
+		var st fstat
+		var name string
+		switch i {
+		case 0:
+			st, name = *dirSt, "."
+		case 1:
+			name = ".."
+			_, pst, s := q.lookup(dirID, dirPath, dirSt, "..")
+			if s != nfs.NFSStatusOk {
+				continue
+			}
+			st = *pst
+		default:
+			fi := l.ents[i-2]
+			var ok bool
+			if st, ok = statOf(fi); !ok {
+				continue
+			}
+			name = fi.Name()
 		}
-		name := fi.Name()
 		mark := len(w.b)
 		w.bool(true)
 		w.u64(st.fileID)
@@ -186,7 +206,7 @@ func (s *Server) readdir(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter, pl
 			break
 		}
 	}
-	if i == int(cookie) && i < len(l.ents) {
+	if i == int(cookie) && i < total {
 		w.b = w.b[:start]
 		w.status(nfs.NFSStatusTooSmall)
 		w.postOpAttr(dirSt, q.e.id)
@@ -200,6 +220,6 @@ func (s *Server) readdir(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter, pl
 		return nil
 	}
 	w.bool(false)
-	w.bool(i >= len(l.ents))
+	w.bool(i >= total)
 	return nil
 }
