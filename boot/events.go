@@ -3,6 +3,7 @@ package boot
 import (
 	"net"
 	"net/netip"
+	"sort"
 	"sync"
 	"time"
 )
@@ -115,13 +116,17 @@ func (t *Timeline) SeenUnknown(mac net.HardwareAddr, serial, model string) (firs
 	u, ok := t.seen[k]
 	if !ok {
 		if len(t.seen) >= maxUnknown {
-			var oldest string
-			for m, x := range t.seen {
-				if oldest == "" || x.LastSeen.Before(t.seen[oldest].LastSeen) {
-					oldest = m
-				}
+			// Drop the oldest eighth in one pass: evicting one entry per new MAC
+			// scanned the whole table for every new client of a flood (or a full-mode
+			// pool under load), which cost more than answering it.
+			all := make([]*Unknown, 0, len(t.seen))
+			for _, x := range t.seen {
+				all = append(all, x)
 			}
-			delete(t.seen, oldest)
+			sort.Slice(all, func(i, j int) bool { return all[i].LastSeen.Before(all[j].LastSeen) })
+			for _, x := range all[:maxUnknown/8] {
+				delete(t.seen, x.MAC)
+			}
 		}
 		u = &Unknown{MAC: k, FirstSeen: now}
 		t.seen[k] = u
