@@ -9,6 +9,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// rcvBuf is the socket receive buffer: about 8,000 DHCP packets.
+const rcvBuf = 4 << 20
+
 // listen opens the server socket: 0.0.0.0:port, because a socket bound to one address
 // never receives the broadcast DISCOVERs of clients that have none; SO_BINDTODEVICE
 // when an interface is given, so we answer only that LAN and our broadcasts leave
@@ -25,6 +28,12 @@ func listen(iface string, port int) (net.PacketConn, error) {
 			if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); serr != nil {
 				serr = fmt.Errorf("SO_REUSEADDR: %w", serr)
 				return
+			}
+			// A burst of boards powering on (or a load test) must wait in the kernel,
+			// not be dropped, while workers wait for lease fsyncs. SO_RCVBUFFORCE
+			// passes rmem_max as root; otherwise the capped SO_RCVBUF still helps.
+			if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rcvBuf) != nil {
+				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, rcvBuf)
 			}
 			if iface != "" {
 				if serr = unix.BindToDevice(int(fd), iface); serr != nil {

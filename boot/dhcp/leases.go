@@ -272,7 +272,9 @@ type leaseLog struct {
 	open     *leaseBatch // collecting records
 	flushing bool
 	f        *os.File
-	lines    int
+	lines    int // records in the file now (decides compaction)
+	records  int // records written since start
+	batches  int // fsyncs since start: records/batches is the group-commit factor
 	closed   bool
 }
 
@@ -325,6 +327,8 @@ func (g *leaseLog) write(recs []lease) error {
 		return fmt.Errorf("lease file %s: fsync: %w", g.path, err)
 	}
 	g.lines += len(recs)
+	g.records += len(recs)
+	g.batches++
 	if g.lines > 4*g.count()+1024 {
 		return g.rewrite()
 	}
