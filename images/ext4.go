@@ -343,6 +343,8 @@ func (p *ext4Part) content(in *ext4Inode, limit int64) ([]byte, error) {
 // walk streams the file system as entries, parents first, names sorted.
 func (p *ext4Part) walk(ctx context.Context, prefix string, fn func(*entry) error) error {
 	links := map[uint32]string{}
+	// a corrupt directory entry pointing at an ancestor would otherwise recurse forever
+	seenDirs := map[uint32]bool{}
 	var walkDir func(fsPath, rel string, ino uint32) error
 	walkDir = func(fsPath, rel string, ino uint32) error {
 		if err := ctx.Err(); err != nil {
@@ -361,6 +363,10 @@ func (p *ext4Part) walk(ctx context.Context, prefix string, fn func(*entry) erro
 			}
 			return fn(e)
 		}
+		if seenDirs[ino] {
+			return fmt.Errorf("/%s: directory inode %d appears twice (corrupt file system)", rel, ino)
+		}
+		seenDirs[ino] = true
 		if err := fn(e); err != nil {
 			return err
 		}

@@ -315,6 +315,7 @@ func walkCompressed(ctx context.Context, kind string, stream io.Reader, abs, nam
 	}
 	defer os.Remove(diskPath)
 	defer df.Close()
+	t0 := time.Now()
 	n, err := writeSparse(ctx, df, br)
 	if werr := dec.Wait(); werr != nil {
 		return fail(fmt.Errorf("%s: %w", kind, werr))
@@ -325,6 +326,6 @@ func walkCompressed(ctx context.Context, kind string, stream io.Reader, abs, nam
 	_, _ = io.Copy(io.Discard, stream)
 	src.sha256 = hashed()
 	prog.end()
-	log.Debug("decompressed image", "image", name, "bytes", n)
+	log.Debug("decompressed image", "image", name, "bytes", n, "took", time.Since(t0).Round(time.Millisecond))
 	return walkDisk(ctx, diskPath, name, tw, prog, log)
 }

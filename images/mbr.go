@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"time"
 
 	diskfs "github.com/diskfs/go-diskfs"
 	"github.com/diskfs/go-diskfs/backend"
@@ -99,9 +100,11 @@ func walkDisk(ctx context.Context, img, name string, tw *treeWriter, prog *progr
 	}
 	prog.begin("copy", root.usedBytes())
 	add := func(e *entry) error { return tw.add(ctx, e) }
+	t0 := time.Now()
 	if err := root.walk(ctx, "", add); err != nil {
 		return fail(fmt.Errorf("root partition: %w", err))
 	}
+	log.Debug("copied root partition", "image", name, "took", time.Since(t0).Round(time.Millisecond))
 	if layout.bootSize == 0 {
 		log.Warn("disk image has no FAT boot partition; /boot/firmware stays as the root has it", "image", name)
 		return nil

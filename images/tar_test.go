@@ -94,3 +94,53 @@ func TestImportTruncatedTarball(t *testing.T) {
 	}
 	assertEmptyStore(t, st)
 }
+
+// TestImportHostileTarball: entries that would write outside the root, directly or through a
+// symlink or a hard link the archive itself planted, are refused and nothing is left.
+func TestImportHostileTarball(t *testing.T) {
+	needRoot(t)
+	outside := t.TempDir()
+	victim := filepath.Join(outside, "victim")
+	must(t, os.WriteFile(victim, []byte("untouched"), 0o644))
+	mk := func(name string, hdrs ...*tar.Header) string {
+		p := filepath.Join(t.TempDir(), name)
+		f, err := os.Create(p)
+		must(t, err)
+		tw := tar.NewWriter(f)
+		for _, h := range hdrs {
+			must(t, tw.WriteHeader(h))
+			if h.Typeflag == tar.TypeReg {
+				tw.Write(make([]byte, h.Size))
+			}
+		}
+		must(t, tw.Close())
+		f.Close()
+		return p
+	}
+	dir := func(n string) *tar.Header { return &tar.Header{Name: n, Typeflag: tar.TypeDir, Mode: 0o755} }
+	link := func(n, target string) *tar.Header {
+		return &tar.Header{Name: n, Typeflag: tar.TypeSymlink, Linkname: target, Mode: 0o777}
+	}
+	cases := map[string]string{
+		"dotdot":          mk("a.tar", tarFileHeader("../escape", 1)),
+		"through symlink": mk("b.tar", link("evil", outside), tarFileHeader("evil/victim", 4)),
+		"deep symlink":    mk("c.tar", dir("d"), link("d/up", outside), tarFileHeader("d/up/victim", 4)),
+		"hard link out":   mk("d.tar", link("s", outside), &tar.Header{Name: "h", Typeflag: tar.TypeLink, Linkname: "s/victim"}),
+	}
+	st, err := OpenStore(filepath.Join(t.TempDir(), "images"))
+	must(t, err)
+	for name, p := range cases {
+		t.Run(name, func(t *testing.T) {
+			if _, err := st.Import(context.Background(), p, "hostile", ImportOptions{Logger: quietLog()}); err == nil {
+				t.Error("hostile tarball imported")
+			}
+			assertEmptyStore(t, st)
+			if b, _ := os.ReadFile(victim); string(b) != "untouched" {
+				t.Fatalf("file outside the root was changed: %q", b)
+			}
+			if ents, _ := os.ReadDir(outside); len(ents) != 1 {
+				t.Fatalf("files appeared outside the root: %v", ents)
+			}
+		})
+	}
+}

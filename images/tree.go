@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"hash"
 	"io"
@@ -146,11 +145,19 @@ func (w *treeWriter) add(ctx context.Context, e *entry) error {
 	rec := record{Path: p, Mode: e.Mode, UID: e.UID, GID: e.GID, Mtime: e.Mtime.UnixNano(), Xattrs: xattrDigest(e.Xattrs)}
 	switch e.Mode & typeMask {
 	case typeDir:
-		if err := os.Mkdir(dst, 0o700); err != nil && !(errors.Is(err, os.ErrExist) && isDir(dst)) {
-			return fmt.Errorf("image %s: mkdir /%s: %w", w.image, p, err)
+		if _, ok := w.dirTimes[p]; !ok && p != "" {
+			if err := w.replaceable(p); err != nil {
+				return err
+			}
+			if err := os.Mkdir(dst, 0o700); err != nil {
+				return fmt.Errorf("image %s: mkdir /%s: %w", w.image, p, err)
+			}
 		}
 		w.dirTime(p, e.Mtime)
 	case typeReg:
+		if err := w.replaceable(p); err != nil {
+			return err
+		}
 		n, sum, err := w.writeFile(e, dst)
 		if err != nil {
 			return fmt.Errorf("image %s: /%s: %w", w.image, p, err)
@@ -158,14 +165,18 @@ func (w *treeWriter) add(ctx context.Context, e *entry) error {
 		rec.Size, rec.Data = n, sum
 		w.bytes += n
 	case typeLnk:
-		_ = os.Remove(dst)
+		if err := w.replaceable(p); err != nil {
+			return err
+		}
 		if err := os.Symlink(e.Target, dst); err != nil {
 			return fmt.Errorf("image %s: symlink /%s: %w", w.image, p, err)
 		}
 		rec.Data = e.Target
 		rec.Size = int64(len(e.Target))
 	case typeChr, typeBlk, typeFifo, typeSock:
-		_ = os.Remove(dst)
+		if err := w.replaceable(p); err != nil {
+			return err
+		}
 		dev := unix.Mkdev(e.Major, e.Minor)
 		if err := unix.Mknod(dst, e.Mode&(typeMask|0o7777), int(dev)); err != nil {
 			return fmt.Errorf("image %s: mknod /%s: %w", w.image, p, err)
@@ -193,14 +204,18 @@ func (w *treeWriter) ensureParent(p string) error {
 	if parent == "." {
 		return nil
 	}
-	dst := w.host(parent)
-	if isDir(dst) {
+	// Our own record, not the file system, says what is a directory: a hostile tarball
+	// ("a" -> /etc, then "a/passwd") must not write through a symlink onto the host.
+	if _, ok := w.dirTimes[parent]; ok {
 		return nil
+	}
+	if _, ok := w.recIndex[parent]; ok {
+		return fmt.Errorf("image %s: /%s: parent /%s is not a directory", w.image, p, parent)
 	}
 	if err := w.ensureParent(parent); err != nil {
 		return err
 	}
-	if err := os.Mkdir(dst, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+	if err := os.Mkdir(w.host(parent), 0o755); err != nil {
 		return fmt.Errorf("image %s: mkdir /%s: %w", w.image, parent, err)
 	}
 	w.record(record{Path: parent, Mode: typeDir | 0o755})
@@ -213,7 +228,12 @@ func (w *treeWriter) addLink(e *entry, dst string) error {
 	if err != nil {
 		return fmt.Errorf("image %s: hard link /%s: %w", w.image, e.Path, err)
 	}
-	_ = os.Remove(dst)
+	if r, ok := w.recIndex[first]; !ok || w.records[r].Mode&typeMask == typeDir || w.records[r].Link != "" {
+		return fmt.Errorf("image %s: hard link /%s -> /%s: target is not a file imported before it", w.image, e.Path, first)
+	}
+	if err := w.replaceable(e.Path); err != nil {
+		return err
+	}
 	if err := os.Link(w.host(first), dst); err != nil {
 		return fmt.Errorf("image %s: hard link /%s -> /%s: %w", w.image, e.Path, first, err)
 	}
@@ -221,14 +241,26 @@ func (w *treeWriter) addLink(e *entry, dst string) error {
 	return nil
 }
 
+// replaceable clears the way for a new object at p: a tarball may carry a path twice, and
+// the last one wins, as with tar -x. Only what this import created is ever removed, and a
+// directory only when empty.
+func (w *treeWriter) replaceable(p string) error {
+	if p == "" {
+		return fmt.Errorf("image %s: the root must be a directory", w.image)
+	}
+	if _, ok := w.recIndex[p]; !ok {
+		return nil
+	}
+	if err := os.Remove(w.host(p)); err != nil {
+		return fmt.Errorf("image %s: replace /%s: %w", w.image, p, err)
+	}
+	delete(w.dirTimes, p)
+	return nil
+}
+
 // writeFile copies the content, turning all-zero blocks into holes, and hashes it on the way.
 func (w *treeWriter) writeFile(e *entry, dst string) (int64, string, error) {
-	f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_EXCL, 0o600)
-	if errors.Is(err, os.ErrExist) {
-		// tarballs may carry the same path twice; the last one wins, as with tar -x
-		_ = os.Remove(dst)
-		f, err = os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_EXCL, 0o600)
-	}
+	f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return 0, "", err
 	}
@@ -325,6 +357,9 @@ func setMtime(dst string, t time.Time) error {
 func (w *treeWriter) finish() error {
 	for i := len(w.dirs) - 1; i >= 0; i-- {
 		d := w.dirs[i]
+		if _, ok := w.dirTimes[d]; !ok {
+			continue // replaced by a non-directory
+		}
 		if err := setMtime(w.host(d), w.dirTimes[d]); err != nil {
 			return fmt.Errorf("image %s: /%s: %w", w.image, d, err)
 		}
@@ -353,7 +388,7 @@ func xattrDigest(x map[string][]byte) string {
 // ensureDir makes sure p exists as a directory (the mount point of a second partition),
 // recording it like a tarball's implicit parent when the source did not have it.
 func (w *treeWriter) ensureDir(p string) error {
-	if isDir(w.host(p)) {
+	if _, ok := w.dirTimes[p]; ok {
 		return nil
 	}
 	return w.ensureParent(p + "/x")
