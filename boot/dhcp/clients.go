@@ -31,8 +31,9 @@ type clientState struct {
 }
 
 type clientTable struct {
-	mu sync.Mutex
-	m  map[string]*clientState
+	mu        sync.Mutex
+	m         map[string]*clientState
+	nextSweep time.Time // a full table is swept at most once a second, not per packet
 }
 
 func newClientTable() *clientTable { return &clientTable{m: make(map[string]*clientState)} }
@@ -44,6 +45,10 @@ func (t *clientTable) allow(mac string, now time.Time) bool {
 	c := t.m[mac]
 	if c == nil {
 		if len(t.m) >= maxClients {
+			if now.Before(t.nextSweep) {
+				return false
+			}
+			t.nextSweep = now.Add(time.Second)
 			for k, v := range t.m {
 				if now.Sub(v.last) > clientIdle {
 					delete(t.m, k)

@@ -108,13 +108,7 @@ func (s *Server) fullRequest(r *request) *dhcpv4.DHCPv4 {
 	if sid != nil && !sid.Equal(net.IP(s.cfg.ServerIP.AsSlice())) {
 		// SELECTING another server's offer: free what we held for it.
 		s.record(r, "request", "server", sid.String(), "note", "chose another server")
-		s.leases.mu.Lock()
-		for a, o := range s.leases.offers {
-			if o.mac == r.macStr {
-				delete(s.leases.offers, a)
-			}
-		}
-		s.leases.mu.Unlock()
+		s.leases.dropOfferOf(r.macStr)
 		s.ignored.Add(1)
 		return nil
 	}
@@ -184,9 +178,7 @@ func (s *Server) fullDecline(r *request) {
 	}
 	// RFC 2131 section 4.3.3: the address is in use by someone else; keep it out of
 	// the pool for a while.
-	s.leases.mu.Lock()
-	s.leases.offers[ip] = offer{mac: "declined", until: r.at.Add(declineHold)}
-	s.leases.mu.Unlock()
+	s.leases.hold(ip, r.at.Add(declineHold))
 	if _, fixed := r.fixed(); fixed {
 		r.log.Warn("board declined its fixed address: another host uses it", "ip", ip)
 	}

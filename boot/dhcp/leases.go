@@ -50,16 +50,23 @@ type leaseTable struct {
 	byMAC  map[string]*lease
 	byIP   map[netip.Addr]string // holder MAC of an unexpired or released-but-remembered lease
 	offers map[netip.Addr]offer
-	next   netip.Addr // where the next pool scan starts, so allocation is round-robin
-	log    *leaseLog
+	// offerOf indexes offers by MAC: a busy pool has thousands outstanding.
+	offerOf map[string]netip.Addr
+	// sweepAt is the offer count past which expired offers are swept; it doubles
+	// with the live count so sweeping stays amortised O(1) per offer.
+	sweepAt int
+	next    netip.Addr // where the next pool scan starts, so allocation is round-robin
+	log     *leaseLog
 }
 
 // openLeases loads path (if it exists) and opens it for appending.
 func openLeases(path string, now time.Time) (*leaseTable, error) {
 	t := &leaseTable{
-		byMAC:  make(map[string]*lease),
-		byIP:   make(map[netip.Addr]string),
-		offers: make(map[netip.Addr]offer),
+		byMAC:   make(map[string]*lease),
+		byIP:    make(map[netip.Addr]string),
+		offers:  make(map[netip.Addr]offer),
+		offerOf: make(map[string]netip.Addr),
+		sweepAt: 4096,
 	}
 	lines, err := t.load(path, now)
 	if err != nil {
@@ -155,8 +162,8 @@ func (t *leaseTable) pick(mac string, requested, start, end netip.Addr, now time
 	if l := t.byMAC[mac]; l != nil && inPool(l.IP) && free(l.IP) {
 		return l.IP, true
 	}
-	for a, o := range t.offers {
-		if o.mac == mac && o.until.After(now) && inPool(a) {
+	if a, ok := t.offerOf[mac]; ok {
+		if o := t.offers[a]; o.mac == mac && o.until.After(now) && inPool(a) {
 			return a, true
 		}
 	}
@@ -184,15 +191,47 @@ func (t *leaseTable) pick(mac string, requested, start, end netip.Addr, now time
 
 // reserve holds ip for mac between OFFER and REQUEST. Caller holds t.mu.
 func (t *leaseTable) reserve(mac string, ip netip.Addr, now time.Time) {
-	// Bound the offer table: drop expired offers when it grows.
-	if len(t.offers) > 4096 {
+	if len(t.offers) > t.sweepAt {
 		for a, o := range t.offers {
 			if !o.until.After(now) {
-				delete(t.offers, a)
+				t.dropOffer(a)
 			}
 		}
+		t.sweepAt = max(4096, 2*len(t.offers))
 	}
+	if old, ok := t.offerOf[mac]; ok {
+		t.dropOffer(old)
+	}
+	t.dropOffer(ip) // an expired offer to someone else
 	t.offers[ip] = offer{mac: mac, until: now.Add(offerHold)}
+	t.offerOf[mac] = ip
+}
+
+// dropOffer forgets the offer of ip. Caller holds t.mu.
+func (t *leaseTable) dropOffer(ip netip.Addr) {
+	if o, ok := t.offers[ip]; ok {
+		if t.offerOf[o.mac] == ip {
+			delete(t.offerOf, o.mac)
+		}
+		delete(t.offers, ip)
+	}
+}
+
+// dropOfferOf forgets what was offered to mac (it chose another server).
+func (t *leaseTable) dropOfferOf(mac string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if a, ok := t.offerOf[mac]; ok {
+		t.dropOffer(a)
+	}
+}
+
+// hold keeps ip out of the pool until the given time (a DECLINEd address).
+func (t *leaseTable) hold(ip netip.Addr, until time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.dropOffer(ip)
+	t.offers[ip] = offer{mac: "declined", until: until}
 }
 
 // bind records a lease in memory and queues its record; the caller must wait on the
@@ -204,7 +243,7 @@ func (t *leaseTable) bind(l lease) *leaseBatch {
 		delete(t.byIP, old.IP)
 	}
 	if o, ok := t.offers[l.IP]; ok && o.mac == l.MAC {
-		delete(t.offers, l.IP)
+		t.dropOffer(l.IP)
 	}
 	t.byMAC[l.MAC] = &l
 	t.byIP[l.IP] = l.MAC
