@@ -68,7 +68,7 @@ func TestUdhcpcPiStyle(t *testing.T) {
 	if vars["tftp"] != serverIP.String() {
 		t.Errorf("udhcpc tftp (option 66) = %q", vars["tftp"])
 	}
-	menuHex := hex.EncodeToString([]byte(piMenu))
+	menuHex := hex.EncodeToString(dnsmasqOption43("Raspberry Pi Boot"))
 	if !strings.Contains(strings.ToLower(string(env)), menuHex) {
 		t.Errorf("option 43 with %q not seen by udhcpc:\n%s", piMenu, env)
 	}

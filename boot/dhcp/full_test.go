@@ -64,7 +64,7 @@ func TestFullPi4FixedAddress(t *testing.T) {
 		netip.AddrFrom4([4]byte(opts[6])) != testDNS || !bytes.Equal(opts[51], []byte{0, 0, 2, 0x58}) {
 		t.Errorf("network options: mask % x router % x dns % x lease % x", opts[1], opts[3], opts[6], opts[51])
 	}
-	if !bytes.Contains(opts[43], []byte(piMenu)) || siaddr(offer) != serverIP || string(opts[66]) != serverIP.String() {
+	if !bytes.Equal(opts[43], dnsmasqOption43("Raspberry Pi Boot")) || siaddr(offer) != serverIP || string(opts[66]) != serverIP.String() {
 		t.Errorf("boot options missing in the full-mode OFFER: 43=%q siaddr=%v 66=%q", opts[43], siaddr(offer), opts[66])
 	}
 	if string(opts[12]) != "pi-01" {
@@ -80,7 +80,7 @@ func TestFullPi4FixedAddress(t *testing.T) {
 		t.Fatalf("no ACK; log:\n%s", srv.logs)
 	}
 	_, opts, _ = wireOptions(t, ack)
-	if opts[53][0] != 5 || yiaddr(ack) != fixed || !bytes.Contains(opts[43], []byte(piMenu)) {
+	if opts[53][0] != 5 || yiaddr(ack) != fixed || !bytes.Equal(opts[43], dnsmasqOption43("Raspberry Pi Boot")) {
 		t.Errorf("ACK: type %v yiaddr %v 43 %q", opts[53], yiaddr(ack), opts[43])
 	}
 	if !leaseFileHas(t, cfg.LeaseFile, mac, fixed) {
@@ -124,7 +124,7 @@ func TestFullPi3ROMLeaseAtOffer(t *testing.T) {
 	}
 	_, opts, _ := wireOptions(t, offer)
 	ip := yiaddr(offer)
-	if ip.Compare(poolStart) < 0 || ip.Compare(poolEnd) > 0 || !bytes.Contains(opts[43], []byte(pi3Menu)) {
+	if ip.Compare(poolStart) < 0 || ip.Compare(poolEnd) > 0 || !bytes.Equal(opts[43], dnsmasqOption43("Raspberry Pi Boot   ")) {
 		t.Errorf("Pi 3 ROM OFFER: yiaddr %v, 43 %q", ip, opts[43])
 	}
 	if !leaseFileHas(t, cfg.LeaseFile, mac, ip) {
