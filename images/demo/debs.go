@@ -13,6 +13,9 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // debs are the package files the image is made of, after download.
@@ -128,6 +131,16 @@ func fetchDebs(ctx context.Context, opts Options) (*debs, error) {
 	if err := os.MkdirAll(opts.CacheDir, 0o755); err != nil {
 		return nil, fmt.Errorf("cache: %w", err)
 	}
+	// Test packages run in parallel and share one cache: only one may download at a time,
+	// the others then find the files.
+	lock, err := os.OpenFile(filepath.Join(opts.CacheDir, ".demo-download.lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("cache lock: %w", err)
+	}
+	defer lock.Close()
+	if err := flock(ctx, lock); err != nil {
+		return nil, fmt.Errorf("cache lock %s: %w", lock.Name(), err)
+	}
 	d := &debs{
 		kernel:   cached(opts.CacheDir, "linux-image-6.1.0-*-arm64_*_arm64.deb"),
 		busybox:  cached(opts.CacheDir, "busybox-static_*_arm64.deb"),
@@ -170,6 +183,24 @@ func fetchDebs(ctx context.Context, opts Options) (*debs, error) {
 		return nil, fmt.Errorf("download: apt-get download left no .deb in %s", opts.CacheDir)
 	}
 	return d, nil
+}
+
+// flock takes an exclusive lock on f, giving up when ctx ends (closing f releases it).
+func flock(ctx context.Context, f *os.File) error {
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // extract unpacks deb into dir without installing it (no maintainer scripts run).
