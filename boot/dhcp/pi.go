@@ -61,8 +61,13 @@ func parseOption97(v []byte) (id piIdentity, ok bool) {
 			gen = g[0]
 		}
 		rev := order.Uint32(g[4:8])
-		serial := order.Uint32(g[12:16])
-		return piIdentity{serial: fmt.Sprintf("%08x", serial), model: piModel(gen, rev)}, true
+		id := piIdentity{serial: fmt.Sprintf("%08x", order.Uint32(g[12:16])), model: piModel(gen, rev)}
+		if order == binary.BigEndian {
+			// Only one capture of this form exists; should its serial be little-endian
+			// after all, the fleet lookup finds the board by the other reading.
+			id.altSerial = fmt.Sprintf("%08x", binary.LittleEndian.Uint32(g[12:16]))
+		}
+		return id, true
 	}
 	// The serial-repeated form: four equal words. Its byte order is not documented,
 	// so both readings are kept and the fleet decides which one it knows.

@@ -34,7 +34,7 @@ func TestParseOption97(t *testing.T) {
 		serial, alt, mdl string
 	}{
 		{"pi4 little-endian", pi4Option97(0x9ffefdef, 0xc03111, mac), true, false, "9ffefdef", "", "Raspberry Pi 4 Model B"},
-		{"pi4 2021 EEPROM big-endian FourCC", be, true, false, "9ffefdef", "", "Raspberry Pi Compute Module 4"},
+		{"pi4 2021 EEPROM big-endian FourCC", be, true, false, "9ffefdef", "effdfe9f", "Raspberry Pi Compute Module 4"},
 		{"pi5", rpi5, true, false, "0badcafe", "", "Raspberry Pi 5"},
 		{"DHCP_OPTION97=0 serial repeated", repeated, true, false, "12345678", "78563412", "Raspberry Pi 4"},
 		{"pi3 ROM", rom, true, true, "", "", "Raspberry Pi 3 (boot ROM)"},
