@@ -67,7 +67,8 @@ type Config struct {
 	Fleet boot.Fleet
 	// Events receives each board's DHCP steps; nil = a private timeline.
 	Events *boot.Timeline
-	// Logger receives one line per DHCP step; nil = discard.
+	// Logger receives one line per DHCP step; nil = discard. The caller adds
+	// service=dhcp (or whatever it names this service); lines add board, mac, serial.
 	Logger *slog.Logger
 }
 
@@ -107,14 +108,14 @@ func New(cfg Config) (*Server, error) {
 		cfg.Mode = ModeProxy
 	}
 	if cfg.Mode != ModeProxy && cfg.Mode != ModeFull {
-		return nil, fmt.Errorf("dhcp: mode %q: want %q or %q (%q means: do not start the service)",
+		return nil, fmt.Errorf("mode %q: want %q or %q (%q means: do not start the service)",
 			cfg.Mode, ModeProxy, ModeFull, ModeOff)
 	}
 	if !cfg.ServerIP.Is4() {
-		return nil, fmt.Errorf("dhcp: server address %v is not an IPv4 address", cfg.ServerIP)
+		return nil, fmt.Errorf("server address %v is not an IPv4 address", cfg.ServerIP)
 	}
 	if cfg.Fleet == nil {
-		return nil, errors.New("dhcp: no fleet")
+		return nil, errors.New("no fleet")
 	}
 	if cfg.Port == 0 {
 		cfg.Port = 67
@@ -130,7 +131,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{
 		cfg:        cfg,
-		log:        cfg.Logger.With("service", "dhcp", "mode", string(cfg.Mode)),
+		log:        cfg.Logger.With("mode", string(cfg.Mode)),
 		events:     cfg.Events,
 		clients:    newClientTable(),
 		clientPort: cfg.Port + 1,
@@ -141,7 +142,7 @@ func New(cfg Config) (*Server, error) {
 		}
 		l, err := openLeases(cfg.LeaseFile, time.Now())
 		if err != nil {
-			return nil, fmt.Errorf("dhcp: %w", err)
+			return nil, err
 		}
 		s.leases = l
 	}
@@ -151,22 +152,22 @@ func New(cfg Config) (*Server, error) {
 func (s *Server) checkFull() error {
 	c := s.cfg
 	if !c.Subnet.IsValid() || !c.Subnet.Addr().Is4() {
-		return fmt.Errorf("dhcp: full mode needs the LAN subnet (e.g. 192.168.1.0/24), got %v", c.Subnet)
+		return fmt.Errorf("full mode needs the LAN subnet (e.g. 192.168.1.0/24), got %v", c.Subnet)
 	}
 	if !c.Subnet.Contains(c.ServerIP) {
-		return fmt.Errorf("dhcp: server address %v is outside the subnet %v", c.ServerIP, c.Subnet)
+		return fmt.Errorf("server address %v is outside the subnet %v", c.ServerIP, c.Subnet)
 	}
 	if c.LeaseFile == "" {
-		return errors.New("dhcp: full mode needs a lease file")
+		return errors.New("full mode needs a lease file")
 	}
 	switch {
 	case !c.PoolStart.IsValid() && !c.PoolEnd.IsValid():
 	case !c.PoolStart.Is4() || !c.PoolEnd.Is4():
-		return fmt.Errorf("dhcp: pool %v-%v: give both ends as IPv4 addresses", c.PoolStart, c.PoolEnd)
+		return fmt.Errorf("pool %v-%v: give both ends as IPv4 addresses", c.PoolStart, c.PoolEnd)
 	case !c.Subnet.Contains(c.PoolStart) || !c.Subnet.Contains(c.PoolEnd):
-		return fmt.Errorf("dhcp: pool %v-%v is not inside the subnet %v", c.PoolStart, c.PoolEnd, c.Subnet)
+		return fmt.Errorf("pool %v-%v is not inside the subnet %v", c.PoolStart, c.PoolEnd, c.Subnet)
 	case c.PoolEnd.Less(c.PoolStart):
-		return fmt.Errorf("dhcp: pool %v-%v: start is after end", c.PoolStart, c.PoolEnd)
+		return fmt.Errorf("pool %v-%v: start is after end", c.PoolStart, c.PoolEnd)
 	default:
 		s.pool = true
 	}
@@ -216,14 +217,14 @@ type packet struct {
 func (s *Server) Serve(ctx context.Context) error {
 	conn, err := listen(s.cfg.Interface, s.cfg.Port)
 	if err != nil {
-		return fmt.Errorf("dhcp: %w", err)
+		return fmt.Errorf("%w", err)
 	}
 	pc := ipv4.NewPacketConn(conn)
 	// The incoming interface tells where a broadcast reply must go when we are
 	// not bound to one interface.
 	if err := pc.SetControlMessage(ipv4.FlagInterface, true); err != nil {
 		conn.Close()
-		return fmt.Errorf("dhcp: IP_PKTINFO: %w", err)
+		return fmt.Errorf("IP_PKTINFO: %w", err)
 	}
 	s.log.Info("listening", "interface", s.cfg.Interface, "port", s.cfg.Port, "server_ip", s.cfg.ServerIP)
 
@@ -246,7 +247,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		n, cm, _, err := pc.ReadFrom(*bp)
 		if err != nil {
 			if ctx.Err() == nil && !errors.Is(err, net.ErrClosed) {
-				readErr = fmt.Errorf("dhcp: read: %w", err)
+				readErr = fmt.Errorf("read: %w", err)
 			}
 			break
 		}
@@ -269,7 +270,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	conn.Close()
 	if s.leases != nil {
 		if err := s.leases.close(); err != nil && readErr == nil {
-			readErr = fmt.Errorf("dhcp: %w", err)
+			readErr = err
 		}
 	}
 	s.log.Info("stopped", "stats", s.Stats())
