@@ -217,7 +217,7 @@ type packet struct {
 func (s *Server) Serve(ctx context.Context) error {
 	conn, err := listen(s.cfg.Interface, s.cfg.Port)
 	if err != nil {
-		return fmt.Errorf("%w", err)
+		return err
 	}
 	pc := ipv4.NewPacketConn(conn)
 	// The incoming interface tells where a broadcast reply must go when we are
