@@ -201,7 +201,9 @@ func (s *Server) readdir(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter, pl
 				seq = s
 			}
 		}
-		if len(w.b)-start > limit || (plus && dirBytes > int(dircount) && i > int(cookie)) {
+		// READDIRPLUS fills up to maxcount and ignores dircount, as knfsd does: the
+		// Linux client sends dircount = maxcount/8, which would cost twice the round trips.
+		if len(w.b)-start > limit || (!plus && dirBytes > int(dircount)) {
 			w.b = w.b[:mark]
 			break
 		}
