@@ -240,11 +240,10 @@ func (s *Server) Serve(ctx context.Context) error {
 			}
 		})
 	}
-	bufs := sync.Pool{New: func() any { b := make([]byte, 1500); return &b }}
+	buf := make([]byte, 1500) // Ethernet MTU: a DHCP request never needs more
 	var readErr error
 	for {
-		bp := bufs.Get().(*[]byte)
-		n, cm, _, err := pc.ReadFrom(*bp)
+		n, cm, _, err := pc.ReadFrom(buf)
 		if err != nil {
 			if ctx.Err() == nil && !errors.Is(err, net.ErrClosed) {
 				readErr = fmt.Errorf("read: %w", err)
@@ -252,8 +251,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			break
 		}
 		s.received.Add(1)
-		p := packet{buf: append([]byte(nil), (*bp)[:n]...), at: time.Now()}
-		bufs.Put(bp)
+		p := packet{buf: append([]byte(nil), buf[:n]...), at: time.Now()}
 		if cm != nil {
 			p.ifIndex = cm.IfIndex
 		}
@@ -288,7 +286,13 @@ func (s *Server) serveOne(pc *ipv4.PacketConn, p packet) {
 	}
 	if _, err := pc.WriteTo(out, cm, net.UDPAddrFromAddrPort(dst)); err != nil {
 		s.sendErr.Add(1)
-		s.log.Warn("send reply", "to", dst, "err", err)
+		// No request context here: the reply itself names the client.
+		mac := net.HardwareAddr(out[28:34])
+		name, serial := "-", ""
+		if b, ok := s.cfg.Fleet.BoardByMAC(mac); ok {
+			name, serial = b.Name, b.Serial
+		}
+		s.log.Warn("send reply", "board", name, "mac", mac.String(), "serial", serial, "to", dst, "err", err)
 		return
 	}
 	s.replied.Add(1)
