@@ -54,6 +54,10 @@ func (o *FS) createIn(d *mdir, name string, dir bool, mk func(string) error) (st
 	if err := mk(tmp); err != nil {
 		return "", err
 	}
+	if err := inheritGroup(upDir, tmp, dir); err != nil {
+		os.RemoveAll(tmp)
+		return "", err
+	}
 	if dir {
 		if err := unix.Lsetxattr(tmp, xattrOpaque, []byte("y"), 0); err != nil {
 			os.RemoveAll(tmp)
@@ -71,6 +75,32 @@ func (o *FS) createIn(d *mdir, name string, dir bool, mk func(string) error) (st
 		return "", err
 	}
 	return dst, nil
+}
+
+// inheritGroup gives an object made in Work the group a setgid parent dir would have
+// given it had it been made in place (and a new dir the setgid bit), as the kernel does.
+func inheritGroup(parent, obj string, dir bool) error {
+	var pst, st unix.Stat_t
+	if err := unix.Stat(parent, &pst); err != nil {
+		return err
+	}
+	if pst.Mode&unix.S_ISGID == 0 {
+		return nil
+	}
+	if err := unix.Lstat(obj, &st); err != nil {
+		return err
+	}
+	if err := unix.Lchown(obj, -1, int(pst.Gid)); err != nil {
+		return err
+	}
+	mode := st.Mode & 0o7777
+	if dir {
+		mode |= unix.S_ISGID
+	}
+	if isSymlink(&st) {
+		return nil
+	}
+	return unix.Chmod(obj, mode) // chown cleared setuid/setgid
 }
 
 // Mkdir creates one directory with exactly perm (no umask).

@@ -25,7 +25,8 @@ func (o *FS) Rename(oldpath, newpath string) error {
 }
 
 func (o *FS) rename(oldpath, newpath string) error {
-	src, err := o.resolve(oldpath, false)
+	// Both parents first, then the names: the kernel's order, which decides the errno.
+	_, _, src, err := o.walk(oldpath, false)
 	if err != nil {
 		return err
 	}
@@ -33,12 +34,18 @@ func (o *FS) rename(oldpath, newpath string) error {
 	if err != nil {
 		return err
 	}
+	if src == nil {
+		return unix.ENOENT
+	}
 	if src.parent == nil || dd == nil {
 		return unix.EBUSY
 	}
 	srcIsDir := isDir(&src.st)
 	if srcIsDir && (dd.path == src.path || strings.HasPrefix(dd.path+"/", src.path+"/")) {
 		return unix.EINVAL
+	}
+	if dst != nil && isDir(&dst.st) && strings.HasPrefix(src.path, dst.path+"/") {
+		return unix.ENOTEMPTY // the kernel's answer for renaming onto an ancestor
 	}
 	if dst != nil {
 		if dst.layer == src.layer && dst.st.Ino == src.st.Ino && dst.st.Dev == src.st.Dev {
