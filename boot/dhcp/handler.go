@@ -1,6 +1,7 @@
 package dhcp
 
 import (
+	"context"
 	"encoding/binary"
 	"log/slog"
 	"net"
@@ -49,8 +50,29 @@ type request struct {
 	at         time.Time   // when the packet arrived
 	discoverAt time.Time   // when this MAC's last DISCOVER arrived (zero if unseen)
 	client     netip.Addr  // the client's address once known (ciaddr, or what we gave it)
-	log        *slog.Logger
+	log        reqLog
 }
+
+// reqLog logs with the request's board, mac, serial, xid and client kind. It adds them
+// per line, only for lines the handler enables, instead of a Logger.With per packet:
+// under load most packets log nothing (Debug is off).
+type reqLog struct {
+	l     *slog.Logger
+	attrs []any
+}
+
+func (r reqLog) log(level slog.Level, msg string, args []any) {
+	ctx := context.Background()
+	if !r.l.Enabled(ctx, level) {
+		return
+	}
+	r.l.Log(ctx, level, msg, append(append(make([]any, 0, len(r.attrs)+len(args)), r.attrs...), args...)...)
+}
+
+func (r reqLog) Debug(msg string, args ...any) { r.log(slog.LevelDebug, msg, args) }
+func (r reqLog) Info(msg string, args ...any)  { r.log(slog.LevelInfo, msg, args) }
+func (r reqLog) Warn(msg string, args ...any)  { r.log(slog.LevelWarn, msg, args) }
+func (r reqLog) Error(msg string, args ...any) { r.log(slog.LevelError, msg, args) }
 
 // boardName is the board's name for logs, "-" for clients not in the fleet.
 func (r *request) boardName() string {
@@ -148,8 +170,8 @@ func (s *Server) identify(msg *dhcpv4.DHCPv4, typ dhcpv4.MessageType, macStr str
 		r.discoverAt = at
 	}
 	s.clients.learn(macStr, r.kind, r.serial, r.model, typ == dhcpv4.MessageTypeDiscover, at)
-	r.log = s.log.With("board", r.boardName(), "mac", macStr, "serial", r.serial,
-		"xid", msg.TransactionID.String(), "client", r.kind.String())
+	r.log = reqLog{l: s.log, attrs: []any{"board", r.boardName(), "mac", macStr, "serial", r.serial,
+		"xid", msg.TransactionID, "client", r.kind}}
 	return r
 }
 

@@ -3,6 +3,7 @@ package dhcp
 import (
 	"encoding/binary"
 	"net"
+	"slices"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 )
@@ -58,13 +59,18 @@ func encode(d *dhcpv4.DHCPv4) []byte {
 	}
 	put(dhcpv4.OptionDHCPMessageType.Code())
 	put(dhcpv4.OptionServerIdentifier.Code())
-	for code := 1; code < 255; code++ {
-		switch uint8(code) {
-		case dhcpv4.OptionDHCPMessageType.Code(), dhcpv4.OptionServerIdentifier.Code(),
+	codes := make([]uint8, 0, len(d.Options))
+	for code := range d.Options {
+		switch code {
+		case 0, 255, dhcpv4.OptionDHCPMessageType.Code(), dhcpv4.OptionServerIdentifier.Code(),
 			dhcpv4.OptionRelayAgentInformation.Code():
 			continue
 		}
-		put(uint8(code))
+		codes = append(codes, code)
+	}
+	slices.Sort(codes)
+	for _, code := range codes {
+		put(code)
 	}
 	// RFC 3046 section 2.1: the relay agent option comes last.
 	put(dhcpv4.OptionRelayAgentInformation.Code())
