@@ -39,6 +39,7 @@ func TestFleet(t *testing.T) {
 			// Each step of the boot on the console, so a failure says how far it got.
 			for _, step := range []string{
 				`DHCP client bound to address ` + regexp.QuoteMeta(q.b.ip),
+				`Filename 'boot\.scr\.uimg'`,
 				`pxelinux\.cfg/01-` + strings.ReplaceAll(q.b.mac, ":", "-"),
 				`Starting kernel`,
 				`pifleet-initramfs: lease ` + regexp.QuoteMeta(q.b.ip),
