@@ -86,6 +86,9 @@ func (e *export) effective(c cred) cred {
 	if c.gid == 0 {
 		c.gid = nobody
 	}
+	if len(c.gids) == 0 {
+		return c
+	}
 	gids := make([]uint32, len(c.gids))
 	for i, g := range c.gids {
 		if g == 0 {

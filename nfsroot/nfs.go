@@ -65,8 +65,11 @@ type req struct {
 	e    *export
 	cc   *conn
 	cred cred
-	log  *slog.Logger
 }
+
+// logger is the export's logger with the client's address; built only when a line is
+// logged, since most calls log nothing.
+func (q *req) logger() *slog.Logger { return q.e.log.With("client", q.cc.addr.String()) }
 
 // bind routes a handle to its export: the handle must be ours, its export must exist and
 // allow the caller's address, and its instance must be current. Another board's handle is
@@ -92,7 +95,7 @@ func (s *Server) bind(cc *conn, h *rpcCallHdr, fh []byte) (*req, uint64, nfs.NFS
 		return nil, 0, nfs.NFSStatusStale
 	}
 	e.touch()
-	return &req{e: e, cc: cc, cred: e.effective(h.cred), log: e.log.With("client", cc.addr.String())}, fileID, nfs.NFSStatusOk
+	return &req{e: e, cc: cc, cred: e.effective(h.cred)}, fileID, nfs.NFSStatusOk
 }
 
 // file binds and resolves a handle to a path and its status.
@@ -113,7 +116,7 @@ func (q *req) lstat(p string) (*fstat, nfs.NFSStatus) {
 	}
 	st, ok := statOf(fi)
 	if !ok {
-		q.log.Error("file has no status", "path", p)
+		q.logger().Error("file has no status", "path", p)
 		return nil, nfs.NFSStatusServerFault
 	}
 	return &st, nfs.NFSStatusOk
@@ -123,7 +126,7 @@ func (q *req) lstat(p string) (*fstat, nfs.NFSStatus) {
 func (q *req) fail(op, p string, err error) nfs.NFSStatus {
 	st := statusOf(err)
 	if st == nfs.NFSStatusIO || st == nfs.NFSStatusServerFault {
-		q.log.Error(op+" failed", "path", p, "err", err)
+		q.logger().Error(op+" failed", "path", p, "err", err)
 	}
 	return st
 }

@@ -75,7 +75,7 @@ func (q *req) finishNew(dirID uint64, dirSt *fstat, p, name string, a sattr, mod
 		return nil, status
 	}
 	if err := q.e.tbl.sync(q.e.learn(dirID, name, st)); err != nil {
-		q.log.Error("recording handle", "path", p, "err", err)
+		q.logger().Error("recording handle", "path", p, "err", err)
 		return nil, nfs.NFSStatusServerFault
 	}
 	return st, nfs.NFSStatusOk

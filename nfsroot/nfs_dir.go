@@ -82,7 +82,7 @@ func (q *req) lookup(dirID uint64, dirPath string, dirSt *fstat, name string) (u
 		return 0, nil, status
 	}
 	if err := q.e.tbl.sync(q.e.learn(dirID, name, st)); err != nil {
-		q.log.Error("recording handle", "path", joinPath(dirPath, name), "err", err)
+		q.logger().Error("recording handle", "path", joinPath(dirPath, name), "err", err)
 		return 0, nil, nfs.NFSStatusServerFault
 	}
 	return st.fileID, st, nfs.NFSStatusOk
@@ -215,7 +215,7 @@ func (s *Server) readdir(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter, pl
 		return nil
 	}
 	if err := q.e.tbl.sync(seq); err != nil {
-		q.log.Error("recording handles", "path", dirPath, "err", err)
+		q.logger().Error("recording handles", "path", dirPath, "err", err)
 		w.b = w.b[:start]
 		w.status(nfs.NFSStatusServerFault)
 		w.postOpAttr(dirSt, q.e.id)
