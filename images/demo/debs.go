@@ -53,8 +53,18 @@ func newestKernel(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	best := pickKernel(strings.Fields(string(out)))
+	if best == "" {
+		return "", errors.New("apt knows no linux-image-6.1.0-*-arm64 package")
+	}
+	return best, nil
+}
+
+// pickKernel returns the kernel version (e.g. 6.1.0-56-arm64) of the generic arm64 package
+// with the highest ABI number among names, or "". ABI numbers compare as numbers: -9 < -10.
+func pickKernel(names []string) string {
 	best, bestABI := "", -1
-	for _, name := range strings.Fields(string(out)) {
+	for _, name := range names {
 		m := kernelPackage.FindStringSubmatch(name)
 		if m == nil {
 			continue
@@ -64,10 +74,7 @@ func newestKernel(ctx context.Context) (string, error) {
 			best, bestABI = m[1], abi
 		}
 	}
-	if best == "" {
-		return "", errors.New("apt knows no linux-image-6.1.0-*-arm64 package")
-	}
-	return best, nil
+	return best
 }
 
 // aptReady reports what is missing from the apt configuration, or "" when nothing is.
@@ -121,6 +128,19 @@ func cached(dir, pattern string) string {
 	return m[len(m)-1]
 }
 
+// cachedKernel returns the newest kernel .deb in dir, or "".
+func cachedKernel(dir string) string {
+	m, _ := filepath.Glob(filepath.Join(dir, "linux-image-6.1.0-*-arm64_*_arm64.deb"))
+	var names []string
+	for _, p := range m {
+		names = append(names, strings.SplitN(filepath.Base(p), "_", 2)[0])
+	}
+	if ver := pickKernel(names); ver != "" {
+		return cached(dir, "linux-image-"+ver+"_*_arm64.deb")
+	}
+	return ""
+}
+
 // fetchDebs downloads (or finds in opts.CacheDir) the three packages. A cached kernel is
 // reused without asking apt, so that a built cache works offline.
 func fetchDebs(ctx context.Context, opts Options) (*debs, error) {
@@ -142,7 +162,7 @@ func fetchDebs(ctx context.Context, opts Options) (*debs, error) {
 		return nil, fmt.Errorf("cache lock %s: %w", lock.Name(), err)
 	}
 	d := &debs{
-		kernel:   cached(opts.CacheDir, "linux-image-6.1.0-*-arm64_*_arm64.deb"),
+		kernel:   cachedKernel(opts.CacheDir),
 		busybox:  cached(opts.CacheDir, "busybox-static_*_arm64.deb"),
 		firmware: cached(opts.CacheDir, "raspi-firmware_*_all.deb"),
 	}
