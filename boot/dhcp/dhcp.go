@@ -226,6 +226,15 @@ func (s *Server) Serve(ctx context.Context) error {
 		conn.Close()
 		return fmt.Errorf("IP_PKTINFO: %w", err)
 	}
+	// Not bound to an interface: answer only on the one that carries ServerIP, so a
+	// multi-homed server never answers another LAN (found now, in the caller's
+	// network namespace).
+	onlyIf := 0
+	if s.cfg.Interface == "" {
+		if onlyIf = interfaceOf(s.cfg.ServerIP); onlyIf == 0 {
+			s.log.Warn("no interface has the server address: answering on every interface", "server_ip", s.cfg.ServerIP)
+		}
+	}
 	s.log.Info("listening", "interface", s.cfg.Interface, "port", s.cfg.Port, "server_ip", s.cfg.ServerIP)
 
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
@@ -255,6 +264,10 @@ func (s *Server) Serve(ctx context.Context) error {
 		if cm != nil {
 			p.ifIndex = cm.IfIndex
 		}
+		if onlyIf != 0 && p.ifIndex != 0 && p.ifIndex != onlyIf {
+			s.ignored.Add(1)
+			continue
+		}
 		select {
 		case queue <- p:
 		default:
@@ -273,6 +286,28 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	s.log.Info("stopped", "stats", s.Stats())
 	return readErr
+}
+
+// interfaceOf returns the index of the interface that has ip, 0 if none does.
+func interfaceOf(ip netip.Addr) int {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return 0
+	}
+	for _, ifc := range ifs {
+		addrs, err := ifc.Addrs()
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok {
+				if x, ok := netip.AddrFromSlice(n.IP); ok && x.Unmap() == ip {
+					return ifc.Index
+				}
+			}
+		}
+	}
+	return 0
 }
 
 func (s *Server) serveOne(pc *ipv4.PacketConn, p packet) {

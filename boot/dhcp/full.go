@@ -20,6 +20,13 @@ const declineHold = 10 * time.Minute
 
 // full answers r in full mode, or returns nil.
 func (s *Server) full(r *request) *dhcpv4.DHCPv4 {
+	if gi := addrOf(r.msg.GatewayIPAddr); gi.IsValid() && !s.cfg.Subnet.Contains(gi) {
+		// Relayed from another subnet: our addresses would be wrong there. One pifleet
+		// per segment (DESIGN.md, Scale).
+		r.log.Debug("relayed from another subnet: ignored", "giaddr", gi)
+		s.ignored.Add(1)
+		return nil
+	}
 	if r.board == nil {
 		s.unknown(r, s.pool)
 		if !s.pool {

@@ -68,6 +68,9 @@ func openLeases(path string, now time.Time) (*leaseTable, error) {
 		offerOf: make(map[string]netip.Addr),
 		sweepAt: 4096,
 	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("lease file: %w", err)
+	}
 	lines, err := t.load(path, now)
 	if err != nil {
 		return nil, err

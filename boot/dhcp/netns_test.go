@@ -191,7 +191,12 @@ func startServer(t testing.TB, n *testNetns, cfg Config) *running {
 	if !cfg.Subnet.IsValid() {
 		cfg.Subnet = testNet
 	}
-	cfg.Interface = n.serverIf
+	switch cfg.Interface {
+	case "":
+		cfg.Interface = n.serverIf
+	case "*":
+		cfg.Interface = "" // unbound: the server picks the interface that has ServerIP
+	}
 	srv, err := New(cfg)
 	if err != nil {
 		t.Fatalf("New: %v", err)
