@@ -208,14 +208,22 @@ func (c *client) raw(rec []byte) (tReply, error) {
 	if _, err := c.c.Write(rec); err != nil {
 		return tReply{}, err
 	}
-	reply, err := readRecord(c.br, nil)
-	if err != nil {
-		return tReply{}, err
-	}
-	r := bytes.NewReader(reply)
+	// Replies to anything sent before (garbage records the test wrote) are skipped.
+	want := binary.BigEndian.Uint32(rec[4:])
+	var r *bytes.Reader
 	var hdr struct{ Xid, Mtype, ReplyStat uint32 }
-	if err := xdr.Read(r, &hdr); err != nil {
-		return tReply{}, err
+	for range 1000 {
+		reply, err := readRecord(c.br, nil)
+		if err != nil {
+			return tReply{}, err
+		}
+		r = bytes.NewReader(reply)
+		if err := xdr.Read(r, &hdr); err != nil {
+			return tReply{}, err
+		}
+		if hdr.Xid == want {
+			break
+		}
 	}
 	if hdr.ReplyStat == msgDenied {
 		st, _ := xdr.ReadUint32(r)
