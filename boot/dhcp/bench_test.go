@@ -110,7 +110,7 @@ func BenchmarkFullVsDnsmasq(b *testing.B) {
 	b.Log(tab.String())
 }
 
-// startBenchServer starts pifleet (this test binary re-executed as TestBenchServerHelper)
+// startBenchServer starts pifleet (this test binary re-executed, see TestMain)
 // or dnsmasq in the server namespace, pinned to CPU 1, and returns how to stop it.
 func startBenchServer(b *testing.B, n *testNetns, server, profile, self, dir string) func() {
 	b.Helper()
@@ -118,8 +118,7 @@ func startBenchServer(b *testing.B, n *testNetns, server, profile, self, dir str
 	pool := fmt.Sprintf("%s,%s", benchPoolStart, benchPoolEnd)
 	switch server {
 	case "pifleet":
-		cmd = exec.Command("ip", "netns", "exec", n.server, "taskset", "-c", "1", self,
-			"-test.run=^TestBenchServerHelper$", "-test.count=1")
+		cmd = exec.Command("ip", "netns", "exec", n.server, "taskset", "-c", "1", self)
 		cmd.Env = append(os.Environ(), "PIFLEET_DHCP_BENCH_SERVE=1",
 			"PIFLEET_DHCP_BENCH_IFACE="+n.serverIf,
 			"PIFLEET_DHCP_BENCH_POOL="+pool,
@@ -197,18 +196,26 @@ func runPerfdhcp(b *testing.B, n *testNetns, extra []string) benchResult {
 	return r
 }
 
-// TestBenchServerHelper is not a test: BenchmarkFullVsDnsmasq re-executes the test
-// binary with PIFLEET_DHCP_BENCH_SERVE=1 inside the server namespace to run full-mode
-// pifleet as a process of its own (pinned like dnsmasq). Without that variable it skips.
-func TestBenchServerHelper(t *testing.T) {
-	if os.Getenv("PIFLEET_DHCP_BENCH_SERVE") != "1" {
-		t.Skip("helper process of BenchmarkFullVsDnsmasq, not a test")
+// TestMain doubles as the server process of BenchmarkFullVsDnsmasq: with
+// PIFLEET_DHCP_BENCH_SERVE=1 (set only by startBenchServer, which runs this binary
+// inside the server namespace pinned like dnsmasq) it serves full mode until SIGTERM.
+func TestMain(m *testing.M) {
+	if os.Getenv("PIFLEET_DHCP_BENCH_SERVE") == "1" {
+		if err := benchServe(); err != nil {
+			fmt.Fprintln(os.Stderr, "bench server:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
 	}
+	os.Exit(m.Run())
+}
+
+func benchServe() error {
 	dir := os.Getenv("PIFLEET_DHCP_BENCH_DIR")
 	start, end, _ := strings.Cut(os.Getenv("PIFLEET_DHCP_BENCH_POOL"), ",")
 	logf, err := os.Create(filepath.Join(dir, "log"))
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	defer logf.Close()
 	srv, err := New(Config{
@@ -219,12 +226,13 @@ func TestBenchServerHelper(t *testing.T) {
 		Logger: slog.New(slog.NewTextHandler(logf, nil)),
 	})
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	if err := srv.Serve(ctx); err != nil {
-		t.Fatal(err)
+		return err
 	}
 	fmt.Fprintf(logf, "stats %+v leases %d\n", srv.Stats(), len(srv.Leases()))
+	return nil
 }
