@@ -28,6 +28,7 @@ type clientState struct {
 	serial     string
 	model      string
 	discoverAt time.Time
+	warned     bool // a once-per-MAC warning was logged
 }
 
 type clientTable struct {
@@ -102,4 +103,16 @@ func (t *clientTable) recall(mac string) (k clientKind, serial, model string, di
 		return kindPlain, "", "", time.Time{}
 	}
 	return c.kind, c.serial, c.model, c.discoverAt
+}
+
+// warnOnce reports whether mac has not been warned about yet, and marks it.
+func (t *clientTable) warnOnce(mac string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	c := t.m[mac]
+	if c == nil || c.warned {
+		return false
+	}
+	c.warned = true
+	return true
 }

@@ -280,7 +280,7 @@ func (t *leaseTable) lookup(mac string, now time.Time) (lease, bool) {
 	return *l, true
 }
 
-// Leases returns the live leases (for the status page), unordered.
+// live returns the unexpired leases (for the status page), unordered.
 func (t *leaseTable) live(now time.Time) []lease {
 	t.mu.Lock()
 	defer t.mu.Unlock()

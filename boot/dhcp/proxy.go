@@ -32,6 +32,13 @@ func (s *Server) proxy(r *request) *dhcpv4.DHCPv4 {
 	switch r.typ {
 	case dhcpv4.MessageTypeDiscover:
 		s.record(r, "discover")
+		if r.kind == kindPXE && s.clients.warnOnce(r.macStr) {
+			// Answered anyway: a U-Boot built with CONFIG_SERVERIP_FROM_PROXYDHCP
+			// takes next-server from us and its address from the router.
+			r.log.Warn("U-Boot/PXE board in proxy mode: U-Boot only merges proxy offers when built " +
+				"with CONFIG_SERVERIP_FROM_PROXYDHCP; otherwise use dhcp mode full, or set the " +
+				"router's next-server to this host")
+		}
 		reply := s.proxyReply(r, dhcpv4.MessageTypeOffer)
 		s.record(r, "offer", "tftp", s.cfg.ServerIP)
 		return reply

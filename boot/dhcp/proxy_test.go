@@ -172,4 +172,8 @@ func TestProxyIgnoresNonBootClients(t *testing.T) {
 	if siaddr(reply) != serverIP || yiaddr(reply) != netip.IPv4Unspecified() {
 		t.Errorf("U-Boot proxy reply: siaddr %v yiaddr %v", siaddr(reply), yiaddr(reply))
 	}
+	c.exchange(t, ubootDiscover(0x0c0c0c0d, uboot))
+	if got := strings.Count(srv.logs.String(), "CONFIG_SERVERIP_FROM_PROXYDHCP"); got != 1 {
+		t.Errorf("proxy-mode U-Boot warning logged %d times, want once", got)
+	}
 }
