@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -93,6 +95,29 @@ func FuzzNFSArgs(f *testing.F) {
 		}
 		if len(rec) > maxRecord+4096 {
 			t.Fatalf("reply of %d bytes", len(rec))
+		}
+	})
+}
+
+// FuzzHandleTableReplay opens a handle table log of arbitrary bytes (a disk error or a
+// torn write): it must load what is whole, cut the rest, and never hang resolving.
+func FuzzHandleTableReplay(f *testing.F) {
+	f.Add([]byte{})
+	f.Add(appendRecord(appendRecord(nil, opAddLink, 5, link{1, "a"}), opOnlyLink, 6, link{5, "b"}))
+	f.Add(appendRecord(appendRecord(nil, opOnlyLink, 5, link{6, "a"}), opOnlyLink, 6, link{5, "b"}))
+	f.Add([]byte{9, 9, 9})
+	f.Fuzz(func(t *testing.T, log []byte) {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, tableFile), log, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		tbl, _, err := openTable(dir)
+		if err != nil {
+			return
+		}
+		defer tbl.close()
+		for id := uint64(0); id < 8; id++ {
+			tbl.candidates(id, 1)
 		}
 	})
 }

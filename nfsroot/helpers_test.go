@@ -56,6 +56,7 @@ type fixture struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	squash bool
+	exps   []Export // what the server was given
 }
 
 var boardAddr = map[string]netip.Addr{"pi-a": addrA, "pi-b": addrB, "pi-c": addrC}
@@ -129,7 +130,8 @@ func (f *fixture) start() {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	f.srv = New(Options{Logger: log})
-	f.srv.SetExports(f.exports())
+	f.exps = f.exports()
+	f.srv.SetExports(f.exps)
 	ctx, cancel := context.WithCancel(context.Background())
 	f.cancel = cancel
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
