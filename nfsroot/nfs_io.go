@@ -3,6 +3,7 @@ package nfsroot
 import (
 	"errors"
 	"io"
+	"slices"
 
 	"github.com/willscott/go-nfs"
 )
@@ -68,7 +69,7 @@ func (s *Server) onRead(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) err
 	w.u32(0) // eof
 	w.u32(0) // data length
 	dataAt := len(w.b)
-	w.b = append(w.b, make([]byte, (int(count)+3)&^3)...)
+	w.b = slices.Grow(w.b, (int(count)+3)&^3)[:dataAt+(int(count)+3)&^3]
 	n, err := f.f.ReadAt(w.b[dataAt:dataAt+int(count)], int64(off))
 	if err != nil && !errors.Is(err, io.EOF) {
 		w.b = w.b[:start]

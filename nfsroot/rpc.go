@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 )
 
 // ONC RPC (RFC 5531) constants this server speaks.
@@ -79,7 +80,7 @@ func readRecord(r io.Reader, buf []byte) ([]byte, error) {
 		for n > 0 {
 			step := min(n, 64<<10)
 			start := len(buf)
-			buf = append(buf, make([]byte, step)...)
+			buf = slices.Grow(buf, step)[:start+step] // a pooled buffer is reused as is
 			if _, err := io.ReadFull(r, buf[start:]); err != nil {
 				if errors.Is(err, io.EOF) {
 					err = io.ErrUnexpectedEOF
