@@ -26,6 +26,7 @@ import (
 //     cost is the runtime's: with GOMAXPROCS=1 sysmon retakes the P of a thread blocked
 //     past 20 us, so it wakes often (about 15% of the server's CPU) and the goroutine
 //     hops between threads. GOMAXPROCS=2 on one CPU was worse (spinning Ms).
+//
 // The threads this blocks are cheap next to tftpd-hpa's process per transfer.
 type socket struct {
 	conn    *net.UDPConn
