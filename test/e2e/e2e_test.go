@@ -75,6 +75,14 @@ func TestFleet(t *testing.T) {
 	t.Run("write-is-not-visible-on-other-board", func(t *testing.T) {
 		l.check(t, b1, "write", token)
 		l.check(t, b2, "absent", "")
+		// On the server, the write is in board1's upper dir only.
+		rel := "var/lib/pifleet-check/token"
+		if b, err := os.ReadFile(filepath.Join(l.state, "boards", board1.name, "upper", rel)); err != nil || string(b) != token+"\n" {
+			t.Errorf("board1's upper has %s = %q, %v; want %q", rel, b, err, token)
+		}
+		if _, err := os.Lstat(filepath.Join(l.state, "boards", board2.name, "upper", rel)); err == nil {
+			t.Errorf("board2's upper has board1's %s", rel)
+		}
 	})
 	t.Run("permissions-setuid-hardlink-rename", func(t *testing.T) {
 		l.check(t, b1, "perms", "")
@@ -103,6 +111,18 @@ func TestFleet(t *testing.T) {
 			t.Fatalf("io loop: %v\n%s", err, b2.Console.Tail(3000))
 		}
 		t.Log(m)
+		// What the board synced is on the server's disk, in board2's upper dir.
+		var rounds int
+		if _, err := fmt.Sscanf(m, "PIFLEET-CHECK ok io %d rounds", &rounds); err != nil || rounds < 8 {
+			t.Fatalf("io loop reported %q: want at least 8 rounds", m)
+		}
+		ioDir := filepath.Join(l.state, "boards", board2.name, "upper", "var/lib/pifleet-check/io")
+		for i := 1; i <= rounds; i++ {
+			b, err := os.ReadFile(filepath.Join(ioDir, fmt.Sprintf("f%d", i)))
+			if want := fmt.Sprintf("round %d %s\n", i, token); err != nil || string(b) != want {
+				t.Errorf("server side %s/f%d = %q, %v; want %q", ioDir, i, b, err, want)
+			}
+		}
 		// No stale handle and no I/O error reached the kernel log either.
 		b2.Console.Send("dmesg | grep -ciE 'stale|i/o error|nfs: server .* not responding, timed out' ; echo dmesg-checked")
 		if _, err := b2.Console.Expect(regexp.MustCompile(`\n0\r?\ndmesg-checked`), nil, checkTimeout); err != nil {
