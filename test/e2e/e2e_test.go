@@ -106,7 +106,8 @@ func TestFleet(t *testing.T) {
 			}
 		}
 		b2.Console.Send("stop")
-		m, err := b2.Console.Expect(regexp.MustCompile(`PIFLEET-CHECK ok io[^\r\n]*`), guestFail, checkTimeout)
+		m, err := b2.Console.Expect(regexp.MustCompile(`PIFLEET-CHECK ok io[^\r\n]*\r?\n`), guestFail, checkTimeout)
+		m = strings.TrimSpace(m)
 		if err != nil {
 			t.Fatalf("io loop: %v\n%s", err, b2.Console.Tail(3000))
 		}

@@ -287,12 +287,13 @@ func (l *lab) check(t *testing.T, qb *testbed.Board, step, arg string) string {
 	if err := qb.Console.Send(strings.TrimSpace("pifleet-check " + step + " " + arg)); err != nil {
 		t.Fatalf("board %s: console: %v", qb.Name, err)
 	}
-	re := regexp.MustCompile(`PIFLEET-CHECK ok ` + regexp.QuoteMeta(step) + `[^\r\n]*`)
+	// Up to the line end: output arrives in chunks, and a half line must not match.
+	re := regexp.MustCompile(`PIFLEET-CHECK ok ` + regexp.QuoteMeta(step) + `[^\r\n]*\r?\n`)
 	m, err := qb.Console.Expect(re, guestFail, checkTimeout)
 	if err != nil {
 		t.Fatalf("board %s: pifleet-check %s: %v\nconsole log %s, last output:\n%s", qb.Name, step, err, qb.LogPath, qb.Console.Tail(3000))
 	}
-	return m
+	return strings.TrimSpace(m)
 }
 
 // powerOff syncs and powers the board off from inside; with -no-reboot QEMU then exits.
