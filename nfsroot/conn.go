@@ -54,7 +54,11 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	sem := make(chan struct{}, maxInFlight)
 	for {
 		bp := recordPool.Get().(*[]byte)
-		rec, err := readRecord(br, *bp)
+		limit := maxRecord
+		if !s.known(addr) {
+			limit = maxStrangerRecord
+		}
+		rec, err := readRecord(br, *bp, limit)
 		if err != nil {
 			recordPool.Put(bp)
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && ctx.Err() == nil {
@@ -104,6 +108,9 @@ func (s *Server) boardFor(a netip.Addr) string {
 	}
 	return "unknown"
 }
+
+// known reports whether any export allows the address.
+func (s *Server) known(a netip.Addr) bool { return s.boardFor(a) != "unknown" }
 
 func (cc *conn) write(rec []byte) {
 	cc.wmu.Lock()

@@ -19,7 +19,7 @@ func FuzzReadRecord(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		r := bytes.NewReader(data)
 		for range 100 { // every call consumes input or fails
-			rec, err := readRecord(r, nil)
+			rec, err := readRecord(r, nil, maxRecord)
 			if err != nil {
 				return
 			}

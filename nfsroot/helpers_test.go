@@ -215,7 +215,7 @@ func (c *client) raw(rec []byte) (tReply, error) {
 	var r *bytes.Reader
 	var hdr struct{ Xid, Mtype, ReplyStat uint32 }
 	for range 1000 {
-		reply, err := readRecord(c.br, nil)
+		reply, err := readRecord(c.br, nil, 1<<30)
 		if err != nil {
 			return tReply{}, err
 		}

@@ -40,23 +40,27 @@ const (
 // Limits on what a peer may declare. maxIO is the READ/WRITE size advertised in FSINFO;
 // a record may carry that much data plus headers, and not a byte more.
 const (
-	maxIO        = 1 << 20
-	maxRecord    = maxIO + 4096
-	maxFragments = 64
-	maxAuthBody  = 400 // RFC 5531: opaque_auth body<400>
-	maxMachine   = 255
-	maxGroups    = 16
-	maxNameLen   = 255
-	maxPathLen   = 4096
-	fhSize       = 32
-	maxFHSize    = 64 // NFSv3 fhandle3 <NFS3_FHSIZE>
+	maxIO     = 1 << 20
+	maxRecord = maxIO + 4096
+	// maxStrangerRecord bounds records from addresses no export allows: all they may do is
+	// MOUNT (to be refused) or NULL, so they cannot make the server hold megabytes.
+	maxStrangerRecord = 8192
+	maxFragments      = 64
+	maxAuthBody       = 400 // RFC 5531: opaque_auth body<400>
+	maxMachine        = 255
+	maxGroups         = 16
+	maxNameLen        = 255
+	maxPathLen        = 4096
+	fhSize            = 32
+	maxFHSize         = 64 // NFSv3 fhandle3 <NFS3_FHSIZE>
 )
 
 var errRecordTooLong = errors.New("rpc: record longer than the server accepts")
 
-// readRecord reads one record-marked RPC message (RFC 5531 section 11) into buf, growing
-// it only as fragments actually arrive so a declared length costs nothing until sent.
-func readRecord(r io.Reader, buf []byte) ([]byte, error) {
+// readRecord reads one record-marked RPC message (RFC 5531 section 11) of at most limit
+// bytes into buf, growing it only as fragments actually arrive so a declared length costs
+// nothing until sent.
+func readRecord(r io.Reader, buf []byte, limit int) ([]byte, error) {
 	buf = buf[:0]
 	var hdr [4]byte
 	for frag := 0; ; frag++ {
@@ -72,7 +76,7 @@ func readRecord(r io.Reader, buf []byte) ([]byte, error) {
 		v := binary.BigEndian.Uint32(hdr[:])
 		last := v&0x80000000 != 0
 		n := int(v & 0x7fffffff)
-		if len(buf)+n > maxRecord {
+		if len(buf)+n > limit {
 			return nil, errRecordTooLong
 		}
 		// Grow in steps of at most 64 KiB so a peer announcing a big fragment and
