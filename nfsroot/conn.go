@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -28,6 +29,20 @@ type conn struct {
 	addr netip.Addr
 	log  *slog.Logger
 	wmu  sync.Mutex
+
+	warnings atomic.Int32 // warnings logged; capped so a hostile peer cannot flood the log
+}
+
+const maxWarningsPerConn = 20
+
+// warn logs a warning about what the peer sent, at most maxWarningsPerConn per connection.
+func (cc *conn) warn(msg string, args ...any) {
+	switch n := cc.warnings.Add(1); {
+	case n < maxWarningsPerConn:
+		cc.log.Warn(msg, args...)
+	case n == maxWarningsPerConn:
+		cc.log.Warn(msg+"; further warnings on this connection suppressed", args...)
+	}
 }
 
 var recordPool = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
@@ -142,7 +157,7 @@ var errGarbage = errors.New("garbage arguments")
 func (s *Server) dispatch(cc *conn, h *rpcCallHdr, cerr *callError) []byte {
 	w := replyBuf(getReply(), h.xid)
 	if cerr != nil {
-		cc.log.Warn("refusing call", "prog", h.prog, "vers", h.vers, "proc", h.proc, "err", cerr.err)
+		cc.warn("refusing call", "prog", h.prog, "vers", h.vers, "proc", h.proc, "err", cerr.err)
 		w.callError(cerr, 0, 0)
 		return w.finish()
 	}
@@ -174,7 +189,7 @@ func (s *Server) dispatch(cc *conn, h *rpcCallHdr, cerr *callError) []byte {
 	w.accepted(acceptSuccess)
 	r := &xdrReader{b: h.args}
 	if err := handler(cc, h, r, w); err != nil {
-		cc.log.Warn("garbage arguments", "prog", h.prog, "proc", h.proc, "err", err)
+		cc.warn("garbage arguments", "prog", h.prog, "proc", h.proc, "err", err)
 		w.b = w.b[:mark]
 		w.accepted(acceptGarbageArgs)
 	}

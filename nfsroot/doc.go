@@ -1,25 +1,51 @@
-// Package nfsroot serves every board's overlay root over NFSv3 and MOUNT v3, built on go-nfs's
-// protocol types: board isolation by export and client address, persistent handles, Unix permissions.
+// Package nfsroot serves every board's overlay root over NFSv3 and MOUNT v3 (RFC 1813):
+// one export per board, reachable only from that board's address, with handles that never go stale.
 //
-// nfsroot owns each TCP connection: it reads the ONC RPC records itself with bounded lengths,
-// parses the call header and AUTH_SYS credentials, checks the caller against the board the file
-// handle belongs to, and answers the NFSv3 procedures directly against the board's overlay.
+// # Flow of one call
 //
-// What comes from go-nfs and what does not, and why: go-nfs v0.0.4 supplies the protocol
-// vocabulary used throughout (nfs.NFSStatus, nfs.NFSProcedure, nfs.MountStatus, nfs.FileAttribute,
-// nfs.FileTime, nfs.ToNFSTime). Its request loop is not used for any procedure: every NFSv3
-// procedure needs either the caller's credentials (which go-nfs never reads), the persistent handle
-// table (go-nfs's handles are an in-memory LRU that goes stale) or bounded decoding (go-nfs-client's
-// xdr allocates whatever length a request declares). Forwarding the remaining handful (FSSTAT,
-// FSINFO, PATHCONF, NULL) through an in-process pipe would have added a second decoder and a
-// second handle translation for procedures that are a few lines each, so they are answered here too.
-// Encoding is done by hand on appended byte slices because the reflection-based xdr.Write costs
-// more than the file system call on the hot path (GETATTR, LOOKUP, READ, READDIRPLUS).
+// nfsroot owns each TCP connection (conn.go): it reads ONC RPC records itself with bounded
+// lengths (rpc.go; 1 MiB + 4 KiB for a board, 8 KiB for an address no export allows), parses
+// the call header and AUTH_SYS credentials, routes the call by program and version (wrong
+// ones get PROG_UNAVAIL / PROG_MISMATCH 3-3; NFS_ACL gets PROG_UNAVAIL, which the Linux client
+// takes as "no ACLs"), decodes arguments with a bounded reader that never allocates
+// (xdr.go), and answers against the board's overlay. A file handle names its export; the
+// export must allow the caller's address (export.go, nfs.go bind) before any file system
+// work, so a handle of board A sent by board B is refused (ACCES), and a forged one is STALE.
+// Both listeners (ServeNFS, ServeMount) answer both programs. A lone request is answered on
+// the reading goroutine; pipelined requests and WRITE/COMMIT run concurrently, up to 16 per
+// connection, so one slow board or one fsync never stalls the others.
 //
-// File handles (32 bytes): "PF" magic, version 1, a reserved byte, the export id (FNV-64 of board
-// name and export path), the export instance id (random, kept in the board's state dir, so a reset
-// board's old handles go STALE) and the overlay FileID, then 4 reserved zero bytes. The FileID is
-// resolved to a current path through a per-board table FileID -> (parent FileID, name) that is
-// appended to a log in the state dir and fsynced before any reply carries a new handle, so handles
-// survive restarts, renames of the file or any parent, and copy-up.
+// # What comes from go-nfs, and why nothing is forwarded to it
+//
+// go-nfs v0.0.4 supplies the protocol vocabulary used throughout: nfs.NFSStatus,
+// nfs.NFSProcedure, nfs.MountProcedure, nfs.MountStatus, nfs.FileType, nfs.FileAttribute,
+// nfs.FileTime and nfs.ToNFSTime. Its request loop handles no procedure: each NFSv3
+// procedure needs the caller's credentials (go-nfs never reads them), the persistent handle
+// table (go-nfs's handles live in an in-memory LRU) or bounded decoding (go-nfs-client's xdr
+// allocates what a request declares). The few left (NULL, FSSTAT, FSINFO, PATHCONF) would
+// have needed a second handle translation and an in-process pipe for a few lines each, so
+// they are answered here too. Replies are encoded by hand into pooled byte slices because
+// reflection-based xdr.Write costs more than the file system call on the hot path.
+//
+// # File handles (handle.go, table.go)
+//
+// 32 bytes: "PF", version 1, a reserved byte, the export id (FNV-64a of board name and
+// export path), the export instance id (8 random bytes kept in the board's state dir,
+// regenerated when a reset deletes it, so old handles go STALE instead of naming new files),
+// the overlay FileID (stable across copy-up, rename and restart), 4 reserved zero bytes.
+// A per-board table FileID -> (parent FileID, name), kept as an append-only log in the state
+// dir, turns a FileID back into a path; the path is verified by Lstat and FileID, else STALE.
+// Table records are written to the log (write(2), which survives SIGKILL) before the reply
+// that carries a new handle or a rename; fsync follows at every COMMIT or stable WRITE of the
+// board and once a second, the same promise the board's data gets against power loss. A torn
+// tail is cut on open; the log is compacted on open when mostly dead.
+//
+// # Unix semantics
+//
+// The overlay acts as root; every rule a kernel would apply for the AUTH_SYS caller is
+// applied here first (perm.go): mode bits with owner/group/other and supplementary groups,
+// owner override for READ/WRITE as knfsd does, sticky directories, chown/chgrp/chmod/utimes
+// rules, devices only for root, setgid inheritance, ACCESS answered truthfully. Optional root
+// squash maps uid/gid 0 to 65534. WRITE answers FILE_SYNC only after fsync, otherwise
+// UNSTABLE; COMMIT fsyncs; the write verifier changes only with a new Server.
 package nfsroot

@@ -134,7 +134,7 @@ func (e *export) close() {
 	defer e.initMu.Unlock()
 	if e.tbl != nil {
 		if err := e.tbl.close(); err != nil {
-			e.log.Error("closing handle table", "err", err)
+			e.log.Error("closing handle table", "client", "", "err", err)
 		}
 	}
 }

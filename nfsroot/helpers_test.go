@@ -57,6 +57,9 @@ type fixture struct {
 	wg     sync.WaitGroup
 	squash bool
 	exps   []Export // what the server was given
+
+	mu      sync.Mutex
+	onMount []string // board@client for every OnMount call
 }
 
 var boardAddr = map[string]netip.Addr{"pi-a": addrA, "pi-b": addrB, "pi-c": addrC}
@@ -129,7 +132,11 @@ func (f *fixture) start() {
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	f.srv = New(Options{Logger: log})
+	f.srv = New(Options{Logger: log, OnMount: func(board string, client netip.Addr) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		f.onMount = append(f.onMount, board+"@"+client.String())
+	}})
 	f.exps = f.exports()
 	f.srv.SetExports(f.exps)
 	ctx, cancel := context.WithCancel(context.Background())

@@ -86,7 +86,7 @@ func (s *Server) onMnt(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) erro
 	}
 	e, sub := s.exportFor(p, cc)
 	if e == nil {
-		cc.log.Warn("mount refused: not this client's export", "path", p)
+		cc.warn("mount refused: not this client's export", "path", p)
 		w.u32(uint32(nfs.MountStatusErrAcces))
 		return nil
 	}

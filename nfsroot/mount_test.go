@@ -1,6 +1,7 @@
 package nfsroot
 
 import (
+	"strings"
 	"testing"
 
 	nfsc "github.com/willscott/go-nfs-client/nfs"
@@ -40,6 +41,12 @@ func TestMountOwnExportOnly(t *testing.T) {
 	wantStatus(t, "stranger mounts pi-a", st, 13)
 	st, _ = b.mnt("/boards/pi-b")
 	wantStatus(t, "pi-b mounts its own export after refusals", st, 0)
+	f.mu.Lock()
+	calls := strings.Join(f.onMount, " ")
+	f.mu.Unlock()
+	if calls != "pi-a@127.0.0.2 pi-a@127.0.0.2 pi-a@127.0.0.2 pi-b@127.0.0.3" {
+		t.Fatalf("OnMount calls: %s", calls)
+	}
 	if !f.srv.Mounted("pi-a") || !f.srv.Mounted("pi-b") || f.srv.Mounted("pi-c") {
 		t.Fatalf("Mounted: a=%v b=%v c=%v", f.srv.Mounted("pi-a"), f.srv.Mounted("pi-b"), f.srv.Mounted("pi-c"))
 	}

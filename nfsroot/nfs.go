@@ -84,7 +84,7 @@ func (s *Server) bind(cc *conn, h *rpcCallHdr, fh []byte) (*req, uint64, nfs.NFS
 		return nil, 0, nfs.NFSStatusStale
 	}
 	if !e.allowed(cc.addr) {
-		cc.log.Warn("refused another board's file handle", "owner", e.Board)
+		cc.warn("refused another board's file handle", "owner", e.Board)
 		return nil, 0, nfs.NFSStatusAccess
 	}
 	if err := e.init(); err != nil {
