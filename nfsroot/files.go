@@ -27,6 +27,7 @@ type openFile struct {
 	refs int
 	dead bool // evicted or superseded: close when the last user lets go
 	used uint64
+	at   time.Time // last use, for closing files of idle boards
 }
 
 // get returns an open file for fileID at path, opened read-write when write is set.
@@ -36,7 +37,7 @@ func (o *openFiles) get(fsys FileSystem, id uint64, path string, write bool) (*o
 	if f := o.m[id]; f != nil && (f.rw || !write) {
 		f.refs++
 		o.tick++
-		f.used = o.tick
+		f.used, f.at = o.tick, time.Now()
 		o.mu.Unlock()
 		return f, nil
 	}
@@ -56,7 +57,7 @@ func (o *openFiles) get(fsys FileSystem, id uint64, path string, write bool) (*o
 		o.dropLocked(old)
 	}
 	o.tick++
-	f.used = o.tick
+	f.used, f.at = o.tick, time.Now()
 	o.m[id] = f
 	if len(o.m) > maxOpenFiles {
 		var victim *openFile
@@ -115,6 +116,17 @@ func (o *openFiles) forget(id uint64) {
 	}
 }
 
+// closeIdle closes files unused for longer than idle, so an idle board holds no descriptors.
+func (o *openFiles) closeIdle(idle time.Duration) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, f := range o.m {
+		if f.refs == 0 && time.Since(f.at) > idle {
+			o.dropLocked(f)
+		}
+	}
+}
+
 func (o *openFiles) closeAll() {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -168,4 +180,15 @@ func (c *dirCache) put(dir uint64, ents []fs.FileInfo) *dirList {
 	}
 	c.m[dir] = l
 	return l
+}
+
+// expire drops listings no client can still be walking, so an idle board holds no listing.
+func (c *dirCache) expire() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, v := range c.m {
+		if time.Since(v.at) > dirListTTL {
+			delete(c.m, k)
+		}
+	}
 }

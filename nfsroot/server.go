@@ -116,7 +116,7 @@ func (s *Server) serve(ctx context.Context, l net.Listener, what string) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		s.flushHandles(ctx)
+		s.housekeeping(ctx)
 	}()
 	for {
 		c, err := l.Accept()
@@ -138,9 +138,14 @@ func (s *Server) serve(ctx context.Context, l net.Listener, what string) error {
 	}
 }
 
-// flushHandles fsyncs every board's handle table once a second while serving, bounding
-// what a power loss can take to the last second of newly issued handles.
-func (s *Server) flushHandles(ctx context.Context) {
+// fileIdle is how long an unused file stays open: long enough for a board's burst of
+// READs and WRITEs, short enough that idle boards hold no descriptors.
+const fileIdle = time.Minute
+
+// housekeeping fsyncs every board's handle table once a second while serving, bounding
+// what a power loss can take to the last second of newly issued handles, and lets idle
+// boards' open files and directory listings go.
+func (s *Server) housekeeping(ctx context.Context) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
@@ -153,6 +158,8 @@ func (s *Server) flushHandles(ctx context.Context) {
 			if err := e.flush(); err != nil {
 				e.log.Error("flushing handle table", "client", "", "err", err)
 			}
+			e.files.closeIdle(fileIdle)
+			e.dirs.expire()
 		}
 	}
 }
