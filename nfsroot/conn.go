@@ -109,9 +109,41 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	}
 }
 
-// mayBlock reports calls that can wait on an fsync: WRITE and COMMIT.
+// mayBlock reports calls that can wait on an fsync: COMMIT and stable WRITEs.
 func mayBlock(h *rpcCallHdr) bool {
-	return h.prog == progNFS && (h.proc == 7 || h.proc == 21)
+	if h.prog != progNFS {
+		return false
+	}
+	switch h.proc {
+	case 21:
+		return true
+	case 7:
+		r := xdrReader{b: h.args}
+		r.opaque(maxFHSize)
+		r.u64()
+		r.u32()
+		return r.u32() != unstable || r.err != nil
+	}
+	return false
+}
+
+// mutates reports NFS procedures that change the tree or attributes.
+func mutates(proc uint32) bool {
+	switch proc {
+	case 2, 7, 8, 9, 10, 11, 12, 13, 14, 15: // SETATTR WRITE CREATE MKDIR SYMLINK MKNOD REMOVE RMDIR RENAME LINK
+		return true
+	}
+	return false
+}
+
+// exportOfArgs finds the export named by the file handle every NFS call starts with.
+func (s *Server) exportOfArgs(args []byte) *export {
+	r := xdrReader{b: args}
+	exp, _, _, ok := parseHandle(r.opaque(maxFHSize))
+	if !ok {
+		return nil
+	}
+	return s.exports.Load().byID[exp]
 }
 
 // boardFor names the board a client address belongs to, for the connection's log lines.
@@ -184,6 +216,18 @@ func (s *Server) dispatch(cc *conn, h *rpcCallHdr, cerr *callError) []byte {
 	if handler == nil {
 		w.accepted(acceptProcUnavail)
 		return w.finish()
+	}
+	if h.prog == progNFS && mutates(h.proc) {
+		// Cached directory listings are reused only while nothing in the export changed;
+		// mark the change before and after it happens (see export.changes).
+		if e := s.exportOfArgs(h.args); e != nil {
+			e.changing.Add(1)
+			e.changes.Add(1)
+			defer func() {
+				e.changes.Add(1)
+				e.changing.Add(-1)
+			}()
+		}
 	}
 	mark := len(w.b)
 	w.accepted(acceptSuccess)

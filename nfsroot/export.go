@@ -42,6 +42,12 @@ type export struct {
 	dirs    dirCache
 	removed atomic.Bool
 
+	// changes counts mutations (twice each: before and after), changing the ones in flight;
+	// a cached listing is reused for a new READDIR(PLUS) only if neither moved since it was
+	// read, so a listing never shows attributes older than the last change.
+	changes  atomic.Uint64
+	changing atomic.Int64
+
 	mu      sync.Mutex
 	mounts  map[netip.Addr]struct{} // MNT without UMNT, for DUMP and Mounted
 	lastNFS atomic.Int64            // unix seconds of the last NFS call

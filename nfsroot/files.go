@@ -146,9 +146,10 @@ type dirCache struct {
 }
 
 type dirList struct {
-	verf uint64
-	ents []fs.FileInfo
-	at   time.Time
+	verf    uint64
+	ents    []fs.FileInfo
+	at      time.Time
+	changes uint64 // export.changes when read; 0 if a change was in flight
 }
 
 const (
@@ -166,11 +167,22 @@ func (c *dirCache) get(dir, verf uint64) *dirList {
 	return l
 }
 
-func (c *dirCache) put(dir uint64, ents []fs.FileInfo) *dirList {
+// fresh returns the listing of dir if it was read after the last change in the export.
+func (c *dirCache) fresh(dir, changes uint64) *dirList {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	l := c.m[dir]
+	if l == nil || l.changes == 0 || l.changes != changes || time.Since(l.at) > dirListTTL {
+		return nil
+	}
+	return l
+}
+
+func (c *dirCache) put(dir uint64, ents []fs.FileInfo, changes uint64) *dirList {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.next++
-	l := &dirList{verf: c.next | uint64(time.Now().UnixNano())<<20, ents: ents, at: time.Now()}
+	l := &dirList{verf: c.next | uint64(time.Now().UnixNano())<<20, ents: ents, at: time.Now(), changes: changes}
 	if len(c.m) >= maxDirLists {
 		for k, v := range c.m {
 			if time.Since(v.at) > dirListTTL || len(c.m) >= maxDirLists {

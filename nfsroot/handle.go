@@ -21,12 +21,21 @@ func exportID(board, path string) uint64 {
 }
 
 func makeHandle(exp uint64, inst [8]byte, fileID uint64) []byte {
-	h := make([]byte, fhSize)
-	h[0], h[1], h[2] = 'P', 'F', handleVersion
-	binary.BigEndian.PutUint64(h[4:], exp)
-	copy(h[12:20], inst[:])
-	binary.BigEndian.PutUint64(h[20:], fileID)
-	return h
+	return appendHandle(make([]byte, 0, fhSize), exp, inst, fileID)
+}
+
+func appendHandle(b []byte, exp uint64, inst [8]byte, fileID uint64) []byte {
+	b = append(b, 'P', 'F', handleVersion, 0)
+	b = binary.BigEndian.AppendUint64(b, exp)
+	b = append(b, inst[:]...)
+	b = binary.BigEndian.AppendUint64(b, fileID)
+	return append(b, 0, 0, 0, 0)
+}
+
+// handle writes an export's handle for fileID as an opaque without allocating.
+func (w *xdrWriter) handle(e *export, fileID uint64) {
+	w.u32(fhSize)
+	w.b = appendHandle(w.b, e.id, e.inst, fileID)
 }
 
 // parseHandle splits a handle; ok is false for anything not made by makeHandle.

@@ -96,13 +96,22 @@ func (q *req) listing(dirID uint64, dirPath string, cookie, verf uint64) (*dirLi
 			return l, nfs.NFSStatusOk
 		}
 	}
+	before := q.e.changes.Load()
+	if q.e.changing.Load() == 0 {
+		if l := q.e.dirs.fresh(dirID, before); l != nil {
+			return l, nfs.NFSStatusOk
+		}
+	}
 	ents, err := q.e.FS.ReadDir(dirPath)
 	if err != nil {
 		return nil, q.fail("readdir", dirPath, err)
 	}
+	if q.e.changing.Load() != 0 || q.e.changes.Load() != before {
+		before = 0 // something changed while reading: serve it, never reuse it
+	}
 	// A client continuing an expired listing gets a fresh one read from the same index on:
 	// entries may shift if the directory changed, as on any server without stable cookies.
-	return q.e.dirs.put(dirID, ents), nfs.NFSStatusOk
+	return q.e.dirs.put(dirID, ents, before), nfs.NFSStatusOk
 }
 
 func (s *Server) onReaddir(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) error {
@@ -196,7 +205,7 @@ func (s *Server) readdir(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter, pl
 		if plus {
 			w.postOpAttr(&st, q.e.id)
 			w.bool(true)
-			w.opaque(q.e.handle(st.fileID))
+			w.handle(q.e, st.fileID)
 			if s := q.e.learn(dirID, name, &st); s != 0 {
 				seq = s
 			}

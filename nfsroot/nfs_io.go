@@ -3,6 +3,7 @@ package nfsroot
 import (
 	"errors"
 	"io"
+	"io/fs"
 	"slices"
 
 	"github.com/willscott/go-nfs"
@@ -133,9 +134,8 @@ func (s *Server) onWrite(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) er
 		}
 		return nil
 	}
-	post, _ := q.lstat(p)
 	w.status(nfs.NFSStatusOk)
-	w.wcc(st, post, q.e.id)
+	w.wcc(st, q.fstat(f, p), q.e.id)
 	w.u32(uint32(len(data)))
 	if stable != unstable {
 		w.u32(fileSync)
@@ -215,4 +215,18 @@ func (s *Server) onCommit(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) e
 	w.wcc(st, st, q.e.id)
 	w.fixed(s.verf[:])
 	return nil
+}
+
+// fstat is the status of an open file through its descriptor, cheaper than a path walk;
+// it falls back to the path for files that cannot say.
+func (q *req) fstat(f *openFile, p string) *fstat {
+	if sf, ok := f.f.(interface{ Stat() (fs.FileInfo, error) }); ok {
+		if fi, err := sf.Stat(); err == nil {
+			if st, ok := statOf(fi); ok {
+				return &st
+			}
+		}
+	}
+	st, _ := q.lstat(p)
+	return st
 }
