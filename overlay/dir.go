@@ -182,7 +182,11 @@ func (o *FS) ReadDir(name string) ([]os.FileInfo, error) {
 
 // merged returns the visible entries of d; firstOnly stops at the first one (emptiness).
 func (o *FS) merged(d *mdir, firstOnly bool) ([]*node, error) {
-	seen := make(map[string]bool)
+	// A dir made of one layer, the common case, needs no duplicate tracking.
+	var seen map[string]bool
+	if len(d.parts) > 1 {
+		seen = make(map[string]bool)
+	}
 	var out []*node
 	for i, p := range d.parts {
 		names, err := readNames(p.real)
@@ -190,10 +194,12 @@ func (o *FS) merged(d *mdir, firstOnly bool) ([]*node, error) {
 			return nil, err
 		}
 		for _, name := range names {
-			if seen[name] {
-				continue
+			if seen != nil {
+				if seen[name] {
+					continue
+				}
+				seen[name] = true
 			}
-			seen[name] = true
 			n := &node{parent: d, name: name, path: joinPath(d.path, name), part: i, layer: p.layer, real: p.real + "/" + name}
 			if err := unix.Lstat(n.real, &n.st); err != nil {
 				if err == unix.ENOENT {

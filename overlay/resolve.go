@@ -183,10 +183,15 @@ func cleanRel(p string) (string, bool) {
 	if p == "" || p == "." {
 		return "", true
 	}
-	for _, c := range strings.Split(p, "/") {
-		if c == "" || c == "." || c == ".." {
+	start := 0
+	for i := 0; i <= len(p); i++ {
+		if i < len(p) && p[i] != '/' {
+			continue
+		}
+		if c := p[start:i]; c == "" || c == "." || c == ".." {
 			return "", false
 		}
+		start = i + 1
 	}
 	return p, true
 }
