@@ -110,6 +110,9 @@ func (s *Server) file(cc *conn, h *rpcCallHdr, fh []byte) (*req, uint64, string,
 
 // lstat returns the status of path.
 func (q *req) lstat(p string) (*fstat, nfs.NFSStatus) {
+	if p == "" { // a handle that did not resolve: no attributes rather than the root's
+		return nil, nfs.NFSStatusStale
+	}
 	fi, err := q.e.FS.Lstat(p)
 	if err != nil {
 		return nil, statusOf(err)
