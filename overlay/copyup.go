@@ -30,12 +30,12 @@ func (o *FS) copyUp(n *node, withData bool) (*node, error) {
 	tmp := o.tempName()
 	if err := o.copyObject(n, tmp, withData); err != nil {
 		os.RemoveAll(tmp)
-		return nil, &fs.PathError{Op: "copy-up", Path: n.path, Err: underlying(err)}
+		return nil, &fs.PathError{Op: "copy-up", Path: n.path(), Err: underlying(err)}
 	}
 	dst := upDir + "/" + n.name
 	if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, dst, unix.RENAME_NOREPLACE); err != nil {
 		os.RemoveAll(tmp)
-		return nil, &fs.PathError{Op: "copy-up", Path: n.path, Err: err}
+		return nil, &fs.PathError{Op: "copy-up", Path: n.path(), Err: err}
 	}
 	syncDir(upDir)
 	if isDir(&n.st) {

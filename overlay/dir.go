@@ -200,7 +200,7 @@ func (o *FS) merged(d *mdir, firstOnly bool) ([]*node, error) {
 				}
 				seen[name] = true
 			}
-			n := &node{parent: d, name: name, path: joinPath(d.path, name), part: i, layer: p.layer, real: p.real + "/" + name}
+			n := &node{parent: d, name: name, part: i, layer: p.layer, real: p.real + "/" + name}
 			if err := unix.Lstat(n.real, &n.st); err != nil {
 				if err == unix.ENOENT {
 					continue

@@ -38,7 +38,7 @@ func (s *subFS) Open(name string) (fs.File, error) {
 	if err != nil {
 		return nil, pathErr("open", name, err)
 	}
-	if base.path != "" && n.path != base.path && !strings.HasPrefix(n.path, base.path+"/") {
+	if base.path() != "" && n.path() != base.path() && !strings.HasPrefix(n.path(), base.path()+"/") {
 		return nil, &fs.PathError{Op: "open", Path: name, Err: fs.ErrPermission}
 	}
 	f := &subFile{o: o, n: n}
@@ -74,21 +74,21 @@ func (f *subFile) Stat() (fs.FileInfo, error) { return f.n.info(), nil }
 
 func (f *subFile) Read(p []byte) (int, error) {
 	if f.f == nil {
-		return 0, pathErr("read", f.n.path, unix.EISDIR)
+		return 0, pathErr("read", f.n.path(), unix.EISDIR)
 	}
 	return f.f.Read(p)
 }
 
 func (f *subFile) ReadAt(p []byte, off int64) (int, error) {
 	if f.f == nil {
-		return 0, pathErr("read", f.n.path, unix.EISDIR)
+		return 0, pathErr("read", f.n.path(), unix.EISDIR)
 	}
 	return f.f.ReadAt(p, off)
 }
 
 func (f *subFile) Seek(off int64, whence int) (int64, error) {
 	if f.f == nil {
-		return 0, pathErr("seek", f.n.path, unix.EISDIR)
+		return 0, pathErr("seek", f.n.path(), unix.EISDIR)
 	}
 	return f.f.Seek(off, whence)
 }
@@ -102,7 +102,7 @@ func (f *subFile) Close() error {
 
 func (f *subFile) ReadDir(count int) ([]fs.DirEntry, error) {
 	if f.f != nil {
-		return nil, pathErr("readdir", f.n.path, unix.ENOTDIR)
+		return nil, pathErr("readdir", f.n.path(), unix.ENOTDIR)
 	}
 	if !f.read {
 		f.read = true
@@ -114,7 +114,7 @@ func (f *subFile) ReadDir(count int) ([]fs.DirEntry, error) {
 		}
 		f.o.mu.RUnlock()
 		if err != nil {
-			return nil, pathErr("readdir", f.n.path, err)
+			return nil, pathErr("readdir", f.n.path(), err)
 		}
 		for _, e := range ents {
 			f.ents = append(f.ents, fs.FileInfoToDirEntry(e.info()))

@@ -41,10 +41,10 @@ func (o *FS) rename(oldpath, newpath string) error {
 		return unix.EBUSY
 	}
 	srcIsDir := isDir(&src.st)
-	if srcIsDir && (dd.path == src.path || strings.HasPrefix(dd.path+"/", src.path+"/")) {
+	if srcIsDir && (dd.path == src.path() || strings.HasPrefix(dd.path+"/", src.path()+"/")) {
 		return unix.EINVAL
 	}
-	if dst != nil && isDir(&dst.st) && strings.HasPrefix(src.path, dst.path+"/") {
+	if dst != nil && isDir(&dst.st) && strings.HasPrefix(src.path(), dst.path()+"/") {
 		return unix.ENOTEMPTY // the kernel's answer for renaming onto an ancestor
 	}
 	if dst != nil {

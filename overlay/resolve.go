@@ -30,11 +30,18 @@ func (d *mdir) hasUpper() bool { return len(d.parts) > 0 && d.parts[0].layer == 
 type node struct {
 	parent *mdir // nil for the root
 	name   string
-	path   string // canonical merged path
 	part   int    // index in parent.parts of the layer it was found in
 	layer  int
 	real   string
 	st     unix.Stat_t
+}
+
+// path is the canonical merged path, built only when needed: lookups are the hot path.
+func (n *node) path() string {
+	if n.parent == nil {
+		return ""
+	}
+	return joinPath(n.parent.path, n.name)
 }
 
 func (n *node) info() *fileInfo {
@@ -60,16 +67,16 @@ const maxCachedDirs = 4096
 // canonical paths and also clean paths that went through symlinks (lib -> usr/lib); every
 // change of the namespace that could alter either clears it.
 type dirCache struct {
-	mu sync.Mutex
+	mu sync.RWMutex
 	m  map[string]*mdir
 }
 
 func (c *dirCache) init() { c.m = make(map[string]*mdir) }
 
 func (c *dirCache) get(k string) *mdir {
-	c.mu.Lock()
+	c.mu.RLock()
 	d := c.m[k]
-	c.mu.Unlock()
+	c.mu.RUnlock()
 	return d
 }
 
@@ -113,7 +120,7 @@ func (o *FS) rootNode() (*node, error) {
 // lookupIn finds name in the merged dir d: the topmost layer having it wins, a whiteout
 // hides it.
 func (o *FS) lookupIn(d *mdir, name string) (*node, error) {
-	n := &node{parent: d, name: name, path: joinPath(d.path, name)}
+	n := &node{parent: d, name: name}
 	for i, p := range d.parts {
 		real := p.real + "/" + name
 		if err := unix.Lstat(real, &n.st); err != nil {
@@ -140,14 +147,15 @@ func (o *FS) childDir(n *node) (*mdir, error) {
 	if !isDir(&n.st) {
 		return nil, unix.ENOTDIR
 	}
-	if d := o.dirs.get(n.path); d != nil {
+	p := n.path()
+	if d := o.dirs.get(p); d != nil {
 		return d, nil
 	}
-	d := &mdir{path: n.path, parts: []layerDir{{layer: n.layer, real: n.real}}}
+	d := &mdir{path: p, parts: []layerDir{{layer: n.layer, real: n.real}}}
 	rest := n.parent.parts[n.part+1:]
 	if len(rest) > 0 && !isOpaque(n.real) {
-		for i, p := range rest {
-			real := p.real + "/" + n.name
+		for i, l := range rest {
+			real := l.real + "/" + n.name
 			var st unix.Stat_t
 			if err := unix.Lstat(real, &st); err != nil {
 				if err == unix.ENOENT {
@@ -158,13 +166,13 @@ func (o *FS) childDir(n *node) (*mdir, error) {
 			if !isDir(&st) {
 				break
 			}
-			d.parts = append(d.parts, layerDir{layer: p.layer, real: real})
+			d.parts = append(d.parts, layerDir{layer: l.layer, real: real})
 			if i < len(rest)-1 && isOpaque(real) {
 				break
 			}
 		}
 	}
-	o.dirs.put(n.path, d)
+	o.dirs.put(p, d)
 	return d, nil
 }
 
