@@ -295,6 +295,20 @@ func TestImportPiImagePlain(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(st.Dir(), "plain", prepDirName)); err == nil {
 		t.Error("prep layer written without Prepare")
 	}
+	// the same image gzipped, under a name that says nothing: content decides
+	gz := filepath.Join(t.TempDir(), "download.bin")
+	out, err := os.Create(gz)
+	must(t, err)
+	must(t, execOut(out, "gzip", "-1", "-c", pi.img))
+	out.Close()
+	info, err = st.Import(context.Background(), gz, "gzipped", ImportOptions{Logger: quietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkPiImport(t, st, "gzipped", pi)
+	if info.Format != "img.gz" {
+		t.Errorf("format %q", info.Format)
+	}
 }
 
 // TestImportBrokenImages: truncated, corrupt, needing journal recovery or not a disk image:
