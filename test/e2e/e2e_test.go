@@ -41,6 +41,9 @@ func TestFleet(t *testing.T) {
 				`DHCP client bound to address ` + regexp.QuoteMeta(q.b.ip),
 				`Filename 'boot\.scr\.uimg'`,
 				`pxelinux\.cfg/01-` + strings.ReplaceAll(q.b.mac, ":", "-"),
+				// U-Boot's pxe boot fetches the initrd before the kernel.
+				`Retrieving file: [^\r\n]*initramfs8`,
+				`Retrieving file: [^\r\n]*kernel8\.img`,
 				`Starting kernel`,
 				`pifleet-initramfs: lease ` + regexp.QuoteMeta(q.b.ip),
 				`pifleet-initramfs: mounting ` + regexp.QuoteMeta(serverAddr) + `:/boards/` + q.b.name,
@@ -153,6 +156,10 @@ func TestFleet(t *testing.T) {
 		l.stopServer()
 		if after := treeDigest(t, imageRoot); after != before {
 			t.Errorf("the base image %s changed while the boards ran (digest %s, was %s)", imageRoot, after, before)
+		}
+		// A recovered panic or a crash trace in the server is a bug even if the boards coped.
+		if b, err := os.ReadFile(filepath.Join(l.logDir, "server.log")); err != nil || strings.Contains(string(b), "panic") || strings.Contains(string(b), "goroutine ") {
+			t.Errorf("server log %s mentions a panic (or cannot be read: %v)", filepath.Join(l.logDir, "server.log"), err)
 		}
 	})
 }

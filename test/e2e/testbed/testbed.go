@@ -9,10 +9,13 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -59,7 +62,9 @@ func NewNet(t testing.TB, bridge, addr string) *Net {
 	if _, err := rand.Read(b[:]); err != nil {
 		t.Fatal(err)
 	}
-	n := &Net{Name: "pifleet-test-" + hex.EncodeToString(b[:]), Bridge: bridge, Addr: addr, t: t}
+	sweepStale()
+	// The pid in the name lets a later run tell a leftover from a live one.
+	n := &Net{Name: fmt.Sprintf("%s%d-%s", nsPrefix, os.Getpid(), hex.EncodeToString(b[:])), Bridge: bridge, Addr: addr, t: t}
 	n.ip("netns", "add", n.Name)
 	t.Cleanup(func() {
 		// Deleting the namespace deletes its bridge and taps with it.
@@ -74,6 +79,33 @@ func NewNet(t testing.TB, bridge, addr string) *Net {
 	n.ip("-n", n.Name, "addr", "add", addr, "dev", bridge)
 	n.ip("-n", n.Name, "link", "set", bridge, "up")
 	return n
+}
+
+// nsPrefix starts the name of every namespace this package makes.
+const nsPrefix = "pifleet-test-"
+
+// sweepStale deletes namespaces left by test processes that died without their cleanups
+// (a go test timeout panics past t.Cleanup). Only ours: the name must carry our prefix and
+// the pid of a process that no longer exists.
+func sweepStale() {
+	out, err := exec.Command("ip", "netns", "list").Output()
+	if err != nil {
+		return
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || !strings.HasPrefix(f[0], nsPrefix) {
+			continue
+		}
+		pidStr, _, ok := strings.Cut(strings.TrimPrefix(f[0], nsPrefix), "-")
+		pid, err := strconv.Atoi(pidStr)
+		if !ok || err != nil || pid <= 0 {
+			continue
+		}
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			exec.Command("ip", "netns", "del", f[0]).Run()
+		}
+	}
 }
 
 func (n *Net) ip(args ...string) {
