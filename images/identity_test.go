@@ -60,7 +60,8 @@ func TestWriteIdentity(t *testing.T) {
 			}
 		}
 	}
-	// a second call keeps the host keys and the machine-id
+	// a second call keeps the host keys and the machine-id, and leaves unchanged files alone
+	before, _ := os.Stat(filepath.Join(dir, "etc/hostname"))
 	if err := WriteIdentity(dir, id); err != nil {
 		t.Fatal(err)
 	}
@@ -71,6 +72,21 @@ func TestWriteIdentity(t *testing.T) {
 	}
 	if read("etc/machine-id") != mid {
 		t.Error("machine-id changed on the second call")
+	}
+	if after, _ := os.Stat(filepath.Join(dir, "etc/hostname")); !os.SameFile(before, after) {
+		t.Error("unchanged /etc/hostname was rewritten (new inode)")
+	}
+	// a changed hostname is rewritten
+	id.Hostname = "pi-07b"
+	if err := WriteIdentity(dir, id); err != nil {
+		t.Fatal(err)
+	}
+	if got := read("etc/hostname"); got != "pi-07b\n" {
+		t.Errorf("hostname after change %q", got)
+	}
+	id.Hostname = "pi-07"
+	if err := WriteIdentity(dir, id); err != nil {
+		t.Fatal(err)
 	}
 	// another board gets other keys and another machine-id; the machine-id is a pure
 	// function of the serial
