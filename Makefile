@@ -38,6 +38,7 @@ e2e:
 # Benchmarks, side by side with peers (dnsmasq, tftpd-hpa, nfs-ganesha) where a
 # package has them; figures go to the terminal.
 bench:
+	bash .ci/setup-apt.sh --bench
 	$(GO) test -count=1 -run '^$$' -bench . -benchmem -timeout 60m ./...
 
 fmt:

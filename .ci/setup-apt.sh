@@ -13,7 +13,17 @@ dpkg --print-foreign-architectures | grep -qx arm64 || dpkg --add-architecture a
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   iproute2 kmod cpio xz-utils zstd gzip curl ca-certificates \
-  busybox udhcpc isc-dhcp-client tftp-hpa libnfs-utils \
+  busybox udhcpc isc-dhcp-client dnsmasq-base tftp-hpa libnfs-utils \
   qemu-system-arm u-boot-qemu u-boot-tools \
   attr e2fsprogs mtools dosfstools fdisk \
   >/dev/null
+# `make bench` compares against peers; they are installed only when asked for, since
+# CI runs `make test`, not the benchmarks.
+if [ "${1:-}" = --bench ]; then
+  # Keep package scripts from starting system services (tftpd-hpa, rpcbind): the
+  # benchmarks start private instances of each peer themselves.
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d
+  apt-get install -y -qq --no-install-recommends \
+    tftpd-hpa nfs-ganesha nfs-ganesha-vfs rpcbind kea-admin util-linux >/dev/null
+  rm -f /usr/sbin/policy-rc.d
+fi
