@@ -45,8 +45,6 @@ func (cc *conn) warn(msg string, args ...any) {
 	}
 }
 
-var recordPool = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
-
 func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	ap, _ := netip.ParseAddrPort(c.RemoteAddr().String())
 	addr := ap.Addr().Unmap()
@@ -68,14 +66,14 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	br := bufio.NewReaderSize(c, 64<<10)
 	sem := make(chan struct{}, maxInFlight)
 	for {
-		bp := recordPool.Get().(*[]byte)
+		bp := s.records.Get().(*[]byte)
 		limit := maxRecord
 		if !s.known(addr) {
 			limit = maxStrangerRecord
 		}
 		rec, err := readRecord(br, *bp, limit)
 		if err != nil {
-			recordPool.Put(bp)
+			s.records.Put(bp)
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && ctx.Err() == nil {
 				cc.log.Warn("closing connection", "err", err)
 			}
@@ -84,7 +82,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 		*bp = rec
 		h, cerr := parseCall(rec)
 		if h == nil {
-			recordPool.Put(bp) // a reply or junk without an xid: nothing to answer
+			s.records.Put(bp) // a reply or junk without an xid: nothing to answer
 			continue
 		}
 		// With nothing else waiting on the socket, answer on this goroutine: handing a
@@ -93,14 +91,14 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 		// that may wait on the disk, get their own goroutines so they run side by side.
 		if br.Buffered() == 0 && !mayBlock(h) {
 			cc.write(s.dispatch(cc, h, cerr))
-			recordPool.Put(bp)
+			s.records.Put(bp)
 			continue
 		}
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer func() {
-				recordPool.Put(bp)
+				s.records.Put(bp)
 				<-sem
 				wg.Done()
 			}()
@@ -167,19 +165,23 @@ func (cc *conn) write(rec []byte) {
 		cc.log.Warn("writing reply; closing connection", "err", err)
 		cc.c.Close()
 	}
-	putReply(rec)
+	cc.s.putReply(rec)
 }
 
-var replyPool = sync.Pool{New: func() any { b := make([]byte, 0, 8<<10); return &b }}
+func (s *Server) getReply() []byte {
+	if b, ok := s.replies.Get().(*[]byte); ok {
+		return (*b)[:0]
+	}
+	return make([]byte, 0, 8<<10)
+}
 
-func getReply() []byte { return (*replyPool.Get().(*[]byte))[:0] }
-
-func putReply(b []byte) {
+// putReply keeps a sent reply's buffer for the next one; giant ones go to the collector.
+func (s *Server) putReply(b []byte) {
 	if cap(b) > 2*maxRecord {
 		return
 	}
 	b = b[:0]
-	replyPool.Put(&b)
+	s.replies.Put(&b)
 }
 
 // errGarbage makes dispatch answer GARBAGE_ARGS.
@@ -187,7 +189,7 @@ var errGarbage = errors.New("garbage arguments")
 
 // dispatch answers one call and returns the reply record.
 func (s *Server) dispatch(cc *conn, h *rpcCallHdr, cerr *callError) []byte {
-	w := replyBuf(getReply(), h.xid)
+	w := replyBuf(s.getReply(), h.xid)
 	if cerr != nil {
 		cc.warn("refusing call", "prog", h.prog, "vers", h.vers, "proc", h.proc, "err", cerr.err)
 		w.callError(cerr, 0, 0)

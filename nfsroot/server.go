@@ -15,6 +15,8 @@ import (
 
 // Options configure a Server.
 type Options struct {
+	// Logger receives every log line, each with the board and client address; nil means
+	// slog.Default().
 	Logger *slog.Logger
 	// OnMount is called after a board mounted its export; may be nil.
 	OnMount func(board string, client netip.Addr)
@@ -29,6 +31,11 @@ type Server struct {
 	verf    [8]byte
 	exports atomic.Pointer[exportSet]
 	setMu   sync.Mutex
+
+	// Buffers of received records and of replies, reused across calls: a 1 MiB READ or
+	// WRITE would otherwise allocate its megabyte every time.
+	records sync.Pool
+	replies sync.Pool
 }
 
 // exportSet is swapped whole on reload, so a request sees one consistent fleet.
@@ -44,6 +51,7 @@ func New(opts Options) *Server {
 		log = slog.Default()
 	}
 	s := &Server{log: log, onMount: opts.OnMount}
+	s.records.New = func() any { b := make([]byte, 0, 64<<10); return &b }
 	_, _ = rand.Read(s.verf[:])
 	s.exports.Store(&exportSet{byID: map[uint64]*export{}, byPath: map[string]*export{}})
 	return s
