@@ -40,6 +40,10 @@ func (o *FS) copyUp(n *node, withData bool) (*node, error) {
 	syncDir(upDir)
 	if isDir(&n.st) {
 		o.dirs.clear()
+	} else if n.st.Nlink > 1 {
+		if err := o.linkSiblings(n, dst); err != nil {
+			return nil, &fs.PathError{Op: "copy-up", Path: n.path(), Err: underlying(err)}
+		}
 	}
 	parent, err := o.dirAt(n.parent.path)
 	if err != nil {

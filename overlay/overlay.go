@@ -41,6 +41,7 @@ type FS struct {
 	mu    sync.RWMutex
 	dirs  dirCache
 	tmpID atomic.Uint64
+	links map[int]linkIndex // lower hard links by layer, built on first need; guarded by mu
 }
 
 var (

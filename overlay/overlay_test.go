@@ -325,16 +325,23 @@ func TestLinkKeepsNlinkAndFileID(t *testing.T) {
 		t.Fatal("lower hard links must share one FileID and report nlink 2")
 	}
 	idA := sysStat(t, fa).FileID
+	// Copying up "a" links its lower sibling "a2" to the copy: one inode, three names.
 	must(t, o.Link("a", "b"))
-	fa, _ = o.Lstat("a")
-	fb, _ := o.Lstat("b")
-	if sysStat(t, fa).Nlink != 2 || sysStat(t, fb).Nlink != 2 {
-		t.Fatalf("nlink a=%d b=%d", sysStat(t, fa).Nlink, sysStat(t, fb).Nlink)
+	for _, n := range []string{"a", "a2", "b"} {
+		fi, err := o.Lstat(n)
+		must(t, err)
+		if st := sysStat(t, fi); st.Nlink != 3 || st.FileID != idA {
+			t.Fatalf("%s: nlink %d FileID %x, want 3 and %x", n, st.Nlink, st.FileID, idA)
+		}
 	}
-	if sysStat(t, fb).FileID != idA || sysStat(t, fa).FileID != idA {
-		t.Fatal("link changed the FileID")
+	f, err := o.OpenFile("b", os.O_WRONLY|os.O_TRUNC, 0)
+	must(t, err)
+	f.Write([]byte("new"))
+	f.Close()
+	if readAll(t, o, "a2") != "new" {
+		t.Fatal("write through one link not seen through the lower sibling")
 	}
-	err := o.Link("a", "b")
+	err = o.Link("a", "b")
 	wantErrno(t, err, unix.EEXIST)
 	var le *os.LinkError
 	if !errors.As(err, &le) {
