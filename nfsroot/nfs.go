@@ -3,7 +3,6 @@ package nfsroot
 import (
 	"log/slog"
 	"os"
-	"time"
 
 	"github.com/willscott/go-nfs"
 )
@@ -277,5 +276,3 @@ func goMode(m uint32) os.FileMode {
 	}
 	return fm
 }
-
-var _ = time.Now

@@ -1,9 +1,7 @@
 package nfsroot
 
 import (
-	"errors"
 	"os"
-	"syscall"
 	"time"
 
 	"github.com/willscott/go-nfs"
@@ -489,7 +487,3 @@ func (s *Server) onLink(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) err
 	return nil
 }
 
-var (
-	_ = errors.New
-	_ = syscall.EEXIST
-)
