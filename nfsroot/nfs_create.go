@@ -486,4 +486,3 @@ func (s *Server) onLink(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) err
 	}
 	return nil
 }
-
