@@ -7,13 +7,19 @@
 // Layout of the root (see root.go for the why of each part):
 //
 //	/bin/busybox + applet links, /sbin/init    busybox init, /etc/inittab, /etc/init.d/rcS
-//	/etc/passwd, /etc/shadow (0600), /etc/group  root and pi (uid 1000) for permission checks
+//	/etc/passwd, /etc/shadow (0640 root:shadow), /etc/group: root and pi (uid 1000)
 //	/usr/local/bin/pifleet-euid (4755 root)     setuid test binary: exits with its euid
 //	/usr/local/bin/pifleet-check                the guest side of the end-to-end test
 //	/lib/modules/<ver>/                         the modules the NFS root needs, with modules.dep
 //	/boot/firmware/                             kernel8.img (uncompressed arm64 Image),
 //	                                            initramfs8, config.txt, cmdline.txt, start4.elf,
 //	                                            fixup4.dat, bootcode.bin, Pi 3/4 dtbs
+//
+// The packages (linux-image-6.1.0-N-arm64, the newest apt knows; busybox-static:arm64;
+// raspi-firmware) are fetched with apt-get download and unpacked with dpkg-deb -x, never
+// installed. apt must know the arm64 architecture and the non-free-firmware component:
+// Build fixes that itself only when Options.ConfigureApt is set, else it fails with the
+// exact commands to run.
 package demo
 
 import (
