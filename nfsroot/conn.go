@@ -65,11 +65,17 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	}()
 	br := bufio.NewReaderSize(c, 64<<10)
 	sem := make(chan struct{}, maxInFlight)
+	known := false
 	for {
 		bp := s.records.Get().(*[]byte)
+		// Checked until the address turns out to belong to a board (its IP may be learned
+		// after it connected), then trusted for the connection's life: calls are still
+		// checked one by one against their export.
 		limit := maxRecord
-		if !s.known(addr) {
-			limit = maxStrangerRecord
+		if !known {
+			if known = s.known(addr); !known {
+				limit = maxStrangerRecord
+			}
 		}
 		rec, err := readRecord(br, *bp, limit)
 		if err != nil {
