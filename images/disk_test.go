@@ -109,6 +109,9 @@ sif / mtime @%[2]d
 	ts := []unix.Timespec{wst.Mtim, wst.Mtim}
 	must(t, unix.UtimesNanoAt(unix.AT_FDCWD, wall, ts, 0))
 
+	if out := run(t, "debugfs", "-R", "ex /var/many-extents", pi.rootPart); !strings.Contains(out, " 1/ 1 ") {
+		t.Fatalf("/var/many-extents has no index level in its extent tree:\n%s", out)
+	}
 	// garbage in the blocks preallocated to /var/prealloc: a reader that ignores the
 	// unwritten flag returns it instead of zeros
 	ex := run(t, "debugfs", "-R", "ex /var/prealloc", pi.rootPart)

@@ -114,6 +114,15 @@ func fixtureTree(t testing.TB, dir string, bigDir int) {
 	must(err)
 	must(sp.Truncate(5 << 20))
 	must(sp.Close())
+	// 24 data islands between holes: more extents than the inode holds, so ext4 needs an
+	// extent tree with an index level
+	me, err := os.Create(filepath.Join(dir, "var/many-extents"))
+	must(err)
+	for i := 0; i < 24; i++ {
+		_, err = me.WriteAt(bytes.Repeat([]byte{byte('a' + i)}, 4096), int64(i)*64<<10)
+		must(err)
+	}
+	must(me.Close())
 	// a file with a name that needs quoting in the manifest
 	mk("usr/share/doc/odd\tname\nwith newline", 0o644, "odd\n")
 	for i := 0; i < bigDir; i++ {
