@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -210,7 +211,26 @@ func runSteps(t *testing.T, n *testNetns, client *piTFTP, b *boot.Board, dir, pr
 func checkTimeline(t *testing.T, bs *boot.Timeline, b *boot.Board, dhcpSteps []string, tftpSteps []string) {
 	t.Helper()
 	var gotDHCP, gotTFTP []string
-	for _, e := range bs.LastBoot(b.Name) {
+	// The server records a transfer a moment after the board's last ACK: wait (bounded)
+	// until every step is there.
+	var events []boot.Event
+	for range 500 {
+		events = bs.LastBoot(b.Name)
+		n := 0
+		for _, e := range events {
+			if e.Stage == boot.StageTFTP {
+				n++
+			}
+		}
+		if n >= len(tftpSteps) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// A transfer is recorded when it ends, stamped with when it began; the next
+	// request can end first.
+	slices.SortStableFunc(events, func(x, y boot.Event) int { return x.Time.Compare(y.Time) })
+	for _, e := range events {
 		switch e.Stage {
 		case boot.StageDHCP:
 			gotDHCP = append(gotDHCP, e.What)

@@ -342,12 +342,16 @@ func (e *benchEnv) cpuTime(server string) time.Duration {
 // which load on other CPUs disturbs far less than wall time), and pifleet's speed
 // relative to the fastest C server by both ("x-best-peer", "x-best-peer-cpu"; > 1 means
 // pifleet is faster).
-func sideBySide(b *testing.B, e *benchEnv, measure func(port int) (time.Duration, error)) {
+//
+// Each iteration measures rounds times per server, so that `make bench` (-benchtime 1s,
+// often a single iteration) still gets a median of several.
+func sideBySide(b *testing.B, e *benchEnv, rounds int, measure func(port int) (time.Duration, error)) {
 	b.Logf("load average before: %s", loadAvg())
 	times := map[string][]time.Duration{}
 	cpu := map[string]time.Duration{}
 	for b.Loop() {
-		for _, server := range benchServers {
+		for i := 0; i < rounds*len(benchServers); i++ {
+			server := benchServers[i%len(benchServers)]
 			c0 := e.cpuTime(server)
 			d, err := measure(e.ports[server])
 			if err != nil {
@@ -380,7 +384,7 @@ func BenchmarkTransfer(b *testing.B) {
 	for _, file := range []string{"file-8m", "file-33m"} {
 		for _, blksize := range []int{512, 1468} {
 			b.Run(fmt.Sprintf("%s/blksize=%d", strings.TrimPrefix(file, "file-"), blksize), func(b *testing.B) {
-				sideBySide(b, e, func(port int) (time.Duration, error) { return e.curl(port, blksize, file) })
+				sideBySide(b, e, 3, func(port int) (time.Duration, error) { return e.curl(port, blksize, file) })
 			})
 		}
 	}
@@ -396,7 +400,7 @@ func BenchmarkBootStorm(b *testing.B) {
 	for _, f := range piBootSet {
 		files = append(files, f.name)
 	}
-	sideBySide(b, e, func(port int) (time.Duration, error) {
+	sideBySide(b, e, 1, func(port int) (time.Duration, error) {
 		start := time.Now()
 		var wg sync.WaitGroup
 		errs := make(chan error, boards)

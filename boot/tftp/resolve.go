@@ -36,8 +36,11 @@ var (
 // resolve maps a requested name to a board and a path inside that board's /boot/firmware.
 // "<serial>/x" and "<mac-with-dashes>/x" pick the board by prefix, any other name by the
 // client's address. A prefix may never reach a board other than the one the client's
-// address belongs to (when the fleet knows that address). On errUnknownClient and
-// errBadName the board may be nil; otherwise it is the board the request is charged to.
+// address belongs to (when the fleet knows that address); a client the fleet does not
+// know by address may use any board's prefix, as a Pi in proxy mode must. A directory
+// in a board's tree named like a serial or MAC is therefore never reachable, as with
+// the Pi firmware's own TFTP_PREFIX handling. On errUnknownClient and errBadName the
+// board may be nil; otherwise it is the board the request is charged to.
 func resolve(fleet boot.Fleet, client netip.Addr, name string) (*boot.Board, string, error) {
 	if name == "" || len(name) > maxNameLen || strings.IndexByte(name, 0) >= 0 {
 		return nil, "", errBadName

@@ -76,6 +76,7 @@ type Server struct {
 	missing atomic.Int64
 	errs    atomic.Int64
 	bytes   atomic.Int64
+	active  atomic.Int32 // transfers running
 
 	// unknown remembers clients not in the fleet, so each is logged once rather than
 	// for every retransmitted request. Bounded: cleared when full.
@@ -169,7 +170,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		if err != nil {
 			if req.op == opRRQ || req.op == opWRQ {
 				s.log.Debug("malformed request", "client", client, "err", err)
-				s.refuse(ctx, cm, client, errCodeIllegal, "malformed request")
+				s.refuse(cm, client, errCodeIllegal, "malformed request")
 			}
 			// Stray DATA/ACK/ERROR for a finished transfer, or noise: never answer,
 			// port 69 must not become a reflector.
@@ -178,7 +179,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		if req.op == opWRQ {
 			s.log.Info("write refused", "client", client, "file", req.name)
 			s.errs.Add(1)
-			s.refuse(ctx, cm, client, errCodeAccess, "pifleet serves boot files read-only")
+			s.refuse(cm, client, errCodeAccess, "pifleet serves boot files read-only")
 			continue
 		}
 		conn, maxBlk, err := s.dialClient(cm, client)
@@ -193,8 +194,10 @@ func (s *Server) Serve(ctx context.Context) error {
 			continue
 		}
 		s.wg.Add(1)
+		s.active.Add(1)
 		go func() {
 			defer s.wg.Done()
+			defer s.active.Add(-1)
 			defer sock.Close()
 			s.serveRead(ctx, sock, client, req, maxBlk)
 		}()
@@ -224,7 +227,7 @@ func (s *Server) dialClient(cm *ipv4.ControlMessage, client netip.AddrPort) (*ne
 }
 
 // refuse answers a request that gets no transfer with an ERROR from a fresh port.
-func (s *Server) refuse(ctx context.Context, cm *ipv4.ControlMessage, client netip.AddrPort, code uint16, msg string) {
+func (s *Server) refuse(cm *ipv4.ControlMessage, client netip.AddrPort, code uint16, msg string) {
 	conn, _, err := s.dialClient(cm, client)
 	if err != nil {
 		return
@@ -237,7 +240,15 @@ func (s *Server) refuse(ctx context.Context, cm *ipv4.ControlMessage, client net
 // serveRead handles one RRQ from resolution to the last ACK, and logs and records it.
 func (s *Server) serveRead(ctx context.Context, sock *socket, client netip.AddrPort, req request, maxBlk int) {
 	start := time.Now()
-	snd := &sender{sock: sock, timeout: s.cfg.Timeout, retries: s.cfg.Retries}
+	// Counted last, after the event is recorded: whoever sees the count can see the event.
+	var counter *atomic.Int64
+	defer func() {
+		if counter != nil {
+			counter.Add(1)
+		}
+	}()
+	snd := &sender{sock: sock, timeout: s.cfg.Timeout, retries: s.cfg.Retries,
+		alone: func() bool { return s.active.Load() <= 1 }}
 	board, path, err := resolve(s.cfg.Fleet, client.Addr(), req.name)
 	var f *file
 	if err == nil {
@@ -249,18 +260,22 @@ func (s *Server) serveRead(ctx context.Context, sock *socket, client netip.AddrP
 		switch {
 		case errors.Is(err, errUnknownClient):
 			code, msg = errCodeNotFound, "file not found"
-			s.missing.Add(1)
+			counter = &s.missing
 			s.logUnknown(client, req.name)
 		case errors.Is(err, fs.ErrNotExist):
 			code, msg, what = errCodeNotFound, "file not found", "missing"
-			s.missing.Add(1)
+			counter = &s.missing
 		default:
-			s.errs.Add(1)
+			counter = &s.errs
 		}
 		snd.pkt = make([]byte, 5+len(msg))
 		snd.sendError(code, msg)
-		if board != nil {
-			s.finish(board, client, req.name, what, 0, time.Since(start), err)
+		switch {
+		case board != nil:
+			s.finish(board, client, req.name, what, 0, start, err)
+		case !errors.Is(err, errUnknownClient):
+			// A name no board could own (too long, NUL): nobody to charge it to.
+			s.log.Warn("tftp request refused", "client", client.Addr(), "file", req.name, "err", err)
 		}
 		return
 	}
@@ -269,8 +284,8 @@ func (s *Server) serveRead(ctx context.Context, sock *socket, client netip.AddrP
 	if req.mode != "octet" && req.mode != "netascii" {
 		snd.pkt = make([]byte, 64)
 		snd.sendError(errCodeIllegal, "mode must be octet or netascii")
-		s.errs.Add(1)
-		s.finish(board, client, req.name, "error", 0, time.Since(start), fmt.Errorf("unsupported mode %q", req.mode))
+		counter = &s.errs
+		s.finish(board, client, req.name, "error", 0, start, fmt.Errorf("unsupported mode %q", req.mode))
 		return
 	}
 	r, size := f.r, f.size
@@ -291,20 +306,25 @@ func (s *Server) serveRead(ctx context.Context, sock *socket, client netip.AddrP
 	var ce *clientError
 	switch {
 	case err == nil:
-		s.reads.Add(1)
-		s.finish(board, client, req.name, "read", n, time.Since(start), nil)
+		counter = &s.reads
+		s.finish(board, client, req.name, "read", n, start, nil)
 	case errors.As(err, &ce) && ce.earlyTerminate():
-		s.probes.Add(1)
-		s.finish(board, client, req.name, "probe", n, time.Since(start), nil)
+		counter = &s.probes
+		s.finish(board, client, req.name, "probe", n, start, nil)
 	default:
-		s.errs.Add(1)
-		s.finish(board, client, req.name, "error", n, time.Since(start), err)
+		counter = &s.errs
+		s.finish(board, client, req.name, "error", n, start, err)
 	}
 }
 
 // finish logs one transfer with everything needed to follow a board's boot, and records
 // it in the board's timeline.
-func (s *Server) finish(b *boot.Board, client netip.AddrPort, name, what string, n int64, d time.Duration, err error) {
+//
+// The event's time is when the request arrived, not when the transfer ended: a client
+// asks for its next file right after the last ACK, and that request's event may be
+// recorded first. Ordering by Time keeps a board's steps in the order it took them.
+func (s *Server) finish(b *boot.Board, client netip.AddrPort, name, what string, n int64, start time.Time, err error) {
+	d := time.Since(start)
 	mac := ""
 	if len(b.MAC) > 0 {
 		mac = b.MAC.String()
@@ -322,7 +342,7 @@ func (s *Server) finish(b *boot.Board, client netip.AddrPort, name, what string,
 	if s.cfg.Events == nil {
 		return
 	}
-	ev := boot.Event{Board: b.Name, MAC: mac, Serial: b.Serial, Client: client.Addr(), Stage: boot.StageTFTP,
+	ev := boot.Event{Time: start, Board: b.Name, MAC: mac, Serial: b.Serial, Client: client.Addr(), Stage: boot.StageTFTP,
 		What: what, File: name, Bytes: n, Duration: d}
 	if err != nil {
 		ev.Err = err.Error()

@@ -146,7 +146,10 @@ const readChunk = 64 << 10
 // anything else. The packet buffer is allocated once per transfer; the block loop
 // allocates nothing.
 type sender struct {
-	sock    *socket
+	sock *socket
+	// alone reports whether this is the only transfer running: it then waits for ACKs
+	// in a blocking read rather than the netpoller (see socket).
+	alone   func() bool
 	timeout time.Duration
 	retries int
 	pkt     []byte // 4-byte header + one block; also holds OACK/ERROR packets
@@ -204,7 +207,7 @@ func (s *sender) exchange(pkt []byte, want uint16) error {
 		}
 		var deadline time.Time // set once a stray packet arrives, so strays cannot stall us
 		for {
-			n, err := s.sock.recv(s.ack, s.timeout)
+			n, err := s.sock.recv(s.ack, s.timeout, s.alone())
 			if errors.Is(err, errTimeout) {
 				break // resend
 			}
