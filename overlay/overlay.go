@@ -23,7 +23,7 @@ import (
 type Options struct {
 	Upper  string   // writable upper dir (created if missing)
 	Work   string   // scratch dir on the same file system as Upper, for crash-safe copy-up temp files; ours alone, never shared with a kernel mount
-	Lowers []string // read-only lower dirs, topmost first (like lowerdir=a:b:c)
+	Lowers []string // read-only lower dirs, topmost first (like lowerdir=a:b:c); they must not change while the FS is in use
 }
 
 // maxLowers keeps the layer index inside the 8 bits the FileID scheme reserves for it.

@@ -223,6 +223,7 @@ func TestChmodChownOrderKeepsSetuid(t *testing.T) {
 func TestWriteTruncateAppend(t *testing.T) {
 	b := newBed(t, 1)
 	put(t, b.lowers[0], "log", "hello", 0o644)
+	put(t, b.lowers[0], "big", "0123456789", 0o600)
 	o := b.open(t)
 	f, err := o.OpenFile("log", os.O_WRONLY|os.O_APPEND, 0)
 	must(t, err)
@@ -246,7 +247,6 @@ func TestWriteTruncateAppend(t *testing.T) {
 	if string(lower) != "hello" {
 		t.Fatalf("lower written: %q", lower)
 	}
-	put(t, b.lowers[0], "big", "0123456789", 0o600)
 	must(t, o.Truncate("big", 0))
 	fi, _ := o.Stat("big")
 	if fi.Size() != 0 || fi.Mode().Perm() != 0o600 {

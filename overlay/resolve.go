@@ -2,6 +2,7 @@ package overlay
 
 import (
 	"errors"
+	"io"
 	"io/fs"
 	"os"
 	"strings"
@@ -14,6 +15,34 @@ import (
 type layerDir struct {
 	layer int
 	real  string
+	// names lists a small lower dir's entries, so lookups of names it lacks cost no
+	// lstat; nil for the upper (it changes) and for big dirs. Lowers never change.
+	names map[string]struct{}
+}
+
+// maxListedNames bounds the dirs whose names are kept: small layers such as a board's
+// identity layer, where most lookups miss.
+const maxListedNames = 64
+
+func (o *FS) layerDir(layer int, real string) layerDir {
+	ld := layerDir{layer: layer, real: real}
+	if layer == 0 {
+		return ld
+	}
+	f, err := os.Open(real)
+	if err != nil {
+		return ld
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(maxListedNames + 1)
+	if (err != nil && err != io.EOF) || len(names) > maxListedNames {
+		return ld
+	}
+	ld.names = make(map[string]struct{}, len(names))
+	for _, n := range names {
+		ld.names[n] = struct{}{}
+	}
+	return ld
 }
 
 // mdir is a resolved merged directory: its canonical path (no symlinks, no dots, "" for
@@ -103,7 +132,7 @@ func (o *FS) rootDir() *mdir {
 	}
 	d := &mdir{}
 	for i, l := range o.layers {
-		d.parts = append(d.parts, layerDir{layer: i, real: l})
+		d.parts = append(d.parts, o.layerDir(i, l))
 	}
 	o.dirs.put("", d)
 	return d
@@ -122,6 +151,11 @@ func (o *FS) rootNode() (*node, error) {
 func (o *FS) lookupIn(d *mdir, name string) (*node, error) {
 	n := &node{parent: d, name: name}
 	for i, p := range d.parts {
+		if p.names != nil {
+			if _, ok := p.names[name]; !ok {
+				continue
+			}
+		}
 		real := p.real + "/" + name
 		if err := unix.Lstat(real, &n.st); err != nil {
 			if err == unix.ENOENT {
@@ -151,7 +185,7 @@ func (o *FS) childDir(n *node) (*mdir, error) {
 	if d := o.dirs.get(p); d != nil {
 		return d, nil
 	}
-	d := &mdir{path: p, parts: []layerDir{{layer: n.layer, real: n.real}}}
+	d := &mdir{path: p, parts: []layerDir{o.layerDir(n.layer, n.real)}}
 	rest := n.parent.parts[n.part+1:]
 	if len(rest) > 0 && !isOpaque(n.real) {
 		for i, l := range rest {
@@ -166,7 +200,7 @@ func (o *FS) childDir(n *node) (*mdir, error) {
 			if !isDir(&st) {
 				break
 			}
-			d.parts = append(d.parts, layerDir{layer: l.layer, real: real})
+			d.parts = append(d.parts, o.layerDir(l.layer, real))
 			if i < len(rest)-1 && isOpaque(real) {
 				break
 			}
