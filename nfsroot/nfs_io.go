@@ -29,14 +29,22 @@ func (s *Server) onRead(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) err
 		w.postOpAttr(nil, 0)
 		return nil
 	}
-	p, st, status := q.e.resolve(id)
-	var f *openFile
-	switch {
-	case status == nfs.NFSStatusStale:
-		// Removed while open (and not silly-renamed): the descriptor still reads it.
-		if f = q.e.files.cached(id); f != nil {
-			status = nfs.NFSStatusOk
+	// An open descriptor for the FileID is the file itself, wherever it now lives (and
+	// even if it was removed while open): its fstat is the attributes, and no path walk is
+	// needed. Without one, resolve the handle to a path and open it.
+	var p string
+	var st *fstat
+	f := q.e.files.cached(id)
+	if f != nil {
+		if st = q.fstat(f, ""); st == nil || st.fileID != id {
+			q.e.files.put(f)
+			f, st = nil, nil
 		}
+	}
+	if f == nil {
+		p, st, status = q.e.resolve(id)
+	}
+	switch {
 	case status != nfs.NFSStatusOk:
 	case st.isDir():
 		status = nfs.NFSStatusIsDir
@@ -52,6 +60,9 @@ func (s *Server) onRead(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) err
 		}
 	}
 	if status != nfs.NFSStatusOk {
+		if f != nil {
+			q.e.files.put(f)
+		}
 		w.status(status)
 		w.postOpAttr(st, q.e.id)
 		return nil
@@ -104,7 +115,25 @@ func (s *Server) onWrite(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) er
 	if r.err != nil {
 		return r.err
 	}
-	q, id, p, st, status := s.file(cc, h, fh)
+	q, id, status := s.bind(cc, h, fh)
+	var p string
+	var st *fstat
+	var f *openFile
+	if status == nfs.NFSStatusOk {
+		// As in READ: an open read-write descriptor for the FileID needs no path walk.
+		if f = q.e.files.cached(id); f != nil && f.rw {
+			if st = q.fstat(f, ""); st == nil || st.fileID != id {
+				q.e.files.put(f)
+				f, st = nil, nil
+			}
+		} else if f != nil {
+			q.e.files.put(f)
+			f = nil
+		}
+		if f == nil {
+			p, st, status = q.e.resolve(id)
+		}
+	}
 	switch {
 	case status != nfs.NFSStatusOk:
 	case st.isDir():
@@ -114,12 +143,14 @@ func (s *Server) onWrite(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) er
 	case !q.cred.mayWriteData(st):
 		status = nfs.NFSStatusAccess
 	}
-	var f *openFile
-	if status == nfs.NFSStatusOk {
+	if status == nfs.NFSStatusOk && f == nil {
 		var err error
 		if f, err = q.e.files.get(q.e.FS, id, p, true); err != nil {
 			status = q.fail("open for write", p, err)
 		}
+	} else if status != nfs.NFSStatusOk && f != nil {
+		q.e.files.put(f)
+		f = nil
 	}
 	if status == nfs.NFSStatusOk {
 		defer q.e.files.put(f)
