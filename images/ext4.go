@@ -421,6 +421,11 @@ func (p *ext4Part) entry(fsPath, rel string, ino uint32) (*entry, *ext4Inode, er
 	e := &entry{Path: rel, Mode: in.mode, UID: in.uid, GID: in.gid, Mtime: in.mtime, Size: in.size}
 	switch in.mode & typeMask {
 	case typeReg:
+		// Holes are free on disk but not to copy and hash: a corrupt inode claiming an
+		// exabyte would never finish. No file of a real root is larger than its partition.
+		if in.size > p.size {
+			return nil, nil, fmt.Errorf("file of %d bytes is larger than its %d-byte partition (corrupt inode?): refusing", in.size, p.size)
+		}
 		ext, err := p.extents(in)
 		if err != nil {
 			return nil, nil, err

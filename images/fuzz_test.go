@@ -2,6 +2,7 @@ package images
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"io"
 	"strings"
@@ -247,5 +248,86 @@ func TestExtentReaderHolesAndUnwritten(t *testing.T) {
 	want = append(want, make([]byte, 4*1024+10)...)
 	if !bytes.Equal(b, want) {
 		t.Errorf("holes/unwritten not read as zeros")
+	}
+}
+
+// FuzzFindPartitions sniffs partition contents (ext4 magic, FAT boot sectors) from arbitrary
+// bytes and partition bounds: no panic, and nothing accepted past the end of the file.
+func FuzzFindPartitions(f *testing.F) {
+	disk := make([]byte, 8192)
+	binary.LittleEndian.PutUint16(disk[4096+1024+0x38:], 0xEF53)
+	copy(disk[512+0x52:], "FAT32")
+	disk[512+510], disk[512+511] = 0x55, 0xAA
+	f.Add(disk, int64(512), int64(1024), int64(4096), int64(4096))
+	f.Add(disk[:100], int64(0), int64(8192), int64(-1), int64(5))
+	f.Fuzz(func(t *testing.T, b []byte, s1, n1, s2, n2 int64) {
+		parts := []struct{ start, size int64 }{{s1, n1}, {s2, n2}}
+		l, err := findPartitions(bytes.NewReader(b), int64(len(b)), parts)
+		if err != nil {
+			return
+		}
+		if l.rootStart < 0 || l.rootStart+l.rootSize > int64(len(b)) || l.bootStart+l.bootSize > int64(len(b)) {
+			t.Fatalf("layout %+v outside a %d-byte file", l, len(b))
+		}
+	})
+}
+
+// FuzzWalkTar: arbitrary bytes as a tar stream end in entries or an error, never a panic.
+func FuzzWalkTar(f *testing.F) {
+	var buf bytes.Buffer
+	tw := newTestTar(&buf)
+	h := tarFileHeader("etc/passwd", 5)
+	h.PAXRecords = map[string]string{"SCHILY.xattr.security.capability": "\x01\x00\x00\x02"}
+	tw.WriteHeader(h)
+	tw.Write([]byte("root\n"))
+	tw.Close()
+	f.Add(buf.Bytes())
+	f.Add(buf.Bytes()[:700])
+	f.Fuzz(func(t *testing.T, b []byte) {
+		_ = walkTar(context.Background(), bytes.NewReader(b), func(e *entry) error {
+			if e.Open != nil {
+				r, err := e.Open()
+				if err != nil {
+					return err
+				}
+				_, err = io.Copy(io.Discard, r)
+				return err
+			}
+			return nil
+		})
+	})
+}
+
+// FuzzPrepFilters: the fstab and cmdline rewriters keep every line/argument they do not drop.
+func FuzzPrepFilters(f *testing.F) {
+	f.Add("proc /proc proc defaults 0 0\nPARTUUID=ab-02 / ext4 defaults 0 1\n# c\n\n", "console=tty1 root=PARTUUID=ab-02 rootfstype=ext4 init=/usr/lib/raspberrypi-sys-mods/firstboot quiet")
+	f.Fuzz(func(t *testing.T, fstab, cmdline string) {
+		out, dropped := filterFstab(fstab)
+		if dropped > strings.Count(fstab, "\n")+1 {
+			t.Fatalf("dropped %d lines of %q", dropped, fstab)
+		}
+		if dropped == 0 && strings.TrimRight(out, "\n") != strings.TrimRight(strings.ReplaceAll(fstab, "\r\n", "\n"), "\n") && !strings.Contains(fstab, "\r") {
+			t.Fatalf("nothing dropped but fstab changed: %q -> %q", fstab, out)
+		}
+		kept, gone := filterCmdline(cmdline)
+		if len(strings.Fields(kept))+len(gone) != len(strings.Fields(cmdline)) {
+			t.Fatalf("cmdline %q: kept %q dropped %q", cmdline, kept, gone)
+		}
+		for _, g := range gone {
+			if strings.HasPrefix(g, "console=") {
+				t.Fatalf("dropped %q", g)
+			}
+		}
+	})
+}
+
+func TestPrepFilters(t *testing.T) {
+	out, n := filterFstab("proc /proc proc defaults 0 0\nPARTUUID=ab-01 /boot/firmware vfat defaults 0 2\nPARTUUID=ab-02 / ext4 defaults,noatime 0 1\ntmpfs /tmp tmpfs defaults 0 0\n")
+	if n != 2 || !strings.Contains(out, "proc /proc") || !strings.Contains(out, "tmpfs /tmp") || strings.Contains(out, "\nPARTUUID") {
+		t.Errorf("fstab: %d dropped, %q", n, out)
+	}
+	kept, gone := filterCmdline("console=serial0,115200 console=tty1 root=PARTUUID=ab-02 rootfstype=ext4 fsck.repair=yes rootwait init=/usr/lib/raspberrypi-sys-mods/firstboot resize cfg80211.ieee80211_regdom=GB init=/sbin/myinit")
+	if kept != "console=serial0,115200 console=tty1 rootwait cfg80211.ieee80211_regdom=GB init=/sbin/myinit" || len(gone) != 5 {
+		t.Errorf("cmdline kept %q dropped %q", kept, gone)
 	}
 }

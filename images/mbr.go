@@ -11,7 +11,6 @@ import (
 	"time"
 
 	diskfs "github.com/diskfs/go-diskfs"
-	"github.com/diskfs/go-diskfs/backend"
 	"github.com/diskfs/go-diskfs/filesystem"
 	"github.com/diskfs/go-diskfs/filesystem/fat16"
 	"github.com/diskfs/go-diskfs/filesystem/fat32"
@@ -31,7 +30,7 @@ type diskLayout struct {
 // first FAT one) by looking at their content, not their type byte: image builders get the
 // type wrong often enough. Partitions that reach past the end of the file mean a truncated
 // image and are refused here, before anything reads garbage.
-func findPartitions(b backend.Storage, fileSize int64, parts []struct{ start, size int64 }) (*diskLayout, error) {
+func findPartitions(b io.ReaderAt, fileSize int64, parts []struct{ start, size int64 }) (*diskLayout, error) {
 	l := &diskLayout{}
 	for i, p := range parts {
 		if p.size <= 0 {

@@ -12,6 +12,10 @@ import (
 // maxTarXattr bounds one xattr value from a PAX header; the kernel's limit is 64 KiB.
 const maxTarXattr = 64 << 10
 
+// maxTarSparse bounds the logical size of a sparse entry: its holes cost no input but are
+// still read (and hashed) as zeros, so a 40-byte header must not ask for an exabyte of work.
+const maxTarSparse = 16 << 30
+
 // walkTar streams a tar archive as entries. Owners, modes, devices, links and PAX xattrs
 // (SCHILY.xattr.*, as GNU tar and bsdtar write them) are kept; names are checked by the
 // treeWriter so a hostile archive cannot write outside the root.
@@ -33,6 +37,9 @@ func walkTar(ctx context.Context, r io.Reader, fn func(*entry) error) error {
 			return fmt.Errorf("tar: %w", err)
 		}
 		n++
+		if isSparse(h) && h.Size > maxTarSparse {
+			return fmt.Errorf("tar: %s: sparse file of %d bytes (more than %d): refusing", h.Name, h.Size, int64(maxTarSparse))
+		}
 		e := &entry{
 			Path:  h.Name,
 			Mode:  uint32(h.Mode) & 0o7777,
@@ -78,4 +85,16 @@ func walkTar(ctx context.Context, r io.Reader, fn func(*entry) error) error {
 			return err
 		}
 	}
+}
+
+func isSparse(h *tar.Header) bool {
+	if h.Typeflag == tar.TypeGNUSparse {
+		return true
+	}
+	for k := range h.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			return true
+		}
+	}
+	return false
 }
