@@ -47,6 +47,7 @@ type export struct {
 	// read, so a listing never shows attributes older than the last change.
 	changes  atomic.Uint64
 	changing atomic.Int64
+	resolved resolvedCache
 
 	mu      sync.Mutex
 	mounts  map[netip.Addr]struct{} // MNT without UMNT, for DUMP and Mounted
@@ -159,16 +160,67 @@ func (e *export) handle(fileID uint64) []byte { return makeHandle(e.id, e.inst, 
 
 // resolve turns a FileID into its current path and status, or STALE.
 func (e *export) resolve(fileID uint64) (string, *fstat, nfs.NFSStatus) {
+	before := e.changes.Load()
+	quiet := e.changing.Load() == 0
+	if quiet {
+		if p, st, ok := e.resolved.get(fileID, before); ok {
+			return p, &st, nfs.NFSStatusOk
+		}
+	}
 	for _, p := range e.tbl.candidates(fileID, e.rootID) {
 		fi, err := e.FS.Lstat(p)
 		if err != nil {
 			continue
 		}
 		if st, ok := statOf(fi); ok && st.fileID == fileID {
+			if quiet && e.changing.Load() == 0 && e.changes.Load() == before {
+				e.resolved.put(fileID, p, st, before)
+			}
 			return p, &st, nfs.NFSStatusOk
 		}
 	}
 	return "", nil, nfs.NFSStatusStale
+}
+
+// resolvedCache remembers what resolve found, valid only while the export's change count
+// stands still: a board that only reads (a boot) resolves each handle once, and any change
+// through NFS makes every entry miss, so nothing stale is ever answered. (The overlay is the
+// board's alone; should the server change a file behind NFS, say on a fleet reload, the
+// reload bumps the count and an entry lives at most resolvedTTL anyway.)
+type resolvedCache struct {
+	mu sync.Mutex
+	m  map[uint64]resolvedEntry
+}
+
+type resolvedEntry struct {
+	path    string
+	st      fstat
+	changes uint64
+	at      time.Time
+}
+
+const (
+	maxResolved = 4096 // per export; a full cache starts over
+	resolvedTTL = 2 * time.Second
+)
+
+func (c *resolvedCache) get(id, changes uint64) (string, fstat, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r, ok := c.m[id]
+	if !ok || r.changes != changes || time.Since(r.at) > resolvedTTL {
+		return "", fstat{}, false
+	}
+	return r.path, r.st, true
+}
+
+func (c *resolvedCache) put(id uint64, p string, st fstat, changes uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= maxResolved {
+		c.m = make(map[uint64]resolvedEntry)
+	}
+	c.m[id] = resolvedEntry{path: p, st: st, changes: changes, at: time.Now()}
 }
 
 // learn records that fileID is reachable as name in dir. The returned sequence must be

@@ -172,7 +172,9 @@ func (c *dirCache) fresh(dir, changes uint64) *dirList {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	l := c.m[dir]
-	if l == nil || l.changes == 0 || l.changes != changes || time.Since(l.at) > dirListTTL {
+	// A new listing may reuse one only briefly (resolvedTTL): continuing a listing with its
+	// verifier may take dirListTTL, starting one shows the directory as it is now.
+	if l == nil || l.changes == 0 || l.changes != changes || time.Since(l.at) > resolvedTTL {
 		return nil
 	}
 	return l

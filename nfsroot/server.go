@@ -70,6 +70,7 @@ func (s *Server) SetExports(exps []Export) {
 		if x != nil && x.FS == e.FS && x.StateDir == e.StateDir {
 			// Same board, path and file system: keep the runtime state, take the new policy.
 			x.setPolicy(e.Allow, e.RootSquash)
+			x.changes.Add(2) // the server may have changed files for the reload (identity)
 			next.byID[id] = x
 			next.byPath[e.Path] = x
 			continue
