@@ -455,7 +455,18 @@ func (p *ext4Part) entry(fsPath, rel string, ino uint32) (*entry, *ext4Inode, er
 			nw := le.Uint32(in.block[4:])
 			e.Major, e.Minor = (nw>>8)&0xfff, (nw&0xff)|((nw>>12)&0xfff00)
 		}
-	case typeDir, typeFifo, typeSock:
+	case typeDir:
+		// go-diskfs reads a whole directory into memory: check its size and extents first so
+		// a corrupt inode cannot make it allocate beyond the partition
+		if in.size > p.size {
+			return nil, nil, fmt.Errorf("directory of %d bytes is larger than its partition (corrupt inode?)", in.size)
+		}
+		if in.flags&ext4InodeFlagExtents != 0 {
+			if _, err := p.extents(in); err != nil {
+				return nil, nil, fmt.Errorf("directory: %w", err)
+			}
+		}
+	case typeFifo, typeSock:
 	default:
 		return nil, nil, fmt.Errorf("inode %d has unknown file type %#o", ino, in.mode&typeMask)
 	}
