@@ -146,4 +146,14 @@ func TestProgressLines(t *testing.T) {
 	}
 	var nop *progress
 	nop.add(1) // a nil progress (no writer) is a no-op
+	// on a terminal one line is redrawn in place and ended once
+	b.Reset()
+	p.tty = true
+	p.begin("decompress", 0)
+	now = now.Add(5 * time.Second)
+	p.add(10 << 20)
+	p.end()
+	if got := b.String(); got != "\r\x1b[Kimage pios: decompress 10.0 MiB 2.0 MiB/s\r\x1b[Kimage pios: decompress 10.0 MiB 2.0 MiB/s done in 5s\n" {
+		t.Errorf("terminal output %q", got)
+	}
 }
