@@ -26,16 +26,19 @@ import (
 // Identity is what makes one board unique. It is written into a per-board layer (the
 // topmost lower of that board's overlay), so a board reset that wipes the upper keeps it.
 type Identity struct {
+	// Hostname goes to /etc/hostname and /etc/hosts.
 	Hostname string
 	// Serial is the board's serial number (the Pi's, as in fleet.yaml); the machine-id is
 	// derived from it, or from MAC when there is no serial.
 	Serial string
-	MAC    string
+	// MAC is the board's Ethernet address, any common spelling.
+	MAC string
 	// User, when set, is the first user, created by Pi OS's userconf service at first boot.
 	User string
 	// PasswordHash is a crypt(3) hash (e.g. from `openssl passwd -6`); empty leaves the
 	// password locked.
-	PasswordHash   string
+	PasswordHash string
+	// AuthorizedKeys are OpenSSH public key lines that may log in as User.
 	AuthorizedKeys []string
 }
 

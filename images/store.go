@@ -23,6 +23,7 @@ type Store struct {
 
 // Info is what image.yaml records about an imported image.
 type Info struct {
+	// Name is the image's name, its directory under the store.
 	Name string `yaml:"name"`
 	// Source is the base name of what was imported (file or directory).
 	Source string `yaml:"source"`
@@ -33,7 +34,8 @@ type Info struct {
 	// Files counts every path of the root tree, directories and links included.
 	Files int64 `yaml:"files"`
 	// Bytes is the sum of regular file sizes (hard links counted once).
-	Bytes    int64     `yaml:"bytes"`
+	Bytes int64 `yaml:"bytes"`
+	// Imported is when the import finished (UTC, whole seconds).
 	Imported time.Time `yaml:"imported"`
 	// ManifestSHA256 is the checksum of the manifest file, so verify notices an edited manifest.
 	ManifestSHA256 string `yaml:"manifest_sha256"`
