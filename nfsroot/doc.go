@@ -40,6 +40,14 @@
 // board and once a second, the same promise the board's data gets against power loss. A torn
 // tail is cut on open; the log is compacted on open when mostly dead.
 //
+// # Caches, and why they cannot answer stale
+//
+// Per export: up to 32 open files (READ and WRITE through an open descriptor need no path
+// walk, and a file removed while open stays readable through its handle); resolved handles
+// and directory listings, reused only while the export's change count stands still (every
+// mutating NFS call bumps it before and after, a reload bumps it) and for 2 s at most;
+// listings being walked with a cookie verifier live 30 s. Idle boards drop all of it.
+//
 // # Unix semantics
 //
 // The overlay acts as root; every rule a kernel would apply for the AUTH_SYS caller is
