@@ -214,6 +214,17 @@ func (c *resolvedCache) get(id, changes uint64) (string, fstat, bool) {
 	return r.path, r.st, true
 }
 
+// expire forgets entries past their TTL, so an idle board holds none.
+func (c *resolvedCache) expire() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id, r := range c.m {
+		if time.Since(r.at) > resolvedTTL {
+			delete(c.m, id)
+		}
+	}
+}
+
 func (c *resolvedCache) put(id uint64, p string, st fstat, changes uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
