@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -80,7 +81,11 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 		rec, err := readRecord(br, *bp, limit)
 		if err != nil {
 			s.records.Put(bp)
-			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && ctx.Err() == nil {
+			switch {
+			case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), ctx.Err() != nil:
+			case errors.Is(err, syscall.ECONNRESET): // a board rebooting or powered off
+				cc.log.Info("connection reset by the board")
+			default:
 				cc.log.Warn("closing connection", "err", err)
 			}
 			return
