@@ -50,12 +50,20 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	ap, _ := netip.ParseAddrPort(c.RemoteAddr().String())
 	addr := ap.Addr().Unmap()
 	cc := &conn{s: s, c: c, addr: addr, log: s.log.With("board", s.boardFor(addr), "client", addr.String())}
+	s.connMu.Lock()
+	s.conns[addr]++
+	s.connMu.Unlock()
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	defer func() {
 		wg.Wait()
 		close(done)
 		c.Close()
+		s.connMu.Lock()
+		if s.conns[addr]--; s.conns[addr] <= 0 {
+			delete(s.conns, addr)
+		}
+		s.connMu.Unlock()
 	}()
 	go func() {
 		select {

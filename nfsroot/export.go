@@ -50,8 +50,8 @@ type export struct {
 	resolved resolvedCache
 
 	mu      sync.Mutex
-	mounts  map[netip.Addr]struct{} // MNT without UMNT, for DUMP and Mounted
-	lastNFS atomic.Int64            // unix seconds of the last NFS call
+	mounts  map[netip.Addr]time.Time // MNT without UMNT (and when), for DUMP and Mounted
+	lastNFS atomic.Int64             // unix seconds of the last NFS call
 }
 
 // policy is the part of an Export a reload may change without resetting the export.
@@ -71,7 +71,7 @@ func newExport(e Export, log *slog.Logger) *export {
 		log:    log.With("board", e.Board, "export", e.Path),
 		files:  openFiles{m: make(map[uint64]*openFile)},
 		dirs:   dirCache{m: make(map[uint64]*dirList)},
-		mounts: make(map[netip.Addr]struct{}),
+		mounts: make(map[netip.Addr]time.Time),
 	}
 	x.setPolicy(e.Allow, e.RootSquash)
 	return x
@@ -253,10 +253,22 @@ func (e *export) forget(dir uint64, name string, fileID uint64) uint64 {
 
 func (e *export) touch() { e.lastNFS.Store(time.Now().Unix()) }
 
-// mounted reports an active mount: MNT without UMNT, or NFS traffic in the last 5 minutes.
+// mountIdle is how long a board counts as mounted after its last sign of life: a board that
+// is powered off never sends UMNT, and the Linux client revalidates a busy root well within it.
+const mountIdle = 5 * time.Minute
+
+// mounted reports signs of a live mount: NFS traffic or a MNT (without UMNT) within
+// mountIdle. An open connection counts too (Server.Mounted).
 func (e *export) mounted() bool {
+	if time.Now().Unix()-e.lastNFS.Load() < int64(mountIdle/time.Second) {
+		return true
+	}
 	e.mu.Lock()
-	n := len(e.mounts)
-	e.mu.Unlock()
-	return n > 0 || time.Now().Unix()-e.lastNFS.Load() < 300
+	defer e.mu.Unlock()
+	for _, at := range e.mounts {
+		if time.Since(at) < mountIdle {
+			return true
+		}
+	}
+	return false
 }

@@ -3,6 +3,7 @@ package nfsroot
 import (
 	"path"
 	"strings"
+	"time"
 
 	"github.com/willscott/go-nfs"
 )
@@ -103,7 +104,7 @@ func (s *Server) onMnt(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) erro
 		return nil
 	}
 	e.mu.Lock()
-	e.mounts[cc.addr] = struct{}{}
+	e.mounts[cc.addr] = time.Now()
 	e.mu.Unlock()
 	e.touch()
 	log.Info("mounted", "machine", h.cred.machine)

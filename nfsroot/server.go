@@ -36,6 +36,9 @@ type Server struct {
 	// WRITE would otherwise allocate its megabyte every time.
 	records sync.Pool
 	replies sync.Pool
+
+	connMu sync.Mutex
+	conns  map[netip.Addr]int // open connections per client address, for Mounted
 }
 
 // exportSet is swapped whole on reload, so a request sees one consistent fleet.
@@ -50,7 +53,7 @@ func New(opts Options) *Server {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Server{log: log, onMount: opts.OnMount}
+	s := &Server{log: log, onMount: opts.OnMount, conns: make(map[netip.Addr]int)}
 	s.records.New = func() any { b := make([]byte, 0, 64<<10); return &b }
 	_, _ = rand.Read(s.verf[:])
 	s.exports.Store(&exportSet{byID: map[uint64]*export{}, byPath: map[string]*export{}})
@@ -91,13 +94,26 @@ func (s *Server) SetExports(exps []Export) {
 	}
 }
 
-// Mounted reports whether board has an active mount: MNT without UMNT, or NFS traffic in
-// the last five minutes.
+// Mounted reports whether board has an active mount: an open connection from its address,
+// or NFS traffic or a MNT (not undone by UMNT) in the last five minutes. A board powered off
+// without unmounting stops counting five minutes after it fell silent.
 func (s *Server) Mounted(board string) bool {
 	for _, e := range s.exports.Load().byID {
-		if e.Board == board && e.mounted() {
+		if e.Board != board {
+			continue
+		}
+		if e.mounted() {
 			return true
 		}
+		// An open connection from the board: the Linux client keeps one while mounted.
+		s.connMu.Lock()
+		for a := range s.conns {
+			if e.allowed(a) {
+				s.connMu.Unlock()
+				return true
+			}
+		}
+		s.connMu.Unlock()
 	}
 	return false
 }
