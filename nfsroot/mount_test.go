@@ -132,3 +132,23 @@ func TestForeignHandleRefused(t *testing.T) {
 	_ = nfsc.Fattr{}
 	_ = xdr.Read
 }
+
+func TestStrangerCannotSendBigRecords(t *testing.T) {
+	f := newFixture(t)
+	x := dialFrom(t, addrOther, f.nfs)
+	// A stranger's MOUNT is answered (refused); a stranger's 1 MiB WRITE closes the connection.
+	if st, _ := x.mnt("/boards/pi-a"); st != 13 {
+		t.Fatalf("stranger mount: %d", st)
+	}
+	_, err := x.raw(x.callMsg(progNFS, 3, 7, make([]byte, fhSize), uint64(0), uint32(1<<20), uint32(0), make([]byte, 1<<20)))
+	if err == nil {
+		t.Fatal("a 1 MiB record from an unknown address was read")
+	}
+	// A board's own large WRITE is fine.
+	c, root := f.client("pi-a")
+	st, fh, _ := c.create(c.walk(root, "tmp"), "big", 0, mode(0o644))
+	wantStatus(t, "create", st, 0)
+	if st, res := c.write(fh, 0, make([]byte, 1<<20), unstable); st != 0 || res.Count != 1<<20 {
+		t.Fatalf("board's 1 MiB write: %d %d", st, res.Count)
+	}
+}
