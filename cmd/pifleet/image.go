@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/pifleet/pifleet/images"
@@ -82,9 +83,12 @@ func runImageImport(ctx context.Context, e *env, args []string) error {
 	if fs.NArg() != 1 || *name == "" {
 		return usagef("image import needs FILE and --name NAME")
 	}
-	_, store, err := openStore(*cfgPath)
+	cfg, store, err := openStore(*cfgPath)
 	if err != nil {
 		return err
+	}
+	if users := usedBy(cfg, *name); *replace && len(users) > 0 && store.Exists(*name) {
+		return fmt.Errorf("image %s is used by %s: import under a new name and switch the boards in fleet.yaml", *name, strings.Join(users, ", "))
 	}
 	info, err := store.Import(ctx, fs.Arg(0), *name, images.ImportOptions{
 		Progress: e.err, Prepare: !*noPrep, Replace: *replace,
