@@ -129,30 +129,54 @@ func (o *FS) mkdirIn(d *mdir, name string, perm os.FileMode) error {
 }
 
 // MkdirAll creates name and any missing parents with perm; existing dirs are left alone.
+// It walks the path once, so deep paths cost linear time.
 func (o *FS) MkdirAll(name string, perm os.FileMode) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	var prefix string
+	stack := []*mdir{o.rootDir()}
+	done := ""
 	for _, c := range strings.Split(name, "/") {
-		if c == "" {
+		done = joinPath(done, c)
+		switch c {
+		case "", ".":
 			continue
-		}
-		prefix = joinPath(prefix, c)
-		d, base, n, err := o.walk(prefix, true)
-		if err != nil {
-			return pathErr("mkdir", prefix, err)
-		}
-		if n != nil {
-			if !isDir(&n.st) {
-				return pathErr("mkdir", prefix, unix.ENOTDIR)
+		case "..":
+			if len(stack) > 1 {
+				stack = stack[:len(stack)-1]
 			}
 			continue
 		}
-		if err := o.mkdirIn(d, base, perm); err != nil {
-			return pathErr("mkdir", prefix, err)
+		cur := stack[len(stack)-1]
+		n, err := o.lookupIn(cur, c)
+		if err == unix.ENOENT {
+			if err = o.mkdirIn(cur, c, perm); err != nil {
+				return pathErr("mkdir", done, err)
+			}
+			cur = withUpper(cur, o.upperPath(cur.path))
+			n, err = o.lookupIn(cur, c)
 		}
+		if err == nil && isSymlink(&n.st) {
+			// Rare: let the general walk follow it inside the root.
+			n, err = o.resolve(joinPath(cur.path, c), true)
+		}
+		if err != nil {
+			return pathErr("mkdir", done, err)
+		}
+		d, err := o.childDir(n)
+		if err != nil {
+			return pathErr("mkdir", done, err)
+		}
+		stack = append(stack, d)
 	}
 	return nil
+}
+
+// withUpper is d after its upper dir was created at upper.
+func withUpper(d *mdir, upper string) *mdir {
+	if d.hasUpper() {
+		return d
+	}
+	return &mdir{path: d.path, parts: append([]layerDir{{layer: 0, real: upper}}, d.parts...)}
 }
 
 // ReadDir lists the merged dir name sorted by name: each name once, from the topmost
