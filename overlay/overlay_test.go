@@ -454,7 +454,15 @@ func TestRenameDirWithLowerParts(t *testing.T) {
 	if names(t, o, "var/lib/dpkg") != "" {
 		t.Fatal("new dir shows old contents")
 	}
-	must(t, o.Remove("var/lib/dpkg"))
+	// An upper-only dir over a lower name moves by a plain rename that leaves a whiteout.
+	must(t, o.Rename("var/lib/dpkg", "var/lib/dpkg-new"))
+	if _, err := o.Stat("var/lib/dpkg"); !errors.Is(err, unix.ENOENT) {
+		t.Fatalf("lower dpkg reappeared after moving the dir over it away: %v", err)
+	}
+	if names(t, o, "var/lib/dpkg-new") != "" {
+		t.Fatal("moved opaque dir shows lower contents")
+	}
+	must(t, o.Remove("var/lib/dpkg-new"))
 	must(t, o.Rename("var/lib/dpkg-old", "var/lib/dpkg"))
 	if readAll(t, o, "var/lib/dpkg/new") != "upper" || readAll(t, o, "var/lib/dpkg/status") != "pkgs" {
 		t.Fatal("contents after moving back")
