@@ -71,7 +71,11 @@ func benchServe(mode, root, addr string) error {
 			IP: netip.MustParseAddr("127.0.0.1"), Firmware: r.FS(),
 			NFSRoot: "127.0.0.1:/boards/bench,vers=3,tcp,port=2049,mountport=20048,nolock",
 		}}}
-		s, err := New(Config{Addr: addr, Fleet: fleet, Logger: slog.New(slog.DiscardHandler)})
+		logger := slog.New(slog.DiscardHandler)
+		if os.Getenv("PIFLEET_TFTP_BENCH_LOG") != "" { // to see each transfer when tuning
+			logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+		}
+		s, err := New(Config{Addr: addr, Fleet: fleet, Logger: logger})
 		if err != nil {
 			return err
 		}
