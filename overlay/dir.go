@@ -315,18 +315,20 @@ func (o *FS) removeNode(n *node) error {
 		return unix.Mknod(upDir+"/"+n.name, unix.S_IFCHR, 0)
 	}
 	needWhiteout := o.lowerHas(n.parent, n.name)
-	if dir {
-		if err := purgeWhiteouts(n.real); err != nil {
+	switch {
+	case needWhiteout:
+		return o.replaceWithWhiteout(n.real, dir)
+	case dir:
+		// Moved out first, emptied after: a crash never leaves the dir without the
+		// whiteouts that hide its lower entries.
+		tmp := o.tempName()
+		if err := unix.Rename(n.real, tmp); err != nil {
 			return err
 		}
-	}
-	if !needWhiteout {
-		if dir {
-			return unix.Rmdir(n.real)
-		}
+		return os.RemoveAll(tmp)
+	default:
 		return unix.Unlink(n.real)
 	}
-	return o.replaceWithWhiteout(n.real, dir)
 }
 
 // replaceWithWhiteout swaps the upper object at real for a whiteout in one step, so the
