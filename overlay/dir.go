@@ -351,25 +351,3 @@ func (o *FS) replaceWithWhiteout(real string, dir bool) error {
 	}
 	return os.RemoveAll(tmp)
 }
-
-// purgeWhiteouts empties an upper dir that is empty in the merged view: all it can hold
-// is whiteouts, which the kernel would refuse to rmdir over.
-func purgeWhiteouts(real string) error {
-	names, err := readNames(real)
-	if err != nil {
-		return err
-	}
-	for _, name := range names {
-		var st unix.Stat_t
-		if err := unix.Lstat(real+"/"+name, &st); err != nil {
-			return err
-		}
-		if !isWhiteout(&st) {
-			return unix.ENOTEMPTY
-		}
-		if err := unix.Unlink(real + "/" + name); err != nil {
-			return err
-		}
-	}
-	return nil
-}

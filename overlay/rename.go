@@ -114,7 +114,7 @@ func (o *FS) renameDir(src *node, dd *mdir, dname string, dst *node, whiteout bo
 				return err
 			}
 		}
-		if err := prepareDirTarget(dUp+"/"+dname, dst); err != nil {
+		if err := o.prepareDirTarget(dUp+"/"+dname, dst); err != nil {
 			return err
 		}
 		return moveDir(src.real, dUp+"/"+dname, renameFlags(whiteout))
@@ -131,7 +131,7 @@ func (o *FS) renameDir(src *node, dd *mdir, dname string, dst *node, whiteout bo
 	}
 	dUp, err := o.ensureUpperDir(dd)
 	if err == nil {
-		err = prepareDirTarget(dUp+"/"+dname, dst)
+		err = o.prepareDirTarget(dUp+"/"+dname, dst)
 	}
 	if err == nil {
 		err = moveDir(tmp, dUp+"/"+dname, 0)
@@ -165,11 +165,12 @@ func (o *FS) lowerDirAt(d *mdir, name string) bool {
 	return false
 }
 
-// prepareDirTarget empties an upper dir about to be replaced (merged-empty, so it holds
-// only whiteouts), as rename(2) replaces only empty dirs.
-func prepareDirTarget(target string, dst *node) error {
+// prepareDirTarget turns an upper dir about to be replaced (merged-empty, so it holds only
+// whiteouts) into a whiteout in one step; moveDir then puts the new dir over that. Emptying
+// it in place instead would let a crash uncover the lower entries its whiteouts hide.
+func (o *FS) prepareDirTarget(target string, dst *node) error {
 	if dst != nil && dst.layer == 0 {
-		return purgeWhiteouts(target)
+		return o.replaceWithWhiteout(target, true)
 	}
 	return nil
 }
