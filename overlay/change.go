@@ -109,7 +109,7 @@ func (o *FS) Link(oldname, newname string) error {
 		return &os.LinkError{Op: "link", Old: oldname, New: newname, Err: underlying(err)}
 	}
 	if d, err = o.dirAt(d.path); err == nil {
-		_, err = o.createIn(d, base, false, func(p string) error { return unix.Link(src.real, p) })
+		_, err = o.createIn(d, base, newLink, func(p string) error { return unix.Link(src.real, p) })
 	}
 	if err != nil {
 		return &os.LinkError{Op: "link", Old: oldname, New: newname, Err: underlying(err)}
@@ -161,7 +161,7 @@ func (o *FS) create(op, name string, clearCache bool, mk func(string) error) err
 	if clearCache {
 		defer o.dirs.clear()
 	}
-	_, err = o.createIn(d, base, false, mk)
+	_, err = o.createIn(d, base, newObject, mk)
 	return pathErr(op, name, err)
 }
 

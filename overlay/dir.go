@@ -26,11 +26,21 @@ func (o *FS) stat(op, name string, follow bool) (os.FileInfo, error) {
 	return n.info(), nil
 }
 
+// createKind says what createIn makes: it decides opaqueness and group inheritance.
+type createKind int
+
+const (
+	newObject createKind = iota // file, device, fifo, socket, symlink
+	newDir
+	newLink // hard link to an existing inode
+)
+
 // createIn makes the new object name in the merged dir d through mk, in the upper. If the
 // upper holds a whiteout there, the object is made in Work and renamed over it (a
 // directory is exchanged with it and made opaque, so the lower dir it replaces stays
 // hidden); the name never shows the lower object in between.
-func (o *FS) createIn(d *mdir, name string, dir bool, mk func(string) error) (string, error) {
+func (o *FS) createIn(d *mdir, name string, kind createKind, mk func(string) error) (string, error) {
+	dir := kind == newDir
 	if len(name) > 255 {
 		return "", unix.ENAMETOOLONG
 	}
@@ -54,9 +64,12 @@ func (o *FS) createIn(d *mdir, name string, dir bool, mk func(string) error) (st
 	if err := mk(tmp); err != nil {
 		return "", err
 	}
-	if err := inheritGroup(upDir, tmp, dir); err != nil {
-		os.RemoveAll(tmp)
-		return "", err
+	// A hard link makes no inode: its group stays the file's own.
+	if kind != newLink {
+		if err := inheritGroup(upDir, tmp); err != nil {
+			os.RemoveAll(tmp)
+			return "", err
+		}
 	}
 	if dir {
 		if err := unix.Lsetxattr(tmp, xattrOpaque, []byte("y"), 0); err != nil {
@@ -78,8 +91,9 @@ func (o *FS) createIn(d *mdir, name string, dir bool, mk func(string) error) (st
 }
 
 // inheritGroup gives an object made in Work the group a setgid parent dir would have
-// given it had it been made in place (and a new dir the setgid bit), as the kernel does.
-func inheritGroup(parent, obj string, dir bool) error {
+// given it had it been made in place. The mode stays what the caller asked for, as in the
+// direct path, where chmod after mkdir makes it exact.
+func inheritGroup(parent, obj string) error {
 	var pst, st unix.Stat_t
 	if err := unix.Stat(parent, &pst); err != nil {
 		return err
@@ -93,14 +107,10 @@ func inheritGroup(parent, obj string, dir bool) error {
 	if err := unix.Lchown(obj, -1, int(pst.Gid)); err != nil {
 		return err
 	}
-	mode := st.Mode & 0o7777
-	if dir {
-		mode |= unix.S_ISGID
-	}
 	if isSymlink(&st) {
 		return nil
 	}
-	return unix.Chmod(obj, mode) // chown cleared setuid/setgid
+	return unix.Chmod(obj, st.Mode&0o7777) // chown cleared setuid/setgid
 }
 
 // Mkdir creates one directory with exactly perm (no umask).
@@ -118,7 +128,7 @@ func (o *FS) Mkdir(name string, perm os.FileMode) error {
 }
 
 func (o *FS) mkdirIn(d *mdir, name string, perm os.FileMode) error {
-	_, err := o.createIn(d, name, true, func(p string) error {
+	_, err := o.createIn(d, name, newDir, func(p string) error {
 		if err := unix.Mkdir(p, 0o700); err != nil {
 			return err
 		}

@@ -133,7 +133,7 @@ func (o *FS) OpenFile(name string, flag int, perm os.FileMode) (billy.File, erro
 			return nil, pathErr("open", name, unix.ENOENT)
 		}
 		var f *os.File
-		_, err := o.createIn(d, base, false, func(p string) error {
+		_, err := o.createIn(d, base, newObject, func(p string) error {
 			var err error
 			f, err = os.OpenFile(p, flag&^os.O_TRUNC|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
 			if err != nil {

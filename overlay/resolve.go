@@ -59,7 +59,7 @@ func (d *mdir) hasUpper() bool { return len(d.parts) > 0 && d.parts[0].layer == 
 type node struct {
 	parent *mdir // nil for the root
 	name   string
-	part   int    // index in parent.parts of the layer it was found in
+	part   int // index in parent.parts of the layer it was found in
 	layer  int
 	real   string
 	st     unix.Stat_t
