@@ -95,12 +95,13 @@ func (o *FS) Link(oldname, newname string) error {
 	if err != nil {
 		return &os.LinkError{Op: "link", Old: oldname, New: newname, Err: underlying(err)}
 	}
-	if isDir(&src.st) {
-		return &os.LinkError{Op: "link", Old: oldname, New: newname, Err: unix.EPERM}
-	}
+	// The kernel's order decides the errno: an existing new name wins over a dir source.
 	d, base, dst, err := o.walk(newname, false)
 	if err == nil && (dst != nil || d == nil) {
 		err = unix.EEXIST
+	}
+	if err == nil && isDir(&src.st) {
+		err = unix.EPERM
 	}
 	if err != nil {
 		return &os.LinkError{Op: "link", Old: oldname, New: newname, Err: underlying(err)}
