@@ -521,3 +521,57 @@ func TestServeStopsOnCancel(t *testing.T) {
 		t.Fatal("Serve still running 10 s after cancel, with a transfer stalled")
 	}
 }
+
+// TestDuplicateACK: a client that ACKs a block twice (its own retransmission) must not
+// get the next block twice; answering duplicates doubles every later packet (the
+// Sorcerer's Apprentice syndrome, RFC 1123 4.2.3.1).
+func TestDuplicateACK(t *testing.T) {
+	fleet, _, _ := twoBoards(t)
+	s, _, _ := startServer(t, fleet, Config{Timeout: 10 * time.Second})
+	c := rawConn(t, "127.0.0.1")
+	c.WriteToUDP(rrq(opRRQ, "exactly-1468", "octet"), &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: serverPort(s)})
+	var from *net.UDPAddr
+	var got []uint16
+	for block := uint16(1); block <= 3; block++ {
+		p, f, err := readPacket(t, c, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		from = f
+		got = append(got, binary.BigEndian.Uint16(p[2:]))
+		c.WriteToUDP(ack(block), from)
+		c.WriteToUDP(ack(block), from) // duplicate
+	}
+	// Block 3 was the last (1468 = 2*512 + 444); anything more is a duplicate DATA.
+	if p, _, err := readPacket(t, c, 500*time.Millisecond); err == nil {
+		t.Errorf("extra packet after the last ACK: %q", p[:4])
+	}
+	if fmt.Sprint(got) != "[1 2 3]" {
+		t.Errorf("blocks received %v, want [1 2 3]", got)
+	}
+}
+
+// FuzzParseRequest: any datagram on port 69 is a request or an error, never a panic;
+// granted options stay within what a Pi can follow.
+func FuzzParseRequest(f *testing.F) {
+	f.Add(rrq(opRRQ, "9ffefdef/start4.elf", "octet", "tsize", "0", "blksize", "1468"))
+	f.Add(rrq(opRRQ, "boot.scr.uimg", "octet", "timeout", "5", "blksize", "1468", "windowsize", "16"))
+	f.Add(rrq(opWRQ, "x", "netascii"))
+	f.Add([]byte{0, 1, 0, 0, 0})
+	f.Add([]byte{0, 1})
+	f.Fuzz(func(t *testing.T, pkt []byte) {
+		req, err := parseRequest(pkt)
+		if err != nil {
+			return
+		}
+		n := negotiate(req.opts, DefaultMaxBlockSize, 300_000, time.Second)
+		if n.blockSize < minBlockSize || n.blockSize > DefaultMaxBlockSize || n.timeout < time.Second || n.timeout > 255*time.Second {
+			t.Fatalf("%q negotiated blksize %d timeout %v", pkt, n.blockSize, n.timeout)
+		}
+		for _, o := range n.oack {
+			if o.name != "blksize" && o.name != "timeout" && o.name != "tsize" {
+				t.Fatalf("%q: granted option %q", pkt, o.name)
+			}
+		}
+	})
+}
