@@ -82,6 +82,18 @@ type Server struct {
 	// for every retransmitted request. Bounded: cleared when full.
 	mu      sync.Mutex
 	unknown map[netip.Addr]struct{}
+
+	// inFlight holds the transfers running, by client address and port and file name.
+	// A Pi resends its RRQ when the first DATA is slow to come; a second transfer of
+	// the same file to the same port would race the first from another TID.
+	flightMu sync.Mutex
+	inFlight map[flight]struct{}
+}
+
+// flight identifies a transfer by what the client asked and where it listens.
+type flight struct {
+	client netip.AddrPort
+	name   string
 }
 
 // maxUnknownClients bounds the memory spent remembering strangers.
@@ -120,12 +132,13 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("tftp: listen on %s: enable packet info: %w", cfg.Addr, err)
 	}
 	return &Server{
-		cfg:     cfg,
-		log:     cfg.Logger.With("proto", "tftp"),
-		conn:    conn,
-		pconn:   p,
-		maxBlk:  cfg.MaxBlockSize,
-		unknown: make(map[netip.Addr]struct{}),
+		cfg:      cfg,
+		log:      cfg.Logger.With("proto", "tftp"),
+		conn:     conn,
+		pconn:    p,
+		maxBlk:   cfg.MaxBlockSize,
+		unknown:  make(map[netip.Addr]struct{}),
+		inFlight: make(map[flight]struct{}),
 	}, nil
 }
 
@@ -182,13 +195,22 @@ func (s *Server) Serve(ctx context.Context) error {
 			s.refuse(cm, client, errCodeAccess, "pifleet serves boot files read-only")
 			continue
 		}
+		key := flight{client, req.name}
+		if !s.takeOff(key) {
+			// The same request again while its transfer runs: that transfer's own
+			// resends answer it.
+			s.log.Debug("duplicate request ignored", "client", client, "file", req.name)
+			continue
+		}
 		conn, maxBlk, err := s.dialClient(cm, client)
 		if err != nil {
+			s.land(key)
 			s.log.Warn("cannot answer request", "client", client, "file", req.name, "err", err)
 			continue
 		}
 		sock, err := newSocket(conn)
 		if err != nil {
+			s.land(key)
 			conn.Close()
 			s.log.Warn("cannot answer request", "client", client, "file", req.name, "err", err)
 			continue
@@ -198,10 +220,29 @@ func (s *Server) Serve(ctx context.Context) error {
 		go func() {
 			defer s.wg.Done()
 			defer s.active.Add(-1)
+			defer s.land(key)
 			defer sock.Close()
 			s.serveRead(ctx, sock, client, req, maxBlk)
 		}()
 	}
+}
+
+// takeOff registers a transfer; false if the same one is already running.
+func (s *Server) takeOff(k flight) bool {
+	s.flightMu.Lock()
+	defer s.flightMu.Unlock()
+	if _, ok := s.inFlight[k]; ok {
+		return false
+	}
+	s.inFlight[k] = struct{}{}
+	return true
+}
+
+// land unregisters a transfer that ended.
+func (s *Server) land(k flight) {
+	s.flightMu.Lock()
+	defer s.flightMu.Unlock()
+	delete(s.inFlight, k)
 }
 
 // dialClient opens the transfer's own socket (its TID, RFC 1350): bound to the address

@@ -575,3 +575,54 @@ func FuzzParseRequest(f *testing.F) {
 		}
 	})
 }
+
+// TestDuplicateRRQ: a Pi resends its RRQ when DATA 1 is slow; the repeat must not start a
+// second transfer racing the first from another port.
+func TestDuplicateRRQ(t *testing.T) {
+	fleet, a, _ := twoBoards(t)
+	s, _, _ := startServer(t, fleet, Config{Timeout: 10 * time.Second})
+	c := rawConn(t, "127.0.0.1")
+	req := rrq(opRRQ, "exactly-1468", "octet")
+	for range 3 {
+		c.WriteToUDP(req, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: serverPort(s)})
+	}
+	var data []byte
+	var tid int
+	for block := uint16(1); ; block++ {
+		p, from, err := readPacket(t, c, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tid == 0 {
+			tid = from.Port
+		}
+		if from.Port != tid || binary.BigEndian.Uint16(p[2:]) != block {
+			t.Fatalf("packet %q from port %d, want DATA %d from %d only", p[:4], from.Port, block, tid)
+		}
+		data = append(data, p[4:]...)
+		c.WriteToUDP(ack(block), from)
+		if len(p) < 516 {
+			break
+		}
+	}
+	if !bytes.Equal(data, firmwareFile(t, a, "exactly-1468")) {
+		t.Errorf("got %d bytes", len(data))
+	}
+	// Once that transfer is over, the same request from the same port is a new transfer.
+	for range 500 {
+		s.flightMu.Lock()
+		n := len(s.inFlight)
+		s.flightMu.Unlock()
+		if n == 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	c.WriteToUDP(req, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: serverPort(s)})
+	if p, from, err := readPacket(t, c, 5*time.Second); err != nil || from.Port == tid || binary.BigEndian.Uint16(p[2:]) != 1 {
+		t.Errorf("the request again after its transfer: %v, from port %v (first transfer's %d)", err, from, tid)
+	}
+	if st := waitStats(t, s, func(st Stats) bool { return st.Reads >= 1 }); st.Reads != 1 || st.Errors != 0 {
+		t.Errorf("stats %+v: want 1 read and no failed duplicate", st)
+	}
+}
