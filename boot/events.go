@@ -3,6 +3,7 @@ package boot
 import (
 	"net"
 	"net/netip"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -73,7 +74,14 @@ func (t *Timeline) Record(e Event) {
 	if len(evs) >= maxEventsPerBoard {
 		evs = append(evs[:0], evs[len(evs)-maxEventsPerBoard/2:]...)
 	}
-	t.boards[e.Board] = append(evs, e)
+	// Keep the timeline in order of when each step started: a TFTP transfer is recorded
+	// when it ends, so a short one that started later can arrive first.
+	i := len(evs)
+	for i > 0 && evs[i-1].Time.After(e.Time) {
+		i--
+	}
+	evs = slices.Insert(evs, i, e)
+	t.boards[e.Board] = evs
 	t.mu.Unlock()
 	if t.OnEvent != nil {
 		t.OnEvent(e)
