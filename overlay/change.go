@@ -9,13 +9,18 @@ import (
 
 // modify resolves name under the write lock, copies it up and hands the upper node to fn.
 func (o *FS) modify(op, name string, follow, withData bool, fn func(n *node) error) error {
+	var pre *precopied
+	if withData {
+		pre = o.precopy(name, follow)
+		defer pre.discard()
+	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	n, err := o.resolve(name, follow)
 	if err != nil {
 		return pathErr(op, name, err)
 	}
-	if n, err = o.copyUp(n, withData); err != nil {
+	if n, err = o.copyUpWith(n, withData, pre); err != nil {
 		return pathErr(op, name, err)
 	}
 	return pathErr(op, name, fn(n))
@@ -68,6 +73,11 @@ func (o *FS) Truncate(name string, size int64) error {
 	if size < 0 {
 		return pathErr("truncate", name, unix.EINVAL)
 	}
+	var pre *precopied
+	if size != 0 {
+		pre = o.precopy(name, true)
+		defer pre.discard()
+	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	n, err := o.resolve(name, true)
@@ -80,7 +90,7 @@ func (o *FS) Truncate(name string, size int64) error {
 	if n.st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return pathErr("truncate", name, unix.EINVAL)
 	}
-	if n, err = o.copyUp(n, size != 0); err != nil {
+	if n, err = o.copyUpWith(n, size != 0, pre); err != nil {
 		return pathErr("truncate", name, err)
 	}
 	return pathErr("truncate", name, unix.Truncate(n.real, size))

@@ -20,6 +20,11 @@ func privateXattr(name string) bool {
 // visible or the complete copy, never a partial one. withData=false skips the file
 // contents for callers about to truncate to zero.
 func (o *FS) copyUp(n *node, withData bool) (*node, error) {
+	return o.copyUpWith(n, withData, nil)
+}
+
+// copyUpWith is copyUp that uses pre, a copy made before the lock, if it is one of n.
+func (o *FS) copyUpWith(n *node, withData bool, pre *precopied) (*node, error) {
 	if n.layer == 0 {
 		return n, nil
 	}
@@ -27,10 +32,16 @@ func (o *FS) copyUp(n *node, withData bool) (*node, error) {
 	if err != nil {
 		return nil, err
 	}
-	tmp := o.tempName()
-	if err := o.copyObject(n, tmp, withData); err != nil {
-		os.RemoveAll(tmp)
-		return nil, &fs.PathError{Op: "copy-up", Path: n.path(), Err: underlying(err)}
+	tmp := ""
+	if withData {
+		tmp = pre.take(n)
+	}
+	if tmp == "" {
+		tmp = o.tempName()
+		if err := o.copyObject(n, tmp, withData); err != nil {
+			os.RemoveAll(tmp)
+			return nil, &fs.PathError{Op: "copy-up", Path: n.path(), Err: underlying(err)}
+		}
 	}
 	dst := upDir + "/" + n.name
 	if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, dst, unix.RENAME_NOREPLACE); err != nil {

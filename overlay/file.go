@@ -121,6 +121,11 @@ func (o *FS) OpenFile(name string, flag int, perm os.FileMode) (billy.File, erro
 		}
 		return o.openNode(name, n, flag)
 	}
+	var pre *precopied
+	if flag&(os.O_TRUNC|os.O_EXCL) == 0 {
+		pre = o.precopy(name, true)
+		defer pre.discard()
+	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	excl := flag&os.O_CREATE != 0 && flag&os.O_EXCL != 0
@@ -157,7 +162,7 @@ func (o *FS) OpenFile(name string, flag int, perm os.FileMode) (billy.File, erro
 		return nil, pathErr("open", name, unix.EISDIR)
 	}
 	if writes && n.layer != 0 {
-		if n, err = o.copyUp(n, flag&os.O_TRUNC == 0); err != nil {
+		if n, err = o.copyUpWith(n, flag&os.O_TRUNC == 0, pre); err != nil {
 			return nil, pathErr("open", name, err)
 		}
 	}

@@ -653,3 +653,76 @@ func TestChangesNeverTouchLowerFiles(t *testing.T) {
 		t.Fatal("lower data changed")
 	}
 }
+
+// Large files are copied before the write lock is taken; the result must be the same.
+func TestLargeCopyUpKeepsEverything(t *testing.T) {
+	b := newBed(t, 1)
+	data := bytes.Repeat([]byte("pifleet!"), precopyMin/8+1000)
+	for _, n := range []string{"chmod", "write", "trunc"} {
+		put(t, b.lowers[0], "big/"+n, string(data), 0o755)
+		p := filepath.Join(b.lowers[0], "big", n)
+		must(t, os.Chown(p, 1000, 1000))
+		must(t, unix.Chmod(p, 0o4755))
+		must(t, unix.Setxattr(p, "user.k", []byte("v"), 0))
+		must(t, os.Chtimes(p, time.Unix(1e9, 0), time.Unix(1e9, 0)))
+	}
+	o := b.open(t)
+	ids := map[string]uint64{}
+	for _, n := range []string{"chmod", "write", "trunc"} {
+		fi, err := o.Lstat("big/" + n)
+		must(t, err)
+		ids[n] = sysStat(t, fi).FileID
+	}
+	must(t, o.Chmod("big/chmod", 0o750|os.ModeSetuid))
+	f, err := o.OpenFile("big/write", os.O_RDWR, 0)
+	must(t, err)
+	_, err = f.(*File).WriteAt([]byte("X"), 3)
+	must(t, err)
+	f.Close()
+	must(t, o.Truncate("big/trunc", int64(len(data)-1)))
+	for n, want := range map[string]string{"chmod": string(data), "write": "pifX" + string(data[4:]), "trunc": string(data[:len(data)-1])} {
+		if got := readAll(t, o, "big/"+n); got != want {
+			t.Fatalf("%s: data differs after copy-up (len %d, want %d)", n, len(got), len(want))
+		}
+		fi, err := o.Lstat("big/" + n)
+		must(t, err)
+		st := sysStat(t, fi)
+		if st.FileID != ids[n] || st.Uid != 1000 || st.Mode&unix.S_ISUID == 0 {
+			t.Fatalf("%s: metadata lost: %+v", n, st)
+		}
+		if n == "chmod" && !fi.ModTime().Equal(time.Unix(1e9, 0)) {
+			t.Fatalf("mtime lost: %v", fi.ModTime())
+		}
+		v, err := o.Getxattr("big/"+n, "user.k")
+		must(t, err)
+		if string(v) != "v" {
+			t.Fatalf("%s: xattr lost", n)
+		}
+		if _, err := os.Stat(filepath.Join(b.upper, "big", n)); err != nil {
+			t.Fatalf("%s not in the upper: %v", n, err)
+		}
+	}
+	if ents, _ := os.ReadDir(b.work); len(ents) != 0 {
+		t.Fatalf("copies left in Work: %v", ents)
+	}
+	// A copy whose name changed before the lock was taken is not used, and is removed.
+	put(t, b.lowers[0], "big/other", string(data), 0o644)
+	pre := o.precopy("big/chmod", true)
+	if pre != nil {
+		t.Fatal("precopy of an upper file")
+	}
+	o2 := b.open(t)
+	pre = o2.precopy("big/other", true)
+	if pre == nil {
+		t.Fatal("no precopy of a large lower file")
+	}
+	n, err := o2.resolve("big/write", true)
+	must(t, err)
+	if pre.take(n) != "" {
+		t.Fatal("copy of big/other handed out for big/write")
+	}
+	pre.discard()
+	if ents, _ := os.ReadDir(b.work); len(ents) != 0 {
+		t.Fatalf("unused copy left in Work: %v", ents)
+	}
+}
