@@ -2,6 +2,7 @@ package overlay
 
 import (
 	"errors"
+	"io"
 	"io/fs"
 	"os"
 	"strings"
@@ -99,4 +100,45 @@ func FuzzPaths(f *testing.F) {
 	f.Fuzz(func(t *testing.T, p, q string) {
 		callAll(t, oddFS(t), p, q)
 	})
+}
+
+func TestChrootAndIOFSPaging(t *testing.T) {
+	b := newBed(t, 1)
+	for _, n := range []string{"a", "b", "c"} {
+		put(t, b.lowers[0], "boot/firmware/"+n, n, 0o644)
+	}
+	o := b.open(t)
+	sub, err := o.Chroot("boot")
+	must(t, err)
+	fi, err := sub.Stat("firmware/b")
+	must(t, err)
+	if fi.Size() != 1 {
+		t.Fatalf("chroot stat size %d", fi.Size())
+	}
+	if _, err := o.Chroot("boot/firmware/a"); !errors.Is(err, unix.ENOTDIR) {
+		t.Fatalf("chroot to a file: %v", err)
+	}
+	d, err := o.IOFS("boot").Open("firmware")
+	must(t, err)
+	defer d.Close()
+	rd := d.(fs.ReadDirFile)
+	var got []string
+	for {
+		ents, err := rd.ReadDir(2)
+		for _, e := range ents {
+			got = append(got, e.Name())
+		}
+		if err != nil {
+			if !errors.Is(err, io.EOF) {
+				t.Fatal(err)
+			}
+			break
+		}
+	}
+	if strings.Join(got, ",") != "a,b,c" {
+		t.Fatalf("paged ReadDir = %v", got)
+	}
+	if _, err := d.Read(make([]byte, 1)); !errors.Is(err, unix.EISDIR) {
+		t.Fatalf("read of a dir: %v", err)
+	}
 }
