@@ -126,9 +126,8 @@ func kernelReadsOurUpper(t *testing.T, b *testbed, o *FS, ours map[string]string
 	if err := mountOverlay(m, b.lowers, b.upper, kw); err != nil {
 		return fmt.Sprintf("mount: %v", err)
 	}
-	snap := snapshotDir(t, m)
-	must(t, unix.Unmount(m, 0))
-	return diffSnap(ours, snap)
+	defer unix.Unmount(m, 0) // also when a failed check ends the test here
+	return diffSnap(ours, snapshotDir(t, m))
 }
 
 func errno(err error) unix.Errno {
