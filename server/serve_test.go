@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -278,7 +279,13 @@ func TestServeReload(t *testing.T) {
 		t.Errorf("metrics:\n%s", body)
 	}
 
-	// SIGHUP-style forced reload of a fixed file works through the API too.
+	// SIGHUP reloads even when the watcher saw nothing new.
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "SIGHUP to reload", func() bool { return strings.Contains(ts.logs.String(), "SIGHUP: reloading") })
+
+	// A forced reload of a fixed file works through the API too.
 	if err := os.WriteFile(ts.cfgPath, []byte(good), 0o644); err != nil {
 		t.Fatal(err)
 	}

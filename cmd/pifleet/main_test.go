@@ -96,6 +96,18 @@ func TestBoardOffline(t *testing.T) {
 	if _, err := os.Stat(upper); !os.IsNotExist(err) {
 		t.Errorf("upper still there after reset: %v", err)
 	}
+	// --group resets every board of the group, and only those.
+	os.WriteFile(cfg, []byte("server: {state: st, ports: {http: 1}}\nimages: {img: {path: root}}\ndefaults: {image: img}\nboards:\n  - {name: pi-01, serial: '12345678', group: rack-a}\n  - {name: pi-02, serial: '12345679', group: rack-a}\n  - {name: pi-03, serial: '1234567a'}\n"), 0o644)
+	for _, b := range []string{"pi-01", "pi-02", "pi-03"} {
+		os.MkdirAll(filepath.Join(dir, "st", "boards", b, "upper", "etc"), 0o755)
+	}
+	code, out, errOut = runCLI("board", "reset", "--group", "rack-a", "-c", cfg)
+	if code != 0 || out != "reset pi-01\nreset pi-02\n" {
+		t.Errorf("board reset --group: exit %d\n%s%s", code, out, errOut)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "st", "boards", "pi-03", "upper")); err != nil {
+		t.Errorf("a board outside the group was reset: %v", err)
+	}
 	if code, _, errOut := runCLI("board", "reset", "-c", cfg, "nope"); code != 1 || !strings.Contains(errOut, "board nope: not in") {
 		t.Errorf("reset of an unknown board: exit %d %q", code, errOut)
 	}
