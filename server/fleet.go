@@ -88,23 +88,28 @@ func (f *liveFleet) BoardByIP(ip netip.Addr) (*boot.Board, bool) {
 	return nil, false
 }
 
-// learn records that board booted from ip. Boards with a fixed IP never learn another.
-func (f *liveFleet) learn(board string, ip netip.Addr) {
+// learn records that board booted from ip, and reports whether that is news. Boards
+// with a fixed IP never learn another.
+func (f *liveFleet) learn(board string, ip netip.Addr) bool {
 	if !ip.IsValid() || ip.IsUnspecified() {
-		return
+		return false
 	}
 	b, ok := f.cur.Load().boards[board]
 	if !ok || b.cfg.IP.IsValid() {
-		return
+		return false
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.learned[ip] == board {
+		return false
+	}
 	for a, n := range f.learned {
 		if n == board {
 			delete(f.learned, a) // a board has one address at a time
 		}
 	}
 	f.learned[ip] = board
+	return true
 }
 
 // allows reports whether client may use board's NFS export: the board's fixed IP, or

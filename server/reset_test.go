@@ -77,3 +77,35 @@ func TestResetWhileMounted(t *testing.T) {
 		t.Errorf("image file missing after reset: %v", err)
 	}
 }
+
+// TestLearnedAddressSurvivesRestart: a board without a fixed IP (proxy mode) may use its
+// NFS root only from the address it booted from over TFTP; that address is remembered
+// across a server restart, so the running board keeps its root.
+func TestLearnedAddressSurvivesRestart(t *testing.T) {
+	needRoot(t)
+	ts := startServer(t, "  - {name: delta, mac: '02:00:00:00:00:04', serial: '000abd00'}\n")
+	mount := func() error {
+		mc, err := nfsc.DialServiceAtPort("127.0.0.1", ts.srv.cfg.Server.Ports.Mount)
+		if err != nil {
+			return err
+		}
+		defer mc.Close()
+		auth := rpc.AuthUnix{Machinename: "delta", GidLen: 1}
+		_, err = (&nfsc.Mount{Client: mc}).Mount("/boards/delta", auth.Auth())
+		return err
+	}
+	if err := mount(); err == nil {
+		t.Fatal("a board that never booted was allowed its NFS root from an arbitrary address")
+	}
+	if out, err := tftpGet(t, ts.tftp, "000abd00/config.txt"); err != nil {
+		t.Fatalf("tftp: %v %s", err, out)
+	}
+	if err := mount(); err != nil {
+		t.Fatalf("mount from the address the board booted from: %v", err)
+	}
+	ts.stop()
+	ts.start()
+	if err := mount(); err != nil {
+		t.Fatalf("after a server restart the board lost its root: %v", err)
+	}
+}

@@ -10,8 +10,10 @@ import (
 	"os"
 	"os/signal"
 	"path"
+	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -106,15 +108,62 @@ func newServer(cfg *Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s.install(snap)
+	s.relearn(snap)
 	return s, nil
 }
 
 // onEvent learns the address a board boots from and counts the event.
 func (s *Server) onEvent(e boot.Event) {
-	if e.Client.IsValid() {
-		s.fleet.learn(e.Board, e.Client)
+	if e.Client.IsValid() && s.fleet.learn(e.Board, e.Client) {
+		if err := writeFileAtomic(s.state.Address(e.Board), []byte(e.Client.String()+"\n")); err != nil {
+			s.log.Warn("cannot remember the board's address; it must boot again after a server restart",
+				"board", e.Board, "mac", e.MAC, "addr", e.Client, "err", err)
+		} else {
+			s.log.Info("board address learned", "board", e.Board, "mac", e.MAC, "addr", e.Client)
+		}
 	}
 	s.metrics.event(e)
+}
+
+// relearn restores the addresses boards without a fixed IP were last seen at.
+func (s *Server) relearn(snap *snapshot) {
+	for name, b := range snap.boards {
+		if b.cfg.IP.IsValid() {
+			continue
+		}
+		data, err := os.ReadFile(s.state.Address(name))
+		if err != nil {
+			continue
+		}
+		if ip, err := netip.ParseAddr(strings.TrimSpace(string(data))); err == nil {
+			s.fleet.learn(name, ip)
+		}
+	}
+}
+
+// writeFileAtomic replaces path with data so a crash leaves the old or the new file.
+func writeFileAtomic(path string, data []byte) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path))
+	if err != nil {
+		return err
+	}
+	_, err = tmp.Write(data)
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+	}
+	return err
 }
 
 // imageLayers returns the lower dirs of an image, topmost first.

@@ -131,16 +131,22 @@ func startServer(t *testing.T, boards string) *testServer {
 	dir := t.TempDir()
 	ports := freePorts(t, 4)
 	ts := &testServer{t: t, cfgPath: filepath.Join(dir, "fleet.yaml"), tftp: ports[0], logs: &syncBuffer{}, done: make(chan error, 1)}
-	img := testImage(t)
-	write := func(boards string) {
-		y := fmt.Sprintf(fleetTmpl, filepath.Join(dir, "state"), ports[0], ports[1], ports[2], ports[3], img, boards)
-		if err := os.WriteFile(ts.cfgPath, []byte(y), 0o644); err != nil {
-			t.Fatal(err)
-		}
+	y := fmt.Sprintf(fleetTmpl, filepath.Join(dir, "state"), ports[0], ports[1], ports[2], ports[3], testImage(t), boards)
+	if err := os.WriteFile(ts.cfgPath, []byte(y), 0o644); err != nil {
+		t.Fatal(err)
 	}
-	write(boards)
+	ts.start()
+	t.Cleanup(ts.stop)
+	return ts
+}
+
+// start runs the server on ts.cfgPath until stop.
+func (ts *testServer) start() {
+	t := ts.t
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ts.cancel = cancel
+	ts.done = make(chan error, 1)
 	ready := make(chan *Server, 1)
 	go func() {
 		ts.done <- Run(ctx, Options{ConfigPath: ts.cfgPath, Logger: slog.New(slog.NewTextHandler(ts.logs, nil)),
@@ -155,18 +161,23 @@ func startServer(t *testing.T, boards string) *testServer {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("server did not start in 30s\n%s", ts.logs.String())
 	}
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-ts.done:
-			if err != nil {
-				t.Errorf("server exit: %v", err)
-			}
-		case <-time.After(20 * time.Second):
-			t.Errorf("server did not stop within 20s of cancel")
+}
+
+// stop cancels the server and waits for a clean exit.
+func (ts *testServer) stop() {
+	if ts.cancel == nil {
+		return
+	}
+	ts.cancel()
+	ts.cancel = nil
+	select {
+	case err := <-ts.done:
+		if err != nil {
+			ts.t.Errorf("server exit: %v", err)
 		}
-	})
-	return ts
+	case <-time.After(20 * time.Second):
+		ts.t.Errorf("server did not stop within 20s of cancel")
+	}
 }
 
 func (ts *testServer) getJSON(path string, v any) int {

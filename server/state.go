@@ -13,6 +13,7 @@ import (
 //	boards/<board>/work/         scratch for crash-safe copy-up (same file system as upper)
 //	boards/<board>/nfs/          NFS handle table and instance id (package nfsroot)
 //	boards/<board>/identity/     per-board identity layer: hostname, machine-id, SSH keys
+//	boards/<board>/address       learned address of a board without a fixed IP
 //	boards/.trash/               board dirs moved aside by a reset, deleted next
 //	dhcp/leases.json             full-mode DHCP leases
 //	cache/                       downloaded .debs for the demo image
@@ -41,6 +42,10 @@ func (s State) NFS(name string) string { return filepath.Join(s.Board(name), "nf
 
 // Identity is the board's identity layer, the topmost lower of its overlay.
 func (s State) Identity(name string) string { return filepath.Join(s.Board(name), "identity") }
+
+// Address holds the address a board without a fixed IP was last seen booting from, so
+// that after a server restart its running system can still reach its NFS root.
+func (s State) Address(name string) string { return filepath.Join(s.Board(name), "address") }
 
 // Trash holds board dirs that a reset moved aside and has not finished deleting.
 func (s State) Trash() string { return filepath.Join(s.Boards(), ".trash") }
