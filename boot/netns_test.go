@@ -15,13 +15,8 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
-	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -31,124 +26,18 @@ import (
 	"github.com/pifleet/pifleet/boot"
 	"github.com/pifleet/pifleet/boot/dhcp"
 	"github.com/pifleet/pifleet/boot/tftp"
+	"github.com/pifleet/pifleet/test/netns"
 )
 
 var (
 	serverIP = netip.MustParseAddr("198.18.0.1")
 	testNet  = netip.MustParsePrefix("198.18.0.0/15")
-	nsSeq    atomic.Int32
 )
 
-type testNetns struct {
-	server, client     string // namespace names
-	serverIf, clientIf string // veth ends
-}
-
-func requireRoot(t testing.TB) {
+func newNetns(t testing.TB) *netns.Pair {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces and binds ports 67/69 inside them")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs iproute2 (ip) to create network namespaces")
-	}
-}
-
-func run(t testing.TB, args ...string) {
-	t.Helper()
-	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-}
-
-func newNetns(t testing.TB) *testNetns {
-	t.Helper()
-	requireRoot(t)
-	id := fmt.Sprintf("%d-%d", os.Getpid()%100000, nsSeq.Add(1))
-	n := &testNetns{server: "pfboot-s" + id, client: "pfboot-c" + id, serverIf: "pbs" + id, clientIf: "pbc" + id}
-	if len(n.serverIf) > 15 {
-		t.Fatalf("interface name %s too long", n.serverIf)
-	}
-	run(t, "ip", "netns", "add", n.server)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", n.server).Run() })
-	run(t, "ip", "netns", "add", n.client)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", n.client).Run() })
-	run(t, "ip", "link", "add", n.serverIf, "netns", n.server, "type", "veth", "peer", "name", n.clientIf, "netns", n.client)
-	run(t, "ip", "-n", n.server, "addr", "add", serverIP.String()+"/15", "dev", n.serverIf)
-	for _, ns := range []struct{ ns, dev string }{{n.server, n.serverIf}, {n.server, "lo"}, {n.client, n.clientIf}, {n.client, "lo"}} {
-		run(t, "ip", "-n", ns.ns, "link", "set", ns.dev, "up")
-	}
-	return n
-}
-
-// inNetns runs fn on a thread that entered namespace ns and is never handed back to the
-// runtime (the goroutine exits locked). Sockets fn creates stay in ns.
-func inNetns(ns string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		f, err := os.Open(filepath.Join("/var/run/netns", ns))
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("setns %s: %w", ns, err)
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
-}
-
-// testFleet is a boot.Fleet over a fixed list of boards.
-type testFleet struct{ boards []*boot.Board }
-
-func (f *testFleet) BoardByMAC(mac net.HardwareAddr) (*boot.Board, bool) {
-	for _, b := range f.boards {
-		if len(b.MAC) > 0 && bytes.Equal(b.MAC, mac) {
-			return b, true
-		}
-	}
-	return nil, false
-}
-
-func (f *testFleet) BoardBySerial(serial string) (*boot.Board, bool) {
-	for _, b := range f.boards {
-		if b.Serial != "" && b.Serial == serial {
-			return b, true
-		}
-	}
-	return nil, false
-}
-
-func (f *testFleet) BoardByIP(ip netip.Addr) (*boot.Board, bool) {
-	for _, b := range f.boards {
-		if b.IP.IsValid() && b.IP == ip {
-			return b, true
-		}
-	}
-	return nil, false
-}
-
-// logBuffer collects log lines (safe for concurrent use).
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
+	netns.RequireRoot(t, "creates network namespaces and binds ports 67/69 inside them")
+	return netns.NewPair(t, "pfboot", netip.PrefixFrom(serverIP, testNet.Bits()))
 }
 
 // bootServers is pifleet's boot half (DHCP + TFTP) running in the server namespace.
@@ -156,16 +45,16 @@ type bootServers struct {
 	dhcp   *dhcp.Server
 	tftp   *tftp.Server
 	events *boot.Timeline
-	logs   *logBuffer
+	logs   *netns.LogBuffer
 }
 
 // startBootServers runs DHCP (in mode) and TFTP on serverIP until the test ends.
-func startBootServers(t *testing.T, n *testNetns, fleet boot.Fleet, mode dhcp.Mode) *bootServers {
+func startBootServers(t *testing.T, n *netns.Pair, fleet boot.Fleet, mode dhcp.Mode) *bootServers {
 	t.Helper()
-	bs := &bootServers{events: boot.NewTimeline(), logs: &logBuffer{}}
+	bs := &bootServers{events: boot.NewTimeline(), logs: &netns.LogBuffer{}}
 	logger := slog.New(slog.NewTextHandler(bs.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	d, err := dhcp.New(dhcp.Config{
-		Mode: mode, Interface: n.serverIf, ServerIP: serverIP, Subnet: testNet,
+		Mode: mode, Interface: n.ServerIf, ServerIP: serverIP, Subnet: testNet,
 		LeaseFile: filepath.Join(t.TempDir(), "leases.jsonl"), LeaseTime: 10 * time.Minute,
 		Port: 67, Fleet: fleet, Events: bs.events, Logger: logger,
 	})
@@ -186,13 +75,13 @@ func startBootServers(t *testing.T, n *testNetns, fleet boot.Fleet, mode dhcp.Mo
 		}
 	})
 	wg.Go(func() {
-		if err := inNetns(n.server, func() error { return d.Serve(ctx) }); err != nil {
+		if err := netns.Do(n.Server, func() error { return d.Serve(ctx) }); err != nil {
 			t.Errorf("dhcp: %v", err)
 		}
 	})
 	ready := make(chan error, 1)
 	wg.Go(func() {
-		err := inNetns(n.server, func() error {
+		err := netns.Do(n.Server, func() error {
 			s, err := tftp.New(tftp.Config{Addr: serverIP.String() + ":69", Fleet: fleet, Events: bs.events, Logger: logger})
 			if err != nil {
 				return err
@@ -217,8 +106,8 @@ func startBootServers(t *testing.T, n *testNetns, fleet boot.Fleet, mode dhcp.Mo
 
 // setClientAddr gives the client side its address (from our ACK, or as the LAN's router
 // would in proxy mode).
-func (n *testNetns) setClientAddr(t *testing.T, ip netip.Addr) {
-	run(t, "ip", "-n", n.client, "addr", "add", ip.String()+"/15", "dev", n.clientIf)
+func setClientAddr(t *testing.T, n *netns.Pair, ip netip.Addr) {
+	netns.Run(t, "ip", "-n", n.Client, "addr", "add", ip.String()+"/15", "dev", n.ClientIf)
 }
 
 // --- DHCP, crafted byte by byte as the captures in PI-BOOT.md describe it ---

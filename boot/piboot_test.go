@@ -23,8 +23,10 @@ import (
 	"time"
 
 	"github.com/pifleet/pifleet/boot"
+	"github.com/pifleet/pifleet/boot/boottest"
 	"github.com/pifleet/pifleet/boot/dhcp"
 	"github.com/pifleet/pifleet/boot/tftp"
+	"github.com/pifleet/pifleet/test/netns"
 )
 
 // firmwareDir lays out a Pi boot partition with the files every model asks for.
@@ -167,10 +169,10 @@ func (p *piTFTP) get(name string, probe bool) (data []byte, errCode int, err err
 
 // runSteps plays a request sequence and checks every answer; it returns the
 // timeline entries the steps must have produced, in order.
-func runSteps(t *testing.T, n *testNetns, client *piTFTP, b *boot.Board, dir, prefix string, steps []step) []string {
+func runSteps(t *testing.T, n *netns.Pair, client *piTFTP, b *boot.Board, dir, prefix string, steps []step) []string {
 	t.Helper()
 	var expect []string
-	err := inNetns(n.client, func() error {
+	err := netns.Do(n.Client, func() error {
 		for _, s := range steps {
 			name := prefix + s.name
 			data, code, err := client.get(name, s.probe)
@@ -270,7 +272,7 @@ func TestPi4Boot(t *testing.T) {
 	dir := firmwareDir(t)
 	pi := newBoard(t, "pi4-01", "dc:a6:32:01:36:c2", "9ffefdef", "198.18.0.10", dir)
 	pi2 := newBoard(t, "pi4-02", "dc:a6:32:01:36:c3", "", "198.18.0.11", dir) // fleet.yaml names it by MAC only
-	fleet := &testFleet{boards: []*boot.Board{pi, pi2}}
+	fleet := &boottest.Fleet{Boards: []*boot.Board{pi, pi2}}
 	bs := startBootServers(t, n, fleet, dhcp.ModeFull)
 
 	for _, tc := range []struct {
@@ -285,8 +287,8 @@ func TestPi4Boot(t *testing.T) {
 		t.Run(tc.board.Name, func(t *testing.T) {
 			opt97 := piOption97("RPi4", tc.serial, 0xc03111, tc.board.MAC)
 			var server netip.Addr
-			err := inNetns(n.client, func() error {
-				c, err := newDHCPClient(n.clientIf)
+			err := netns.Do(n.Client, func() error {
+				c, err := newDHCPClient(n.ClientIf)
 				if err != nil {
 					return err
 				}
@@ -318,8 +320,8 @@ func TestPi4Boot(t *testing.T) {
 			if server != serverIP {
 				t.Fatalf("TFTP server from DHCP = %v, want %v", server, serverIP)
 			}
-			n.setClientAddr(t, tc.board.IP)
-			defer run(t, "ip", "-n", n.client, "addr", "del", tc.board.IP.String()+"/15", "dev", n.clientIf)
+			setClientAddr(t, n, tc.board.IP)
+			defer netns.Run(t, "ip", "-n", n.Client, "addr", "del", tc.board.IP.String()+"/15", "dev", n.ClientIf)
 
 			client := &piTFTP{server: server, opts: []string{"tsize", "0", "blksize", "1468"}}
 			// The bootloader probes under its serial first; the prefix is kept only if
@@ -337,7 +339,7 @@ func TestPi4Boot(t *testing.T) {
 	}
 
 	// Real clients on the same network, as the Pi 4 (its address is still known).
-	n.setClientAddr(t, pi.IP)
+	setClientAddr(t, n, pi.IP)
 	kernel, _ := os.ReadFile(filepath.Join(dir, "kernel8.img"))
 	for _, blksize := range []string{"512", "1468"} {
 		out := filepath.Join(t.TempDir(), "k")
@@ -361,14 +363,14 @@ func TestPi4Boot(t *testing.T) {
 }
 
 // clientCmd runs a real client in the client namespace (skipping if not installed).
-func clientCmd(t *testing.T, n *testNetns, tool, pkg string, args ...string) ([]byte, error) {
+func clientCmd(t *testing.T, n *netns.Pair, tool, pkg string, args ...string) ([]byte, error) {
 	t.Helper()
 	if _, err := exec.LookPath(tool); err != nil {
 		t.Skipf("%s not installed (apt-get install %s)", tool, pkg)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	return exec.CommandContext(ctx, "nsenter", append([]string{"--net=/run/netns/" + n.client, tool}, args...)...).CombinedOutput()
+	return exec.CommandContext(ctx, "nsenter", append([]string{"--net=/run/netns/" + n.Client, tool}, args...)...).CombinedOutput()
 }
 
 // TestPi3Boot: the Pi 3B ROM takes the OFFER and never sends a REQUEST; it fetches
@@ -378,13 +380,13 @@ func TestPi3Boot(t *testing.T) {
 	n := newNetns(t)
 	dir := firmwareDir(t)
 	pi := newBoard(t, "pi3-01", "b8:27:eb:12:34:56", "", "198.18.0.20", dir)
-	bs := startBootServers(t, n, &testFleet{boards: []*boot.Board{pi}}, dhcp.ModeFull)
+	bs := startBootServers(t, n, &boottest.Fleet{Boards: []*boot.Board{pi}}, dhcp.ModeFull)
 	guid := make([]byte, 17)
 	for i := 1; i < 17; i++ {
 		guid[i] = 0x44
 	}
-	err := inNetns(n.client, func() error {
-		c, err := newDHCPClient(n.clientIf)
+	err := netns.Do(n.Client, func() error {
+		c, err := newDHCPClient(n.ClientIf)
 		if err != nil {
 			return err
 		}
@@ -401,7 +403,7 @@ func TestPi3Boot(t *testing.T) {
 	if err != nil {
 		t.Fatalf("DHCP: %v\n%s", err, bs.logs)
 	}
-	n.setClientAddr(t, pi.IP) // from the OFFER, without a REQUEST
+	setClientAddr(t, n, pi.IP) // from the OFFER, without a REQUEST
 	client := &piTFTP{server: serverIP}
 	steps := []step{
 		{"bootcode.bin", false, true}, {"bootsig.bin", false, false}, {"12345678/start.elf", true, false},
@@ -419,10 +421,10 @@ func TestPi5Boot(t *testing.T) {
 	n := newNetns(t)
 	dir := firmwareDir(t)
 	pi := newBoard(t, "pi5-01", "2c:cf:67:00:00:01", "0badcafe", "198.18.0.30", dir)
-	bs := startBootServers(t, n, &testFleet{boards: []*boot.Board{pi}}, dhcp.ModeProxy)
+	bs := startBootServers(t, n, &boottest.Fleet{Boards: []*boot.Board{pi}}, dhcp.ModeProxy)
 	var server netip.Addr
-	err := inNetns(n.client, func() error {
-		c, err := newDHCPClient(n.clientIf)
+	err := netns.Do(n.Client, func() error {
+		c, err := newDHCPClient(n.ClientIf)
 		if err != nil {
 			return err
 		}
@@ -440,7 +442,7 @@ func TestPi5Boot(t *testing.T) {
 	if err != nil {
 		t.Fatalf("DHCP: %v\n%s", err, bs.logs)
 	}
-	n.setClientAddr(t, pi.IP) // what the router would have given it
+	setClientAddr(t, n, pi.IP) // what the router would have given it
 	client := &piTFTP{server: server, opts: []string{"tsize", "0", "blksize", "1468"}}
 	steps := []step{
 		{"config.txt", false, true}, {"pieeprom.sig", false, false}, {"bcm2712-rpi-5-b.dtb", false, true},
@@ -458,9 +460,9 @@ func TestUBootBoot(t *testing.T) {
 	n := newNetns(t)
 	dir := firmwareDir(t)
 	b := newBoard(t, "arm64-01", "52:54:00:12:34:56", "", "198.18.0.40", dir)
-	bs := startBootServers(t, n, &testFleet{boards: []*boot.Board{b}}, dhcp.ModeFull)
-	err := inNetns(n.client, func() error {
-		c, err := newDHCPClient(n.clientIf)
+	bs := startBootServers(t, n, &boottest.Fleet{Boards: []*boot.Board{b}}, dhcp.ModeFull)
+	err := netns.Do(n.Client, func() error {
+		c, err := newDHCPClient(n.ClientIf)
 		if err != nil {
 			return err
 		}
@@ -479,11 +481,11 @@ func TestUBootBoot(t *testing.T) {
 	if err != nil {
 		t.Fatalf("DHCP: %v\n%s", err, bs.logs)
 	}
-	n.setClientAddr(t, b.IP)
+	setClientAddr(t, n, b.IP)
 	client := &piTFTP{server: serverIP, opts: []string{"timeout", "5", "blksize", "1468"}}
 	mac := "52-54-00-12-34-56"
 	var script, pxe []byte
-	err = inNetns(n.client, func() error {
+	err = netns.Do(n.Client, func() error {
 		var code int
 		var err error
 		if script, code, err = client.get("boot.scr.uimg", false); err != nil || code != 0 {
@@ -523,13 +525,13 @@ func TestUBootBoot(t *testing.T) {
 // 1368 (MTU - 20 IP - 8 UDP - 4 TFTP), so no DATA packet is fragmented.
 func TestBlockSizeFitsMTU(t *testing.T) {
 	n := newNetns(t)
-	run(t, "ip", "-n", n.server, "link", "set", n.serverIf, "mtu", "1400")
-	run(t, "ip", "-n", n.client, "link", "set", n.clientIf, "mtu", "1400")
+	netns.Run(t, "ip", "-n", n.Server, "link", "set", n.ServerIf, "mtu", "1400")
+	netns.Run(t, "ip", "-n", n.Client, "link", "set", n.ClientIf, "mtu", "1400")
 	dir := firmwareDir(t)
 	pi := newBoard(t, "pi4-01", "dc:a6:32:01:36:c2", "9ffefdef", "198.18.0.10", dir)
-	startBootServers(t, n, &testFleet{boards: []*boot.Board{pi}}, dhcp.ModeProxy)
-	n.setClientAddr(t, pi.IP)
-	err := inNetns(n.client, func() error {
+	startBootServers(t, n, &boottest.Fleet{Boards: []*boot.Board{pi}}, dhcp.ModeProxy)
+	setClientAddr(t, n, pi.IP)
+	err := netns.Do(n.Client, func() error {
 		c, err := net.ListenUDP("udp4", &net.UDPAddr{})
 		if err != nil {
 			return err

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -13,29 +12,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pifleet/pifleet/test/netns"
 )
-
-// syncBuffer is a log sink tests can read while the server writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func needRoot(t *testing.T) {
 	t.Helper()
@@ -102,7 +84,7 @@ type testServer struct {
 	http    string
 	tftp    int
 	srv     *Server
-	logs    *syncBuffer
+	logs    *netns.LogBuffer
 	cancel  context.CancelFunc
 	done    chan error
 }
@@ -130,7 +112,7 @@ func startServer(t *testing.T, boards string) *testServer {
 	t.Helper()
 	dir := t.TempDir()
 	ports := freePorts(t, 4)
-	ts := &testServer{t: t, cfgPath: filepath.Join(dir, "fleet.yaml"), tftp: ports[0], logs: &syncBuffer{}, done: make(chan error, 1)}
+	ts := &testServer{t: t, cfgPath: filepath.Join(dir, "fleet.yaml"), tftp: ports[0], logs: &netns.LogBuffer{}, done: make(chan error, 1)}
 	y := fmt.Sprintf(fleetTmpl, filepath.Join(dir, "state"), ports[0], ports[1], ports[2], ports[3], testImage(t), boards)
 	if err := os.WriteFile(ts.cfgPath, []byte(y), 0o644); err != nil {
 		t.Fatal(err)

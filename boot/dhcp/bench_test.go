@@ -19,6 +19,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pifleet/pifleet/boot/boottest"
+	"github.com/pifleet/pifleet/test/netns"
 )
 
 // BenchmarkFullVsDnsmasq runs full-mode pifleet and dnsmasq side by side under perfdhcp
@@ -74,7 +77,7 @@ func BenchmarkFullVsDnsmasq(b *testing.B) {
 	var order []string
 	for range b.N {
 		n := newNetns(b)
-		run(b, "ip", "-n", n.client, "addr", "add", "198.18.0.2/15", "dev", n.clientIf)
+		netns.Run(b, "ip", "-n", n.Client, "addr", "add", "198.18.0.2/15", "dev", n.ClientIf)
 		for round := range rounds {
 			for _, p := range profiles {
 				for _, server := range []string{"pifleet", "dnsmasq"} {
@@ -112,20 +115,20 @@ func BenchmarkFullVsDnsmasq(b *testing.B) {
 
 // startBenchServer starts pifleet (this test binary re-executed, see TestMain)
 // or dnsmasq in the server namespace, pinned to CPU 1, and returns how to stop it.
-func startBenchServer(b *testing.B, n *testNetns, server, profile, self, dir string) func() {
+func startBenchServer(b *testing.B, n *netns.Pair, server, profile, self, dir string) func() {
 	b.Helper()
 	var cmd *exec.Cmd
 	pool := fmt.Sprintf("%s,%s", benchPoolStart, benchPoolEnd)
 	switch server {
 	case "pifleet":
-		cmd = exec.Command("ip", "netns", "exec", n.server, "taskset", "-c", "1", self)
+		cmd = exec.Command("ip", "netns", "exec", n.Server, "taskset", "-c", "1", self)
 		cmd.Env = append(os.Environ(), "PIFLEET_DHCP_BENCH_SERVE=1",
-			"PIFLEET_DHCP_BENCH_IFACE="+n.serverIf,
+			"PIFLEET_DHCP_BENCH_IFACE="+n.ServerIf,
 			"PIFLEET_DHCP_BENCH_POOL="+pool,
 			"PIFLEET_DHCP_BENCH_DIR="+dir)
 	case "dnsmasq":
-		args := []string{"netns", "exec", n.server, "taskset", "-c", "1", "dnsmasq", "-k",
-			"--conf-file=/dev/null", "--port=0", "--no-ping", "--interface=" + n.serverIf, "--bind-interfaces",
+		args := []string{"netns", "exec", n.Server, "taskset", "-c", "1", "dnsmasq", "-k",
+			"--conf-file=/dev/null", "--port=0", "--no-ping", "--interface=" + n.ServerIf, "--bind-interfaces",
 			"--dhcp-range=" + pool + ",255.254.0.0,1h", "--dhcp-leasefile=" + filepath.Join(dir, "leases"),
 			"--dhcp-lease-max=200000", "--log-facility=" + filepath.Join(dir, "log"),
 			"--pid-file=" + filepath.Join(dir, "pid")}
@@ -156,7 +159,7 @@ func startBenchServer(b *testing.B, n *testNetns, server, profile, self, dir str
 		out.Close()
 	})
 	b.Cleanup(stop)
-	waitListening(b, n.server, 67, done)
+	waitListening(b, n.Server, 67, done)
 	return stop
 }
 
@@ -167,11 +170,11 @@ var (
 	dropsRe = regexp.MustCompile(`drops: (\d+)`)
 )
 
-func runPerfdhcp(b *testing.B, n *testNetns, extra []string) benchResult {
+func runPerfdhcp(b *testing.B, n *netns.Pair, extra []string) benchResult {
 	b.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(benchSeconds+30)*time.Second)
 	defer cancel()
-	args := []string{"netns", "exec", n.client, "taskset", "-c", "0", "perfdhcp", "-4", "-l", n.clientIf,
+	args := []string{"netns", "exec", n.Client, "taskset", "-c", "0", "perfdhcp", "-4", "-l", n.ClientIf,
 		"-r", strconv.Itoa(benchRate), "-R", strconv.Itoa(benchClients), "-p", strconv.Itoa(benchSeconds)}
 	out, err := exec.CommandContext(ctx, "ip", append(args, extra...)...).CombinedOutput()
 	// perfdhcp exits 3 when packets were dropped; the output is what counts.
@@ -222,7 +225,7 @@ func benchServe() error {
 		Mode: ModeFull, Interface: os.Getenv("PIFLEET_DHCP_BENCH_IFACE"),
 		ServerIP: serverIP, Subnet: testNet, LeaseTime: time.Hour,
 		PoolStart: netip.MustParseAddr(start), PoolEnd: netip.MustParseAddr(end),
-		LeaseFile: filepath.Join(dir, "leases"), Fleet: &testFleet{},
+		LeaseFile: filepath.Join(dir, "leases"), Fleet: &boottest.Fleet{},
 		Logger: slog.New(slog.NewTextHandler(logf, nil)),
 	})
 	if err != nil {

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/pifleet/pifleet/boot"
+	"github.com/pifleet/pifleet/boot/boottest"
+	"github.com/pifleet/pifleet/test/netns"
 )
 
 // Real DHCP clients against the server, each in the client namespace.
@@ -32,9 +34,9 @@ func TestUdhcpcPiStyle(t *testing.T) {
 	busybox := needTool(t, "busybox")
 	n := newNetns(t)
 	mac := mustMAC("dc:a6:32:aa:bb:cc")
-	n.setClientMAC(t, mac.String())
+	n.SetClientMAC(t, mac.String())
 	fixed := netip.MustParseAddr("198.18.0.30")
-	fleet := &testFleet{boards: []*boot.Board{{Name: "pi-udhcpc", Serial: "c0ffee01", IP: fixed}}}
+	fleet := &boottest.Fleet{Boards: []*boot.Board{{Name: "pi-udhcpc", Serial: "c0ffee01", IP: fixed}}}
 	srv := startServer(t, n, fullConfig(t, fleet, false))
 
 	dir := t.TempDir()
@@ -46,8 +48,8 @@ func TestUdhcpcPiStyle(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	opt97 := hex.EncodeToString(pi4Option97(0xc0ffee01, 0xc03111, mac))
-	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", n.client, busybox, "udhcpc",
-		"-i", n.clientIf, "-f", "-q", "-n", "-t", "4", "-T", "1", "-s", script,
+	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", n.Client, busybox, "udhcpc",
+		"-i", n.ClientIf, "-f", "-q", "-n", "-t", "4", "-T", "1", "-s", script,
 		"-V", piVendorClass, "-x", "0x5d:0000", "-x", "0x61:"+opt97, "-O", "43", "-O", "66").CombinedOutput()
 	if err != nil {
 		t.Fatalf("udhcpc: %v\n%s\nserver log:\n%s", err, out, srv.logs)
@@ -80,9 +82,9 @@ func TestDhclientBoard(t *testing.T) {
 	dhclient := needTool(t, "dhclient")
 	n := newNetns(t)
 	mac := mustMAC("02:42:00:00:00:31")
-	n.setClientMAC(t, mac.String())
+	n.SetClientMAC(t, mac.String())
 	fixed := netip.MustParseAddr("198.18.0.31")
-	fleet := &testFleet{boards: []*boot.Board{{Name: "board-31", MAC: mac, IP: fixed}}}
+	fleet := &boottest.Fleet{Boards: []*boot.Board{{Name: "board-31", MAC: mac, IP: fixed}}}
 	cfg := fullConfig(t, fleet, false)
 	srv := startServer(t, n, cfg)
 
@@ -90,9 +92,9 @@ func TestDhclientBoard(t *testing.T) {
 	lf, pf := filepath.Join(dir, "dhclient.leases"), filepath.Join(dir, "dhclient.pid")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", n.client, dhclient, "-4", "-d", "-1",
-		"-sf", "/bin/true", "-lf", lf, "-pf", pf, "-cf", "/dev/null", n.clientIf)
-	var out logBuffer
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", n.Client, dhclient, "-4", "-d", "-1",
+		"-sf", "/bin/true", "-lf", lf, "-pf", pf, "-cf", "/dev/null", n.ClientIf)
+	var out netns.LogBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

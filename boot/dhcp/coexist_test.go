@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/pifleet/pifleet/boot"
+	"github.com/pifleet/pifleet/boot/boottest"
+	"github.com/pifleet/pifleet/test/netns"
 )
 
 // TestProxyBesideRouter: proxy mode next to a real DHCP server (dnsmasq playing the
@@ -22,19 +24,19 @@ func TestProxyBesideRouter(t *testing.T) {
 	n := newNetns(t)
 	// The LAN: a bridge in the client namespace joining the server's veth and the
 	// router's (a third namespace). The crafted client sits on the bridge itself.
-	id := n.server[len("pfdhcp-s"):]
+	id := n.Server[len("pfdhcp-s"):]
 	routerNS, br, rIf, rPeer := "pfdhcp-r"+id, "pfb"+id, "pfr"+id, "pfq"+id
-	run(t, "ip", "netns", "add", routerNS)
+	netns.Run(t, "ip", "netns", "add", routerNS)
 	t.Cleanup(func() { exec.Command("ip", "netns", "del", routerNS).Run() })
-	run(t, "ip", "link", "add", rIf, "netns", routerNS, "type", "veth", "peer", "name", rPeer, "netns", n.client)
-	run(t, "ip", "-n", n.client, "link", "add", br, "type", "bridge")
-	run(t, "ip", "-n", n.client, "link", "set", n.clientIf, "master", br)
-	run(t, "ip", "-n", n.client, "link", "set", rPeer, "master", br, "up")
-	run(t, "ip", "-n", n.client, "link", "set", br, "up")
-	run(t, "ip", "-n", routerNS, "addr", "add", "198.18.0.254/15", "dev", rIf)
-	run(t, "ip", "-n", routerNS, "link", "set", rIf, "up")
+	netns.Run(t, "ip", "link", "add", rIf, "netns", routerNS, "type", "veth", "peer", "name", rPeer, "netns", n.Client)
+	netns.Run(t, "ip", "-n", n.Client, "link", "add", br, "type", "bridge")
+	netns.Run(t, "ip", "-n", n.Client, "link", "set", n.ClientIf, "master", br)
+	netns.Run(t, "ip", "-n", n.Client, "link", "set", rPeer, "master", br, "up")
+	netns.Run(t, "ip", "-n", n.Client, "link", "set", br, "up")
+	netns.Run(t, "ip", "-n", routerNS, "addr", "add", "198.18.0.254/15", "dev", rIf)
+	netns.Run(t, "ip", "-n", routerNS, "link", "set", rIf, "up")
 	lan := *n
-	lan.clientIf = br
+	lan.ClientIf = br
 
 	dir := t.TempDir()
 	router := exec.Command("ip", "netns", "exec", routerNS, dnsmasq, "-k", "--conf-file=/dev/null", "--port=0",
@@ -58,7 +60,7 @@ func TestProxyBesideRouter(t *testing.T) {
 	waitListening(t, routerNS, 67, done)
 
 	mac := mustMAC("dc:a6:32:01:36:c2")
-	fleet := &testFleet{boards: []*boot.Board{{Name: "pi-01", MAC: mac, Serial: "9ffefdef"}}}
+	fleet := &boottest.Fleet{Boards: []*boot.Board{{Name: "pi-01", MAC: mac, Serial: "9ffefdef"}}}
 	srv := startServer(t, n, Config{Mode: ModeProxy, Fleet: fleet})
 	c := newRawClient(t, &lan)
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/pifleet/pifleet/boot"
+	"github.com/pifleet/pifleet/boot/boottest"
 )
 
 var (
@@ -47,7 +48,7 @@ func TestFullPi4FixedAddress(t *testing.T) {
 	n := newNetns(t)
 	mac := mustMAC("dc:a6:32:01:36:c2")
 	fixed := netip.MustParseAddr("198.18.0.10")
-	fleet := &testFleet{boards: []*boot.Board{{Name: "pi-01", MAC: mac, Serial: "9ffefdef", IP: fixed}}}
+	fleet := &boottest.Fleet{Boards: []*boot.Board{{Name: "pi-01", MAC: mac, Serial: "9ffefdef", IP: fixed}}}
 	cfg := fullConfig(t, fleet, false)
 	srv := startServer(t, n, cfg)
 	c := newRawClient(t, n)
@@ -113,8 +114,8 @@ func TestFullPi4FixedAddress(t *testing.T) {
 func TestFullPi3ROMLeaseAtOffer(t *testing.T) {
 	n := newNetns(t)
 	mac := mustMAC("b8:27:eb:12:34:56")
-	fleet := &testFleet{boards: []*boot.Board{{Name: "pi3"}}}
-	fleet.boards[0].MAC = mac
+	fleet := &boottest.Fleet{Boards: []*boot.Board{{Name: "pi3"}}}
+	fleet.Boards[0].MAC = mac
 	cfg := fullConfig(t, fleet, true)
 	srv := startServer(t, n, cfg)
 	c := newRawClient(t, n)
@@ -136,7 +137,7 @@ func TestFullPi3ROMLeaseAtOffer(t *testing.T) {
 // gets another address, and a RELEASE frees the address on disk too.
 func TestFullPoolPersistsAcrossRestart(t *testing.T) {
 	n := newNetns(t)
-	cfg := fullConfig(t, &testFleet{}, true)
+	cfg := fullConfig(t, &boottest.Fleet{}, true)
 	a, b := mustMAC("02:00:00:00:0a:01"), mustMAC("02:00:00:00:0b:02")
 
 	srv := startServer(t, n, cfg)
@@ -189,7 +190,7 @@ func TestFullPoolPersistsAcrossRestart(t *testing.T) {
 
 func TestFullUnknownWithoutPoolIgnored(t *testing.T) {
 	n := newNetns(t)
-	cfg := fullConfig(t, &testFleet{}, false)
+	cfg := fullConfig(t, &boottest.Fleet{}, false)
 	srv := startServer(t, n, cfg)
 	c := newRawClient(t, n)
 	c.expectNone(t, plainDiscover(0x51515151, mustMAC("02:00:00:00:05:01"), netip.Addr{}))
@@ -204,7 +205,7 @@ func TestFullUBoot(t *testing.T) {
 	n := newNetns(t)
 	mac := mustMAC("52:54:00:12:34:56")
 	fixed := netip.MustParseAddr("198.18.0.20")
-	cfg := fullConfig(t, &testFleet{boards: []*boot.Board{{Name: "arm64", MAC: mac, IP: fixed}}}, false)
+	cfg := fullConfig(t, &boottest.Fleet{Boards: []*boot.Board{{Name: "arm64", MAC: mac, IP: fixed}}}, false)
 	srv := startServer(t, n, cfg)
 	c := newRawClient(t, n)
 	offer := c.exchange(t, ubootDiscover(0x61616161, mac))
@@ -220,7 +221,7 @@ func TestFullUBoot(t *testing.T) {
 
 func TestNewRejectsBadConfig(t *testing.T) {
 	dir := t.TempDir()
-	f := &testFleet{}
+	f := &boottest.Fleet{}
 	for name, cfg := range map[string]Config{
 		"off":             {Mode: ModeOff, ServerIP: serverIP, Fleet: f},
 		"no server ip":    {Mode: ModeProxy, Fleet: f},

@@ -9,12 +9,14 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/pifleet/pifleet/boot/boottest"
 )
 
 // BenchmarkHandleExchange measures one full-mode DISCOVER+REQUEST through the handler
 // (lease fsync included), from parallel goroutines as the server's workers run it.
 func BenchmarkHandleExchange(b *testing.B) {
-	s, err := New(Config{Mode: ModeFull, ServerIP: serverIP, Subnet: testNet, Fleet: &testFleet{},
+	s, err := New(Config{Mode: ModeFull, ServerIP: serverIP, Subnet: testNet, Fleet: &boottest.Fleet{},
 		PoolStart: netip.MustParseAddr("198.18.1.1"), PoolEnd: netip.MustParseAddr("198.18.200.254"),
 		LeaseFile: filepath.Join(b.TempDir(), "leases"),
 		Logger:    slog.New(slog.NewTextHandler(discard{}, nil))})

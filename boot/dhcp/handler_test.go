@@ -9,6 +9,7 @@ import (
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/pifleet/pifleet/boot"
+	"github.com/pifleet/pifleet/boot/boottest"
 )
 
 // These drive Server.handle with packets directly: the same code path as the socket,
@@ -16,7 +17,7 @@ import (
 
 func handlerServers(t testing.TB) []*Server {
 	t.Helper()
-	fleet := &testFleet{boards: []*boot.Board{
+	fleet := &boottest.Fleet{Boards: []*boot.Board{
 		{Name: "pi-01", MAC: mustMAC("dc:a6:32:01:36:c2"), Serial: "9ffefdef", IP: netip.MustParseAddr("198.18.0.10")},
 		{Name: "pi-serial", Serial: "0badcafe"},
 		{Name: "arm64", MAC: mustMAC("52:54:00:12:34:56")},

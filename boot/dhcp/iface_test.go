@@ -4,6 +4,8 @@ import (
 	"testing"
 
 	"github.com/pifleet/pifleet/boot"
+	"github.com/pifleet/pifleet/boot/boottest"
+	"github.com/pifleet/pifleet/test/netns"
 )
 
 // TestUnboundAnswersOnlyServerLAN: with no interface configured the server answers on
@@ -13,14 +15,14 @@ func TestUnboundAnswersOnlyServerLAN(t *testing.T) {
 	n := newNetns(t)
 	// A second LAN between the same namespaces, on another subnet.
 	other := *n
-	other.serverIf, other.clientIf = "pfx"+n.serverIf[3:], "pfy"+n.clientIf[3:]
-	run(t, "ip", "link", "add", other.serverIf, "netns", n.server, "type", "veth", "peer", "name", other.clientIf, "netns", n.client)
-	run(t, "ip", "-n", n.server, "addr", "add", "192.0.2.1/24", "dev", other.serverIf)
-	run(t, "ip", "-n", n.server, "link", "set", other.serverIf, "up")
-	run(t, "ip", "-n", n.client, "link", "set", other.clientIf, "up")
+	other.ServerIf, other.ClientIf = "pfx"+n.ServerIf[3:], "pfy"+n.ClientIf[3:]
+	netns.Run(t, "ip", "link", "add", other.ServerIf, "netns", n.Server, "type", "veth", "peer", "name", other.ClientIf, "netns", n.Client)
+	netns.Run(t, "ip", "-n", n.Server, "addr", "add", "192.0.2.1/24", "dev", other.ServerIf)
+	netns.Run(t, "ip", "-n", n.Server, "link", "set", other.ServerIf, "up")
+	netns.Run(t, "ip", "-n", n.Client, "link", "set", other.ClientIf, "up")
 
 	mac := mustMAC("dc:a6:32:01:36:c2")
-	fleet := &testFleet{boards: []*boot.Board{{Name: "pi-01", MAC: mac, Serial: "9ffefdef"}}}
+	fleet := &boottest.Fleet{Boards: []*boot.Board{{Name: "pi-01", MAC: mac, Serial: "9ffefdef"}}}
 	srv := startServer(t, n, Config{Mode: ModeProxy, Fleet: fleet, Interface: "*"})
 
 	onOther := newRawClient(t, &other)

@@ -8,19 +8,14 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
-	"path/filepath"
-	"runtime"
-	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/pifleet/pifleet/boot"
+	"github.com/pifleet/pifleet/test/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -29,115 +24,20 @@ import (
 // power-on. Nothing in these tests reaches beyond the two namespaces.
 
 var (
-	serverIP  = netip.MustParseAddr("198.18.0.1")
-	testNet   = netip.MustParsePrefix("198.18.0.0/15")
-	nsCounter atomic.Int32
+	serverIP = netip.MustParseAddr("198.18.0.1")
+	testNet  = netip.MustParsePrefix("198.18.0.0/15")
 )
-
-type testNetns struct {
-	server, client     string // namespace names
-	serverIf, clientIf string // veth ends
-}
 
 func requireRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces and binds port 67 inside them")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs iproute2 (ip) to create network namespaces")
-	}
-}
-
-func run(t testing.TB, args ...string) {
-	t.Helper()
-	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
-	}
+	netns.RequireRoot(t, "creates network namespaces and binds port 67 inside them")
 }
 
 // newNetns creates the namespace pair; t.Cleanup deletes it, also on failure.
-func newNetns(t testing.TB) *testNetns {
+func newNetns(t testing.TB) *netns.Pair {
 	t.Helper()
 	requireRoot(t)
-	id := fmt.Sprintf("%d-%d", os.Getpid()%100000, nsCounter.Add(1))
-	n := &testNetns{
-		server: "pfdhcp-s" + id, client: "pfdhcp-c" + id,
-		serverIf: "pfs" + id, clientIf: "pfc" + id,
-	}
-	if len(n.serverIf) > 15 {
-		t.Fatalf("interface name %s too long", n.serverIf)
-	}
-	run(t, "ip", "netns", "add", n.server)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", n.server).Run() })
-	run(t, "ip", "netns", "add", n.client)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", n.client).Run() })
-	run(t, "ip", "link", "add", n.serverIf, "netns", n.server, "type", "veth", "peer", "name", n.clientIf, "netns", n.client)
-	run(t, "ip", "-n", n.server, "addr", "add", serverIP.String()+"/15", "dev", n.serverIf)
-	run(t, "ip", "-n", n.server, "link", "set", n.serverIf, "up")
-	run(t, "ip", "-n", n.server, "link", "set", "lo", "up")
-	run(t, "ip", "-n", n.client, "link", "set", n.clientIf, "up")
-	run(t, "ip", "-n", n.client, "link", "set", "lo", "up")
-	return n
-}
-
-// setClientMAC gives the client veth a board's MAC, for real clients that use the
-// interface's address (udhcpc, dhclient).
-func (n *testNetns) setClientMAC(t testing.TB, mac string) {
-	run(t, "ip", "-n", n.client, "link", "set", n.clientIf, "address", mac)
-}
-
-// inNetns runs fn on a thread that entered namespace ns. The thread is never handed
-// back to the runtime (the goroutine exits locked), so no other goroutine ever runs
-// in ns by accident. Sockets fn creates stay in ns wherever they are used later.
-func inNetns(ns string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		f, err := os.Open(filepath.Join("/var/run/netns", ns))
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("setns %s: %w", ns, err)
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
-}
-
-// testFleet is a boot.Fleet over a fixed list of boards.
-type testFleet struct{ boards []*boot.Board }
-
-func (f *testFleet) BoardByMAC(mac net.HardwareAddr) (*boot.Board, bool) {
-	for _, b := range f.boards {
-		if len(b.MAC) > 0 && bytes.Equal(b.MAC, mac) {
-			return b, true
-		}
-	}
-	return nil, false
-}
-
-func (f *testFleet) BoardBySerial(serial string) (*boot.Board, bool) {
-	for _, b := range f.boards {
-		if b.Serial != "" && b.Serial == serial {
-			return b, true
-		}
-	}
-	return nil, false
-}
-
-func (f *testFleet) BoardByIP(ip netip.Addr) (*boot.Board, bool) {
-	for _, b := range f.boards {
-		if b.IP.IsValid() && b.IP == ip {
-			return b, true
-		}
-	}
-	return nil, false
+	return netns.NewPair(t, "pfdhcp", netip.PrefixFrom(serverIP, testNet.Bits()))
 }
 
 func mustMAC(s string) net.HardwareAddr {
@@ -148,37 +48,19 @@ func mustMAC(s string) net.HardwareAddr {
 	return m
 }
 
-// logBuffer collects log lines for assertions (safe for concurrent use).
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 // running is a server under test inside the server namespace.
 type running struct {
 	srv    *Server
 	cfg    Config
-	logs   *logBuffer
+	logs   *netns.LogBuffer
 	cancel context.CancelFunc
 	done   chan error
 }
 
 // startServer runs a server with cfg in n's server namespace until the test ends.
-func startServer(t testing.TB, n *testNetns, cfg Config) *running {
+func startServer(t testing.TB, n *netns.Pair, cfg Config) *running {
 	t.Helper()
-	logs := &logBuffer{}
+	logs := &netns.LogBuffer{}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
@@ -193,7 +75,7 @@ func startServer(t testing.TB, n *testNetns, cfg Config) *running {
 	}
 	switch cfg.Interface {
 	case "":
-		cfg.Interface = n.serverIf
+		cfg.Interface = n.ServerIf
 	case "*":
 		cfg.Interface = "" // unbound: the server picks the interface that has ServerIP
 	}
@@ -204,10 +86,10 @@ func startServer(t testing.TB, n *testNetns, cfg Config) *running {
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{srv: srv, cfg: cfg, logs: logs, cancel: cancel, done: make(chan error, 1)}
 	go func() {
-		r.done <- inNetns(n.server, func() error { return srv.Serve(ctx) })
+		r.done <- netns.Do(n.Server, func() error { return srv.Serve(ctx) })
 	}()
 	t.Cleanup(func() { r.stop(t) })
-	waitListening(t, n.server, 67, r.done)
+	waitListening(t, n.Server, 67, r.done)
 	return r
 }
 
@@ -251,17 +133,17 @@ type rawClient struct {
 	conn *net.UDPConn
 }
 
-func newRawClient(t testing.TB, n *testNetns) *rawClient {
+func newRawClient(t testing.TB, n *netns.Pair) *rawClient {
 	t.Helper()
 	var conn *net.UDPConn
-	err := inNetns(n.client, func() error {
+	err := netns.Do(n.Client, func() error {
 		lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 			var serr error
 			c.Control(func(fd uintptr) {
 				serr = errors.Join(
 					unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_BROADCAST, 1),
 					unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1),
-					unix.BindToDevice(int(fd), n.clientIf))
+					unix.BindToDevice(int(fd), n.ClientIf))
 			})
 			return serr
 		}}

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/pifleet/pifleet/boot"
+	"github.com/pifleet/pifleet/boot/boottest"
 )
 
 // checkProxyPiReply asserts what PI-BOOT.md asks of a reply to a Pi: option 43 in
@@ -56,7 +57,7 @@ func dnsmasqOption43(menu string) []byte {
 func TestProxyPi4(t *testing.T) {
 	n := newNetns(t)
 	mac := mustMAC("dc:a6:32:01:36:c2")
-	fleet := &testFleet{boards: []*boot.Board{{Name: "pi-01", MAC: mac, Serial: "9ffefdef"}}}
+	fleet := &boottest.Fleet{Boards: []*boot.Board{{Name: "pi-01", MAC: mac, Serial: "9ffefdef"}}}
 	srv := startServer(t, n, Config{Mode: ModeProxy, Fleet: fleet})
 	c := newRawClient(t, n)
 
@@ -101,7 +102,7 @@ func TestProxyPi4(t *testing.T) {
 // serial and model from its option 97.
 func TestProxyPiBySerialAndUnknown(t *testing.T) {
 	n := newNetns(t)
-	fleet := &testFleet{boards: []*boot.Board{{Name: "pi-serial-only", Serial: "0badcafe"}}}
+	fleet := &boottest.Fleet{Boards: []*boot.Board{{Name: "pi-serial-only", Serial: "0badcafe"}}}
 	srv := startServer(t, n, Config{Mode: ModeProxy, Fleet: fleet})
 	c := newRawClient(t, n)
 
@@ -137,7 +138,7 @@ func TestProxyPiBySerialAndUnknown(t *testing.T) {
 func TestProxyPi3ROM(t *testing.T) {
 	n := newNetns(t)
 	mac := mustMAC("b8:27:eb:12:34:56")
-	fleet := &testFleet{boards: []*boot.Board{{Name: "pi3", MAC: mac, Serial: "12345678"}}}
+	fleet := &boottest.Fleet{Boards: []*boot.Board{{Name: "pi3", MAC: mac, Serial: "12345678"}}}
 	srv := startServer(t, n, Config{Mode: ModeProxy, Fleet: fleet})
 	c := newRawClient(t, n)
 	reply := c.exchange(t, pi3ROMDiscover(mac))
@@ -153,7 +154,7 @@ func TestProxyIgnoresNonBootClients(t *testing.T) {
 	n := newNetns(t)
 	board := mustMAC("02:00:00:00:00:10")
 	uboot := mustMAC("52:54:00:12:34:56")
-	fleet := &testFleet{boards: []*boot.Board{{Name: "pi-os", MAC: board}, {Name: "arm64", MAC: uboot}}}
+	fleet := &boottest.Fleet{Boards: []*boot.Board{{Name: "pi-os", MAC: board}, {Name: "arm64", MAC: uboot}}}
 	srv := startServer(t, n, Config{Mode: ModeProxy, Fleet: fleet})
 	c := newRawClient(t, n)
 	c.expectNone(t, plainDiscover(0x0a0a0a0a, board, netip.Addr{}))

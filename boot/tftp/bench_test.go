@@ -31,6 +31,7 @@ import (
 	pin "github.com/pin/tftp/v3"
 
 	"github.com/pifleet/pifleet/boot"
+	"github.com/pifleet/pifleet/boot/boottest"
 )
 
 // Environment of the server process the benchmark starts (this test binary, re-run).
@@ -66,7 +67,7 @@ func benchServe(mode, root, addr string) error {
 	}
 	switch mode {
 	case "pifleet":
-		fleet := &testFleet{boards: []*boot.Board{{
+		fleet := &boottest.Fleet{Boards: []*boot.Board{{
 			Name: "bench", MAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, Serial: "0b0e0c00",
 			IP: netip.MustParseAddr("127.0.0.1"), Firmware: r.FS(),
 			NFSRoot: "127.0.0.1:/boards/bench,vers=3,tcp,port=2049,mountport=20048,nolock",

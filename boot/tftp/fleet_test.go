@@ -1,7 +1,6 @@
 package tftp
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"log/slog"
@@ -9,45 +8,14 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/pifleet/pifleet/boot"
+	"github.com/pifleet/pifleet/boot/boottest"
+	"github.com/pifleet/pifleet/test/netns"
 )
-
-// testFleet is a small in-memory boot.Fleet: the real interface over a fixed set of
-// boards, the way the server package implements it over fleet.yaml.
-type testFleet struct{ boards []*boot.Board }
-
-func (f *testFleet) BoardByMAC(mac net.HardwareAddr) (*boot.Board, bool) {
-	for _, b := range f.boards {
-		if bytes.Equal(b.MAC, mac) {
-			return b, true
-		}
-	}
-	return nil, false
-}
-
-func (f *testFleet) BoardBySerial(serial string) (*boot.Board, bool) {
-	for _, b := range f.boards {
-		if b.Serial != "" && b.Serial == serial {
-			return b, true
-		}
-	}
-	return nil, false
-}
-
-func (f *testFleet) BoardByIP(ip netip.Addr) (*boot.Board, bool) {
-	for _, b := range f.boards {
-		if b.IP.IsValid() && b.IP == ip {
-			return b, true
-		}
-	}
-	return nil, false
-}
 
 // secret is what the files outside every board's tree contain; no request may ever
 // return it.
@@ -134,7 +102,7 @@ func rootFS(t testing.TB, dir string) *os.Root {
 
 // twoBoards builds a fleet of two Pi 4s with their own trees: pi-a at 127.0.0.1 and
 // pi-b at 127.0.0.2 (both loopback addresses of this host).
-func twoBoards(t testing.TB) (*testFleet, *boot.Board, *boot.Board) {
+func twoBoards(t testing.TB) (*boottest.Fleet, *boot.Board, *boot.Board) {
 	t.Helper()
 	dir := t.TempDir()
 	a := &boot.Board{
@@ -155,33 +123,13 @@ func twoBoards(t testing.TB) (*testFleet, *boot.Board, *boot.Board) {
 		Firmware: rootFS(t, piTree(t, dir, "pi-b")).FS(),
 		NFSRoot:  "127.0.0.1:/boards/pi-b,vers=3,tcp,port=2049,mountport=20048,nolock",
 	}
-	return &testFleet{boards: []*boot.Board{a, b}}, a, b
+	return &boottest.Fleet{Boards: []*boot.Board{a, b}}, a, b
 }
-
-// logBuffer collects log lines from concurrent transfers.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
-func (l *logBuffer) count(substr string) int { return strings.Count(l.String(), substr) }
 
 // startServer runs a Server on 127.0.0.1:0 until the test ends.
-func startServer(t testing.TB, fleet boot.Fleet, cfg Config) (*Server, *boot.Timeline, *logBuffer) {
+func startServer(t testing.TB, fleet boot.Fleet, cfg Config) (*Server, *boot.Timeline, *netns.LogBuffer) {
 	t.Helper()
-	logs := &logBuffer{}
+	logs := &netns.LogBuffer{}
 	cfg.Fleet = fleet
 	if cfg.Addr == "" {
 		cfg.Addr = "127.0.0.1:0"

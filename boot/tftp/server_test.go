@@ -420,7 +420,7 @@ func TestMalformedAndRefused(t *testing.T) {
 	for range 3 {
 		expectError(t, "127.0.0.9", port, rrq(opRRQ, "start4.elf", "octet"), errCodeNotFound)
 	}
-	if n := logs.count("not in the fleet"); n != 1 {
+	if n := strings.Count(logs.String(), "not in the fleet"); n != 1 {
 		t.Errorf("unknown client logged %d times, want once\n%s", n, logs)
 	}
 	if got, _, err := rawGet(t, "127.0.0.1", port, "name.txt"); err != nil || string(got) != "pi-a\n" {
