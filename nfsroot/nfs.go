@@ -135,6 +135,19 @@ func (q *req) fail(op, p string, err error) nfs.NFSStatus {
 
 func (w *xdrWriter) status(st nfs.NFSStatus) { w.u32(uint32(st)) }
 
+// statusAttr writes the status and post_op_attr that ACCESS, READLINK, FSSTAT, FSINFO and
+// PATHCONF replies begin with: attributes only on success, when q is bound and st is the
+// object's status. It reports whether the rest of a successful reply follows.
+func (w *xdrWriter) statusAttr(status nfs.NFSStatus, q *req, st *fstat) bool {
+	w.status(status)
+	if status != nfs.NFSStatusOk {
+		w.postOpAttr(nil, 0)
+		return false
+	}
+	w.postOpAttr(st, q.e.id)
+	return true
+}
+
 func (s *Server) onGetattr(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) error {
 	fh := r.opaque(maxFHSize)
 	if r.err != nil {
@@ -156,12 +169,9 @@ func (s *Server) onAccess(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) e
 		return r.err
 	}
 	q, _, _, st, status := s.file(cc, h, fh)
-	w.status(status)
-	if status != nfs.NFSStatusOk {
-		w.postOpAttr(nil, 0)
+	if !w.statusAttr(status, q, st) {
 		return nil
 	}
-	w.postOpAttr(st, q.e.id)
 	w.u32(q.cred.accessBits(st, asked))
 	return nil
 }
@@ -182,12 +192,9 @@ func (s *Server) onReadlink(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter)
 			status = q.fail("readlink", p, err)
 		}
 	}
-	w.status(status)
-	if status != nfs.NFSStatusOk {
-		w.postOpAttr(nil, 0)
+	if !w.statusAttr(status, q, st) {
 		return nil
 	}
-	w.postOpAttr(st, q.e.id)
 	w.str(target)
 	return nil
 }
@@ -198,12 +205,9 @@ func (s *Server) onFsstat(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) e
 		return r.err
 	}
 	q, _, _, st, status := s.file(cc, h, fh)
-	w.status(status)
-	if status != nfs.NFSStatusOk {
-		w.postOpAttr(nil, 0)
+	if !w.statusAttr(status, q, st) {
 		return nil
 	}
-	w.postOpAttr(st, q.e.id)
 	tb, fb, ab, tf, ff, af := diskSpace(q.e.StateDir)
 	w.u64(tb)
 	w.u64(fb)
@@ -221,12 +225,9 @@ func (s *Server) onFsinfo(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) e
 		return r.err
 	}
 	q, _, _, st, status := s.file(cc, h, fh)
-	w.status(status)
-	if status != nfs.NFSStatusOk {
-		w.postOpAttr(nil, 0)
+	if !w.statusAttr(status, q, st) {
 		return nil
 	}
-	w.postOpAttr(st, q.e.id)
 	w.u32(maxIO)   // rtmax
 	w.u32(maxIO)   // rtpref
 	w.u32(4096)    // rtmult
@@ -247,12 +248,9 @@ func (s *Server) onPathconf(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter)
 		return r.err
 	}
 	q, _, _, st, status := s.file(cc, h, fh)
-	w.status(status)
-	if status != nfs.NFSStatusOk {
-		w.postOpAttr(nil, 0)
+	if !w.statusAttr(status, q, st) {
 		return nil
 	}
-	w.postOpAttr(st, q.e.id)
 	w.u32(65000)      // linkmax, as ext4
 	w.u32(maxNameLen) // name_max
 	w.bool(true)      // no_trunc: long names are refused, not cut

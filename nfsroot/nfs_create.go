@@ -26,6 +26,16 @@ func (s *Server) parent(cc *conn, h *rpcCallHdr, fh []byte, name string) (*req, 
 	return q, dirID, dirPath, dirSt, nfs.NFSStatusOk
 }
 
+// newParent is parent for CREATE, MKDIR and SYMLINK, which make a new name: "." and ".."
+// always exist. (MKNOD checks the type first, so it has its own order.)
+func (s *Server) newParent(cc *conn, h *rpcCallHdr, fh []byte, name string) (*req, uint64, string, *fstat, nfs.NFSStatus) {
+	q, dirID, dirPath, dirSt, status := s.parent(cc, h, fh, name)
+	if status == nfs.NFSStatusOk && (name == "." || name == "..") {
+		status = nfs.NFSStatusExist
+	}
+	return q, dirID, dirPath, dirSt, status
+}
+
 // newOwner is who owns a new object: the caller, with the directory's group when the
 // directory is setgid (BSD group semantics, as Linux does).
 func (q *req) newOwner(dirSt *fstat, a sattr) (uid, gid uint32) {
@@ -135,10 +145,7 @@ func (s *Server) onCreate(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) e
 	if r.err != nil {
 		return r.err
 	}
-	q, dirID, dirPath, dirSt, status := s.parent(cc, h, fh, name)
-	if status == nfs.NFSStatusOk && (name == "." || name == "..") {
-		status = nfs.NFSStatusExist
-	}
+	q, dirID, dirPath, dirSt, status := s.newParent(cc, h, fh, name)
 	var st *fstat
 	if status == nfs.NFSStatusOk {
 		st, status = q.create(dirID, dirPath, dirSt, name, how, a, verf)
@@ -215,10 +222,7 @@ func (s *Server) onMkdir(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) er
 	if r.err != nil {
 		return r.err
 	}
-	q, dirID, dirPath, dirSt, status := s.parent(cc, h, fh, name)
-	if status == nfs.NFSStatusOk && (name == "." || name == "..") {
-		status = nfs.NFSStatusExist
-	}
+	q, dirID, dirPath, dirSt, status := s.newParent(cc, h, fh, name)
 	var st *fstat
 	if status == nfs.NFSStatusOk {
 		p := joinPath(dirPath, name)
@@ -239,10 +243,7 @@ func (s *Server) onSymlink(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) 
 	if r.err != nil {
 		return r.err
 	}
-	q, dirID, dirPath, dirSt, status := s.parent(cc, h, fh, name)
-	if status == nfs.NFSStatusOk && (name == "." || name == "..") {
-		status = nfs.NFSStatusExist
-	}
+	q, dirID, dirPath, dirSt, status := s.newParent(cc, h, fh, name)
 	var st *fstat
 	if status == nfs.NFSStatusOk {
 		p := joinPath(dirPath, name)

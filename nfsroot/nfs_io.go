@@ -29,40 +29,8 @@ func (s *Server) onRead(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) err
 		w.postOpAttr(nil, 0)
 		return nil
 	}
-	// An open descriptor for the FileID is the file itself, wherever it now lives (and
-	// even if it was removed while open): its fstat is the attributes, and no path walk is
-	// needed. Without one, resolve the handle to a path and open it.
-	var p string
-	var st *fstat
-	f := q.e.files.cached(id)
-	if f != nil {
-		if st = q.fstat(f, ""); st == nil || st.fileID != id {
-			q.e.files.put(f)
-			f, st = nil, nil
-		}
-	}
-	if f == nil {
-		p, st, status = q.e.resolve(id)
-	}
-	switch {
-	case status != nfs.NFSStatusOk:
-	case st.isDir():
-		status = nfs.NFSStatusIsDir
-	case st.mode&sIFMT != sIFREG:
-		status = nfs.NFSStatusInval
-	case !q.cred.mayReadData(st):
-		status = nfs.NFSStatusAccess
-	}
-	if status == nfs.NFSStatusOk && f == nil {
-		var err error
-		if f, err = q.e.files.get(q.e.FS, id, p, false); err != nil {
-			status = q.fail("open", p, err)
-		}
-	}
+	f, p, st, status := q.openData(id, false)
 	if status != nfs.NFSStatusOk {
-		if f != nil {
-			q.e.files.put(f)
-		}
 		w.status(status)
 		w.postOpAttr(st, q.e.id)
 		return nil
@@ -102,6 +70,51 @@ func (s *Server) onRead(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) err
 	return nil
 }
 
+// openData finds the descriptor a READ (write false) or WRITE goes through, and the
+// file's status. An open descriptor for the FileID is the file itself, wherever it now
+// lives (and even if it was removed while open): its fstat is the attributes, and no path
+// walk is needed; WRITE takes only a read-write one. Without one, the handle is resolved
+// to a path, checked, and opened. On failure f is nil and st is what is known of the file,
+// for the reply's attributes; on success the caller puts f back.
+func (q *req) openData(id uint64, write bool) (f *openFile, p string, st *fstat, status nfs.NFSStatus) {
+	if f = q.e.files.cached(id); f != nil && (f.rw || !write) {
+		if st = q.fstat(f, ""); st == nil || st.fileID != id {
+			q.e.files.put(f)
+			f, st = nil, nil
+		}
+	} else if f != nil {
+		q.e.files.put(f)
+		f = nil
+	}
+	status = nfs.NFSStatusOk
+	if f == nil {
+		p, st, status = q.e.resolve(id)
+	}
+	switch {
+	case status != nfs.NFSStatusOk:
+	case st.isDir():
+		status = nfs.NFSStatusIsDir
+	case st.mode&sIFMT != sIFREG:
+		status = nfs.NFSStatusInval
+	case write && !q.cred.mayWriteData(st), !write && !q.cred.mayReadData(st):
+		status = nfs.NFSStatusAccess
+	}
+	if status == nfs.NFSStatusOk && f == nil {
+		var err error
+		if f, err = q.e.files.get(q.e.FS, id, p, write); err != nil {
+			op := "open"
+			if write {
+				op = "open for write"
+			}
+			status = q.fail(op, p, err)
+		}
+	} else if status != nfs.NFSStatusOk && f != nil {
+		q.e.files.put(f)
+		f = nil
+	}
+	return f, p, st, status
+}
+
 func put32(b []byte, v uint32) {
 	b[0], b[1], b[2], b[3] = byte(v>>24), byte(v>>16), byte(v>>8), byte(v)
 }
@@ -120,49 +133,14 @@ func (s *Server) onWrite(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) er
 	var st *fstat
 	var f *openFile
 	if status == nfs.NFSStatusOk {
-		// As in READ: an open read-write descriptor for the FileID needs no path walk.
-		if f = q.e.files.cached(id); f != nil && f.rw {
-			if st = q.fstat(f, ""); st == nil || st.fileID != id {
-				q.e.files.put(f)
-				f, st = nil, nil
-			}
-		} else if f != nil {
-			q.e.files.put(f)
-			f = nil
-		}
-		if f == nil {
-			p, st, status = q.e.resolve(id)
-		}
-	}
-	switch {
-	case status != nfs.NFSStatusOk:
-	case st.isDir():
-		status = nfs.NFSStatusIsDir
-	case st.mode&sIFMT != sIFREG:
-		status = nfs.NFSStatusInval
-	case !q.cred.mayWriteData(st):
-		status = nfs.NFSStatusAccess
-	}
-	if status == nfs.NFSStatusOk && f == nil {
-		var err error
-		if f, err = q.e.files.get(q.e.FS, id, p, true); err != nil {
-			status = q.fail("open for write", p, err)
-		}
-	} else if status != nfs.NFSStatusOk && f != nil {
-		q.e.files.put(f)
-		f = nil
+		f, p, st, status = q.openData(id, true)
 	}
 	if status == nfs.NFSStatusOk {
 		defer q.e.files.put(f)
 		status = q.writeAt(f, p, data, int64(off), stable != unstable)
 	}
 	if status != nfs.NFSStatusOk {
-		w.status(status)
-		if q != nil {
-			w.wcc(st, st, q.e.id)
-		} else {
-			w.wcc(nil, nil, 0)
-		}
+		q.unchangedReply(w, status, st)
 		return nil
 	}
 	w.status(nfs.NFSStatusOk)
@@ -196,6 +174,18 @@ func (q *req) writeAt(f *openFile, p string, data []byte, off int64, sync bool) 
 		}
 	}
 	return nfs.NFSStatusOk
+}
+
+// unchangedReply writes the status and wcc_data of a COMMIT, or of a WRITE that failed:
+// the attributes known before the call stand on both sides (none when the handle did not
+// bind, q nil).
+func (q *req) unchangedReply(w *xdrWriter, status nfs.NFSStatus, st *fstat) {
+	w.status(status)
+	if q == nil {
+		w.wcc(nil, nil, 0)
+		return
+	}
+	w.wcc(st, st, q.e.id)
 }
 
 func syncFile(f *openFile) error {
@@ -233,18 +223,10 @@ func (s *Server) onCommit(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) e
 			status = q.fail("commit", p, err)
 		}
 	}
-	if status != nfs.NFSStatusOk {
-		w.status(status)
-		if q != nil {
-			w.wcc(st, st, q.e.id)
-		} else {
-			w.wcc(nil, nil, 0)
-		}
-		return nil
+	q.unchangedReply(w, status, st)
+	if status == nfs.NFSStatusOk {
+		w.fixed(s.verf[:])
 	}
-	w.status(nfs.NFSStatusOk)
-	w.wcc(st, st, q.e.id)
-	w.fixed(s.verf[:])
 	return nil
 }
 

@@ -58,6 +58,16 @@ func (s *Server) remove(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter, dir
 	return nil
 }
 
+// parentIn is parent for the second handle of RENAME or LINK, which must name a directory
+// of q's export: NFS cannot move or link across exports (XDEV).
+func (s *Server) parentIn(q *req, cc *conn, h *rpcCallHdr, fh []byte, name string) (uint64, string, *fstat, nfs.NFSStatus) {
+	dq, dirID, dirPath, dirSt, status := s.parent(cc, h, fh, name)
+	if status == nfs.NFSStatusOk && dq.e != q.e {
+		status = nfs.NFSStatusXDev
+	}
+	return dirID, dirPath, dirSt, status
+}
+
 func (s *Server) onRename(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) error {
 	ffh, fname := readDirop(r)
 	tfh, tname := readDirop(r)
@@ -65,15 +75,11 @@ func (s *Server) onRename(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) e
 		return r.err
 	}
 	q, fdirID, fdirPath, fdirSt, status := s.parent(cc, h, ffh, fname)
-	var tq *req
 	var tdirID uint64
 	var tdirPath string
 	var tdirSt *fstat
 	if status == nfs.NFSStatusOk {
-		tq, tdirID, tdirPath, tdirSt, status = s.parent(cc, h, tfh, tname)
-		if status == nfs.NFSStatusOk && tq.e != q.e {
-			status = nfs.NFSStatusXDev
-		}
+		tdirID, tdirPath, tdirSt, status = s.parentIn(q, cc, h, tfh, tname)
 	}
 	if status == nfs.NFSStatusOk && (fname == "." || fname == ".." || tname == "." || tname == "..") {
 		status = nfs.NFSStatusInval
@@ -135,15 +141,11 @@ func (s *Server) onLink(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) err
 		return r.err
 	}
 	q, id, p, st, status := s.file(cc, h, fh)
-	var dq *req
 	var dirID uint64
 	var dirPath string
 	var dirSt *fstat
 	if status == nfs.NFSStatusOk {
-		dq, dirID, dirPath, dirSt, status = s.parent(cc, h, dfh, name)
-		if status == nfs.NFSStatusOk && dq.e != q.e {
-			status = nfs.NFSStatusXDev
-		}
+		dirID, dirPath, dirSt, status = s.parentIn(q, cc, h, dfh, name)
 	}
 	switch {
 	case status != nfs.NFSStatusOk:
