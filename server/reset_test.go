@@ -7,9 +7,24 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/pifleet/pifleet/boot"
 	nfsc "github.com/willscott/go-nfs-client/nfs"
 	"github.com/willscott/go-nfs-client/nfs/rpc"
 )
+
+// dialMount connects go-nfs-client to the MOUNT port from 127.0.0.1. The library binds a
+// random source port (a reserved one, as root) and retries only some bind failures, so
+// a dial can fail for reasons that have nothing to do with the server: try a few times.
+func dialMount(port int) (*rpc.Client, error) {
+	var err error
+	for try := 0; try < 5; try++ {
+		var c *rpc.Client
+		if c, err = nfsc.DialServiceAtPort("127.0.0.1", port); err == nil {
+			return c, nil
+		}
+	}
+	return nil, fmt.Errorf("dial MOUNT at 127.0.0.1:%d: %w", port, err)
+}
 
 // TestResetWhileMounted: a board that has its root mounted is not reset unless forced;
 // a forced reset makes the handles it held STALE (never another file), and the board
@@ -18,8 +33,7 @@ func TestResetWhileMounted(t *testing.T) {
 	needRoot(t)
 	// The board's fixed IP is 127.0.0.1, the address go-nfs-client dials from.
 	ts := startServer(t, "  - {name: alpha, mac: '02:00:00:00:00:01', serial: '000abc00', ip: 127.0.0.1}\n  - {name: beta, mac: '02:00:00:00:00:02', ip: 127.0.0.3}\n")
-	port := ts.srv.cfg.Server.Ports.Mount
-	mc, err := nfsc.DialServiceAtPort("127.0.0.1", port)
+	mc, err := dialMount(ts.srv.cfg.Server.Ports.Mount)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,7 +99,7 @@ func TestLearnedAddressSurvivesRestart(t *testing.T) {
 	needRoot(t)
 	ts := startServer(t, "  - {name: delta, mac: '02:00:00:00:00:04', serial: '000abd00'}\n")
 	mount := func() error {
-		mc, err := nfsc.DialServiceAtPort("127.0.0.1", ts.srv.cfg.Server.Ports.Mount)
+		mc, err := dialMount(ts.srv.cfg.Server.Ports.Mount)
 		if err != nil {
 			return err
 		}
@@ -100,6 +114,16 @@ func TestLearnedAddressSurvivesRestart(t *testing.T) {
 	if out, err := tftpGet(t, ts.tftp, "000abd00/config.txt"); err != nil {
 		t.Fatalf("tftp: %v %s", err, out)
 	}
+	// The server records a transfer (and learns the address) when it has the last ACK,
+	// which can be just after curl exits.
+	waitFor(t, "the TFTP read to be recorded", func() bool {
+		for _, e := range ts.srv.timeline.LastBoot("delta") {
+			if e.Stage == boot.StageTFTP && e.Client.IsValid() {
+				return true
+			}
+		}
+		return false
+	})
 	if err := mount(); err != nil {
 		t.Fatalf("mount from the address the board booted from: %v", err)
 	}
