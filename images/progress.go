@@ -77,11 +77,11 @@ func (p *progress) line(final bool) string {
 	if el > 0 {
 		rate = float64(p.done) / el.Seconds()
 	}
-	s := fmt.Sprintf("image %s: %s %s", p.image, p.phase, humanBytes(p.done))
+	s := fmt.Sprintf("image %s: %s %s", p.image, p.phase, HumanBytes(p.done))
 	if p.total > 0 {
-		s += fmt.Sprintf(" / %s (%d%%)", humanBytes(p.total), p.done*100/p.total)
+		s += fmt.Sprintf(" / %s (%d%%)", HumanBytes(p.total), p.done*100/p.total)
 	}
-	s += fmt.Sprintf(" %s/s", humanBytes(int64(rate)))
+	s += fmt.Sprintf(" %s/s", HumanBytes(int64(rate)))
 	switch {
 	case final:
 		s += fmt.Sprintf(" done in %s", el.Round(100*time.Millisecond))
@@ -99,7 +99,8 @@ func (p *progress) line(final bool) string {
 	return s + "\n"
 }
 
-func humanBytes(n int64) string {
+// HumanBytes renders a byte count for people: "512 B", "1.5 MiB".
+func HumanBytes(n int64) string {
 	const unit = 1024
 	if n < unit {
 		return fmt.Sprintf("%d B", n)

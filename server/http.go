@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"html/template"
 	"io"
 	"log/slog"
@@ -12,6 +11,8 @@ import (
 	"net/http"
 	"net/netip"
 	"time"
+
+	"github.com/pifleet/pifleet/images"
 )
 
 // The HTTP side: a status page for people, a JSON API for `pifleet board ...` and
@@ -121,7 +122,7 @@ func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {
 }
 
 var statusPage = template.Must(template.New("status").Funcs(template.FuncMap{
-	"bytes": HumanBytes,
+	"bytes": images.HumanBytes,
 	"ago": func(t *time.Time) string {
 		if t == nil {
 			return "never"
@@ -155,20 +156,6 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 		"Address": cfg.Server.Address, "Mode": cfg.Server.DHCP.Mode, "Config": s.cfgPath,
 		"Boards": s.Boards(false), "Unknown": s.timeline.Unknowns(),
 	})
-}
-
-// HumanBytes renders a byte count for people: "512 B", "1.5 MiB".
-func HumanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }

@@ -13,6 +13,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/pifleet/pifleet/images"
 	"github.com/pifleet/pifleet/server"
 )
 
@@ -117,7 +118,7 @@ func runBoardLs(ctx context.Context, e *env, args []string) error {
 			mounted = "yes"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", b.Name, dash(b.MAC), dash(b.Serial), dash(b.IP), b.Image,
-			server.HumanBytes(b.UpperSize), last, reached, mounted)
+			images.HumanBytes(b.UpperSize), last, reached, mounted)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -211,13 +212,13 @@ func runBoardDiff(ctx context.Context, e *env, args []string) error {
 	for _, c := range changes {
 		total += c.Size
 		if *stat {
-			fmt.Fprintf(e.out, "%s %10s %s\n", c.Kind, server.HumanBytes(c.Size), c.Path)
+			fmt.Fprintf(e.out, "%s %10s %s\n", c.Kind, images.HumanBytes(c.Size), c.Path)
 		} else {
 			fmt.Fprintf(e.out, "%s %s\n", c.Kind, c.Path)
 		}
 	}
 	if *stat {
-		fmt.Fprintf(e.out, "%d change(s), %s in the upper dir\n", len(changes), server.HumanBytes(total))
+		fmt.Fprintf(e.out, "%d change(s), %s in the upper dir\n", len(changes), images.HumanBytes(total))
 	}
 	return nil
 }

@@ -52,7 +52,7 @@ func runImageLs(ctx context.Context, e *env, args []string) error {
 	tw := tabwriter.NewWriter(e.out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tSOURCE\tFILES\tSIZE\tIMPORTED\tPREPARED\tBOARDS")
 	for _, im := range list {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%v\t%d\n", im.Name, im.Source, im.Files, server.HumanBytes(im.Bytes),
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%v\t%d\n", im.Name, im.Source, im.Files, images.HumanBytes(im.Bytes),
 			im.Imported.Local().Format("2006-01-02 15:04"), im.Prepared, len(usedBy(cfg, im.Name)))
 	}
 	return tw.Flush()
@@ -97,7 +97,7 @@ func runImageImport(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(e.out, "imported %s: %d files, %s, sha256 %s\n", info.Name, info.Files, server.HumanBytes(info.Bytes), info.SHA256)
+	fmt.Fprintf(e.out, "imported %s: %d files, %s, sha256 %s\n", info.Name, info.Files, images.HumanBytes(info.Bytes), info.SHA256)
 	return nil
 }
 
@@ -174,6 +174,6 @@ func runImageDemo(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(e.out, "built image %s: %d files, %s\n", info.Name, info.Files, server.HumanBytes(info.Bytes))
+	fmt.Fprintf(e.out, "built image %s: %d files, %s\n", info.Name, info.Files, images.HumanBytes(info.Bytes))
 	return nil
 }
