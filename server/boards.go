@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/pifleet/pifleet/boot"
@@ -25,8 +26,8 @@ type BoardStatus struct {
 	Timeline  []boot.Event `json:"timeline,omitempty"`
 }
 
-func statusOf(st State, b Board) BoardStatus {
-	s := BoardStatus{Name: b.Name, Serial: b.Serial, Image: b.Image, Group: b.Group, UpperSize: DirSize(st.Upper(b.Name))}
+func statusOf(b Board, upperSize int64) BoardStatus {
+	s := BoardStatus{Name: b.Name, Serial: b.Serial, Image: b.Image, Group: b.Group, UpperSize: upperSize}
 	if b.MAC != nil {
 		s.MAC = b.MAC.String()
 	}
@@ -43,25 +44,81 @@ func (s *Server) Boards(withTimeline bool) []BoardStatus {
 	s.mu.Unlock()
 	out := make([]BoardStatus, 0, len(cfg.Boards))
 	for _, b := range cfg.Boards {
-		bs := statusOf(s.state, b)
-		bs.Mounted = s.nfs.Mounted(b.Name)
-		evs := s.timeline.LastBoot(b.Name)
-		if len(evs) > 0 {
-			t := evs[0].Time
-			bs.LastBoot = &t
-			bs.Reached = evs[len(evs)-1].Stage
-			for _, e := range evs {
-				if e.Stage == boot.StageNFS {
-					bs.Reached = boot.StageNFS
-				}
-			}
-		}
-		if withTimeline {
-			bs.Timeline = evs
-		}
-		out = append(out, bs)
+		out = append(out, s.boardStatus(b, withTimeline))
 	}
 	return out
+}
+
+// Board reports one board with its last-boot timeline.
+func (s *Server) Board(name string) (BoardStatus, bool) {
+	s.mu.Lock()
+	cfg := s.cfg
+	s.mu.Unlock()
+	for _, b := range cfg.Boards {
+		if b.Name == name {
+			return s.boardStatus(b, true), true
+		}
+	}
+	return BoardStatus{}, false
+}
+
+func (s *Server) boardStatus(b Board, withTimeline bool) BoardStatus {
+	bs := statusOf(b, s.sizes.get(s.state.Upper(b.Name)))
+	bs.Mounted = s.nfs.Mounted(b.Name)
+	evs := s.timeline.LastBoot(b.Name)
+	if len(evs) > 0 {
+		t := evs[0].Time
+		bs.LastBoot = &t
+		bs.Reached = evs[len(evs)-1].Stage
+		for _, e := range evs {
+			if e.Stage == boot.StageNFS {
+				bs.Reached = boot.StageNFS
+			}
+		}
+	}
+	if withTimeline {
+		bs.Timeline = evs
+	}
+	return bs
+}
+
+// sizeTTL is how long a board's measured upper size is reused: measuring walks the
+// whole upper dir, and the status page refreshes every few seconds.
+const sizeTTL = 30 * time.Second
+
+// upperSizes caches DirSize per upper dir for sizeTTL.
+type upperSizes struct {
+	mu sync.Mutex
+	m  map[string]measured
+}
+
+type measured struct {
+	size int64
+	at   time.Time
+}
+
+func (u *upperSizes) get(dir string) int64 {
+	u.mu.Lock()
+	m, ok := u.m[dir]
+	u.mu.Unlock()
+	if ok && time.Since(m.at) < sizeTTL {
+		return m.size
+	}
+	size := DirSize(dir)
+	u.mu.Lock()
+	if u.m == nil {
+		u.m = map[string]measured{}
+	}
+	u.m[dir] = measured{size, time.Now()}
+	u.mu.Unlock()
+	return size
+}
+
+// forget drops a cached size (the board was reset).
+func (u *upperSizes) forget(dir string) {
+	u.mu.Lock()
+	delete(u.m, dir)
+	u.mu.Unlock()
 }
 
 // ResetBoard wipes a board's upper dir (and its NFS handles and identity, which are
@@ -87,6 +144,7 @@ func (s *Server) ResetBoard(name string, force bool) error {
 	}
 	s.install(newSnapshot(snap.cfg, snap.serverIP, without))
 	_, resetErr := resetBoardDir(s.state, name, false)
+	s.sizes.forget(s.state.Upper(name))
 	rt, err := s.openBoard(snap.cfg, b.cfg, b.lowers)
 	if err != nil {
 		return fmt.Errorf("board %s: reopen after reset: %w", name, err)
@@ -112,7 +170,7 @@ func OfflineBoards(cfg *Config) []BoardStatus {
 	st := State{Dir: cfg.Server.State}
 	out := make([]BoardStatus, 0, len(cfg.Boards))
 	for _, b := range cfg.Boards {
-		out = append(out, statusOf(st, b))
+		out = append(out, statusOf(b, DirSize(st.Upper(b.Name))))
 	}
 	return out
 }

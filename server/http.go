@@ -24,12 +24,13 @@ func (s *Server) handler() http.Handler {
 	mux.HandleFunc("GET /api/boards", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, s.Boards(r.URL.Query().Get("timeline") != ""))
 	})
+	mux.HandleFunc("GET /api/ping", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"config": s.cfgPath})
+	})
 	mux.HandleFunc("GET /api/boards/{name}", func(w http.ResponseWriter, r *http.Request) {
-		for _, b := range s.Boards(true) {
-			if b.Name == r.PathValue("name") {
-				writeJSON(w, http.StatusOK, b)
-				return
-			}
+		if b, ok := s.Board(r.PathValue("name")); ok {
+			writeJSON(w, http.StatusOK, b)
+			return
 		}
 		writeError(w, http.StatusNotFound, "board "+r.PathValue("name")+": not in the fleet")
 	})
@@ -105,10 +106,13 @@ func writeError(w http.ResponseWriter, code int, msg string) {
 }
 
 func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {
-	boards := s.Boards(false)
+	// Cheap gauges only: a scrape must not walk every board's upper dir.
+	s.mu.Lock()
+	boards := s.cfg.Boards
+	s.mu.Unlock()
 	mounted := 0
 	for _, b := range boards {
-		if b.Mounted {
+		if s.nfs.Mounted(b.Name) {
 			mounted++
 		}
 	}

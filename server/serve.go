@@ -46,6 +46,7 @@ type Server struct {
 	timeline *boot.Timeline
 	nfs      *nfsroot.Server
 	metrics  *metrics
+	sizes    upperSizes // board upper sizes, measured at most every sizeTTL
 	started  time.Time
 
 	// mu serialises reloads and board operations (reset), which both rebuild boards.

@@ -346,6 +346,14 @@ func TestServeStatusAndReset(t *testing.T) {
 	if _, err := fs.Stat("/etc/added.conf"); err == nil {
 		t.Error("after reset the board's own file is still there")
 	}
+	var ping map[string]string
+	if code := ts.getJSON("/api/ping", &ping); code != http.StatusOK || ping["config"] != ts.cfgPath {
+		t.Errorf("ping: HTTP %d %v", code, ping)
+	}
+	var one BoardStatus
+	if code := ts.getJSON("/api/boards/alpha", &one); code != http.StatusOK || one.Name != "alpha" || len(one.Timeline) == 0 {
+		t.Errorf("board alpha: HTTP %d %+v (want its timeline with the reset)", code, one)
+	}
 	if code := ts.getJSON("/api/boards/nope/diff", nil); code != http.StatusNotFound {
 		t.Errorf("diff of an unknown board: HTTP %d", code)
 	}

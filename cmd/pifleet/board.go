@@ -34,7 +34,7 @@ type api struct {
 
 func dialAPI(ctx context.Context, cfg *server.Config) *api {
 	a := &api{base: "http://127.0.0.1:" + strconv.Itoa(cfg.Server.Ports.HTTP), c: &http.Client{Timeout: 2 * time.Minute}}
-	req, _ := http.NewRequestWithContext(ctx, "GET", a.base+"/api/boards", nil)
+	req, _ := http.NewRequestWithContext(ctx, "GET", a.base+"/api/ping", nil)
 	resp, err := (&http.Client{Timeout: 3 * time.Second}).Do(req)
 	if err != nil {
 		return nil
