@@ -61,6 +61,9 @@ type Stats struct {
 	Missing int64 // requests for files that do not exist
 	Errors  int64 // refused requests and failed transfers
 	Bytes   int64 // payload bytes sent
+	// How ACKs were waited for (see pacer): directly, as a C server does, or in the
+	// netpoller. Fast clients get mostly the first, clients over a network the second.
+	DirectWaits, PolledWaits int64
 }
 
 // Server is a TFTP server for the fleet. Create it with New, run it with Serve.
@@ -76,7 +79,8 @@ type Server struct {
 	missing atomic.Int64
 	errs    atomic.Int64
 	bytes   atomic.Int64
-	active  atomic.Int32 // transfers running
+	direct  atomic.Int64
+	polled  atomic.Int64
 
 	// unknown remembers clients not in the fleet, so each is logged once rather than
 	// for every retransmitted request. Bounded: cleared when full.
@@ -150,6 +154,7 @@ func (s *Server) Stats() Stats {
 	return Stats{
 		Reads: s.reads.Load(), Probes: s.probes.Load(), Missing: s.missing.Load(),
 		Errors: s.errs.Load(), Bytes: s.bytes.Load(),
+		DirectWaits: s.direct.Load(), PolledWaits: s.polled.Load(),
 	}
 }
 
@@ -202,24 +207,15 @@ func (s *Server) Serve(ctx context.Context) error {
 			s.log.Debug("duplicate request ignored", "client", client, "file", req.name)
 			continue
 		}
-		conn, maxBlk, err := s.dialClient(cm, client)
+		sock, maxBlk, err := s.dialClient(cm, client)
 		if err != nil {
 			s.land(key)
-			s.log.Warn("cannot answer request", "client", client, "file", req.name, "err", err)
-			continue
-		}
-		sock, err := newSocket(conn)
-		if err != nil {
-			s.land(key)
-			conn.Close()
 			s.log.Warn("cannot answer request", "client", client, "file", req.name, "err", err)
 			continue
 		}
 		s.wg.Add(1)
-		s.active.Add(1)
 		go func() {
 			defer s.wg.Done()
-			defer s.active.Add(-1)
 			defer s.land(key)
 			defer sock.Close()
 			s.serveRead(ctx, sock, client, req, maxBlk)
@@ -249,33 +245,33 @@ func (s *Server) land(k flight) {
 // the request came in on, connected to the client's address and port, so the kernel
 // drops strangers' packets and routes once. maxBlk is the block size the receiving
 // interface can carry unfragmented.
-func (s *Server) dialClient(cm *ipv4.ControlMessage, client netip.AddrPort) (*net.UDPConn, int, error) {
-	local := &net.UDPAddr{}
+func (s *Server) dialClient(cm *ipv4.ControlMessage, client netip.AddrPort) (*socket, int, error) {
+	var local net.IP
 	maxBlk := s.maxBlk
 	if cm != nil {
 		if !cm.Dst.Equal(net.IPv4bcast) {
-			local.IP = cm.Dst // a broadcast request is answered from the default address
+			local = cm.Dst // a broadcast request is answered from the default address
 		}
 		if ifi, err := net.InterfaceByIndex(cm.IfIndex); err == nil && ifi.MTU > frameOverhead {
 			maxBlk = max(defaultBlockSize, min(maxBlk, ifi.MTU-frameOverhead))
 		}
 	}
-	conn, err := net.DialUDP("udp4", local, net.UDPAddrFromAddrPort(client))
+	sock, err := dialSocket(local, client)
 	if err != nil {
 		return nil, 0, fmt.Errorf("open transfer socket: %w", err)
 	}
-	return conn, maxBlk, nil
+	return sock, maxBlk, nil
 }
 
 // refuse answers a request that gets no transfer with an ERROR from a fresh port.
 func (s *Server) refuse(cm *ipv4.ControlMessage, client netip.AddrPort, code uint16, msg string) {
-	conn, _, err := s.dialClient(cm, client)
+	sock, _, err := s.dialClient(cm, client)
 	if err != nil {
 		return
 	}
-	defer conn.Close()
+	defer sock.Close()
 	buf := make([]byte, 5+len(msg))
-	conn.Write(buf[:packError(buf, code, msg)])
+	sock.send(buf[:packError(buf, code, msg)])
 }
 
 // serveRead handles one RRQ from resolution to the last ACK, and logs and records it.
@@ -288,8 +284,7 @@ func (s *Server) serveRead(ctx context.Context, sock *socket, client netip.AddrP
 			counter.Add(1)
 		}
 	}()
-	snd := &sender{sock: sock, timeout: s.cfg.Timeout, retries: s.cfg.Retries,
-		alone: func() bool { return s.active.Load() <= 1 }}
+	snd := &sender{sock: sock, timeout: s.cfg.Timeout, retries: s.cfg.Retries}
 	board, path, err := resolve(s.cfg.Fleet, client.Addr(), req.name)
 	var f *file
 	if err == nil {
@@ -344,6 +339,8 @@ func (s *Server) serveRead(ctx context.Context, sock *socket, client netip.AddrP
 	snd.ack = make([]byte, 4+defaultBlockSize)
 	n, err := snd.run(ctx, r, neg)
 	s.bytes.Add(n)
+	s.direct.Add(snd.direct)
+	s.polled.Add(snd.polled)
 	var ce *clientError
 	switch {
 	case err == nil:

@@ -146,15 +146,16 @@ const readChunk = 64 << 10
 // anything else. The packet buffer is allocated once per transfer; the block loop
 // allocates nothing.
 type sender struct {
-	sock *socket
-	// alone reports whether this is the only transfer running: it then waits for ACKs
-	// in a blocking read rather than the netpoller (see socket).
-	alone   func() bool
+	sock    *socket
+	pace    pacer
 	timeout time.Duration
 	retries int
 	pkt     []byte // 4-byte header + one block; also holds OACK/ERROR packets
 	ack     []byte
 	sent    int64
+	// Waits for an answer, by kind (see pacer); a direct wait that gives up and
+	// goes on in the netpoller counts as both.
+	direct, polled int64
 }
 
 // run sends the OACK (if any options were granted) and then r in blocks. It returns the
@@ -202,19 +203,29 @@ func (s *sender) run(ctx context.Context, r io.Reader, n negotiated) (int64, err
 // Sorcerer's Apprentice syndrome (RFC 1123 4.2.3.1).
 func (s *sender) exchange(pkt []byte, want uint16) error {
 	for try := 0; try <= s.retries; try++ {
-		if err := s.sock.send(pkt); err != nil {
-			return fmt.Errorf("send: %w", err)
-		}
+		out := pkt             // nil once sent: after a stray packet, keep waiting
 		var deadline time.Time // set once a stray packet arrives, so strays cannot stall us
 		for {
-			n, err := s.sock.recv(s.ack, s.timeout, s.alone())
+			var n int
+			err := errNotYet
+			if out != nil && s.pace.direct() {
+				n, err = s.sock.direct(out, s.ack)
+				s.pace.directDone(err)
+				s.direct++
+				out = nil
+			}
+			if err == errNotYet {
+				n, err = s.sock.poll(out, s.ack, s.timeout)
+				s.polled++
+				out = nil
+			}
 			if errors.Is(err, errTimeout) {
 				break // resend
 			}
 			if err != nil {
 				// Shut down, or ECONNREFUSED: an ICMP port unreachable answered an
 				// earlier send, the client is gone.
-				return fmt.Errorf("receive: %w", err)
+				return err
 			}
 			if n >= 4 {
 				switch binary.BigEndian.Uint16(s.ack) {
@@ -235,6 +246,63 @@ func (s *sender) exchange(pkt []byte, want uint16) error {
 		}
 	}
 	return errRetriesExhausted
+}
+
+// pacer decides block by block how a sender waits for the ACK: directly
+// (socket.direct: what a C server's wait costs, but it holds the goroutine's P) or in
+// the netpoller.
+//
+// A direct wait must be answered within quickAnswer, and direct waits come in runs of
+// at most directRun: each run ends with one netpoller wait, in which the scheduler runs
+// whatever else is ready and polls the network. So other goroutines on the P wait at
+// most about directRun for a fast client's transfer. A direct wait answered late (or
+// not at all) sends the transfer to the netpoller for 2, 4, ... up to maxBackoff blocks
+// before it tries again: a Pi's bootloader, which answers in 100 µs or more over a
+// real network, holds a P for one round trip every few hundred blocks at most.
+//
+// So clients on a fast host or link are served at a C server's speed, and a boot storm
+// of them runs nearly one transfer at a time, in runs, which also spares the clients'
+// context switches; clients over a real network are served from the netpoller.
+type pacer struct {
+	skip     int       // netpoller waits left before the next direct try
+	misses   uint      // late direct waits in a row: the back-off's exponent
+	runStart time.Time // start of the current run of direct waits; zero: not in a run
+	waitFrom time.Time // start of the current direct wait
+}
+
+// Pacing limits (see pacer).
+const (
+	quickAnswer = 50 * time.Microsecond
+	directRun   = time.Millisecond
+	maxBackoff  = 1024
+)
+
+// direct reports whether the next wait should be direct.
+func (p *pacer) direct() bool {
+	if p.skip > 0 {
+		p.skip--
+		return false
+	}
+	now := time.Now()
+	if p.runStart.IsZero() {
+		p.runStart = now
+	} else if now.Sub(p.runStart) > directRun {
+		p.runStart = time.Time{} // one netpoller wait ends the run
+		return false
+	}
+	p.waitFrom = now
+	return true
+}
+
+// directDone takes the outcome of a direct wait.
+func (p *pacer) directDone(err error) {
+	if err != errNotYet && time.Since(p.waitFrom) <= quickAnswer {
+		p.misses = 0
+		return
+	}
+	p.runStart = time.Time{}
+	p.skip = min(1<<p.misses, maxBackoff)
+	p.misses = min(p.misses+1, 10)
 }
 
 // sendError tells the client why its transfer ends. Best effort: the client may be gone.
