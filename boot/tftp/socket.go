@@ -23,7 +23,8 @@ import (
 //     while it waits, so nothing else runs on that P: the pacer uses it only for
 //     clients that answer within microseconds, for a bounded run of blocks at a time,
 //     and the read gives up after SO_RCVTIMEO (directWait, which the kernel rounds up
-//     to a tick).
+//     to a tick). A signal, such as the runtime preempting the goroutine for a GC
+//     stop, ends the read at once: reads with SO_RCVTIMEO are never restarted.
 //   - netpoller: the send, then the goroutine parks until the socket is readable, as
 //     any Go network read does.
 //
