@@ -87,6 +87,11 @@ type Server struct {
 	mu      sync.Mutex
 	unknown map[netip.Addr]struct{}
 
+	// pacing keeps each client's direct-wait back-off from one transfer to the next
+	// (see pacer). Bounded: cleared when full.
+	paceMu sync.Mutex
+	pacing map[netip.Addr]backoff
+
 	// inFlight holds the transfers running, by client address and port and file name.
 	// A Pi resends its RRQ when the first DATA is slow to come; a second transfer of
 	// the same file to the same port would race the first from another TID.
@@ -102,6 +107,10 @@ type flight struct {
 
 // maxUnknownClients bounds the memory spent remembering strangers.
 const maxUnknownClients = 1024
+
+// maxPacedClients bounds the memory spent remembering clients' back-off (a few hundred
+// boards is the expected fleet).
+const maxPacedClients = 4096
 
 // New binds cfg.Addr. The socket is created now so that Addr is known before Serve.
 func New(cfg Config) (*Server, error) {
@@ -142,6 +151,7 @@ func New(cfg Config) (*Server, error) {
 		pconn:    p,
 		maxBlk:   cfg.MaxBlockSize,
 		unknown:  make(map[netip.Addr]struct{}),
+		pacing:   make(map[netip.Addr]backoff),
 		inFlight: make(map[flight]struct{}),
 	}, nil
 }
@@ -258,7 +268,7 @@ func (s *Server) dialClient(cm *ipv4.ControlMessage, client netip.AddrPort) (*so
 	}
 	sock, err := dialSocket(local, client)
 	if err != nil {
-		return nil, 0, fmt.Errorf("open transfer socket: %w", err)
+		return nil, 0, err
 	}
 	return sock, maxBlk, nil
 }
@@ -337,7 +347,9 @@ func (s *Server) serveRead(ctx context.Context, sock *socket, client netip.AddrP
 	snd.timeout = neg.timeout
 	snd.pkt = make([]byte, 4+max(neg.blockSize, defaultBlockSize))
 	snd.ack = make([]byte, 4+defaultBlockSize)
+	snd.pace.backoff = s.recallBackoff(client.Addr())
 	n, err := snd.run(ctx, r, neg)
+	s.keepBackoff(client.Addr(), snd.pace.backoff)
 	s.bytes.Add(n)
 	s.direct.Add(snd.direct)
 	s.polled.Add(snd.polled)
@@ -386,6 +398,23 @@ func (s *Server) finish(b *boot.Board, client netip.AddrPort, name, what string,
 		ev.Err = err.Error()
 	}
 	s.cfg.Events.Record(ev)
+}
+
+// recallBackoff returns the direct-wait back-off the client's last transfer ended with.
+func (s *Server) recallBackoff(client netip.Addr) backoff {
+	s.paceMu.Lock()
+	defer s.paceMu.Unlock()
+	return s.pacing[client]
+}
+
+// keepBackoff remembers a client's direct-wait back-off for its next transfer.
+func (s *Server) keepBackoff(client netip.Addr, b backoff) {
+	s.paceMu.Lock()
+	defer s.paceMu.Unlock()
+	if _, ok := s.pacing[client]; !ok && len(s.pacing) >= maxPacedClients {
+		clear(s.pacing)
+	}
+	s.pacing[client] = b
 }
 
 // logUnknown logs a client that is not in the fleet, once per address.

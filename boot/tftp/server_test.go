@@ -495,32 +495,6 @@ func TestRetransmit(t *testing.T) {
 	}
 }
 
-// TestServeStopsOnCancel: a client that never ACKs must not keep Serve from returning.
-func TestServeStopsOnCancel(t *testing.T) {
-	fleet, _, _ := twoBoards(t)
-	s, err := New(Config{Addr: "127.0.0.1:0", Fleet: fleet, Timeout: time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx) }()
-	c := rawConn(t, "127.0.0.1")
-	c.WriteToUDP(rrq(opRRQ, "kernel8.img", "octet"), s.Addr().(*net.UDPAddr))
-	if _, _, err := readPacket(t, c, 5*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("Serve after cancel: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Serve still running 10 s after cancel, with a transfer stalled")
-	}
-}
-
 // TestDuplicateACK: a client that ACKs a block twice (its own retransmission) must not
 // get the next block twice; answering duplicates doubles every later packet (the
 // Sorcerer's Apprentice syndrome, RFC 1123 4.2.3.1).

@@ -22,9 +22,10 @@ import (
 //     not see, exactly what a C server does. The goroutine keeps its thread and its P
 //     while it waits, so nothing else runs on that P: the pacer uses it only for
 //     clients that answer within microseconds, for a bounded run of blocks at a time,
-//     and the read gives up after SO_RCVTIMEO (directWait, which the kernel rounds up
-//     to a tick). A signal, such as the runtime preempting the goroutine for a GC
-//     stop, ends the read at once: reads with SO_RCVTIMEO are never restarted.
+//     and the read gives up after SO_RCVTIMEO (directWait; see there). A signal, such
+//     as the runtime preempting the goroutine for a GC stop, ends the read at once:
+//     socket reads with SO_RCVTIMEO are never restarted. (With
+//     GODEBUG=asyncpreemptoff=1 no such signal comes, and a stop waits out the read.)
 //   - netpoller: the send, then the goroutine parks until the socket is readable, as
 //     any Go network read does.
 //
@@ -44,7 +45,8 @@ import (
 // the dup. The descriptor stays blocking for direct reads; every netpoller-side call
 // passes MSG_DONTWAIT. Only the transfer's own goroutine sends, receives and closes,
 // so no net.Conn locks are needed; the netpoller callback and its results live in the
-// socket, so a round trip allocates nothing.
+// socket, so a round trip allocates nothing (joining the netpoller allocates the
+// dup's os.File, once per run of direct waits).
 type socket struct {
 	fd       int             // the transfer's UDP socket
 	polled   *os.File        // a dup of fd registered with the netpoller, or nil
@@ -63,9 +65,9 @@ type socket struct {
 	step    func(fd uintptr) bool // s.pollStep, bound once
 }
 
-// directWait is the receive timeout of a direct read. The kernel rounds it up to a
-// scheduler tick (4-8 ms at HZ=250): the longest a direct wait can hold a P in vain,
-// when a client that answered quickly stops answering.
+// directWait is the receive timeout of a direct read. The kernel counts it in timer
+// ticks and rounds up: 1-2 ticks and a wake-up, 4-12 ms at HZ=250, the longest a
+// direct wait holds a P in vain when a client that answered quickly stops answering.
 const directWait = time.Millisecond
 
 // errTimeout: no packet within the timeout.
@@ -130,9 +132,11 @@ func (s *socket) direct(out, in []byte) (int, error) {
 	}
 	if _, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(s.fd), uintptr(unsafe.Pointer(&out[0])), uintptr(len(out)),
 		unix.MSG_DONTWAIT, 0, 0); e != 0 && e != unix.EAGAIN {
-		return 0, fmt.Errorf("send: %w", e)
+		return 0, s.sendError(e)
 	}
-	n, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(s.fd), uintptr(unsafe.Pointer(&in[0])), uintptr(len(in)))
+	// recvfrom rather than read: signal(7) promises EINTR for it with SO_RCVTIMEO set.
+	n, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(s.fd), uintptr(unsafe.Pointer(&in[0])), uintptr(len(in)),
+		0, 0, 0)
 	switch e {
 	case 0:
 		if n == 0 && s.closing.Load() {
@@ -192,7 +196,7 @@ func (s *socket) pollStep(fd uintptr) bool {
 		out := s.out
 		s.out = nil
 		if err := unix.Send(int(fd), out, unix.MSG_DONTWAIT); err != nil && err != unix.EAGAIN {
-			s.err = fmt.Errorf("send: %w", err)
+			s.err = s.sendError(err)
 			return true
 		}
 		return false // the answer cannot be there yet
@@ -216,6 +220,14 @@ func (s *socket) pollStep(fd uintptr) bool {
 		s.err = fmt.Errorf("receive: %w", err)
 		return true
 	}
+}
+
+// sendError wraps a failed send; EPIPE means shutdown came first.
+func (s *socket) sendError(err error) error {
+	if err == unix.EPIPE && s.closing.Load() {
+		return errShutdown
+	}
+	return fmt.Errorf("send: %w", err)
 }
 
 // joinPoller registers a dup of the descriptor with the netpoller.

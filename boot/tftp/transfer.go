@@ -144,7 +144,8 @@ const readChunk = 64 << 10
 // sender runs the data phase of one read transfer, strictly lock-step (RFC 1350): one
 // DATA in flight, the next sent only after its ACK. A Pi bootloader cannot cope with
 // anything else. The packet buffer is allocated once per transfer; the block loop
-// allocates nothing.
+// allocates nothing but the socket's way into the netpoller, once per run of direct
+// waits (see socket).
 type sender struct {
 	sock    *socket
 	pace    pacer
@@ -208,9 +209,9 @@ func (s *sender) exchange(pkt []byte, want uint16) error {
 		for {
 			var n int
 			err := errNotYet
-			if out != nil && s.pace.direct() {
+			if out != nil && s.pace.direct(time.Now()) {
 				n, err = s.sock.direct(out, s.ack)
-				s.pace.directDone(err)
+				s.pace.directDone(time.Now(), err)
 				s.direct++
 				out = nil
 			}
@@ -252,22 +253,31 @@ func (s *sender) exchange(pkt []byte, want uint16) error {
 // (socket.direct: what a C server's wait costs, but it holds the goroutine's P) or in
 // the netpoller.
 //
-// A direct wait must be answered within quickAnswer, and direct waits come in runs of
-// at most directRun: each run ends with one netpoller wait, in which the scheduler runs
-// whatever else is ready and polls the network. So other goroutines on the P wait at
-// most about directRun for a fast client's transfer. A direct wait answered late (or
-// not at all) sends the transfer to the netpoller for 2, 4, ... up to maxBackoff blocks
-// before it tries again: a Pi's bootloader, which answers in 100 µs or more over a
-// real network, holds a P for one round trip every few hundred blocks at most.
+// A direct wait must be answered within quickAnswer. A direct wait answered late (or
+// not at all) sends the client to the netpoller for 1, 2, 4, ... up to maxBackoff
+// blocks before it is tried again. The back-off belongs to the client, not to one
+// transfer (Server.pacing carries it from one file to the next), so a Pi's bootloader,
+// which answers in 100 µs or more over a real network, holds a P for one round trip
+// per maxBackoff blocks once it has backed off, whatever the size of its files.
+//
+// Direct waits come in runs of at most directRun (checked before each wait, so a run
+// can overrun by one wait). Each run ends with one netpoller wait, in which the
+// scheduler runs whatever else is ready on the P; the network is polled then when
+// nothing else is ready, and by sysmon every 10 ms in any case.
 //
 // So clients on a fast host or link are served at a C server's speed, and a boot storm
 // of them runs nearly one transfer at a time, in runs, which also spares the clients'
 // context switches; clients over a real network are served from the netpoller.
 type pacer struct {
-	skip     int       // netpoller waits left before the next direct try
-	misses   uint      // late direct waits in a row: the back-off's exponent
+	backoff
 	runStart time.Time // start of the current run of direct waits; zero: not in a run
 	waitFrom time.Time // start of the current direct wait
+}
+
+// backoff is the part of a pacer kept per client between transfers.
+type backoff struct {
+	skip   int  // netpoller waits left before the next direct try
+	misses uint // late direct waits in a row: the back-off's exponent
 }
 
 // Pacing limits (see pacer).
@@ -277,13 +287,12 @@ const (
 	maxBackoff  = 1024
 )
 
-// direct reports whether the next wait should be direct.
-func (p *pacer) direct() bool {
+// direct reports whether the wait starting now should be direct.
+func (p *pacer) direct(now time.Time) bool {
 	if p.skip > 0 {
 		p.skip--
 		return false
 	}
-	now := time.Now()
 	if p.runStart.IsZero() {
 		p.runStart = now
 	} else if now.Sub(p.runStart) > directRun {
@@ -294,9 +303,9 @@ func (p *pacer) direct() bool {
 	return true
 }
 
-// directDone takes the outcome of a direct wait.
-func (p *pacer) directDone(err error) {
-	if err != errNotYet && time.Since(p.waitFrom) <= quickAnswer {
+// directDone takes the outcome of the direct wait that ended at now.
+func (p *pacer) directDone(now time.Time, err error) {
+	if err != errNotYet && now.Sub(p.waitFrom) <= quickAnswer {
 		p.misses = 0
 		return
 	}
