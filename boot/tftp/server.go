@@ -351,8 +351,8 @@ func (s *Server) serveRead(ctx context.Context, sock *socket, client netip.AddrP
 	n, err := snd.run(ctx, r, neg)
 	s.keepBackoff(client.Addr(), snd.pace.backoff)
 	s.bytes.Add(n)
-	s.direct.Add(snd.direct)
-	s.polled.Add(snd.polled)
+	s.direct.Add(snd.directWaits)
+	s.polled.Add(snd.polledWaits)
 	var ce *clientError
 	switch {
 	case err == nil:

@@ -156,7 +156,7 @@ type sender struct {
 	sent    int64
 	// Waits for an answer, by kind (see pacer); a direct wait that gives up and
 	// goes on in the netpoller counts as both.
-	direct, polled int64
+	directWaits, polledWaits int64
 }
 
 // run sends the OACK (if any options were granted) and then r in blocks. It returns the
@@ -212,12 +212,12 @@ func (s *sender) exchange(pkt []byte, want uint16) error {
 			if out != nil && s.pace.direct(time.Now()) {
 				n, err = s.sock.direct(out, s.ack)
 				s.pace.directDone(time.Now(), err)
-				s.direct++
+				s.directWaits++
 				out = nil
 			}
 			if err == errNotYet {
 				n, err = s.sock.poll(out, s.ack, s.timeout)
-				s.polled++
+				s.polledWaits++
 				out = nil
 			}
 			if errors.Is(err, errTimeout) {
