@@ -132,7 +132,7 @@ func (s *socket) direct(out, in []byte) (int, error) {
 	}
 	if _, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(s.fd), uintptr(unsafe.Pointer(&out[0])), uintptr(len(out)),
 		unix.MSG_DONTWAIT, 0, 0); e != 0 && e != unix.EAGAIN {
-		return 0, s.sendError(e)
+		return 0, s.sendFailure(e)
 	}
 	// recvfrom rather than read: signal(7) promises EINTR for it with SO_RCVTIMEO set.
 	n, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(s.fd), uintptr(unsafe.Pointer(&in[0])), uintptr(len(in)),
@@ -196,7 +196,7 @@ func (s *socket) pollStep(fd uintptr) bool {
 		out := s.out
 		s.out = nil
 		if err := unix.Send(int(fd), out, unix.MSG_DONTWAIT); err != nil && err != unix.EAGAIN {
-			s.err = s.sendError(err)
+			s.err = s.sendFailure(err)
 			return true
 		}
 		return false // the answer cannot be there yet
@@ -222,8 +222,8 @@ func (s *socket) pollStep(fd uintptr) bool {
 	}
 }
 
-// sendError wraps a failed send; EPIPE means shutdown came first.
-func (s *socket) sendError(err error) error {
+// sendFailure wraps a failed send; EPIPE means shutdown came first.
+func (s *socket) sendFailure(err error) error {
 	if err == unix.EPIPE && s.closing.Load() {
 		return errShutdown
 	}
