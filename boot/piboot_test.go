@@ -27,6 +27,7 @@ import (
 	"github.com/pifleet/pifleet/boot/dhcp"
 	"github.com/pifleet/pifleet/boot/tftp"
 	"github.com/pifleet/pifleet/test/netns"
+	"github.com/pifleet/pifleet/test/require"
 )
 
 // firmwareDir lays out a Pi boot partition with the files every model asks for.
@@ -365,9 +366,7 @@ func TestPi4Boot(t *testing.T) {
 // clientCmd runs a real client in the client namespace (skipping if not installed).
 func clientCmd(t *testing.T, n *netns.Pair, tool, pkg string, args ...string) ([]byte, error) {
 	t.Helper()
-	if _, err := exec.LookPath(tool); err != nil {
-		t.Skipf("%s not installed (apt-get install %s)", tool, pkg)
-	}
+	require.Tool(t, tool, pkg)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	return exec.CommandContext(ctx, "nsenter", append([]string{"--net=/run/netns/" + n.Client, tool}, args...)...).CombinedOutput()

@@ -16,22 +16,21 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pifleet/pifleet/test/require"
 	"golang.org/x/sys/unix"
 )
 
 // needRoot skips tests that create device nodes, chown files or set security.* xattrs.
 func needRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates device nodes, chowns files and sets security.capability (CI runs as root)")
-	}
+	require.Root(t, "creates device nodes, chowns files and sets security.capability (CI runs as root)")
 }
 
 func needTool(t testing.TB, names ...string) {
 	t.Helper()
 	for _, n := range names {
 		if _, err := exec.LookPath(n); err != nil {
-			t.Skipf("needs %s (apt-get install e2fsprogs dosfstools mtools fdisk xz-utils)", n)
+			require.Missing(t, fmt.Sprintf("needs %s (apt-get install e2fsprogs dosfstools mtools fdisk xz-utils)", n))
 		}
 	}
 }

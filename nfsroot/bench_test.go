@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/pifleet/pifleet/overlay"
+	"github.com/pifleet/pifleet/test/require"
 	"golang.org/x/sys/unix"
 )
 
@@ -29,11 +30,8 @@ import (
 // Needs root and the Debian packages nfs-ganesha nfs-ganesha-vfs rpcbind.
 func BenchmarkVsGanesha(b *testing.B) {
 	needRoot(b)
-	for _, bin := range []string{"ganesha.nfsd", "rpcbind", "ip", "unshare", "taskset"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			b.Skipf("%s not found: apt-get install nfs-ganesha nfs-ganesha-vfs rpcbind iproute2", bin)
-		}
-	}
+	require.Tools(b, map[string]string{"ganesha.nfsd": "nfs-ganesha nfs-ganesha-vfs", "rpcbind": "rpcbind",
+		"ip": "iproute2", "unshare": "util-linux", "taskset": "util-linux"})
 	bb := newBenchBed(b)
 	restore := pinProcess(b, 0)
 	defer restore()

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pifleet/pifleet/test/require"
 	nfsc "github.com/willscott/go-nfs-client/nfs"
 	"github.com/willscott/go-nfs-client/nfs/rpc"
 )
@@ -23,9 +24,7 @@ func (f *fixture) libnfsURL(p string, extra string) string {
 
 func runTool(t *testing.T, name string, args ...string) string {
 	t.Helper()
-	if _, err := exec.LookPath(name); err != nil {
-		t.Skipf("%s not installed (apt-get install libnfs-utils)", name)
-	}
+	require.Tool(t, name, "libnfs-utils")
 	cmd := exec.Command(name, args...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/pifleet/pifleet/overlay"
+	"github.com/pifleet/pifleet/test/require"
 	nfsc "github.com/willscott/go-nfs-client/nfs"
 	"github.com/willscott/go-nfs-client/nfs/xdr"
 )
@@ -32,9 +33,7 @@ var (
 
 func needRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("nfsroot tests need root: the overlay keeps real owners, device nodes and trusted.* xattrs (CI runs as root)")
-	}
+	require.Root(t, "nfsroot tests: the overlay keeps real owners, device nodes and trusted.* xattrs (CI runs as root)")
 }
 
 func must(t testing.TB, err error) {

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/pifleet/pifleet/test/require"
 	"golang.org/x/sys/unix"
 )
 
@@ -13,9 +14,7 @@ import (
 // and CAP_CHOWN, as the server itself does.
 func needRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("overlay tests need root: whiteouts are device nodes and opaque dirs use trusted.* xattrs (CI runs as root)")
-	}
+	require.Root(t, "overlay tests: whiteouts are device nodes and opaque dirs use trusted.* xattrs (CI runs as root)")
 }
 
 type testbed struct {

@@ -17,13 +17,12 @@ import (
 	"time"
 
 	"github.com/pifleet/pifleet/test/netns"
+	"github.com/pifleet/pifleet/test/require"
 )
 
 func needRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: board overlays keep owners, device-node whiteouts and trusted.* xattrs (CI runs as root)")
-	}
+	require.Root(t, "board overlays keep owners, device-node whiteouts and trusted.* xattrs (CI runs as root)")
 }
 
 // freePorts returns n distinct free TCP+UDP ports on loopback.
@@ -199,9 +198,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 
 func tftpGet(t *testing.T, port int, name string) (string, error) {
 	t.Helper()
-	if _, err := exec.LookPath("curl"); err != nil {
-		t.Skip("curl not installed (apt-get install curl)")
-	}
+	require.Tool(t, "curl", "curl")
 	out, err := exec.Command("curl", "-sS", "--max-time", "20", fmt.Sprintf("tftp://127.0.0.1:%d/%s", port, name)).CombinedOutput()
 	return string(out), err
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/pifleet/pifleet/boot/boottest"
 	"github.com/pifleet/pifleet/test/netns"
+	"github.com/pifleet/pifleet/test/require"
 )
 
 // BenchmarkFullVsDnsmasq runs full-mode pifleet and dnsmasq side by side under perfdhcp
@@ -54,7 +55,7 @@ func BenchmarkFullVsDnsmasq(b *testing.B) {
 	requireRoot(b)
 	for _, tool := range []string{"dnsmasq", "perfdhcp", "taskset"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			b.Skipf("needs %s (apt-get install dnsmasq-base kea-admin util-linux)", tool)
+			require.Missing(b, fmt.Sprintf("needs %s (apt-get install dnsmasq-base kea-admin util-linux)", tool))
 		}
 	}
 	self, err := os.Executable()

@@ -3,6 +3,7 @@ package dhcp
 import (
 	"context"
 	"encoding/hex"
+	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -14,6 +15,7 @@ import (
 	"github.com/pifleet/pifleet/boot"
 	"github.com/pifleet/pifleet/boot/boottest"
 	"github.com/pifleet/pifleet/test/netns"
+	"github.com/pifleet/pifleet/test/require"
 )
 
 // Real DHCP clients against the server, each in the client namespace.
@@ -22,7 +24,7 @@ func needTool(t *testing.T, name string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {
-		t.Skipf("needs %s (Debian: busybox / isc-dhcp-client)", name)
+		require.Missing(t, fmt.Sprintf("needs %s (Debian: busybox / isc-dhcp-client)", name))
 	}
 	return p
 }

@@ -32,6 +32,7 @@ import (
 
 	"github.com/pifleet/pifleet/boot"
 	"github.com/pifleet/pifleet/boot/boottest"
+	"github.com/pifleet/pifleet/test/require"
 )
 
 // Environment of the server process the benchmark starts (this test binary, re-run).
@@ -130,15 +131,9 @@ var (
 // of the run (so they are compared side by side under the same load).
 func setupBench(b *testing.B) *benchEnv {
 	b.Helper()
-	if os.Geteuid() != 0 {
-		b.Skip("benchmarks need root (a network namespace; dnsmasq's TFTP port is always 69)")
-	}
-	for tool, pkg := range map[string]string{"in.tftpd": "tftpd-hpa", "dnsmasq": "dnsmasq-base", "curl": "curl",
-		"taskset": "util-linux", "nsenter": "util-linux", "ip": "iproute2"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			b.Skipf("%s not installed (apt-get install %s)", tool, pkg)
-		}
-	}
+	require.Root(b, "benchmarks: a network namespace; dnsmasq's TFTP port is always 69")
+	require.Tools(b, map[string]string{"in.tftpd": "tftpd-hpa", "dnsmasq": "dnsmasq-base", "curl": "curl",
+		"taskset": "util-linux", "nsenter": "util-linux", "ip": "iproute2"})
 	benchOnce.Do(func() { benchE, benchStop, benchErr = startBench() })
 	if benchErr != nil {
 		b.Fatal(benchErr)

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/pifleet/pifleet/test/require"
 )
 
 func TestCmdline(t *testing.T) {
@@ -105,10 +107,7 @@ func TestPXEConfig(t *testing.T) {
 // TestBootScriptMatchesMkimage holds the generated U-Boot script image against the one
 // u-boot-tools' mkimage writes from the same script, byte for byte.
 func TestBootScriptMatchesMkimage(t *testing.T) {
-	mkimage, err := exec.LookPath("mkimage")
-	if err != nil {
-		t.Skip("mkimage not installed (apt-get install u-boot-tools)")
-	}
+	mkimage := require.Tool(t, "mkimage", "u-boot-tools")
 	dir := t.TempDir()
 	cmd := filepath.Join(dir, "boot.cmd")
 	must(t, os.WriteFile(cmd, []byte(bootScript), 0o644))

@@ -18,16 +18,13 @@ import (
 	pin "github.com/pin/tftp/v3"
 
 	"github.com/pifleet/pifleet/boot"
+	"github.com/pifleet/pifleet/test/require"
 )
 
 // needTool skips a test whose real client is not installed, naming the package.
 func needTool(t *testing.T, tool, pkg string) string {
 	t.Helper()
-	p, err := exec.LookPath(tool)
-	if err != nil {
-		t.Skipf("%s not installed (apt-get install %s)", tool, pkg)
-	}
-	return p
+	return require.Tool(t, tool, pkg)
 }
 
 // waitStats waits (bounded) until the server has accounted for every transfer: a

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/pifleet/pifleet/images"
+	"github.com/pifleet/pifleet/test/require"
 )
 
 // testCache is shared by all test runs on a machine so that CI downloads the .debs once.
@@ -32,9 +33,7 @@ var (
 // requireRoot skips tests that need root (chown, mknod, setuid, network namespaces).
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("skipped: needs root (the demo image has root-owned, setuid and device files); CI runs as root")
-	}
+	require.Root(t, "the demo image has root-owned, setuid and device files; CI runs as root")
 }
 
 // builtTree builds the demo tree once per test binary run.

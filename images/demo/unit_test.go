@@ -5,6 +5,8 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/pifleet/pifleet/test/require"
 )
 
 // These tests need neither root nor downloads.
@@ -26,9 +28,7 @@ func TestPickKernel(t *testing.T) {
 
 // TestCpioWriterReadByGNUCpio holds our newc writer against GNU cpio, which we did not write.
 func TestCpioWriterReadByGNUCpio(t *testing.T) {
-	if _, err := exec.LookPath("cpio"); err != nil {
-		t.Fatal("cpio not installed (apt-get install cpio)")
-	}
+	require.Tool(t, "cpio", "cpio")
 	var raw bytes.Buffer
 	c := &cpioWriter{w: &raw}
 	c.Dir("bin", 0o755)

@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/pifleet/pifleet/test/require"
 	"golang.org/x/sys/unix"
 )
 
@@ -22,16 +23,13 @@ import (
 // when packages' tests run in parallel.
 var pairSeq atomic.Int32
 
-// RequireRoot skips t unless it runs as root with iproute2 installed. why says what the
-// test needs root for; the skip reads "needs root: <why>".
+// RequireRoot skips t (fails it under PIFLEET_STRICT=1, see test/require) unless it runs
+// as root with iproute2 installed. why says what the test needs root for; the message reads
+// "needs root: <why>".
 func RequireRoot(t testing.TB, why string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: " + why)
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs iproute2 (ip) to create network namespaces")
-	}
+	require.Root(t, why)
+	require.Tool(t, "ip", "iproute2")
 }
 
 // Run runs a command (ip, mostly) and fails t with the command's output if it fails.

@@ -18,14 +18,15 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pifleet/pifleet/test/require"
 )
 
-// RequireRoot skips t when not root: namespaces, taps and the server's ports need it.
+// RequireRoot skips t when not root (fails it under PIFLEET_STRICT=1, see test/require):
+// namespaces, taps and the server's ports need it.
 func RequireRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("skipped: needs root (network namespace, taps, ports 67/69, root-owned image files); CI runs as root")
-	}
+	require.Root(t, "network namespace, taps, ports 67/69, root-owned image files; CI runs as root")
 }
 
 // RequireTools fails t (not skips: a CI without them must not pass silently) when a
