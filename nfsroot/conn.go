@@ -228,9 +228,14 @@ func (s *Server) dispatch(cc *conn, h *rpcCallHdr, cerr *callError) []byte {
 			return w.finish()
 		}
 		handler = s.mountProc(h.proc)
+	case progNFSACL:
+		if h.vers != 3 {
+			w.callError(&callError{stat: acceptProgMismatch}, 3, 3)
+			return w.finish()
+		}
+		handler = s.nfsaclProc(h.proc)
 	default:
-		// NFS_ACL (100227), NLM and the rest: not offered. The Linux client takes
-		// PROG_UNAVAIL on NFS_ACL as "no ACL support" and mounts without noacl.
+		// NLM and the rest: not offered (boards mount with nolock).
 		w.accepted(acceptProgUnavail)
 		return w.finish()
 	}

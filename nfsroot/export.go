@@ -48,6 +48,7 @@ type export struct {
 	changes  atomic.Uint64
 	changing atomic.Int64
 	resolved resolvedCache
+	acls     aclCache // access ACLs by FileID, for permission checks (acl.go)
 
 	mu      sync.Mutex
 	mounts  map[netip.Addr]time.Time // MNT without UMNT (and when), for DUMP and Mounted

@@ -22,6 +22,10 @@ type FileSystem interface {
 	Link(oldname, newname string) error
 	Mknod(name string, mode uint32, dev uint64) error
 	Truncate(name string, size int64) error
+	// POSIX ACLs live in xattrs (acl.go); Setxattr and Removexattr copy a lower object up.
+	Getxattr(name, attr string) ([]byte, error)
+	Setxattr(name, attr string, value []byte, flags int) error
+	Removexattr(name, attr string) error
 }
 
 // syncer is what files opened through the overlay offer for COMMIT and FILE_SYNC writes.

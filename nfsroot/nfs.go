@@ -168,11 +168,11 @@ func (s *Server) onAccess(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) e
 	if r.err != nil {
 		return r.err
 	}
-	q, _, _, st, status := s.file(cc, h, fh)
+	q, _, p, st, status := s.file(cc, h, fh)
 	if !w.statusAttr(status, q, st) {
 		return nil
 	}
-	w.u32(q.cred.accessBits(st, asked))
+	w.u32(q.accessBits(p, st, asked))
 	return nil
 }
 

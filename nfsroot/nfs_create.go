@@ -2,6 +2,7 @@ package nfsroot
 
 import (
 	"os"
+	"path"
 	"time"
 
 	"github.com/willscott/go-nfs"
@@ -20,7 +21,7 @@ func (s *Server) parent(cc *conn, h *rpcCallHdr, fh []byte, name string) (*req, 
 	if status = checkName(name); status != nfs.NFSStatusOk {
 		return q, dirID, dirPath, dirSt, status
 	}
-	if !q.cred.mayChangeEntries(dirSt) {
+	if !q.mayChangeEntries(dirPath, dirSt) {
 		return q, dirID, dirPath, dirSt, nfs.NFSStatusAccess
 	}
 	return q, dirID, dirPath, dirSt, nfs.NFSStatusOk
@@ -68,9 +69,20 @@ func (q *req) finishNew(dirID uint64, dirSt *fstat, p, name string, a sattr, mod
 		return nil, status
 	}
 	if st.mode&sIFMT != sIFLNK {
+		// A default ACL on the directory limits the mode and gives the object its ACLs.
+		access, def, mode, status := q.inheritACL(path.Dir(p), mode)
+		if status != nfs.NFSStatusOk {
+			return nil, status
+		}
 		if err := q.e.FS.Chmod(p, goMode(mode)); err != nil {
 			return nil, q.fail("chmod new", p, err)
 		}
+		if def != nil {
+			if status := q.applyInherited(p, st.isDir(), access, def); status != nfs.NFSStatusOk {
+				return nil, status
+			}
+		}
+		q.e.acls.forget(st.fileID) // a FileID can be an inode number used before
 	}
 	if a.atimeHow != dontChange || a.mtimeHow != dontChange {
 		b := a

@@ -38,7 +38,7 @@ func (s *Server) onLookup(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) e
 	if status == nfs.NFSStatusOk && !dirSt.isDir() {
 		status = nfs.NFSStatusNotDir
 	}
-	if status == nfs.NFSStatusOk && !q.cred.may(dirSt, mayExec) {
+	if status == nfs.NFSStatusOk && !q.may(dirPath, dirSt, mayExec) {
 		status = nfs.NFSStatusAccess
 	}
 	var id uint64
@@ -142,7 +142,7 @@ func (s *Server) readdir(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter, pl
 	if status == nfs.NFSStatusOk && !dirSt.isDir() {
 		status = nfs.NFSStatusNotDir
 	}
-	if status == nfs.NFSStatusOk && !q.cred.may(dirSt, mayRead) {
+	if status == nfs.NFSStatusOk && !q.may(dirPath, dirSt, mayRead) {
 		status = nfs.NFSStatusAccess
 	}
 	var l *dirList

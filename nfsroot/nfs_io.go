@@ -96,7 +96,7 @@ func (q *req) openData(id uint64, write bool) (f *openFile, p string, st *fstat,
 		status = nfs.NFSStatusIsDir
 	case st.mode&sIFMT != sIFREG:
 		status = nfs.NFSStatusInval
-	case write && !q.cred.mayWriteData(st), !write && !q.cred.mayReadData(st):
+	case write && !q.mayWriteData(p, f, st), !write && !q.mayReadData(p, f, st):
 		status = nfs.NFSStatusAccess
 	}
 	if status == nfs.NFSStatusOk && f == nil {

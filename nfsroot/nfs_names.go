@@ -36,7 +36,7 @@ func (s *Server) remove(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter, dir
 		status = nfs.NFSStatusNotDir
 	case !dir && victim.isDir():
 		status = nfs.NFSStatusIsDir
-	case !q.cred.mayUnlink(dirSt, victim):
+	case !q.mayUnlink(dirPath, dirSt, victim):
 		status = nfs.NFSStatusAccess
 	}
 	if status == nfs.NFSStatusOk {
@@ -89,13 +89,13 @@ func (s *Server) onRename(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) e
 	if status == nfs.NFSStatusOk {
 		victim, status = q.lstat(from)
 	}
-	if status == nfs.NFSStatusOk && !q.cred.mayUnlink(fdirSt, victim) {
+	if status == nfs.NFSStatusOk && !q.mayUnlink(fdirPath, fdirSt, victim) {
 		status = nfs.NFSStatusAccess
 	}
 	if status == nfs.NFSStatusOk {
 		if t, s := q.lstat(to); s == nfs.NFSStatusOk {
 			target = t
-			if !q.cred.mayUnlink(tdirSt, target) {
+			if !q.mayUnlink(tdirPath, tdirSt, target) {
 				status = nfs.NFSStatusAccess
 			}
 		}

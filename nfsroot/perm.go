@@ -1,7 +1,13 @@
 package nfsroot
 
+import (
+	"errors"
+	"syscall"
+)
+
 // Permission checks against the caller's AUTH_SYS credentials. The overlay acts as root,
-// so every rule a kernel would apply for the caller is applied here first.
+// so every rule a kernel would apply for the caller is applied here first: mode bits, and a
+// file's POSIX access ACL (acl.go) for callers who are neither root nor its owner.
 
 const (
 	mayRead  = 4
@@ -21,22 +27,70 @@ func (c *cred) inGroup(g uint32) bool {
 	return false
 }
 
-// may reports whether c has all of want (mayRead|mayWrite|mayExec) on st by its mode bits.
-// Root may do anything except execute a file no one may execute.
-func (c *cred) may(st *fstat, want uint32) bool {
+// may reports whether the caller has all of want (mayRead|mayWrite|mayExec) on the object
+// at p with status st, as the kernel's generic_permission decides: root may do anything
+// except execute a file no one may execute; the owner gets the owner bits; anyone else is
+// checked against the access ACL when the file has one, else the group or other bits.
+// As in the kernel, the ACL is consulted only when the group bits (the mask) are not all
+// clear. p is "" when the object is known only by an open file (f).
+func (q *req) may(p string, st *fstat, want uint32) bool { return q.mayFile(p, nil, st, want) }
+
+func (q *req) mayFile(p string, f *openFile, st *fstat, want uint32) bool {
+	c := &q.cred
 	if c.uid == 0 {
 		return want&mayExec == 0 || st.isDir() || st.mode&0o111 != 0
 	}
-	var bits uint32
-	switch {
-	case c.uid == st.uid:
-		bits = st.mode >> 6
-	case c.inGroup(st.gid):
-		bits = st.mode >> 3
-	default:
-		bits = st.mode
+	if c.uid == st.uid {
+		return st.mode>>6&want == want
+	}
+	if st.mode&0o070 != 0 {
+		if acl := q.accessACL(p, f, st); acl != nil {
+			return acl.permits(c, st.gid, want)
+		}
+	}
+	bits := st.mode
+	if c.inGroup(st.gid) {
+		bits >>= 3
 	}
 	return bits&7&want == want
+}
+
+// accessACL returns the object's access ACL, nil when it has none (or it cannot be read:
+// then the mode bits decide, whose group bits are the ACL's mask, never more than it).
+func (q *req) accessACL(p string, f *openFile, st *fstat) posixACL {
+	if acl, ok := q.e.acls.get(st.fileID, st.ctime); ok {
+		return acl
+	}
+	var val []byte
+	var err error
+	switch {
+	case p != "":
+		val, err = q.e.FS.Getxattr(p, xattrACLAccess)
+	case f != nil:
+		fx, ok := f.f.(interface{ Getxattr(string) ([]byte, error) })
+		if !ok {
+			return nil
+		}
+		val, err = fx.Getxattr(xattrACLAccess)
+	default:
+		return nil
+	}
+	var acl posixACL
+	if err == nil {
+		if acl, err = parseACLXattr(val); err != nil {
+			q.logger().Warn("ignoring unreadable ACL", "path", p, "err", err)
+		}
+	} else if !noXattr(err) {
+		q.logger().Warn("reading ACL", "path", p, "err", err)
+		return acl
+	}
+	q.e.acls.put(st.fileID, st.ctime, acl)
+	return acl
+}
+
+// noXattr reports the errors that mean "this object has no such attribute".
+func noXattr(err error) bool {
+	return errors.Is(err, syscall.ENODATA) || errors.Is(err, syscall.ENOTSUP)
 }
 
 func (c *cred) owns(st *fstat) bool { return c.uid == 0 || c.uid == st.uid }
@@ -44,26 +98,42 @@ func (c *cred) owns(st *fstat) bool { return c.uid == 0 || c.uid == st.uid }
 // mayReadData is READ's check. Like knfsd, the owner may read (the client checked the open
 // mode when the file was opened, possibly before a chmod) and execute permission suffices,
 // because the client reads a binary to execute it.
-func (c *cred) mayReadData(st *fstat) bool {
-	return c.owns(st) || c.may(st, mayRead) || (!st.isDir() && c.may(st, mayExec))
+func (q *req) mayReadData(p string, f *openFile, st *fstat) bool {
+	return q.cred.owns(st) || q.mayFile(p, f, st, mayRead) || (!st.isDir() && q.mayFile(p, f, st, mayExec))
 }
 
 // mayWriteData is WRITE's check, with the same owner override.
-func (c *cred) mayWriteData(st *fstat) bool { return c.owns(st) || c.may(st, mayWrite) }
+func (q *req) mayWriteData(p string, f *openFile, st *fstat) bool {
+	return q.cred.owns(st) || q.mayFile(p, f, st, mayWrite)
+}
 
 // mayChangeEntries is the check for adding or removing names in dir.
-func (c *cred) mayChangeEntries(dir *fstat) bool { return c.may(dir, mayWrite|mayExec) }
+func (q *req) mayChangeEntries(p string, dir *fstat) bool { return q.may(p, dir, mayWrite|mayExec) }
 
 // mayUnlink adds the sticky-bit rule: in a sticky directory only the owner of the entry or of
 // the directory (or root) may remove or rename it away.
-func (c *cred) mayUnlink(dir, victim *fstat) bool {
-	if !c.mayChangeEntries(dir) {
+func (q *req) mayUnlink(p string, dir, victim *fstat) bool {
+	if !q.mayChangeEntries(p, dir) {
 		return false
 	}
+	c := &q.cred
 	if dir.mode&0o1000 == 0 || c.uid == 0 {
 		return true
 	}
 	return c.uid == dir.uid || c.uid == victim.uid
+}
+
+// mayLink is fs.protected_hardlinks (on in every distribution): a caller may link to a file
+// only if it owns it, or it is a regular file that is neither setuid nor setgid-executable
+// and the caller may read and write it. Root may link anything.
+func (q *req) mayLink(p string, st *fstat) bool {
+	if q.cred.owns(st) {
+		return true
+	}
+	if st.mode&sIFMT != sIFREG || st.mode&0o4000 != 0 || st.mode&0o2010 == 0o2010 {
+		return false
+	}
+	return q.may(p, st, mayRead|mayWrite)
 }
 
 // ACCESS3 bits (RFC 1813 3.3.4).
@@ -77,23 +147,23 @@ const (
 )
 
 // accessBits answers ACCESS truthfully: the subset of asked that the caller has.
-func (c *cred) accessBits(st *fstat, asked uint32) uint32 {
+func (q *req) accessBits(p string, st *fstat, asked uint32) uint32 {
 	var got uint32
-	if c.may(st, mayRead) {
+	if q.may(p, st, mayRead) {
 		got |= access3Read
 	}
 	if st.isDir() {
-		if c.may(st, mayExec) {
+		if q.may(p, st, mayExec) {
 			got |= access3Lookup
 		}
-		if c.may(st, mayWrite|mayExec) {
+		if q.may(p, st, mayWrite|mayExec) {
 			got |= access3Modify | access3Extend | access3Delete
 		}
 	} else {
-		if c.may(st, mayWrite) {
+		if q.may(p, st, mayWrite) {
 			got |= access3Modify | access3Extend
 		}
-		if c.may(st, mayExec) {
+		if q.may(p, st, mayExec) {
 			got |= access3Execute
 		}
 	}

@@ -31,7 +31,14 @@ func TestRPCErrorReplies(t *testing.T) {
 	mismatch("NFSv2", progNFS, 2, 3, 3)
 	mismatch("NFSv4", progNFS, 4, 3, 3)
 	mismatch("MOUNT v1", progMount, 1, 3, 3)
-	for _, p := range []uint32{progNFSACL, 100021 /* NLM */, 100000 /* portmap */, 12345} {
+	mismatch("NFS_ACL v2", progNFSACL, 2, 3, 3)
+	if r, err := c.raw(c.callMsg(progNFSACL, 3, 0)); err != nil || r.denied || r.stat != acceptSuccess || r.body.Len() != 0 {
+		t.Fatalf("NFS_ACL v3 NULL: %+v %v", r, err)
+	}
+	if r, err := c.raw(c.callMsg(progNFSACL, 3, 3)); err != nil || r.stat != acceptProcUnavail {
+		t.Fatalf("NFS_ACL v3 proc 3: %+v %v, want PROC_UNAVAIL", r, err)
+	}
+	for _, p := range []uint32{100021 /* NLM */, 100000 /* portmap */, 12345} {
 		r, err := c.raw(c.callMsg(p, 3, 0))
 		must(t, err)
 		if r.denied || r.stat != acceptProgUnavail || r.body.Len() != 0 {

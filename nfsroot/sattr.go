@@ -63,7 +63,7 @@ func (q *req) apply(p string, fileID uint64, st *fstat, a sattr) nfs.NFSStatus {
 		if st.mode&sIFMT != sIFREG {
 			return nfs.NFSStatusInval
 		}
-		if !c.mayWriteData(st) {
+		if !q.mayWriteData(p, nil, st) {
 			return nfs.NFSStatusAccess
 		}
 	}
@@ -88,11 +88,12 @@ func (q *req) apply(p string, fileID uint64, st *fstat, a sattr) nfs.NFSStatus {
 			if c.uid != st.uid {
 				return nfs.NFSStatusPerm
 			}
-		} else if (a.atimeHow == setToServerTime || a.mtimeHow == setToServerTime) && !c.owns(st) && !c.may(st, mayWrite) {
+		} else if (a.atimeHow == setToServerTime || a.mtimeHow == setToServerTime) && !c.owns(st) && !q.may(p, st, mayWrite) {
 			return nfs.NFSStatusAccess
 		}
 	}
-	q.e.files.forget(fileID) // any change may copy the file up
+	q.e.files.forget(fileID)      // any change may copy the file up
+	defer q.e.acls.forget(fileID) // chmod and chown change what the ACL check sees
 	if a.size != nil {
 		if err := fsys.Truncate(p, int64(*a.size)); err != nil {
 			return q.fail("truncate", p, err)

@@ -186,6 +186,7 @@ func (s *Server) housekeeping(ctx context.Context) {
 			e.files.closeIdle(fileIdle)
 			e.dirs.expire()
 			e.resolved.expire()
+			e.acls.expire()
 		}
 	}
 }

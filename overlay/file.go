@@ -194,3 +194,41 @@ func (o *FS) TempFile(dir, prefix string) (billy.File, error) {
 	}
 	return nil, pathErr("tempfile", dir, unix.EEXIST)
 }
+
+// Getxattr returns the value of attr on the open file, wherever its name now is (or after
+// it was removed): what a permission check on an open file's handle must read.
+func (f *File) Getxattr(attr string) ([]byte, error) {
+	if privateXattr(attr) {
+		return nil, pathErr("getxattr", f.name, unix.ENODATA)
+	}
+	rc, err := f.f.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var val []byte
+	var gerr error
+	err = rc.Control(func(fd uintptr) {
+		for range 4 { // the value may grow between the size query and the read
+			var n int
+			if n, gerr = unix.Fgetxattr(int(fd), attr, nil); gerr != nil {
+				return
+			}
+			val = make([]byte, n+64)
+			n, gerr = unix.Fgetxattr(int(fd), attr, val)
+			if gerr == nil {
+				val = val[:n]
+				return
+			}
+			if gerr != unix.ERANGE {
+				return
+			}
+		}
+	})
+	if err == nil {
+		err = gerr
+	}
+	if err != nil {
+		return nil, pathErr("getxattr", f.name, err)
+	}
+	return val, nil
+}
