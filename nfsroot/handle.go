@@ -38,9 +38,11 @@ func (w *xdrWriter) handle(e *export, fileID uint64) {
 	w.b = appendHandle(w.b, e.id, e.inst, fileID)
 }
 
-// parseHandle splits a handle; ok is false for anything not made by makeHandle.
+// parseHandle splits a handle; ok is false for anything not made by makeHandle, including
+// a handle whose reserved bytes are not zero (a forgery or a future format: BADHANDLE).
 func parseHandle(h []byte) (exp uint64, inst [8]byte, fileID uint64, ok bool) {
-	if len(h) != fhSize || h[0] != 'P' || h[1] != 'F' || h[2] != handleVersion {
+	if len(h) != fhSize || h[0] != 'P' || h[1] != 'F' || h[2] != handleVersion || h[3] != 0 ||
+		h[28]|h[29]|h[30]|h[31] != 0 {
 		return 0, inst, 0, false
 	}
 	copy(inst[:], h[12:20])

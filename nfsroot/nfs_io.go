@@ -137,6 +137,11 @@ func (s *Server) onWrite(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) er
 	}
 	if status == nfs.NFSStatusOk {
 		defer q.e.files.put(f)
+		// A write by anyone but root makes a setuid program an ordinary file, as
+		// file_remove_privs does before the kernel writes.
+		status = q.dropSuid(p, id, st, q.suidBitsToDrop(st))
+	}
+	if status == nfs.NFSStatusOk {
 		status = q.writeAt(f, p, data, int64(off), stable != unstable)
 	}
 	if status != nfs.NFSStatusOk {

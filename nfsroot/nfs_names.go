@@ -153,6 +153,8 @@ func (s *Server) onLink(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) err
 		status = nfs.NFSStatusIsDir
 	case name == "." || name == "..":
 		status = nfs.NFSStatusExist
+	case !q.mayLink(p, st):
+		status = nfs.NFSStatusPerm // fs.protected_hardlinks
 	}
 	if status == nfs.NFSStatusOk {
 		np := joinPath(dirPath, name)

@@ -3,6 +3,8 @@ package nfsroot
 import (
 	"errors"
 	"syscall"
+
+	"github.com/willscott/go-nfs"
 )
 
 // Permission checks against the caller's AUTH_SYS credentials. The overlay acts as root,
@@ -134,6 +136,45 @@ func (q *req) mayLink(p string, st *fstat) bool {
 		return false
 	}
 	return q.may(p, st, mayRead|mayWrite)
+}
+
+// suidBitsToDrop is what the kernel's setattr_should_drop_suidgid clears when the caller
+// changes a file's data or size: setuid always, setgid when it means "run as the group"
+// (group-exec set) or the caller is not in the file's group. Root keeps them (CAP_FSETID),
+// which the server itself always holds, so this is done here for the caller.
+func (q *req) suidBitsToDrop(st *fstat) uint32 {
+	if q.cred.uid == 0 || st.mode&sIFMT != sIFREG {
+		return 0
+	}
+	return setuidBitsToDrop(st, q.cred.inGroup(st.gid))
+}
+
+// setuidBitsToDrop is the setuid/setgid part of st's mode that a change of owner, data or
+// size clears: setuid; setgid with group-exec, or for a caller outside the group.
+func setuidBitsToDrop(st *fstat, inGroup bool) uint32 {
+	drop := st.mode & 0o4000
+	if st.mode&0o2000 != 0 && (st.mode&0o010 != 0 || !inGroup) {
+		drop |= 0o2000
+	}
+	return drop
+}
+
+// dropSuid clears the bits suidBitsToDrop names on p (resolving id when p is unknown).
+func (q *req) dropSuid(p string, id uint64, st *fstat, drop uint32) nfs.NFSStatus {
+	if drop == 0 {
+		return nfs.NFSStatusOk
+	}
+	if p == "" {
+		var status nfs.NFSStatus
+		if p, _, status = q.e.resolve(id); status != nfs.NFSStatusOk {
+			return status
+		}
+	}
+	defer q.e.acls.forget(id)
+	if err := q.e.FS.Chmod(p, goMode(st.mode&0o7777&^drop)); err != nil {
+		return q.fail("clear setuid", p, err)
+	}
+	return nfs.NFSStatusOk
 }
 
 // ACCESS3 bits (RFC 1813 3.3.4).

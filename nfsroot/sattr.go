@@ -94,14 +94,30 @@ func (q *req) apply(p string, fileID uint64, st *fstat, a sattr) nfs.NFSStatus {
 	}
 	q.e.files.forget(fileID)      // any change may copy the file up
 	defer q.e.acls.forget(fileID) // chmod and chown change what the ACL check sees
+	// Which of setuid/setgid the change clears (unless a mode is asked for too, which then
+	// says what the bits become): a size change by anyone but root, as do_truncate does;
+	// any chown of a non-directory, even to the owner it has, as chown(2) does for root too.
+	var drop uint32
+	if a.size != nil {
+		drop = q.suidBitsToDrop(st)
+	}
+	chown := a.uid != nil || a.gid != nil
+	if chown && !st.isDir() && st.mode&sIFMT != sIFLNK {
+		drop |= setuidBitsToDrop(st, c.uid == 0 || c.inGroup(st.gid))
+	}
 	if a.size != nil {
 		if err := fsys.Truncate(p, int64(*a.size)); err != nil {
 			return q.fail("truncate", p, err)
 		}
 	}
-	if uid != st.uid || gid != st.gid {
+	if uid != st.uid || gid != st.gid || (chown && drop != 0) {
 		if err := fsys.Lchown(p, int(uid), int(gid)); err != nil {
 			return q.fail("chown", p, err)
+		}
+	}
+	if a.mode == nil {
+		if status := q.dropSuid(p, fileID, st, drop); status != nfs.NFSStatusOk {
+			return status
 		}
 	}
 	if a.mode != nil && st.mode&sIFMT != sIFLNK {

@@ -1,11 +1,13 @@
 package nfsroot
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"syscall"
 	"testing"
 
+	"github.com/willscott/go-nfs"
 	nfsc "github.com/willscott/go-nfs-client/nfs"
 )
 
@@ -315,5 +317,133 @@ func TestRootSquash(t *testing.T) {
 	wantStatus(t, "squashed root creates in /tmp", st, 0)
 	if a.UID != nobody || a.GID != nobody {
 		t.Fatalf("squashed root's file owner %d:%d", a.UID, a.GID)
+	}
+}
+
+// TestWriteAndTruncateClearSetuid: a WRITE or a size change by anyone but root clears
+// setuid, and setgid when group-exec is set or the caller is outside the group, as the
+// kernel does for a caller without CAP_FSETID (the server itself holds it, so the kernel
+// would not do it for us). Root keeps the bits.
+func TestWriteAndTruncateClearSetuid(t *testing.T) {
+	f := newFixture(t)
+	r, root := f.client("pi-a")
+	tmp := r.walk(root, "tmp")
+	u := dialFrom(t, addrA, f.nfs).as(1000, 1000, 1000, 50)
+	mk := func(name string, m uint32) []byte {
+		t.Helper()
+		st, fh, _ := r.create(tmp, name, 0, nfsc.Sattr3{Mode: nfsc.SetMode{SetIt: true, Mode: m}, GID: nfsc.SetUID{SetIt: true, UID: 50}})
+		wantStatus(t, "create "+name, st, 0)
+		if _, a := r.getattr(fh); a.FileMode != m {
+			t.Fatalf("%s: mode %o, want %o", name, a.FileMode, m)
+		}
+		return fh
+	}
+	modeOf := func(fh []byte) uint32 { _, a := r.getattr(fh); return a.FileMode }
+	for _, c := range []struct {
+		name      string
+		mode      uint32
+		by        *client
+		truncate  bool
+		wantAfter uint32
+	}{
+		{"suid written by uid 1000", 0o4777, u, false, 0o777},
+		{"suid truncated by uid 1000", 0o4777, u, true, 0o777},
+		{"sgid+g+x written by a group member", 0o2777, u, false, 0o777},
+		{"sgid without g+x written by a group member", 0o2767, u, false, 0o2767},
+		{"sgid without g+x written by a stranger", 0o2767, dialFrom(t, addrA, f.nfs).as(1001, 1001), false, 0o767},
+		{"suid written by root", 0o4777, r, false, 0o4777},
+		{"suid truncated by root", 0o4777, r, true, 0o4777},
+	} {
+		fh := mk(fmt.Sprintf("f%o%v", c.mode, c.truncate)+fmt.Sprint(c.by.uid), c.mode)
+		if c.truncate {
+			wantStatus(t, c.name, c.by.setattr(fh, nfsc.Sattr3{Size: nfsc.SetSize{SetIt: true, Size: 1}}), 0)
+		} else {
+			st, res := c.by.write(fh, 0, []byte("x"), fileSync)
+			wantStatus(t, c.name, st, 0)
+			if res.Wcc.After.Attr.FileMode != c.wantAfter {
+				t.Fatalf("%s: WRITE's post-op mode %o, want %o", c.name, res.Wcc.After.Attr.FileMode, c.wantAfter)
+			}
+		}
+		if got := modeOf(fh); got != c.wantAfter {
+			t.Fatalf("%s: mode %o, want %o", c.name, got, c.wantAfter)
+		}
+	}
+}
+
+// TestChownSameOwnerClearsSetuid: chown(2) clears setuid (and setgid with group-exec) on a
+// non-directory even when root gives it the owner it already has.
+func TestChownSameOwnerClearsSetuid(t *testing.T) {
+	f := newFixture(t)
+	r, root := f.client("pi-a")
+	sudo := r.walk(root, "usr", "bin", "sudo")
+	wantStatus(t, "chown root sudo", r.setattr(sudo, nfsc.Sattr3{UID: nfsc.SetUID{SetIt: true, UID: 0}}), 0)
+	if _, a := r.getattr(sudo); a.FileMode != 0o755 {
+		t.Fatalf("sudo after chown to its owner: %o, want 755", a.FileMode)
+	}
+	tmp := r.walk(root, "tmp")
+	for _, c := range []struct{ mode, want uint32 }{{0o2755, 0o755}, {0o2745, 0o2745}, {0o6711, 0o711}} {
+		name := fmt.Sprintf("f%o", c.mode)
+		st, fh, _ := r.create(tmp, name, 0, mode(c.mode))
+		wantStatus(t, "create", st, 0)
+		wantStatus(t, "chgrp to the same group", r.setattr(fh, nfsc.Sattr3{GID: nfsc.SetUID{SetIt: true, UID: 0}}), 0)
+		if _, a := r.getattr(fh); a.FileMode != c.want {
+			t.Fatalf("%o after chgrp to its group: %o, want %o", c.mode, a.FileMode, c.want)
+		}
+	}
+	// Directories keep their bits; a mode asked for with the owner is what the file gets.
+	st, d, _ := r.mkdir(tmp, "d", mode(0o2775))
+	wantStatus(t, "mkdir", st, 0)
+	wantStatus(t, "chown dir", r.setattr(d, nfsc.Sattr3{UID: nfsc.SetUID{SetIt: true, UID: 0}}), 0)
+	if _, a := r.getattr(d); a.FileMode != 0o2775 {
+		t.Fatalf("dir after chown: %o", a.FileMode)
+	}
+	st, fh, _ := r.create(tmp, "both", 0, mode(0o4755))
+	wantStatus(t, "create", st, 0)
+	wantStatus(t, "chown+chmod", r.setattr(fh, nfsc.Sattr3{UID: nfsc.SetUID{SetIt: true, UID: 0}, Mode: nfsc.SetMode{SetIt: true, Mode: 0o4750}}), 0)
+	if _, a := r.getattr(fh); a.FileMode != 0o4750 {
+		t.Fatalf("chown with mode 4750: %o", a.FileMode)
+	}
+}
+
+// TestProtectedHardlinks: LINK of a file the caller neither owns nor may read and write is
+// refused, as with fs.protected_hardlinks=1; so is one of a setuid file or a setgid
+// executable. Root and the owner may link anything.
+func TestProtectedHardlinks(t *testing.T) {
+	f := newFixture(t)
+	r, root := f.client("pi-a")
+	tmp := r.walk(root, "tmp")
+	o := dialFrom(t, addrA, f.nfs).as(1001, 1001, 1001)
+	u := dialFrom(t, addrA, f.nfs).as(1000, 1000, 1000)
+	host := r.walk(root, "etc", "hostname")
+	wantStatus(t, "uid 1001 links root's 0644 file", o.link(host, tmp, "h"), stPerm)
+	wantStatus(t, "uid 1001 links root's 0640 shadow", o.link(r.walk(root, "etc", "shadow"), tmp, "s"), stPerm)
+	st, rw, _ := r.create(tmp, "rw", 0, mode(0o666))
+	wantStatus(t, "create", st, 0)
+	wantStatus(t, "uid 1001 links root's 0666 file", o.link(rw, tmp, "rw2"), 0)
+	st, suid, _ := r.create(tmp, "suid", 0, mode(0o4777))
+	wantStatus(t, "create", st, 0)
+	wantStatus(t, "uid 1001 links a 4777 file", o.link(suid, tmp, "suid2"), stPerm)
+	st, sgid, _ := r.create(tmp, "sgid", 0, mode(0o2777))
+	wantStatus(t, "create", st, 0)
+	wantStatus(t, "uid 1001 links a 2777 file", o.link(sgid, tmp, "sgid2"), stPerm)
+	wantStatus(t, "owner links own 0600 file", u.link(u.walk(root, "home", "user", "secret"), tmp, "mine"), 0)
+	wantStatus(t, "root links root's file", r.link(host, tmp, "h"), 0)
+}
+
+// TestReservedHandleBytes: a handle that differs from one the server made only in its
+// reserved bytes is BADHANDLE, not the file.
+func TestReservedHandleBytes(t *testing.T) {
+	f := newFixture(t)
+	c, root := f.client("pi-a")
+	host := c.walk(root, "etc", "hostname")
+	for _, i := range []int{3, 28, 31} {
+		fh := append([]byte(nil), host...)
+		fh[i] = 1
+		if st, _ := c.getattr(fh); st != uint32(nfs.NFSStatusBadHandle) {
+			t.Fatalf("handle with reserved byte %d set: status %d, want BADHANDLE", i, st)
+		}
+	}
+	if st, _ := c.getattr(host); st != 0 {
+		t.Fatalf("the handle itself: %d", st)
 	}
 }
