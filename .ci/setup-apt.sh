@@ -15,7 +15,7 @@ apt-get install -y -qq --no-install-recommends \
   iproute2 kmod cpio xz-utils zstd gzip curl ca-certificates \
   busybox udhcpc isc-dhcp-client dnsmasq-base tftp-hpa libnfs-utils \
   qemu-system-arm u-boot-qemu u-boot-tools \
-  attr e2fsprogs mtools dosfstools fdisk \
+  attr acl e2fsprogs mtools dosfstools fdisk \
   >/dev/null
 # `make bench` compares against peers; they are installed only when asked for, since
 # CI runs `make test`, not the benchmarks.

@@ -5,10 +5,10 @@
 //
 // nfsroot owns each TCP connection (conn.go): it reads ONC RPC records itself with bounded
 // lengths (rpc.go; 1 MiB + 4 KiB for a board, 8 KiB for an address no export allows), parses
-// the call header and AUTH_SYS credentials, routes the call by program and version (wrong
-// ones get PROG_UNAVAIL / PROG_MISMATCH 3-3; NFS_ACL gets PROG_UNAVAIL, which the Linux client
-// takes as "no ACLs"), decodes arguments with a bounded reader that never allocates
-// (xdr.go), and answers against the board's overlay. A file handle names its export; the
+// the call header and AUTH_SYS credentials, routes the call by program and version (NFS v3,
+// MOUNT v3 and NFS_ACL v3; other versions get PROG_MISMATCH 3-3, other programs
+// PROG_UNAVAIL), decodes arguments with a bounded reader that never allocates (xdr.go),
+// and answers against the board's overlay. A file handle names its export; the
 // export must allow the caller's address (export.go, nfs.go bind) before any file system
 // work, so a handle of board A sent by board B is refused (ACCES), and a forged one is STALE.
 // Both listeners (ServeNFS, ServeMount) answer both programs. A lone request is answered on
@@ -33,6 +33,7 @@
 // export path), the export instance id (8 random bytes kept in the board's state dir,
 // regenerated when a reset deletes it, so old handles go STALE instead of naming new files),
 // the overlay FileID (stable across copy-up, rename and restart), 4 reserved zero bytes.
+// A handle with a reserved byte not zero is BADHANDLE.
 // A per-board table FileID -> (parent FileID, name), kept as an append-only log in the state
 // dir, turns a FileID back into a path; the path is verified by Lstat and FileID, else STALE.
 // Table records are written to the log (write(2), which survives SIGKILL) before the reply
@@ -52,8 +53,12 @@
 //
 // The overlay acts as root; every rule a kernel would apply for the AUTH_SYS caller is
 // applied here first (perm.go): mode bits with owner/group/other and supplementary groups,
-// owner override for READ/WRITE as knfsd does, sticky directories, chown/chgrp/chmod/utimes
-// rules, devices only for root, setgid inheritance, ACCESS answered truthfully. Optional root
-// squash maps uid/gid 0 to 65534. WRITE answers FILE_SYNC only after fsync, otherwise
+// POSIX ACLs (acl.go: the kernel's access check, read from the system.posix_acl_access
+// xattr, cached by FileID and ctime), owner override for READ/WRITE as knfsd does, sticky
+// directories, chown/chgrp/chmod/utimes rules, setuid/setgid cleared by a non-root WRITE or
+// size change and by chown, fs.protected_hardlinks on LINK, devices only for root, setgid
+// inheritance, default ACL inheritance (posix_acl_create), ACCESS answered truthfully.
+// NFS_ACL v3 (nfsacl.go) lets getfacl/setfacl on a board read and change the same xattrs.
+// Optional root squash maps uid/gid 0 to 65534. WRITE answers FILE_SYNC only after fsync, otherwise
 // UNSTABLE; COMMIT fsyncs; the write verifier changes only with a new Server.
 package nfsroot

@@ -57,34 +57,34 @@ func (q *req) mayFile(p string, f *openFile, st *fstat, want uint32) bool {
 	return bits&7&want == want
 }
 
-// accessACL returns the object's access ACL, nil when it has none (or it cannot be read:
-// then the mode bits decide, whose group bits are the ACL's mask, never more than it).
+// accessACL returns the object's access ACL, nil when it has none. An ACL that cannot be
+// read or decoded comes back empty (not nil), which grants nothing: the kernel too refuses
+// access when it cannot get a file's ACL.
 func (q *req) accessACL(p string, f *openFile, st *fstat) posixACL {
 	if acl, ok := q.e.acls.get(st.fileID, st.ctime); ok {
 		return acl
 	}
 	var val []byte
-	var err error
+	err := errors.New("no path and no open file")
 	switch {
 	case p != "":
 		val, err = q.e.FS.Getxattr(p, xattrACLAccess)
 	case f != nil:
-		fx, ok := f.f.(interface{ Getxattr(string) ([]byte, error) })
-		if !ok {
-			return nil
+		if fx, ok := f.f.(interface{ Getxattr(string) ([]byte, error) }); ok {
+			val, err = fx.Getxattr(xattrACLAccess)
 		}
-		val, err = fx.Getxattr(xattrACLAccess)
-	default:
-		return nil
 	}
 	var acl posixACL
-	if err == nil {
+	switch {
+	case noXattr(err):
+	case err != nil:
+		q.logger().Error("reading ACL; refusing access", "path", p, "fileid", st.fileID, "err", err)
+		return posixACL{}
+	default:
 		if acl, err = parseACLXattr(val); err != nil {
-			q.logger().Warn("ignoring unreadable ACL", "path", p, "err", err)
+			q.logger().Error("unreadable ACL; refusing access", "path", p, "fileid", st.fileID, "err", err)
+			acl = posixACL{}
 		}
-	} else if !noXattr(err) {
-		q.logger().Warn("reading ACL", "path", p, "err", err)
-		return acl
 	}
 	q.e.acls.put(st.fileID, st.ctime, acl)
 	return acl

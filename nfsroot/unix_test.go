@@ -313,11 +313,15 @@ func TestRootSquash(t *testing.T) {
 	st, _ := c.write(host, 0, []byte("x"), fileSync)
 	wantStatus(t, "squashed root writes root's 0644", st, stAccess)
 	tmp := c.walk(root, "tmp")
-	st, _, a := c.create(tmp, "f", 0, mode(0o644))
+	st, fh, a := c.create(tmp, "f", 0, mode(0o644))
 	wantStatus(t, "squashed root creates in /tmp", st, 0)
 	if a.UID != nobody || a.GID != nobody {
 		t.Fatalf("squashed root's file owner %d:%d", a.UID, a.GID)
 	}
+	// A squashed root is nobody for NFS_ACL too: it sets ACLs only on nobody's files.
+	acl := []tACE{{aclUserObj, 0, 6}, {aclUser, 5, 6}, {aclGroupObj, 0, 4}, {aclMask, 0, 6}, {aclOther, 0, 4}}
+	wantStatus(t, "squashed root sets an ACL on root's file", c.setacl(host, nfsACL, acl, nil), stPerm)
+	wantStatus(t, "squashed root sets an ACL on its own file", c.setacl(fh, nfsACL, acl, nil), 0)
 }
 
 // TestWriteAndTruncateClearSetuid: a WRITE or a size change by anyone but root clears
