@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/pifleet/pifleet/test/require"
 	"golang.org/x/sys/unix"
 )
 
@@ -38,9 +39,7 @@ func kernelACLXattr(aces ...tACE) []byte {
 // and returns its entries without comments, one per line.
 func getfacl(t *testing.T, p string) string {
 	t.Helper()
-	if _, err := exec.LookPath("getfacl"); err != nil {
-		t.Fatalf("getfacl not installed (apt-get install acl)")
-	}
+	require.Tool(t, "getfacl", "acl")
 	out, err := exec.Command("getfacl", "-cpn", p).CombinedOutput()
 	if err != nil {
 		t.Fatalf("getfacl %s: %v\n%s", p, err, out)

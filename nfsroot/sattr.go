@@ -102,7 +102,7 @@ func (q *req) apply(p string, fileID uint64, st *fstat, a sattr) nfs.NFSStatus {
 		drop = q.suidBitsToDrop(st)
 	}
 	chown := a.uid != nil || a.gid != nil
-	if chown && !st.isDir() && st.mode&sIFMT != sIFLNK {
+	if chown && !st.isDir() {
 		drop |= setuidBitsToDrop(st, c.uid == 0 || c.inGroup(st.gid))
 	}
 	if a.size != nil {
@@ -110,7 +110,9 @@ func (q *req) apply(p string, fileID uint64, st *fstat, a sattr) nfs.NFSStatus {
 			return q.fail("truncate", p, err)
 		}
 	}
-	if uid != st.uid || gid != st.gid || (chown && drop != 0) {
+	// A chown of a non-directory is done even to the same owner: the kernel then also
+	// drops its file capabilities (security.capability), as chown(2) does.
+	if uid != st.uid || gid != st.gid || (chown && !st.isDir()) {
 		if err := fsys.Lchown(p, int(uid), int(gid)); err != nil {
 			return q.fail("chown", p, err)
 		}

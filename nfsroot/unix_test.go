@@ -1,6 +1,7 @@
 package nfsroot
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/willscott/go-nfs"
 	nfsc "github.com/willscott/go-nfs-client/nfs"
+	"golang.org/x/sys/unix"
 )
 
 const (
@@ -394,8 +396,19 @@ func TestChownSameOwnerClearsSetuid(t *testing.T) {
 			t.Fatalf("%o after chgrp to its group: %o, want %o", c.mode, a.FileMode, c.want)
 		}
 	}
+	// File capabilities go too (setcap'd ping chowned to root loses them, as on a disk).
+	st, capped, _ := r.create(tmp, "ping", 0, mode(0o755))
+	wantStatus(t, "create ping", st, 0)
+	upper := filepath.Join(f.upper("pi-a"), "tmp/ping")
+	vfsCap := []byte{1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0} // v2, cap_net_raw permitted
+	must(t, unix.Lsetxattr(upper, "security.capability", vfsCap, 0))
+	wantStatus(t, "chown ping to its owner", r.setattr(capped, nfsc.Sattr3{UID: nfsc.SetUID{SetIt: true, UID: 0}}), 0)
+	if _, err := unix.Lgetxattr(upper, "security.capability", nil); !errors.Is(err, unix.ENODATA) {
+		t.Fatalf("file capabilities after chown: %v", err)
+	}
 	// Directories keep their bits; a mode asked for with the owner is what the file gets.
-	st, d, _ := r.mkdir(tmp, "d", mode(0o2775))
+	var d []byte
+	st, d, _ = r.mkdir(tmp, "d", mode(0o2775))
 	wantStatus(t, "mkdir", st, 0)
 	wantStatus(t, "chown dir", r.setattr(d, nfsc.Sattr3{UID: nfsc.SetUID{SetIt: true, UID: 0}}), 0)
 	if _, a := r.getattr(d); a.FileMode != 0o2775 {
