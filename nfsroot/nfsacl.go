@@ -78,7 +78,7 @@ func (q *req) readACL(p, attr string) (posixACL, nfs.NFSStatus) {
 	}
 	acl, err := parseACLXattr(val)
 	if err != nil {
-		q.logger().Error("unreadable ACL", "path", p, "attr", attr, "err", err)
+		q.cc.warn("unreadable ACL", "path", p, "attr", attr, "err", err)
 		return nil, nfs.NFSStatusIO
 	}
 	return acl, nfs.NFSStatusOk

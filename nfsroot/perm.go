@@ -78,11 +78,11 @@ func (q *req) accessACL(p string, f *openFile, st *fstat) posixACL {
 	switch {
 	case noXattr(err):
 	case err != nil:
-		q.logger().Error("reading ACL; refusing access", "path", p, "fileid", st.fileID, "err", err)
+		q.cc.warn("reading ACL; refusing access", "path", p, "fileid", st.fileID, "err", err)
 		return posixACL{}
 	default:
 		if acl, err = parseACLXattr(val); err != nil {
-			q.logger().Error("unreadable ACL; refusing access", "path", p, "fileid", st.fileID, "err", err)
+			q.cc.warn("unreadable ACL; refusing access", "path", p, "fileid", st.fileID, "err", err)
 			acl = posixACL{}
 		}
 	}

@@ -373,6 +373,13 @@ func TestWriteAndTruncateClearSetuid(t *testing.T) {
 		if got := modeOf(fh); got != c.wantAfter {
 			t.Fatalf("%s: mode %o, want %o", c.name, got, c.wantAfter)
 		}
+		if c.by == r && !c.truncate {
+			// Root's WRITE left the file open read-write: uid 1000's WRITE goes through
+			// that descriptor and still clears the bits.
+			if st, _ := u.write(fh, 0, []byte("y"), unstable); st != 0 || modeOf(fh) != 0o777 {
+				t.Fatalf("%s, then by uid 1000 through the open file: %d, mode %o", c.name, st, modeOf(fh))
+			}
+		}
 	}
 }
 
