@@ -34,9 +34,11 @@ func (c *cred) inGroup(g uint32) bool {
 // except execute a file no one may execute; the owner gets the owner bits; anyone else is
 // checked against the access ACL when the file has one, else the group or other bits.
 // As in the kernel, the ACL is consulted only when the group bits (the mask) are not all
-// clear. p is "" when the object is known only by an open file (f).
+// clear.
 func (q *req) may(p string, st *fstat, want uint32) bool { return q.mayFile(p, nil, st, want) }
 
+// mayFile is may for an object that may be known only by an open file f (p ""), whose ACL
+// is then read through the descriptor.
 func (q *req) mayFile(p string, f *openFile, st *fstat, want uint32) bool {
 	c := &q.cred
 	if c.uid == 0 {
