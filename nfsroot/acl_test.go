@@ -13,6 +13,8 @@ import (
 	"testing"
 
 	"github.com/pifleet/pifleet/test/require"
+	nfsc "github.com/willscott/go-nfs-client/nfs"
+	"github.com/willscott/go-nfs-client/nfs/rpc"
 	"golang.org/x/sys/unix"
 )
 
@@ -319,6 +321,30 @@ func TestImportedACLEnforced(t *testing.T) {
 	if out, err := exec.Command("nfs-cat", f.libnfsURL("/srv/log", "&uid=1001&gid=1001")).CombinedOutput(); err == nil {
 		t.Fatalf("nfs-cat as uid 1001 read a file its ACL does not grant: %q", out)
 	}
+
+	// go-nfs-client with AUTH_SYS uid 1000: the same.
+	mc, err := nfsc.DialServiceAtPort("127.0.0.1", int(f.nfs.Port()))
+	must(t, err)
+	defer mc.Close()
+	m := &nfsc.Mount{Client: mc}
+	for _, c := range []struct {
+		uid     uint32
+		wantErr bool
+	}{{1000, false}, {1001, true}} {
+		auth := rpc.AuthUnix{Machinename: "pi-c", Uid: c.uid, Gid: c.uid, GidLen: 1, Gids: c.uid}
+		v, err := m.Mount(exportPath("pi-c"), auth.Auth())
+		must(t, err)
+		var data []byte
+		rd, err := v.Open("srv/log")
+		if err == nil {
+			data, err = io.ReadAll(rd)
+			rd.Close()
+		}
+		if (err != nil) != c.wantErr || (!c.wantErr && string(data) != "log\n") {
+			t.Fatalf("go-nfs-client as uid %d reads /srv/log: %q, %v", c.uid, data, err)
+		}
+	}
+	must(t, m.Unmount())
 
 	r, root := f.client("pi-a")
 	named := dialFrom(t, addrA, f.nfs).as(1000, 1000, 1000)
