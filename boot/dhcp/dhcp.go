@@ -293,9 +293,8 @@ func (s *Server) Serve(ctx context.Context) error {
 		}
 		if n > maxRequest {
 			s.oversized.Add(1)
-			if ok, suppressed, _ := s.lines.allow("oversized", false, at); ok {
-				s.log.Warn("request larger than a jumbo frame: dropped", "bytes", n, "max", maxRequest, "suppressed", suppressed)
-			}
+			s.limitedLog(slog.LevelWarn, "oversized", false, at, "request larger than a jumbo frame: dropped",
+				"bytes", n, "max", maxRequest)
 			continue
 		}
 		p := packet{buf: append([]byte(nil), buf[:n]...), at: at, ifIndex: ifIndex}
@@ -395,10 +394,8 @@ func (s *Server) serveOne(pc *ipv4.PacketConn, p packet) {
 		if b, ok := s.cfg.Fleet.BoardByMAC(mac); ok {
 			name, serial = b.Name, b.Serial
 		}
-		if ok, suppressed, others := s.lines.allow(mac.String(), name == "-", time.Now()); ok {
-			s.log.Warn("send reply", "board", name, "mac", mac.String(), "serial", serial, "to", dst, "err", err,
-				"suppressed", suppressed, "suppressed_other_clients", others)
-		}
+		s.limitedLog(slog.LevelWarn, mac.String(), name == "-", time.Now(), "send reply",
+			"board", name, "mac", mac.String(), "serial", serial, "to", dst, "err", err)
 		return
 	}
 	s.replied.Add(1)

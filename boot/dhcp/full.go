@@ -3,6 +3,7 @@ package dhcp
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"time"
@@ -122,10 +123,8 @@ func (s *Server) fullDiscover(r *request) *dhcpv4.DHCPv4 {
 		s.leases.mu.Unlock()
 		if !ok {
 			// One line per period for the whole pool, not per client.
-			if ok, suppressed, _ := s.lines.allow("pool exhausted", false, r.at); ok {
-				s.log.Warn("pool exhausted: no address to offer", "pool_start", s.cfg.PoolStart, "pool_end", s.cfg.PoolEnd,
-					"board", r.boardName(), "mac", r.macStr, "suppressed", suppressed)
-			}
+			s.limitedLog(slog.LevelWarn, "pool exhausted", false, r.at, "pool exhausted: no address to offer",
+				"pool_start", s.cfg.PoolStart, "pool_end", s.cfg.PoolEnd, "board", r.boardName(), "mac", r.macStr)
 			s.ignored.Add(1)
 			return nil
 		}

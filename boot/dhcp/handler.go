@@ -79,12 +79,7 @@ func (r reqLog) log(level slog.Level, msg string, args []any) {
 		if !ok {
 			return
 		}
-		if suppressed > 0 {
-			all = append(all, "suppressed", suppressed)
-		}
-		if others > 0 {
-			all = append(all, "suppressed_other_clients", others)
-		}
+		all = withSuppressed(all, suppressed, others)
 	}
 	r.l.Log(ctx, level, msg, all...)
 }

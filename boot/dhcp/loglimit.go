@@ -1,6 +1,8 @@
 package dhcp
 
 import (
+	"context"
+	"log/slog"
 	"sync"
 	"time"
 )
@@ -84,4 +86,29 @@ func (l *lineLimiter) allow(key string, shared bool, now time.Time) (bool, uint6
 	o := l.others
 	l.others = 0
 	return true, s, o
+}
+
+// limitedLog writes a line to s.log if s.lines lets a line about key through at now,
+// with the counts of the lines suppressed before it.
+func (s *Server) limitedLog(level slog.Level, key string, shared bool, now time.Time, msg string, args ...any) {
+	ctx := context.Background()
+	if !s.log.Enabled(ctx, level) {
+		return
+	}
+	ok, suppressed, others := s.lines.allow(key, shared, now)
+	if !ok {
+		return
+	}
+	s.log.Log(ctx, level, msg, withSuppressed(args, suppressed, others)...)
+}
+
+// withSuppressed adds the counts of suppressed lines to a line's attributes.
+func withSuppressed(args []any, suppressed, others uint64) []any {
+	if suppressed > 0 {
+		args = append(args, "suppressed", suppressed)
+	}
+	if others > 0 {
+		args = append(args, "suppressed_other_clients", others)
+	}
+	return args
 }
