@@ -98,7 +98,7 @@ type Server struct {
 	events     *boot.Timeline
 	leases     *leaseTable // full mode only
 	clients    *clientTable
-	lines      logLimiter
+	lines      lineLimits
 	clientPort int
 	pool       bool
 
@@ -152,9 +152,9 @@ func New(cfg Config) (*Server, error) {
 		log:        cfg.Logger.With("mode", string(cfg.Mode)),
 		events:     cfg.Events,
 		clients:    newClientTable(),
-		lines:      newLineLimiter(),
 		clientPort: cfg.Port + 1,
 	}
+	s.lines = newLineLimits(s.log)
 	if cfg.Mode == ModeFull {
 		if err := s.checkFull(); err != nil {
 			return nil, err
@@ -265,6 +265,22 @@ func (s *Server) Serve(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 
+	// The counts of rate-limited log lines, now and then and at the end.
+	stopFlush, flushDone := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(flushDone)
+		tick := time.NewTicker(flushEvery)
+		defer tick.Stop()
+		for {
+			select {
+			case <-tick.C:
+				s.lines.flush()
+			case <-stopFlush:
+				return
+			}
+		}
+	}()
+
 	boards := make(chan packet, boardQueueDepth)
 	others := make(chan packet, queueDepth)
 	var wg sync.WaitGroup
@@ -293,7 +309,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		}
 		if n > maxRequest {
 			s.oversized.Add(1)
-			s.limitedLog(slog.LevelWarn, "oversized", false, at, "request larger than a jumbo frame: dropped",
+			s.limitedLog(slog.LevelWarn, "oversized requests", false, "request larger than a jumbo frame: dropped",
 				"bytes", n, "max", maxRequest)
 			continue
 		}
@@ -316,6 +332,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	close(others)
 	wg.Wait()
 	conn.Close()
+	close(stopFlush)
+	<-flushDone
+	s.lines.flush()
 	if s.leases != nil {
 		if err := s.leases.close(); err != nil && readErr == nil {
 			readErr = err
@@ -394,7 +413,7 @@ func (s *Server) serveOne(pc *ipv4.PacketConn, p packet) {
 		if b, ok := s.cfg.Fleet.BoardByMAC(mac); ok {
 			name, serial = b.Name, b.Serial
 		}
-		s.limitedLog(slog.LevelWarn, mac.String(), name == "-", time.Now(), "send reply",
+		s.limitedLog(slog.LevelWarn, mac.String(), name == "-", "send reply",
 			"board", name, "mac", mac.String(), "serial", serial, "to", dst, "err", err)
 		return
 	}

@@ -123,7 +123,7 @@ func (s *Server) fullDiscover(r *request) *dhcpv4.DHCPv4 {
 		s.leases.mu.Unlock()
 		if !ok {
 			// One line per period for the whole pool, not per client.
-			s.limitedLog(slog.LevelWarn, "pool exhausted", false, r.at, "pool exhausted: no address to offer",
+			s.limitedLog(slog.LevelWarn, "pool exhausted", false, "pool exhausted: no address to offer",
 				"pool_start", s.cfg.PoolStart, "pool_end", s.cfg.PoolEnd, "board", r.boardName(), "mac", r.macStr)
 			s.ignored.Add(1)
 			return nil

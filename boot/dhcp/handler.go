@@ -57,14 +57,12 @@ type request struct {
 // per line, only for lines the handler enables, instead of a Logger.With per packet:
 // under load most packets log nothing (Debug is off). Lines are rate-limited per
 // client MAC (key); lines about clients that are not boards listed by MAC (shared)
-// are also bounded in total, since anyone can make up MACs. A line that follows
-// suppressed ones says how many.
+// are also bounded in total, since anyone can make up MACs (loglimit.go).
 type reqLog struct {
 	l      *slog.Logger
-	lines  logLimiter // nil = no limit
+	lines  *lineLimits // nil = no limit
 	key    string
 	shared bool
-	at     time.Time
 	attrs  []any
 }
 
@@ -73,15 +71,10 @@ func (r reqLog) log(level slog.Level, msg string, args []any) {
 	if !r.l.Enabled(ctx, level) {
 		return
 	}
-	all := append(append(make([]any, 0, len(r.attrs)+len(args)+4), r.attrs...), args...)
-	if r.lines != nil {
-		ok, suppressed, others := r.lines.allow(r.key, r.shared, r.at)
-		if !ok {
-			return
-		}
-		all = withSuppressed(all, suppressed, others)
+	if r.lines != nil && !r.lines.allow(r.key, r.shared) {
+		return
 	}
-	r.l.Log(ctx, level, msg, all...)
+	r.l.Log(ctx, level, msg, append(append(make([]any, 0, len(r.attrs)+len(args)), r.attrs...), args...)...)
 }
 
 func (r reqLog) Debug(msg string, args ...any) { r.log(slog.LevelDebug, msg, args) }
@@ -201,7 +194,7 @@ func (s *Server) identify(msg *dhcpv4.DHCPv4, typ dhcpv4.MessageType, macStr str
 		r.discoverAt = at
 	}
 	s.clients.learn(macStr, r.kind, r.serial, r.model, typ == dhcpv4.MessageTypeDiscover, at)
-	r.log = reqLog{l: s.log, lines: s.lines, key: macStr, shared: byMAC == nil, at: at,
+	r.log = reqLog{l: s.log, lines: &s.lines, key: macStr, shared: byMAC == nil,
 		attrs: []any{"board", r.boardName(), "mac", macStr, "serial", r.serial, "xid", msg.TransactionID, "client", r.kind}}
 	if claimed != nil && !ok {
 		r.log.Warn("option 97 carries the serial of a board listed with another MAC: not treated as that board",
