@@ -292,3 +292,22 @@ func TestLeaseStoreOneMACPerAddress(t *testing.T) {
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// TestProxySerialFromAnotherMAC: in proxy mode too, a Pi whose option 97 carries the
+// serial of a board listed with another MAC is not that board: no boot options.
+func TestProxySerialFromAnotherMAC(t *testing.T) {
+	n := newNetns(t)
+	board, spoof := mustMAC("dc:a6:32:01:36:c2"), mustMAC("02:66:66:66:66:05")
+	fleet := &boottest.Fleet{Boards: []*boot.Board{{Name: "pi-01", MAC: board, Serial: "9ffefdef"}}}
+	srv := startServer(t, n, Config{Mode: ModeProxy, Fleet: fleet})
+	c := newRawClient(t, n)
+	c.expectNone(t, pi4Discover(t, 0x75757575, spoof, 0x9ffefdef))
+	if reply := c.exchange(t, pi4Discover(t, 0x76767676, board, 0x9ffefdef)); reply == nil {
+		t.Fatalf("no OFFER to the board itself; log:\n%s", srv.logs)
+	}
+	for _, e := range srv.cfg.Events.LastBoot("pi-01") {
+		if e.MAC != board.String() {
+			t.Errorf("the spoofing MAC is on the board's timeline: %+v", e)
+		}
+	}
+}
