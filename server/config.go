@@ -54,6 +54,10 @@ type DHCPConfig struct {
 	DNS    []netip.Addr
 	// Lease is the lease time in full mode.
 	Lease time.Duration
+	// ProxyPXE makes proxy mode answer U-Boot/PXE clients too (off: U-Boot takes the
+	// first OFFER and fails on an address-less one; on for U-Boot builds that merge
+	// proxy offers).
+	ProxyPXE bool
 }
 
 // InPool reports whether ip lies in the dynamic pool.

@@ -25,7 +25,7 @@ const maxConfigSize = 8 << 20
 var (
 	topKeys     = []string{"server", "images", "defaults", "boards"}
 	serverKeys  = []string{"interface", "address", "state", "dhcp", "ports"}
-	dhcpKeys    = []string{"mode", "range", "router", "dns", "lease"}
+	dhcpKeys    = []string{"mode", "range", "router", "dns", "lease", "proxy_pxe"}
 	portKeys    = []string{"dhcp", "tftp", "nfs", "mount", "http"}
 	imageKeys   = []string{"path"}
 	defaultKeys = []string{"image", "cmdline", "config", "root_squash", "user"}
@@ -305,6 +305,7 @@ func (l *loader) server(n *yaml.Node, s *ServerConfig) {
 			s.DHCP.Lease = dur
 		}
 	}
+	s.DHCP.ProxyPXE = l.boolean(d["proxy_pxe"], "server.dhcp.proxy_pxe")
 	p := l.mapping(m["ports"], "server.ports", portKeys)
 	s.Ports.DHCP = l.port(p["dhcp"], "dhcp", s.Ports.DHCP)
 	s.Ports.TFTP = l.port(p["tftp"], "tftp", s.Ports.TFTP)
@@ -563,6 +564,9 @@ func (l *loader) validate(cfg *Config, top map[string]*yaml.Node) {
 		if s.DHCP.InPool(s.Address.Addr()) {
 			l.errf(dhcpNodes["range"], "exclude the server's own address from the range", "server.dhcp.range contains the server's address %s", s.Address.Addr())
 		}
+	}
+	if s.DHCP.ProxyPXE && s.DHCP.Mode != DHCPProxy {
+		l.warnf(dhcpNodes["proxy_pxe"], "full mode always answers U-Boot/PXE boards", "server.dhcp.proxy_pxe is ignored in %s mode", s.DHCP.Mode)
 	}
 	if s.DHCP.PoolStart.IsValid() && s.DHCP.Mode != DHCPFull {
 		l.warnf(dhcpNodes["range"], "only full mode hands out addresses", "server.dhcp.range is ignored in %s mode", s.DHCP.Mode)

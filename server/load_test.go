@@ -104,6 +104,7 @@ func TestParseProblems(t *testing.T) {
 		{"port clash http", "server:\n  ports: {http: 2049}\n", []string{`2:17: ports nfs and http are both 2049`}},
 		{"bad port", "server:\n  ports: {tftp: 70000}\n", []string{`2:17: tftp port "70000" is not a port number`}},
 		{"bad mode", "server:\n  dhcp: {mode: fulll}\n", []string{`2:16: server.dhcp.mode "fulll" is not a DHCP mode`}},
+		{"bad proxy_pxe", "server:\n  dhcp: {proxy_pxe: yes please}\n", []string{`2:21: server.dhcp.proxy_pxe must be true or false, not "yes please"`}},
 		{"full without address", "server:\n  dhcp: {mode: full}\n", []string{`2:3: server.dhcp.mode is full but server.address is not set`}},
 		{"no mac no serial", "images: {i: {}}\ndefaults: {image: i}\nboards:\n  - name: a\n", []string{`4:5: board a has neither mac nor serial`}},
 		{"no image", "images: {i: {}}\nboards:\n  - name: a\n    mac: dc:a6:32:01:02:03\n", []string{`3:5: board a has no image`}},
@@ -198,4 +199,23 @@ func FuzzParse(f *testing.F) {
 			t.Fatal("nil config without error")
 		}
 	})
+}
+
+// TestParseProxyPXE: server.dhcp.proxy_pxe is off by default, read as a boolean, and
+// warned about (with its line) in a mode that ignores it.
+func TestParseProxyPXE(t *testing.T) {
+	cfg, ps, err := Parse([]byte("server:\n  dhcp:\n    proxy_pxe: true\n"), "fleet.yaml")
+	if err != nil || len(ps) != 0 || !cfg.Server.DHCP.ProxyPXE {
+		t.Fatalf("proxy_pxe: true: err %v, problems %v, cfg %+v", err, ps, cfg.Server.DHCP)
+	}
+	if cfg, _, _ := Parse([]byte("server:\n  dhcp: {mode: proxy}\n"), "fleet.yaml"); cfg == nil || cfg.Server.DHCP.ProxyPXE {
+		t.Fatalf("proxy_pxe is on by default")
+	}
+	_, ps, err = Parse([]byte("server:\n  address: 10.0.0.1/24\n  dhcp:\n    mode: full\n    proxy_pxe: true\n"), "fleet.yaml")
+	if err != nil {
+		t.Fatalf("a warning failed the load: %v", err)
+	}
+	if out := ps.Format("fleet.yaml"); !strings.Contains(out, "fleet.yaml:5:16: warning: server.dhcp.proxy_pxe is ignored in full mode") {
+		t.Errorf("no warning for proxy_pxe in full mode:\n%s", out)
+	}
 }

@@ -334,7 +334,7 @@ func (s *Server) serve(ctx context.Context, ready func(*Server)) error {
 		dsrv, err := dhcp.New(dhcp.Config{
 			Mode: dhcp.Mode(d.Mode), Interface: cfg.Server.Interface, ServerIP: cfg.Server.Address.Addr(),
 			Subnet: cfg.Server.Address.Masked(), Router: d.Router, DNS: d.DNS, LeaseTime: d.Lease,
-			PoolStart: d.PoolStart, PoolEnd: d.PoolEnd, LeaseFile: s.state.Leases(), Port: ports.DHCP,
+			PoolStart: d.PoolStart, PoolEnd: d.PoolEnd, LeaseFile: s.state.Leases(), Port: ports.DHCP, ProxyPXE: d.ProxyPXE,
 			Fleet: s.fleet, Events: s.timeline, Logger: s.log.With("service", "dhcp"),
 		})
 		if err != nil {
@@ -460,5 +460,6 @@ func (s *Server) Reload(force bool) (bool, error) {
 func sameServer(a, b ServerConfig) bool {
 	return a.Interface == b.Interface && a.Address == b.Address && a.State == b.State && a.Ports == b.Ports &&
 		a.DHCP.Mode == b.DHCP.Mode && a.DHCP.PoolStart == b.DHCP.PoolStart && a.DHCP.PoolEnd == b.DHCP.PoolEnd &&
-		a.DHCP.Router == b.DHCP.Router && slices.Equal(a.DHCP.DNS, b.DHCP.DNS) && a.DHCP.Lease == b.DHCP.Lease
+		a.DHCP.Router == b.DHCP.Router && slices.Equal(a.DHCP.DNS, b.DHCP.DNS) && a.DHCP.Lease == b.DHCP.Lease &&
+		a.DHCP.ProxyPXE == b.DHCP.ProxyPXE
 }

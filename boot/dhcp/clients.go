@@ -1,6 +1,7 @@
 package dhcp
 
 import (
+	"container/list"
 	"sync"
 	"time"
 )
@@ -15,13 +16,17 @@ const (
 	// packets at once and 10 per second is far above any honest client.
 	rateBurst  = 20
 	ratePerSec = 10
-	// maxClients bounds the table; past it idle entries are swept, and a flood of
-	// fresh MACs is dropped until entries age out.
-	maxClients = 16384
-	clientIdle = 2 * time.Minute
+	// maxUnknown bounds the table of clients that are not boards listed by MAC; past
+	// it the least recently seen is forgotten, so a flood of fresh MACs always gets in
+	// (and is then bounded by the queue) but never touches the boards' entries.
+	maxUnknown = 16384
+	// boardIdle: a board's entry unused this long is swept (the fleet can shrink on
+	// reload); the board table never holds more than the fleet's MACs otherwise.
+	boardIdle = 10 * time.Minute
 )
 
 type clientState struct {
+	mac        string
 	tokens     float64
 	last       time.Time
 	kind       clientKind
@@ -31,37 +36,27 @@ type clientState struct {
 	warned     bool // a once-per-MAC warning was logged
 }
 
+// clientTable holds per-MAC state in two parts: the fleet's boards (found by MAC
+// before anything else, DESIGN.md "Trust and limits") and everyone else, an LRU of
+// maxUnknown. A flood of made-up MACs fills and churns the second part only.
 type clientTable struct {
 	mu        sync.Mutex
-	m         map[string]*clientState
-	nextSweep time.Time // a full table is swept at most once a second, not per packet
+	boards    map[string]*clientState
+	unknown   map[string]*list.Element // of *clientState
+	lru       list.List                // front = most recently seen
+	nextSweep time.Time
 }
 
-func newClientTable() *clientTable { return &clientTable{m: make(map[string]*clientState)} }
+func newClientTable() *clientTable {
+	return &clientTable{boards: make(map[string]*clientState), unknown: make(map[string]*list.Element)}
+}
 
-// allow takes one token from mac's bucket; false means drop the packet.
-func (t *clientTable) allow(mac string, now time.Time) bool {
+// allow takes one token from mac's bucket; false means drop the packet. board says
+// mac is the MAC of a board of the fleet (BoardByMAC found it).
+func (t *clientTable) allow(mac string, board bool, now time.Time) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	c := t.m[mac]
-	if c == nil {
-		if len(t.m) >= maxClients {
-			if now.Before(t.nextSweep) {
-				return false
-			}
-			t.nextSweep = now.Add(time.Second)
-			for k, v := range t.m {
-				if now.Sub(v.last) > clientIdle {
-					delete(t.m, k)
-				}
-			}
-			if len(t.m) >= maxClients {
-				return false
-			}
-		}
-		c = &clientState{tokens: rateBurst, last: now}
-		t.m[mac] = c
-	}
+	c := t.entry(mac, board, now)
 	c.tokens = min(rateBurst, c.tokens+now.Sub(c.last).Seconds()*ratePerSec)
 	c.last = now
 	if c.tokens < 1 {
@@ -71,14 +66,68 @@ func (t *clientTable) allow(mac string, now time.Time) bool {
 	return true
 }
 
+// entry returns mac's state, creating it in the part board selects (moving it there
+// if the fleet changed). Caller holds t.mu.
+func (t *clientTable) entry(mac string, board bool, now time.Time) *clientState {
+	if board {
+		if now.After(t.nextSweep) {
+			t.nextSweep = now.Add(boardIdle)
+			for k, v := range t.boards {
+				if now.Sub(v.last) > boardIdle {
+					delete(t.boards, k)
+				}
+			}
+		}
+		if c := t.boards[mac]; c != nil {
+			return c
+		}
+		c := &clientState{mac: mac, tokens: rateBurst, last: now}
+		if e := t.unknown[mac]; e != nil {
+			c = t.lru.Remove(e).(*clientState)
+			delete(t.unknown, mac)
+		}
+		t.boards[mac] = c
+		return c
+	}
+	if e := t.unknown[mac]; e != nil {
+		t.lru.MoveToFront(e)
+		return e.Value.(*clientState)
+	}
+	if c := t.boards[mac]; c != nil {
+		// No longer a board by MAC (fleet reloaded): keep its state, move it.
+		delete(t.boards, mac)
+		t.unknown[mac] = t.lru.PushFront(c)
+		return c
+	}
+	if t.lru.Len() >= maxUnknown {
+		old := t.lru.Back()
+		delete(t.unknown, old.Value.(*clientState).mac)
+		t.lru.Remove(old)
+	}
+	c := &clientState{mac: mac, tokens: rateBurst, last: now}
+	t.unknown[mac] = t.lru.PushFront(c)
+	return c
+}
+
+// find returns mac's state, nil if it has none. Caller holds t.mu.
+func (t *clientTable) find(mac string) *clientState {
+	if c := t.boards[mac]; c != nil {
+		return c
+	}
+	if e := t.unknown[mac]; e != nil {
+		return e.Value.(*clientState)
+	}
+	return nil
+}
+
 // learn remembers what a packet told about mac; empty values keep what was known.
 // A DISCOVER also starts the exchange clock.
 func (t *clientTable) learn(mac string, k clientKind, serial, model string, discover bool, now time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	c := t.m[mac]
+	c := t.find(mac)
 	if c == nil {
-		return // only packets that passed allow() get here, so the entry exists unless swept
+		return // only packets that passed allow() get here, so the entry exists unless evicted
 	}
 	if k != kindPlain {
 		c.kind = k
@@ -98,7 +147,7 @@ func (t *clientTable) learn(mac string, k clientKind, serial, model string, disc
 func (t *clientTable) recall(mac string) (k clientKind, serial, model string, discoverAt time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	c := t.m[mac]
+	c := t.find(mac)
 	if c == nil {
 		return kindPlain, "", "", time.Time{}
 	}
@@ -109,7 +158,7 @@ func (t *clientTable) recall(mac string) (k clientKind, serial, model string, di
 func (t *clientTable) warnOnce(mac string) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	c := t.m[mac]
+	c := t.find(mac)
 	if c == nil || c.warned {
 		return false
 	}

@@ -63,6 +63,12 @@ type Config struct {
 	LeaseFile string
 	// Port is the server port, 67 unless a test says otherwise; replies go to Port+1.
 	Port int
+	// ProxyPXE makes proxy mode answer U-Boot/PXE boot clients too. Off by default:
+	// U-Boot takes the first OFFER, and an address-less proxy OFFER that beats the
+	// router's makes it fail even when the router's next-server points here. On for
+	// U-Boot builds that merge proxy offers (CONFIG_SERVERIP_FROM_PROXYDHCP). Pi
+	// bootloaders are answered in proxy mode either way (they merge the offers).
+	ProxyPXE bool
 	// Fleet answers which board a packet came from. Its contents change on reload.
 	Fleet boot.Fleet
 	// Events receives each board's DHCP steps; nil = a private timeline.
@@ -80,6 +86,8 @@ type Stats struct {
 	Malformed   uint64 // packets that were not DHCP requests
 	RateLimited uint64 // dropped by the per-MAC limit
 	Overflow    uint64 // dropped because every worker was busy and the queue was full
+	Oversized   uint64 // datagrams larger than maxRequest, dropped
+	OtherIf     uint64 // packets that came in on another interface than ours, dropped
 	SendErrors  uint64 // replies the kernel refused
 }
 
@@ -90,16 +98,26 @@ type Server struct {
 	events     *boot.Timeline
 	leases     *leaseTable // full mode only
 	clients    *clientTable
+	lines      lineLimits
 	clientPort int
 	pool       bool
 
-	received, replied, ignored, malformed, limited, overflow, sendErr atomic.Uint64
+	received, replied, ignored, malformed, limited, overflow, oversized, otherIf, sendErr atomic.Uint64
 }
 
 // Tunables. Workers block on lease fsyncs (group commit), so there are many of them.
+// Packets from the fleet's boards (by MAC) have their own queue, which workers empty
+// first: a flood of other clients fills the other one.
 const (
-	workers    = 64
-	queueDepth = 1024
+	workers         = 64
+	queueDepth      = 1024
+	boardQueueDepth = 256
+	// maxRequest is the largest request handled: a jumbo frame's UDP payload. RFC 2131
+	// requests fit 576 bytes unless option 57 says more, and nothing honest sends more
+	// than its MTU. The socket is read with a 64 KiB buffer, so larger datagrams are
+	// seen whole (not truncated into something that parses differently) and dropped.
+	maxRequest = 9000 - 28
+	readBuffer = 64 << 10
 )
 
 // New checks cfg and, in full mode, loads the lease file.
@@ -136,6 +154,7 @@ func New(cfg Config) (*Server, error) {
 		clients:    newClientTable(),
 		clientPort: cfg.Port + 1,
 	}
+	s.lines = newLineLimits(s.log)
 	if cfg.Mode == ModeFull {
 		if err := s.checkFull(); err != nil {
 			return nil, err
@@ -179,7 +198,7 @@ func (s *Server) Stats() Stats {
 	return Stats{
 		Received: s.received.Load(), Replied: s.replied.Load(), Ignored: s.ignored.Load(),
 		Malformed: s.malformed.Load(), RateLimited: s.limited.Load(), Overflow: s.overflow.Load(),
-		SendErrors: s.sendErr.Load(),
+		Oversized: s.oversized.Load(), OtherIf: s.otherIf.Load(), SendErrors: s.sendErr.Load(),
 	}
 }
 
@@ -226,30 +245,49 @@ func (s *Server) Serve(ctx context.Context) error {
 		conn.Close()
 		return fmt.Errorf("IP_PKTINFO: %w", err)
 	}
-	// Not bound to an interface: answer only on the one that carries ServerIP, so a
-	// multi-homed server never answers another LAN (found now, in the caller's
-	// network namespace).
+	// Answer only on our interface: the configured one (SO_BINDTODEVICE already keeps
+	// the others out; the index check holds where the kernel delivers anyway), else
+	// the one that carries ServerIP, so a multi-homed server never answers another LAN
+	// (found now, in the caller's network namespace).
 	onlyIf := 0
-	if s.cfg.Interface == "" {
-		if onlyIf = interfaceOf(s.cfg.ServerIP); onlyIf == 0 {
-			s.log.Warn("no interface has the server address: answering on every interface", "server_ip", s.cfg.ServerIP)
+	if s.cfg.Interface != "" {
+		ifc, err := net.InterfaceByName(s.cfg.Interface)
+		if err != nil {
+			conn.Close()
+			return fmt.Errorf("interface %s: %w", s.cfg.Interface, err)
 		}
+		onlyIf = ifc.Index
+	} else if onlyIf = interfaceOf(s.cfg.ServerIP); onlyIf == 0 {
+		s.log.Warn("no interface has the server address: answering on every interface", "server_ip", s.cfg.ServerIP)
 	}
 	s.log.Info("listening", "interface", s.cfg.Interface, "port", s.cfg.Port, "server_ip", s.cfg.ServerIP)
 
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 
-	queue := make(chan packet, queueDepth)
+	// The counts of rate-limited log lines, now and then and at the end.
+	stopFlush, flushDone := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(flushDone)
+		tick := time.NewTicker(flushEvery)
+		defer tick.Stop()
+		for {
+			select {
+			case <-tick.C:
+				s.lines.flush()
+			case <-stopFlush:
+				return
+			}
+		}
+	}()
+
+	boards := make(chan packet, boardQueueDepth)
+	others := make(chan packet, queueDepth)
 	var wg sync.WaitGroup
 	for range workers {
-		wg.Go(func() {
-			for p := range queue {
-				s.serveOne(pc, p)
-			}
-		})
+		wg.Go(func() { s.work(pc, boards, others) })
 	}
-	buf := make([]byte, 1500) // Ethernet MTU: a DHCP request never needs more
+	buf := make([]byte, readBuffer)
 	var readErr error
 	for {
 		n, cm, _, err := pc.ReadFrom(buf)
@@ -260,25 +298,43 @@ func (s *Server) Serve(ctx context.Context) error {
 			break
 		}
 		s.received.Add(1)
-		p := packet{buf: append([]byte(nil), buf[:n]...), at: time.Now()}
+		at := time.Now()
+		ifIndex := 0
 		if cm != nil {
-			p.ifIndex = cm.IfIndex
+			ifIndex = cm.IfIndex
 		}
-		if onlyIf != 0 && p.ifIndex != 0 && p.ifIndex != onlyIf {
-			s.ignored.Add(1)
+		if onlyIf != 0 && ifIndex != 0 && ifIndex != onlyIf {
+			s.otherIf.Add(1)
 			continue
 		}
+		if n > maxRequest {
+			s.oversized.Add(1)
+			s.limitedLog(slog.LevelWarn, "oversized requests", false, "request larger than a jumbo frame: dropped",
+				"bytes", n, "max", maxRequest)
+			continue
+		}
+		p := packet{buf: append([]byte(nil), buf[:n]...), at: at, ifIndex: ifIndex}
+		q := others
+		if n >= 34 {
+			if _, ok := s.cfg.Fleet.BoardByMAC(net.HardwareAddr(buf[28:34])); ok {
+				q = boards
+			}
+		}
 		select {
-		case queue <- p:
+		case q <- p:
 		default:
 			// Every worker busy and the queue full: drop rather than queue without
 			// bound. Clients retransmit (RFC 2131 section 4.1).
 			s.overflow.Add(1)
 		}
 	}
-	close(queue)
+	close(boards)
+	close(others)
 	wg.Wait()
 	conn.Close()
+	close(stopFlush)
+	<-flushDone
+	s.lines.flush()
 	if s.leases != nil {
 		if err := s.leases.close(); err != nil && readErr == nil {
 			readErr = err
@@ -286,6 +342,36 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	s.log.Info("stopped", "stats", s.Stats())
 	return readErr
+}
+
+// work answers packets until both queues are closed and empty, boards' first.
+func (s *Server) work(pc *ipv4.PacketConn, boards, others chan packet) {
+	for boards != nil || others != nil {
+		select {
+		case p, ok := <-boards:
+			if !ok {
+				boards = nil
+				continue
+			}
+			s.serveOne(pc, p)
+			continue
+		default:
+		}
+		select {
+		case p, ok := <-boards:
+			if !ok {
+				boards = nil
+				continue
+			}
+			s.serveOne(pc, p)
+		case p, ok := <-others:
+			if !ok {
+				others = nil
+				continue
+			}
+			s.serveOne(pc, p)
+		}
+	}
 }
 
 // interfaceOf returns the index of the interface that has ip, 0 if none does.
@@ -327,7 +413,8 @@ func (s *Server) serveOne(pc *ipv4.PacketConn, p packet) {
 		if b, ok := s.cfg.Fleet.BoardByMAC(mac); ok {
 			name, serial = b.Name, b.Serial
 		}
-		s.log.Warn("send reply", "board", name, "mac", mac.String(), "serial", serial, "to", dst, "err", err)
+		s.limitedLog(slog.LevelWarn, mac.String(), name == "-", "send reply",
+			"board", name, "mac", mac.String(), "serial", serial, "to", dst, "err", err)
 		return
 	}
 	s.replied.Add(1)

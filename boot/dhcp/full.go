@@ -1,7 +1,9 @@
 package dhcp
 
 import (
+	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"time"
@@ -63,6 +65,32 @@ func (r *request) fixed() (netip.Addr, bool) {
 	return netip.Addr{}, false
 }
 
+// pinned reports whether r comes from the MAC its board is listed with: then the
+// board's fixed IP is this MAC's whoever holds it now. A board listed only by serial
+// is not pinned: its fixed IP goes to the first MAC that leases it, until that lease
+// ends (list the MAC to pin it).
+func (r *request) pinned() bool {
+	return r.board != nil && len(r.board.MAC) > 0 && r.board.MAC.String() == r.macStr
+}
+
+// fixedTaken reports whether the board's fixed ip is held by another MAC that r may
+// not take it from, and logs it.
+func (s *Server) fixedTaken(r *request, ip netip.Addr) bool {
+	if r.pinned() {
+		return false
+	}
+	s.leases.mu.Lock()
+	holder, held := s.leases.holder(ip, r.at)
+	s.leases.mu.Unlock()
+	if !held || holder == r.macStr {
+		return false
+	}
+	r.log.Warn("fixed address of a board listed by serial is leased to another MAC: not answering "+
+		"(list the board's mac in fleet.yaml to pin the address to it)", "ip", ip, "holder", holder)
+	s.ignored.Add(1)
+	return true
+}
+
 // usable reports whether a pool address may go to a client: not ours, not the
 // router's, not the subnet's network or broadcast address, not a board's fixed IP.
 func (s *Server) usable(a netip.Addr) bool {
@@ -82,16 +110,21 @@ func (s *Server) usable(a netip.Addr) bool {
 func (s *Server) fullDiscover(r *request) *dhcpv4.DHCPv4 {
 	s.record(r, "discover")
 	ip, ok := r.fixed()
+	if ok && s.fixedTaken(r, ip) {
+		return nil
+	}
 	if !ok {
 		requested := addrOf(r.msg.RequestedIPAddress())
 		s.leases.mu.Lock()
-		ip, ok = s.leases.pick(r.macStr, requested, s.cfg.PoolStart, s.cfg.PoolEnd, r.at, s.usable)
+		ip, ok = s.leases.pick(r.macStr, r.board != nil, requested, s.cfg.PoolStart, s.cfg.PoolEnd, r.at, s.usable)
 		if ok {
-			s.leases.reserve(r.macStr, ip, r.at)
+			s.leases.reserve(r.macStr, r.board != nil, ip, r.at)
 		}
 		s.leases.mu.Unlock()
 		if !ok {
-			r.log.Warn("pool exhausted: no address to offer", "pool_start", s.cfg.PoolStart, "pool_end", s.cfg.PoolEnd)
+			// One line per period for the whole pool, not per client.
+			s.limitedLog(slog.LevelWarn, "pool exhausted", false, "pool exhausted: no address to offer",
+				"pool_start", s.cfg.PoolStart, "pool_end", s.cfg.PoolEnd, "board", r.boardName(), "mac", r.macStr)
 			s.ignored.Add(1)
 			return nil
 		}
@@ -100,7 +133,10 @@ func (s *Server) fullDiscover(r *request) *dhcpv4.DHCPv4 {
 		// The Pi 3 ROM boots from the OFFER and never REQUESTs: the offer is its lease,
 		// so it is persisted like an ACK before it is sent.
 		if err := s.commit(r, ip); err != nil {
-			r.log.Error("persist lease: not offering", "ip", ip, "err", err)
+			if !errors.Is(err, errTaken) {
+				r.log.Error("persist lease: not offering", "ip", ip, "err", err)
+			}
+			s.ignored.Add(1)
 			return nil
 		}
 	}
@@ -132,6 +168,9 @@ func (s *Server) fullRequest(r *request) *dhcpv4.DHCPv4 {
 		if want != ip {
 			return s.nak(r, fmt.Sprintf("requested %v; this board's address is %v", want, ip))
 		}
+		if s.fixedTaken(r, ip) {
+			return s.nak(r, fmt.Sprintf("requested %v is not available", want))
+		}
 	} else {
 		if !s.cfg.Subnet.Contains(want) {
 			return s.nak(r, fmt.Sprintf("requested %v is not on this network %v", want, s.cfg.Subnet))
@@ -144,7 +183,10 @@ func (s *Server) fullRequest(r *request) *dhcpv4.DHCPv4 {
 			return s.nak(r, fmt.Sprintf("requested %v is not available", want))
 		}
 	}
-	if err := s.commit(r, want); err != nil {
+	if err := s.commit(r, want); errors.Is(err, errTaken) {
+		// Another client's REQUEST for the same address won the race.
+		return s.nak(r, fmt.Sprintf("requested %v is not available", want))
+	} else if err != nil {
 		// No ACK for a lease we could not persist: the client retransmits.
 		r.log.Error("persist lease: not acknowledging", "ip", want, "err", err)
 		return nil
@@ -200,12 +242,22 @@ func (s *Server) fullInform(r *request) *dhcpv4.DHCPv4 {
 	return reply
 }
 
+// commit persists r's lease on ip; errTaken if another MAC holds ip and r may not
+// take it over (only a pinned board takes over its own fixed IP).
 func (s *Server) commit(r *request, ip netip.Addr) error {
 	name := ""
 	if r.board != nil {
 		name = r.board.Name
 	}
-	b := s.leases.bind(lease{MAC: r.macStr, IP: ip, Expires: r.at.Add(s.cfg.LeaseTime), Board: name})
+	fixed, isFixed := r.fixed()
+	takeover := isFixed && fixed == ip && r.pinned()
+	b, ended, err := s.leases.bind(lease{MAC: r.macStr, IP: ip, Expires: r.at.Add(s.cfg.LeaseTime), Board: name}, r.at, takeover)
+	if err != nil {
+		return err
+	}
+	if ended != "" {
+		r.log.Warn("the board's fixed address was leased to another MAC: that lease is ended", "ip", ip, "holder", ended)
+	}
 	return s.leases.log.wait(b)
 }
 

@@ -55,15 +55,23 @@ type request struct {
 
 // reqLog logs with the request's board, mac, serial, xid and client kind. It adds them
 // per line, only for lines the handler enables, instead of a Logger.With per packet:
-// under load most packets log nothing (Debug is off).
+// under load most packets log nothing (Debug is off). Lines are rate-limited per
+// client MAC (key); lines about clients that are not boards listed by MAC (shared)
+// are also bounded in total, since anyone can make up MACs (loglimit.go).
 type reqLog struct {
-	l     *slog.Logger
-	attrs []any
+	l      *slog.Logger
+	lines  *lineLimits // nil = no limit
+	key    string
+	shared bool
+	attrs  []any
 }
 
 func (r reqLog) log(level slog.Level, msg string, args []any) {
 	ctx := context.Background()
 	if !r.l.Enabled(ctx, level) {
+		return
+	}
+	if r.lines != nil && !r.lines.allow(r.key, r.shared) {
 		return
 	}
 	r.l.Log(ctx, level, msg, append(append(make([]any, 0, len(r.attrs)+len(args)), r.attrs...), args...)...)
@@ -102,11 +110,14 @@ func (s *Server) handle(pkt []byte, at time.Time) ([]byte, netip.AddrPort) {
 		return nil, netip.AddrPort{}
 	}
 	macStr := msg.ClientHWAddr.String()
-	if !s.clients.allow(macStr, at) {
+	// The fleet first: a board's MAC is looked up before the table of unknown clients
+	// is touched, so no flood of other MACs can crowd a board out.
+	byMAC, isBoard := s.cfg.Fleet.BoardByMAC(msg.ClientHWAddr)
+	if !s.clients.allow(macStr, isBoard, at) {
 		s.limited.Add(1)
 		return nil, netip.AddrPort{}
 	}
-	r := s.identify(msg, typ, macStr, at)
+	r := s.identify(msg, typ, macStr, byMAC, at)
 
 	var reply *dhcpv4.DHCPv4
 	if s.cfg.Mode == ModeFull {
@@ -120,10 +131,13 @@ func (s *Server) handle(pkt []byte, at time.Time) ([]byte, netip.AddrPort) {
 	return encode(reply), s.destination(msg, reply)
 }
 
-// identify works out what kind of client sent msg and which board it is: by MAC, then
-// by the serial in option 97 (a Pi listed only by serial), then by the serial its
-// DISCOVER carried (a REQUEST may lack option 97 and 60).
-func (s *Server) identify(msg *dhcpv4.DHCPv4, typ dhcpv4.MessageType, macStr string, at time.Time) *request {
+// identify works out what kind of client sent msg and which board it is. byMAC is the
+// board listed with msg's MAC, if any: a board listed with a MAC is that MAC and
+// nothing else. A board listed without one (a Pi known by serial) is found by the
+// serial in option 97, or by the one this MAC's DISCOVER carried (a REQUEST may lack
+// option 97 and 60). The serial of a board listed with another MAC is never evidence
+// (DESIGN.md, Boot): anyone can type it.
+func (s *Server) identify(msg *dhcpv4.DHCPv4, typ dhcpv4.MessageType, macStr string, byMAC *boot.Board, at time.Time) *request {
 	r := &request{msg: msg, typ: typ, mac: msg.ClientHWAddr, macStr: macStr, at: at,
 		client: addrOf(msg.ClientIPAddr)}
 	vc := string(msg.Options.Get(dhcpv4.OptionClassIdentifier))
@@ -147,13 +161,23 @@ func (s *Server) identify(msg *dhcpv4.DHCPv4, typ dhcpv4.MessageType, macStr str
 	}
 	r.discoverAt = discoverAt
 
-	fleet := s.cfg.Fleet
-	board, ok := fleet.BoardByMAC(r.mac)
+	board, ok := byMAC, byMAC != nil
+	var claimed *boot.Board // a board listed with another MAC whose serial this client sent
 	for _, serial := range []string{id.serial, id.altSerial, serial0} {
-		if ok || serial == "" {
+		if ok {
 			break
 		}
-		board, ok = fleet.BoardBySerial(serial)
+		if serial == "" {
+			continue
+		}
+		b, found := s.cfg.Fleet.BoardBySerial(serial)
+		switch {
+		case !found:
+		case len(b.MAC) == 0:
+			board, ok = b, true
+		default:
+			claimed = b
+		}
 	}
 	switch {
 	case ok && board.Serial != "":
@@ -170,8 +194,12 @@ func (s *Server) identify(msg *dhcpv4.DHCPv4, typ dhcpv4.MessageType, macStr str
 		r.discoverAt = at
 	}
 	s.clients.learn(macStr, r.kind, r.serial, r.model, typ == dhcpv4.MessageTypeDiscover, at)
-	r.log = reqLog{l: s.log, attrs: []any{"board", r.boardName(), "mac", macStr, "serial", r.serial,
-		"xid", msg.TransactionID, "client", r.kind}}
+	r.log = reqLog{l: s.log, lines: &s.lines, key: macStr, shared: byMAC == nil,
+		attrs: []any{"board", r.boardName(), "mac", macStr, "serial", r.serial, "xid", msg.TransactionID, "client", r.kind}}
+	if claimed != nil && !ok {
+		r.log.Warn("option 97 carries the serial of a board listed with another MAC: not treated as that board",
+			"claimed_board", claimed.Name, "board_mac", claimed.MAC.String())
+	}
 	return r
 }
 

@@ -27,8 +27,17 @@ import (
 // but concurrent ACKs share one, which is what lets full mode outrun dnsmasq (which
 // rewrites its whole lease file per change).
 
-// offerHold is how long an offered pool address stays reserved for its client.
-const offerHold = 60 * time.Second
+// Invariant: no address is ever leased to two MACs. bind refuses an address another
+// MAC holds (a live lease or an unexpired offer) unless told to take it over, and
+// then ends the other lease in the same batch; load keeps the last record per address.
+
+// offerHold is how long an offered pool address stays reserved for its client if it
+// does not REQUEST it: long enough for a slow client's retries, short enough that a
+// flood of DISCOVERs from made-up MACs frees the pool again quickly.
+const offerHold = 30 * time.Second
+
+// errTaken is bind's answer when another MAC holds the address.
+var errTaken = errors.New("address held by another client")
 
 // lease is one client's address. A zero Expires means released.
 type lease struct {
@@ -42,6 +51,7 @@ type lease struct {
 type offer struct {
 	mac   string
 	until time.Time
+	board bool // offered to a board of the fleet: a flood of others cannot take it
 }
 
 // leaseTable is the in-memory lease state plus its log. Safe for concurrent use.
@@ -110,6 +120,11 @@ func (t *leaseTable) load(path string, now time.Time) (lines int, err error) {
 			delete(t.byMAC, l.MAC)
 			continue
 		}
+		// One MAC per address: a later record for the address ends an earlier
+		// holder's lease (a file written before the invariant held may have two).
+		if other, ok := t.byIP[l.IP]; ok && other != l.MAC {
+			delete(t.byMAC, other)
+		}
 		t.byMAC[l.MAC] = &l
 		t.byIP[l.IP] = l.MAC
 	}
@@ -151,10 +166,12 @@ func (t *leaseTable) holder(ip netip.Addr, now time.Time) (mac string, held bool
 }
 
 // pick chooses a pool address for mac: its current (or last, still free) lease, then
-// the address it asked for, then the next free one round-robin. usable filters out
-// addresses that belong to something else (fixed board IPs, the server, the router).
+// the address it asked for, then the next free one round-robin, and for a board of
+// the fleet (board) when the pool is full, an address offered to a client that is not
+// a board (its offer ends; its REQUEST gets a NAK). usable filters out addresses that
+// belong to something else (fixed board IPs, the server, the router).
 // Caller holds t.mu.
-func (t *leaseTable) pick(mac string, requested, start, end netip.Addr, now time.Time, usable func(netip.Addr) bool) (netip.Addr, bool) {
+func (t *leaseTable) pick(mac string, board bool, requested, start, end netip.Addr, now time.Time, usable func(netip.Addr) bool) (netip.Addr, bool) {
 	inPool := func(a netip.Addr) bool {
 		return a.IsValid() && start.Compare(a) <= 0 && a.Compare(end) <= 0 && usable(a)
 	}
@@ -187,13 +204,28 @@ func (t *leaseTable) pick(mac string, requested, start, end netip.Addr, now time
 			a = start
 		}
 		if a == first {
-			return netip.Addr{}, false
+			break
 		}
 	}
+	if board {
+		for a, o := range t.offers {
+			if !o.board && o.mac != declined && o.until.After(now) && inPool(a) {
+				if m, ok := t.byIP[a]; ok && m != o.mac {
+					if l := t.byMAC[m]; l != nil && l.IP == a && l.Expires.After(now) {
+						continue
+					}
+				}
+				t.dropOffer(a)
+				return a, true
+			}
+		}
+	}
+	return netip.Addr{}, false
 }
 
-// reserve holds ip for mac between OFFER and REQUEST. Caller holds t.mu.
-func (t *leaseTable) reserve(mac string, ip netip.Addr, now time.Time) {
+// reserve holds ip for mac between OFFER and REQUEST; board marks a board of the
+// fleet. Caller holds t.mu.
+func (t *leaseTable) reserve(mac string, board bool, ip netip.Addr, now time.Time) {
 	if len(t.offers) > t.sweepAt {
 		for a, o := range t.offers {
 			if !o.until.After(now) {
@@ -206,7 +238,7 @@ func (t *leaseTable) reserve(mac string, ip netip.Addr, now time.Time) {
 		t.dropOffer(old)
 	}
 	t.dropOffer(ip) // an expired offer to someone else
-	t.offers[ip] = offer{mac: mac, until: now.Add(offerHold)}
+	t.offers[ip] = offer{mac: mac, until: now.Add(offerHold), board: board}
 	t.offerOf[mac] = ip
 }
 
@@ -234,24 +266,46 @@ func (t *leaseTable) hold(ip netip.Addr, until time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.dropOffer(ip)
-	t.offers[ip] = offer{mac: "declined", until: until}
+	t.offers[ip] = offer{mac: declined, until: until}
 }
 
+// declined is the holder of an address a client DECLINEd.
+const declined = "declined"
+
 // bind records a lease in memory and queues its record; the caller must wait on the
-// returned batch before telling the client. Caller must NOT hold t.mu.
-func (t *leaseTable) bind(l lease) *leaseBatch {
+// returned batch before telling the client. If another MAC holds l.IP at now (a live
+// lease or an unexpired offer), bind refuses with errTaken, unless takeover is set
+// (the address is the fixed IP fleet.yaml gives this very MAC): then the other lease
+// ends, in the same batch, before this one starts; ended names its MAC if it was
+// live. Caller must NOT hold t.mu.
+func (t *leaseTable) bind(l lease, now time.Time, takeover bool) (b *leaseBatch, ended string, err error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	h, held := t.holder(l.IP, now)
+	if held && h != l.MAC {
+		if !takeover {
+			return nil, "", errTaken
+		}
+		if h != declined {
+			ended = h
+		}
+	}
+	t.dropOffer(l.IP) // ours (now a lease), expired, or taken over
+	if m, ok := t.byIP[l.IP]; ok && m != l.MAC {
+		// An expired lease, or one taken over: end it on disk too, so that the file
+		// never holds two live leases for one address.
+		if o := t.byMAC[m]; o != nil && o.IP == l.IP {
+			delete(t.byMAC, m)
+			t.log.enqueue(lease{MAC: m, IP: l.IP, Board: o.Board})
+		}
+	}
 	if old := t.byMAC[l.MAC]; old != nil && old.IP != l.IP && t.byIP[old.IP] == l.MAC {
 		delete(t.byIP, old.IP)
-	}
-	if o, ok := t.offers[l.IP]; ok && o.mac == l.MAC {
-		t.dropOffer(l.IP)
 	}
 	t.byMAC[l.MAC] = &l
 	t.byIP[l.IP] = l.MAC
 	// Queued under t.mu so log order equals memory order for the same MAC.
-	return t.log.enqueue(l)
+	return t.log.enqueue(l), ended, nil
 }
 
 // release ends mac's lease on ip (DHCPRELEASE/DHCPDECLINE); nil when there is none.

@@ -30,16 +30,16 @@ func TestLeaseLog(t *testing.T) {
 		wg.Go(func() {
 			mac := fmt.Sprintf("02:00:00:00:%02x:%02x", i/256, i%256)
 			tab.mu.Lock()
-			ip, ok := tab.pick(mac, netip.Addr{}, start, end, now, all)
+			ip, ok := tab.pick(mac, false, netip.Addr{}, start, end, now, all)
 			if ok {
-				tab.reserve(mac, ip, now)
+				tab.reserve(mac, false, ip, now)
 			}
 			tab.mu.Unlock()
 			if !ok {
 				t.Errorf("%s: pool exhausted early", mac)
 				return
 			}
-			if err := tab.log.wait(tab.bind(lease{MAC: mac, IP: ip, Expires: now.Add(time.Hour)})); err != nil {
+			if err := bindWait(tab, lease{MAC: mac, IP: ip, Expires: now.Add(time.Hour)}, now); err != nil {
 				t.Error(err)
 			}
 			mu.Lock()
@@ -52,7 +52,7 @@ func TestLeaseLog(t *testing.T) {
 	}
 	wg.Wait()
 	tab.mu.Lock()
-	if _, ok := tab.pick("02:ff:00:00:00:01", netip.Addr{}, start, end, now, all); ok {
+	if _, ok := tab.pick("02:ff:00:00:00:01", false, netip.Addr{}, start, end, now, all); ok {
 		t.Errorf("pool of 200 gave a 201st address")
 	}
 	tab.mu.Unlock()
@@ -62,14 +62,14 @@ func TestLeaseLog(t *testing.T) {
 	// Re-binding the same leases many times grows the log past the compaction mark.
 	for range 6 {
 		for ip, mac := range got {
-			tab.log.wait(tab.bind(lease{MAC: mac, IP: ip, Expires: now.Add(time.Hour)}))
+			bindWait(tab, lease{MAC: mac, IP: ip, Expires: now.Add(time.Hour)}, now)
 		}
 	}
 	if tab.log.lines > 4*200+1024 {
 		t.Errorf("log not compacted: %d lines for 200 leases", tab.log.lines)
 	}
 	// An expired lease and a torn line, as after a crash.
-	tab.log.wait(tab.bind(lease{MAC: "02:ee:00:00:00:01", IP: netip.MustParseAddr("10.9.1.1"), Expires: now.Add(-time.Minute)}))
+	bindWait(tab, lease{MAC: "02:ee:00:00:00:01", IP: netip.MustParseAddr("10.9.1.1"), Expires: now.Add(-time.Minute)}, now)
 	if err := tab.close(); err != nil {
 		t.Fatal(err)
 	}
@@ -94,4 +94,13 @@ func TestLeaseLog(t *testing.T) {
 	if strings.Contains(string(b), "02:dd:") || strings.Contains(string(b), "02:ee:") {
 		t.Errorf("start-up compaction kept a torn or expired record")
 	}
+}
+
+// bindWait binds l (no takeover) and waits for it to be on disk.
+func bindWait(tab *leaseTable, l lease, now time.Time) error {
+	b, _, err := tab.bind(l, now, false)
+	if err != nil {
+		return err
+	}
+	return tab.log.wait(b)
 }

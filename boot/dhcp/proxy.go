@@ -2,13 +2,15 @@ package dhcp
 
 import (
 	"net"
+	"strings"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 )
 
 // proxyDHCP (PXE spec 2.1, section 2.2.3): the LAN's router gives the address, we give
 // only boot options, on port 67. The client merges both OFFERs (Pi bootloaders do;
-// U-Boot does not, so U-Boot boards need full mode or the router's next-server). A
+// U-Boot does not, so U-Boot boards need full mode or the router's next-server, and
+// are not answered unless Config.ProxyPXE). A
 // proxy reply therefore never carries yiaddr, lease time, mask or router: a client
 // that took them from us would fight the router.
 
@@ -29,16 +31,22 @@ func (s *Server) proxy(r *request) *dhcpv4.DHCPv4 {
 		s.ignored.Add(1)
 		return nil
 	}
+	if r.kind == kindPXE && !s.cfg.ProxyPXE {
+		// U-Boot takes the first OFFER and does not merge: our address-less one,
+		// arriving before the router's, would make it fail even when the router's
+		// next-server points here. Silent unless server.dhcp.proxy_pxe says otherwise.
+		if r.typ == dhcpv4.MessageTypeDiscover && s.clients.warnOnce(r.macStr) {
+			r.log.Warn("U-Boot/PXE board in proxy mode: not answered (U-Boot takes the first offer and " +
+				"does not merge proxy offers); set the router's next-server to this host, use dhcp mode " +
+				"full, or server.dhcp.proxy_pxe: true for a U-Boot built with CONFIG_SERVERIP_FROM_PROXYDHCP")
+		}
+		s.record(r, strings.ToLower(r.typ.String()), "note", "U-Boot/PXE in proxy mode: left to the router")
+		s.ignored.Add(1)
+		return nil
+	}
 	switch r.typ {
 	case dhcpv4.MessageTypeDiscover:
 		s.record(r, "discover")
-		if r.kind == kindPXE && s.clients.warnOnce(r.macStr) {
-			// Answered anyway: a U-Boot built with CONFIG_SERVERIP_FROM_PROXYDHCP
-			// takes next-server from us and its address from the router.
-			r.log.Warn("U-Boot/PXE board in proxy mode: U-Boot only merges proxy offers when built " +
-				"with CONFIG_SERVERIP_FROM_PROXYDHCP; otherwise use dhcp mode full, or set the " +
-				"router's next-server to this host")
-		}
 		reply := s.proxyReply(r, dhcpv4.MessageTypeOffer)
 		s.record(r, "offer", "tftp", s.cfg.ServerIP)
 		return reply

@@ -148,13 +148,16 @@ func TestProxyPi3ROM(t *testing.T) {
 	checkProxyPiReply(t, reply, 2, "Raspberry Pi Boot   ", nil)
 }
 
-// TestProxyIgnoresNonBootClients: a board's own OS (no PXE options) and an unknown
-// PC are left to the router; a U-Boot board gets bootfile and next-server.
+// TestProxyIgnoresNonBootClients: a board's own OS (no PXE options), an unknown PC and,
+// by default, a U-Boot/PXE board are left to the router (U-Boot takes the first OFFER
+// and would take our address-less one); a Pi in the fleet is still answered.
 func TestProxyIgnoresNonBootClients(t *testing.T) {
 	n := newNetns(t)
 	board := mustMAC("02:00:00:00:00:10")
 	uboot := mustMAC("52:54:00:12:34:56")
-	fleet := &boottest.Fleet{Boards: []*boot.Board{{Name: "pi-os", MAC: board}, {Name: "arm64", MAC: uboot}}}
+	pi := mustMAC("dc:a6:32:01:36:c2")
+	fleet := &boottest.Fleet{Boards: []*boot.Board{{Name: "pi-os", MAC: board}, {Name: "arm64", MAC: uboot},
+		{Name: "pi-01", MAC: pi, Serial: "9ffefdef"}}}
 	srv := startServer(t, n, Config{Mode: ModeProxy, Fleet: fleet})
 	c := newRawClient(t, n)
 	c.expectNone(t, plainDiscover(0x0a0a0a0a, board, netip.Addr{}))
@@ -162,9 +165,30 @@ func TestProxyIgnoresNonBootClients(t *testing.T) {
 	if len(srv.cfg.Events.Unknowns()) != 0 {
 		t.Errorf("an ordinary LAN client was listed as an unknown board: %+v", srv.cfg.Events.Unknowns())
 	}
+	c.expectNone(t, ubootDiscover(0x0c0c0c0c, uboot))
+	c.expectNone(t, ubootDiscover(0x0c0c0c0d, uboot))
+	if got := strings.Count(srv.logs.String(), "proxy_pxe: true"); got != 1 {
+		t.Errorf("proxy-mode U-Boot warning logged %d times, want once:\n%s", got, srv.logs)
+	}
+	if reply := c.exchange(t, pi4Discover(t, 0x0c0c0c0e, pi, 0x9ffefdef)); reply == nil {
+		t.Fatalf("no OFFER to a Pi in proxy mode; log:\n%s", srv.logs)
+	}
+	if reply := c.exchange(t, pi3ROMDiscover(pi)); reply == nil {
+		t.Fatalf("no OFFER to a Pi 3 ROM in proxy mode; log:\n%s", srv.logs)
+	}
+}
+
+// TestProxyPXEOption: with ProxyPXE (server.dhcp.proxy_pxe) a U-Boot board gets
+// bootfile and next-server in proxy mode, for U-Boot builds that merge proxy offers.
+func TestProxyPXEOption(t *testing.T) {
+	n := newNetns(t)
+	uboot := mustMAC("52:54:00:12:34:56")
+	fleet := &boottest.Fleet{Boards: []*boot.Board{{Name: "arm64", MAC: uboot}}}
+	srv := startServer(t, n, Config{Mode: ModeProxy, Fleet: fleet, ProxyPXE: true})
+	c := newRawClient(t, n)
 	reply := c.exchange(t, ubootDiscover(0x0c0c0c0c, uboot))
 	if reply == nil {
-		t.Fatalf("no OFFER to a U-Boot board; log:\n%s", srv.logs)
+		t.Fatalf("no OFFER to a U-Boot board with ProxyPXE; log:\n%s", srv.logs)
 	}
 	_, opts, _ := wireOptions(t, reply)
 	if file := string(bytes.TrimRight(reply[108:236], "\x00")); file != ubootScript || string(opts[67]) != ubootScript {
@@ -172,9 +196,5 @@ func TestProxyIgnoresNonBootClients(t *testing.T) {
 	}
 	if siaddr(reply) != serverIP || yiaddr(reply) != netip.IPv4Unspecified() {
 		t.Errorf("U-Boot proxy reply: siaddr %v yiaddr %v", siaddr(reply), yiaddr(reply))
-	}
-	c.exchange(t, ubootDiscover(0x0c0c0c0d, uboot))
-	if got := strings.Count(srv.logs.String(), "CONFIG_SERVERIP_FROM_PROXYDHCP"); got != 1 {
-		t.Errorf("proxy-mode U-Boot warning logged %d times, want once", got)
 	}
 }
