@@ -16,7 +16,16 @@ apt-get install -y -qq --no-install-recommends \
   busybox udhcpc isc-dhcp-client dnsmasq-base tftp-hpa libnfs-utils \
   qemu-system-arm u-boot-qemu u-boot-tools \
   attr acl e2fsprogs mtools dosfstools fdisk \
+  klibc-utils \
   >/dev/null
+# rpcinfo (the portmapper tests) comes with rpcbind: keep its package scripts from starting
+# a system rpcbind, which would hold port 111.
+if ! command -v rpcinfo >/dev/null; then
+  had_policy=$([ -e /usr/sbin/policy-rc.d ] && echo y || true)
+  [ -n "$had_policy" ] || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; }
+  apt-get install -y -qq --no-install-recommends rpcbind >/dev/null
+  [ -n "$had_policy" ] || rm -f /usr/sbin/policy-rc.d
+fi
 # `make bench` compares against peers; they are installed only when asked for, since
 # CI runs `make test`, not the benchmarks.
 if [ "${1:-}" = --bench ]; then

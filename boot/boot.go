@@ -33,7 +33,7 @@ type Board struct {
 	// Implementations resolve every path inside that directory only.
 	Firmware fs.FS
 	// NFSRoot is the value of the nfsroot= kernel argument for this board, e.g.
-	// "10.0.0.1:/boards/pi-01,vers=3,tcp,port=2049,mountport=20048,nolock". The server
+	// "10.0.0.1:/boards/pi-01,vers=3,tcp,nolock" (see server.NFSRoot). The server
 	// computes it once; TFTP puts it into the generated cmdline.txt and pxelinux.cfg,
 	// and nfsroot serves the export it names.
 	NFSRoot string

@@ -15,6 +15,16 @@
 // the reading goroutine; pipelined requests and WRITE/COMMIT run concurrently, up to 16 per
 // connection, so one slow board or one fsync never stalls the others.
 //
+// # The portmapper (portmap.go)
+//
+// ServePortmap answers RPCBIND program 100000 versions 2-4 over TCP and UDP from a fixed
+// table (NFS and MOUNT v3 on their TCP ports, itself), with the same record reader, call
+// parser and reply writer, so that clients given no port options (the kernel, klibc
+// nfsmount, mount.nfs) find both services the standard way. Nothing can be registered from
+// the network; TCP connections are bounded per address and in total; over UDP, datagrams
+// over 2 KiB are dropped and no reply larger than its call goes to an address outside the
+// fleet.
+//
 // # What comes from go-nfs, and why nothing is forwarded to it
 //
 // go-nfs v0.0.4 supplies the protocol vocabulary used throughout: nfs.NFSStatus,

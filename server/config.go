@@ -73,6 +73,9 @@ type Ports struct {
 	NFS   int
 	Mount int
 	HTTP  int
+	// Portmap is the portmapper (rpcbind) port, TCP and UDP. Clients look for it on 111
+	// only: anywhere else, cmdline.txt must carry NFS's and MOUNT's ports (see NFSRoot).
+	Portmap int
 }
 
 // Image is one entry of fleet.yaml's `images` section.
@@ -124,4 +127,6 @@ const (
 )
 
 // DefaultPorts returns the well-known ports Pis and Linux NFS clients expect.
-func DefaultPorts() Ports { return Ports{DHCP: 67, TFTP: 69, NFS: 2049, Mount: 20048, HTTP: 8080} }
+func DefaultPorts() Ports {
+	return Ports{DHCP: 67, TFTP: 69, NFS: 2049, Mount: 20048, HTTP: 8080, Portmap: 111}
+}

@@ -26,7 +26,7 @@ var (
 	topKeys     = []string{"server", "images", "defaults", "boards"}
 	serverKeys  = []string{"interface", "address", "state", "dhcp", "ports"}
 	dhcpKeys    = []string{"mode", "range", "router", "dns", "lease", "proxy_pxe"}
-	portKeys    = []string{"dhcp", "tftp", "nfs", "mount", "http"}
+	portKeys    = []string{"dhcp", "tftp", "nfs", "mount", "http", "portmap"}
 	imageKeys   = []string{"path"}
 	defaultKeys = []string{"image", "cmdline", "config", "root_squash", "user"}
 	boardKeys   = []string{"name", "mac", "serial", "ip", "image", "hostname", "cmdline", "config", "root_squash", "user", "group"}
@@ -312,18 +312,24 @@ func (l *loader) server(n *yaml.Node, s *ServerConfig) {
 	s.Ports.NFS = l.port(p["nfs"], "nfs", s.Ports.NFS)
 	s.Ports.Mount = l.port(p["mount"], "mount", s.Ports.Mount)
 	s.Ports.HTTP = l.port(p["http"], "http", s.Ports.HTTP)
+	s.Ports.Portmap = l.port(p["portmap"], "portmap", s.Ports.Portmap)
+	if s.Ports.Portmap != DefaultPorts().Portmap {
+		l.warnf(p["portmap"], "keep 111 unless another portmapper owns it; boards with an initramfs (Debian, Raspberry Pi OS, Ubuntu) need it",
+			"portmap port %d: clients look for the portmapper on 111 only, so cmdline.txt carries port=/mountport=, which klibc nfsmount (initramfs-tools) rejects", s.Ports.Portmap)
+	}
 	l.portClashes(p, s.Ports)
 }
 
 // portClashes reports two services of the same transport on one port. DHCP and TFTP
-// are UDP; NFS, MOUNT and HTTP are TCP (pifleet serves NFS over TCP only).
+// are UDP; NFS, MOUNT and HTTP are TCP (pifleet serves NFS over TCP only); the
+// portmapper is both.
 func (l *loader) portClashes(nodes map[string]*yaml.Node, p Ports) {
 	groups := [][]struct {
 		name string
 		port int
 	}{
-		{{"dhcp", p.DHCP}, {"tftp", p.TFTP}},
-		{{"nfs", p.NFS}, {"mount", p.Mount}, {"http", p.HTTP}},
+		{{"dhcp", p.DHCP}, {"tftp", p.TFTP}, {"portmap", p.Portmap}},
+		{{"nfs", p.NFS}, {"mount", p.Mount}, {"http", p.HTTP}, {"portmap", p.Portmap}},
 	}
 	for _, g := range groups {
 		for i := range g {

@@ -329,6 +329,16 @@ func (s *Server) serve(ctx context.Context, ready func(*Server)) error {
 	start("nfs", func(ctx context.Context) error { return s.nfs.ServeNFS(ctx, nfsL) })
 	start("mount", func(ctx context.Context) error { return s.nfs.ServeMount(ctx, mountL) })
 	start("http", func(ctx context.Context) error { return s.serveHTTP(ctx, httpL) })
+	pmapTCP, pmapUDP, err := listenPortmap(ports.Portmap)
+	if err != nil {
+		cancel()
+		wg.Wait()
+		return err
+	}
+	start("portmap", func(ctx context.Context) error {
+		return s.nfs.ServePortmap(ctx, pmapTCP, pmapUDP, nfsroot.PortmapOptions{
+			NFS: tcpPort(nfsL), Mount: tcpPort(mountL), Host: cfg.Server.Address.Addr()})
+	})
 	if cfg.Server.DHCP.Mode != DHCPOff {
 		d := cfg.Server.DHCP
 		dsrv, err := dhcp.New(dhcp.Config{
@@ -347,7 +357,7 @@ func (s *Server) serve(ctx context.Context, ready func(*Server)) error {
 	start("reload", s.watch)
 
 	s.log.Info("pifleet serving", "address", cfg.Server.Address, "interface", cfg.Server.Interface,
-		"dhcp", cfg.Server.DHCP.Mode, "tftp", ports.TFTP, "nfs", ports.NFS, "mount", ports.Mount,
+		"dhcp", cfg.Server.DHCP.Mode, "tftp", ports.TFTP, "nfs", ports.NFS, "mount", ports.Mount, "portmap", ports.Portmap,
 		"http", s.httpAddr.String(), "boards", len(cfg.Boards), "state", s.state.Dir)
 	if ready != nil {
 		ready(s)

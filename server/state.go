@@ -60,7 +60,22 @@ func (s State) Cache() string { return filepath.Join(s.Dir, "cache") }
 // cmdline.txt (nfsroot=) and into the NFS server's export table.
 func Export(board string) string { return "/boards/" + board }
 
-// NFSRoot is the value of a board's nfsroot= kernel argument.
+// NFSRoot is the value of a board's nfsroot= kernel argument, which every client stack
+// reads: the kernel's own NFS root, initramfs-tools (klibc nfsmount), dracut's nfs module
+// (mount.nfs) and busybox-based initramfs scripts. The options are the ones all of them
+// accept: vers=3 and tcp (what pifleet serves) and nolock (pifleet serves no NLM).
+//
+// Ports are left to the portmapper, which pifleet serves on 111 and which answers with
+// the configured NFS and MOUNT ports, default or not: that is the one way that works for
+// every stack. klibc nfsmount takes port= but rejects mountport= ("bad option", and
+// initramfs-tools retries forever) and asks the portmapper on 111, hard-coded, for MOUNT.
+// Only when the portmapper is moved off 111, where no client looks for it, are both
+// ports given: the kernel, mount.nfs and busybox (whose mount hands the string to the
+// kernel's parser) accept port=/mountport=; klibc cannot mount then, and Load warns.
 func NFSRoot(server string, board string, p Ports) string {
-	return fmt.Sprintf("%s:%s,vers=3,tcp,port=%d,mountport=%d,nolock", server, Export(board), p.NFS, p.Mount)
+	opts := "vers=3,tcp,nolock"
+	if p.Portmap != DefaultPorts().Portmap {
+		opts = fmt.Sprintf("vers=3,tcp,port=%d,mountport=%d,nolock", p.NFS, p.Mount)
+	}
+	return server + ":" + Export(board) + "," + opts
 }

@@ -1,0 +1,227 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pifleet/pifleet/boot"
+	"github.com/pifleet/pifleet/boot/tftp"
+	"github.com/pifleet/pifleet/test/netns"
+)
+
+func TestNFSRootOptions(t *testing.T) {
+	def := DefaultPorts()
+	moved := def
+	moved.NFS, moved.Mount = 3049, 30048
+	off := moved
+	off.Portmap = 1111
+	for _, tc := range []struct {
+		ports Ports
+		want  string
+	}{
+		// The portmapper on 111 tells every client the ports, default or not.
+		{def, "10.0.0.1:/boards/pi-01,vers=3,tcp,nolock"},
+		{moved, "10.0.0.1:/boards/pi-01,vers=3,tcp,nolock"},
+		// Nobody finds a portmapper elsewhere: the ports go on the command line.
+		{off, "10.0.0.1:/boards/pi-01,vers=3,tcp,port=3049,mountport=30048,nolock"},
+	} {
+		if got := NFSRoot("10.0.0.1", "pi-01", tc.ports); got != tc.want {
+			t.Errorf("NFSRoot(%+v) = %q, want %q", tc.ports, got, tc.want)
+		}
+	}
+}
+
+func TestLoadPortmapPort(t *testing.T) {
+	load := func(ports string) (*Config, []Problem, error) {
+		t.Helper()
+		path := filepath.Join(t.TempDir(), "fleet.yaml")
+		y := "server:\n  address: 10.0.0.1/24\n  dhcp: {mode: off}\n  ports: " + ports + "\nimages:\n  img: {}\nboards: []\n"
+		if err := os.WriteFile(path, []byte(y), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return Load(path)
+	}
+	cfg, problems, err := load("{}")
+	if err != nil || cfg.Server.Ports.Portmap != 111 || len(problems) != 0 {
+		t.Fatalf("default: %v %+v %v", err, cfg, problems)
+	}
+	cfg, problems, err = load("{portmap: 1111}")
+	if err != nil || cfg.Server.Ports.Portmap != 1111 || len(problems) != 1 || !strings.Contains(problems[0].Msg, "klibc") {
+		t.Fatalf("portmap 1111: %v %v", err, problems)
+	}
+	// The portmapper is TCP and UDP: it clashes with a UDP service and with a TCP one.
+	for _, ports := range []string{"{portmap: 69}", "{portmap: 2049}", "{portmap: 8080}", "{portmap: 0}"} {
+		if _, _, err := load(ports); err == nil {
+			t.Errorf("%s accepted", ports)
+		}
+	}
+}
+
+// TestInitramfsClientsMount runs the client stacks that initramfs images use, against a
+// whole pifleet server in a network namespace, with exactly the nfsroot= that Cmdline
+// writes into the board's cmdline.txt. The kernel here has no NFS client, so each final
+// mount(2) fails (ENODEV); what is tested is everything before it: the option string is
+// accepted, the portmapper is asked, and MOUNT answers /boards/<name> with a handle. The
+// kernel's own nfsroot= is booted for real in test/e2e (QEMU).
+//
+// dracut (95nfs) is not run here. What it does with nfsroot=, read from dracut 059's
+// nfs-lib.sh: with root=/dev/nfs it takes "<server>:<path>,<options>" as the kernel's
+// legacy form, keeps the options after the first comma, sets rw/ro from the command line,
+// forces nolock for NFSv3, and runs `mount -t nfs -o rw,vers=3,tcp,nolock server:path`:
+// mount.nfs (nfs-utils) accepts these options and finds both ports through the
+// portmapper, like the kernel.
+func TestInitramfsClientsMount(t *testing.T) {
+	needRoot(t)
+	nfsmount := "/usr/lib/klibc/bin/nfsmount"
+	if _, err := os.Stat(nfsmount); err != nil {
+		strictSkip(t, "needs klibc nfsmount (Debian package klibc-utils)")
+	}
+	if _, err := exec.LookPath("busybox"); err != nil {
+		strictSkip(t, "needs busybox (Debian package busybox)")
+	}
+	const (
+		serverIP = "10.81.0.1"
+		boardIP  = "10.81.0.2"
+		board    = "pi-initrd"
+	)
+	pair := netns.NewPair(t, "pfinit", netip.MustParsePrefix(serverIP+"/24"))
+	netns.Run(t, "ip", "-n", pair.Client, "addr", "add", boardIP+"/24", "dev", pair.ClientIf)
+
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "fleet.yaml")
+	// Every port at its default: the namespace is the server's own.
+	y := fmt.Sprintf(`server:
+  address: %s/24
+  state: %s
+  dhcp: {mode: off}
+images:
+  img: {path: %s}
+defaults: {image: img}
+boards:
+  - {name: %s, mac: '02:00:00:00:81:02', serial: 'cafe0081', ip: %s}
+`, serverIP, filepath.Join(dir, "state"), testImage(t), board, boardIP)
+	if err := os.WriteFile(cfgPath, []byte(y), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	logs := &netns.LogBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan *Server, 1)
+	done := make(chan error, 1)
+	go func() {
+		// Run binds every socket before Ready, on the thread that entered the namespace.
+		done <- netns.Do(pair.Server, func() error {
+			return Run(ctx, Options{ConfigPath: cfgPath,
+				Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+				Ready:  func(s *Server) { ready <- s }})
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("server: %v", err)
+		}
+	})
+	var srv *Server
+	select {
+	case srv = <-ready:
+	case err := <-done:
+		t.Fatalf("server did not start: %v\n%s", err, logs.String())
+	case <-time.After(30 * time.Second):
+		t.Fatalf("server not ready after 30s\n%s", logs.String())
+	}
+
+	// The board's cmdline.txt, as TFTP serves it.
+	cmdline, err := tftp.Cmdline(srv.fleet.cur.Load().boards[board].boot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var nfsroot string
+	for _, a := range strings.Fields(cmdline) {
+		if v, ok := strings.CutPrefix(a, "nfsroot="); ok {
+			nfsroot = v
+		}
+	}
+	t.Logf("cmdline.txt: %s", strings.TrimSpace(cmdline))
+	// initramfs-tools' scripts/nfs splits nfsroot=[<server>:]<path>[,<options>] at the
+	// first comma and passes the options to nfsmount with -o, after its own.
+	target, opts, _ := strings.Cut(nfsroot, ",")
+	if want := serverIP + ":/boards/" + board; target != want || opts == "" {
+		t.Fatalf("nfsroot=%s: want %s,<options>", nfsroot, want)
+	}
+	mnt := filepath.Join(dir, "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	inClient := func(args ...string) (string, error) {
+		cmd := exec.Command("ip", append([]string{"netns", "exec", pair.Client, "timeout", "60"}, args...)...)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+
+	t.Run("klibc-nfsmount", func(t *testing.T) {
+		before := strings.Count(logs.String(), `msg=mounted`)
+		out, err := inClient(nfsmount, "-o", "nolock", "-o", "rw", "-o", opts, target, mnt)
+		t.Logf("nfsmount -o nolock -o rw -o %s %s: %v\n%s", opts, target, err, out)
+		if strings.Contains(out, "bad option") || strings.Contains(out, "invalid value") {
+			t.Fatalf("klibc nfsmount rejects the generated options %q", opts)
+		}
+		if !strings.Contains(out, "kernel lacks NFS v3 support") {
+			t.Errorf("nfsmount did not get as far as mount(2)")
+		}
+		l := logs.String()
+		for _, want := range []string{
+			`msg="portmap GETPORT" .*client=` + boardIP + ` board=` + board + ` prog=100003 vers=3 prot=6 port=2049`,
+			`msg="portmap GETPORT" .*client=` + boardIP + ` board=` + board + ` prog=100005 vers=3 prot=6 port=20048`,
+		} {
+			if !regexp.MustCompile(want).MatchString(l) {
+				t.Errorf("server log lacks %s\n%s", want, l)
+			}
+		}
+		if strings.Count(l, `msg=mounted`) <= before || !mountedEvent(srv, board, boardIP) {
+			t.Errorf("no MNT of /boards/%s answered for %s", board, boardIP)
+		}
+	})
+
+	t.Run("busybox-mount", func(t *testing.T) {
+		// Debian's busybox has no NFS mount helper (no FEATURE_MOUNT_NFS): it passes the
+		// option string to mount(2), where the kernel's NFS parser (the one nfsroot= uses)
+		// reads it. Here that ends at ENODEV; busybox must not refuse the string first.
+		out, err := inClient("busybox", "mount", "-t", "nfs", "-o", "rw,"+opts, target, mnt)
+		t.Logf("busybox mount -t nfs -o rw,%s %s: %v\n%s", opts, target, err, out)
+		if err == nil {
+			t.Skip("this kernel has an NFS client: the mount succeeded")
+		}
+		if !strings.Contains(out, "No such device") {
+			t.Errorf("busybox mount failed for another reason than the kernel lacking NFS")
+		}
+	})
+}
+
+// mountedEvent reports whether the server's timeline has board's NFS mount from addr.
+func mountedEvent(s *Server, board, addr string) bool {
+	for _, e := range s.timeline.LastBoot(board) {
+		if e.Stage == boot.StageNFS && e.What == "mount" && e.Client.String() == addr {
+			return true
+		}
+	}
+	return false
+}
+
+// strictSkip skips t for a missing tool, or fails it under CI (PIFLEET_STRICT=1), where
+// .ci/setup-apt.sh installs every tool.
+func strictSkip(t *testing.T, why string) {
+	t.Helper()
+	if os.Getenv("PIFLEET_STRICT") == "1" {
+		t.Fatal(why)
+	}
+	t.Skip(why)
+}
