@@ -18,12 +18,13 @@ apt-get install -y -qq --no-install-recommends \
   attr acl e2fsprogs mtools dosfstools fdisk \
   klibc-utils \
   >/dev/null
-# rpcinfo (the portmapper tests) comes with rpcbind: keep its package scripts from starting
-# a system rpcbind, which would hold port 111.
-if ! command -v rpcinfo >/dev/null; then
+# rpcinfo (the portmapper tests) comes with rpcbind, mount.nfs (dracut's NFS client) with
+# nfs-common: keep their package scripts from starting a system rpcbind, which would hold
+# port 111, or rpc.statd.
+if ! command -v rpcinfo >/dev/null || ! command -v mount.nfs >/dev/null; then
   had_policy=$([ -e /usr/sbin/policy-rc.d ] && echo y || true)
   [ -n "$had_policy" ] || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; }
-  apt-get install -y -qq --no-install-recommends rpcbind >/dev/null
+  apt-get install -y -qq --no-install-recommends rpcbind nfs-common >/dev/null
   [ -n "$had_policy" ] || rm -f /usr/sbin/policy-rc.d
 fi
 # `make bench` compares against peers; they are installed only when asked for, since

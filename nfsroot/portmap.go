@@ -79,8 +79,8 @@ type portmapper struct {
 	conns  map[netip.Addr]int
 	total  int
 
-	refused  atomic.Int64 // TCP connections closed at once for being over a bound
-	dropped  atomic.Int64 // UDP datagrams not answered (malformed, oversized, would amplify)
+	refused  atomic.Int64 // TCP connections closed at once for being over a bound; logged
+	dropped  atomic.Int64 // UDP datagrams not answered (malformed, oversized, would amplify); logged
 	warnMu   sync.Mutex
 	warnAt   time.Time
 	warnLeft int
@@ -211,8 +211,8 @@ func (p *portmapper) serveTCP(ctx context.Context, l net.Listener, wg *sync.Wait
 		backoff = 0
 		addr := addrPortOf(c.RemoteAddr()).Addr()
 		if !p.admit(addr) {
-			p.refused.Add(1)
-			p.warn("portmap connection refused: too many open", "client", addr.String(), "board", p.s.boardFor(addr))
+			n := p.refused.Add(1)
+			p.warn("portmap connection refused: too many open", "client", addr.String(), "board", p.s.boardFor(addr), "refused_total", n)
 			c.Close()
 			continue
 		}
@@ -316,8 +316,7 @@ func (p *portmapper) serveUDP(ctx context.Context, pc net.PacketConn) error {
 		}
 		addr := addrPortOf(from).Addr()
 		if n > maxPortmapRecord {
-			p.dropped.Add(1)
-			p.warn("portmap: datagram over the size bound dropped", "client", addr.String(), "bytes", n)
+			p.warn("portmap: datagram over the size bound dropped", "client", addr.String(), "bytes", n, "dropped_total", p.dropped.Add(1))
 			continue
 		}
 		h, cerr := parseCall(buf[:n])
@@ -327,9 +326,8 @@ func (p *portmapper) serveUDP(ctx context.Context, pc net.PacketConn) error {
 		}
 		reply := p.answer(h, cerr, addr, local, netid)[4:] // no record mark on UDP
 		if len(reply) > n && !p.s.known(addr) {
-			p.dropped.Add(1)
 			p.warn("portmap: udp reply larger than the call, not sent to an address outside the fleet",
-				"client", addr.String(), "proc", h.proc, "call_bytes", n, "reply_bytes", len(reply))
+				"client", addr.String(), "proc", h.proc, "call_bytes", n, "reply_bytes", len(reply), "dropped_total", p.dropped.Add(1))
 			continue
 		}
 		if _, err := pc.WriteTo(reply, from); err != nil && ctx.Err() == nil {

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -191,12 +192,44 @@ boards:
 		}
 	})
 
+	t.Run("mount.nfs", func(t *testing.T) {
+		// What dracut's 95nfs runs for root=/dev/nfs nfsroot=<server>:<path>,<options>
+		// with rw on the command line: the options after the first comma, rw in front,
+		// nolock forced for NFSv3 (nfs-lib.sh, dracut 059).
+		dracutOpts := "rw," + strings.Join(slices.DeleteFunc(strings.Split(opts, ","), func(o string) bool {
+			return o == "nolock" || o == "lock" || o == "rw" || o == "ro"
+		}), ",") + ",nolock"
+		if _, err := exec.LookPath("mount.nfs"); err != nil {
+			strictSkip(t, "needs mount.nfs (Debian package nfs-common)")
+		}
+		if dracutOpts != "rw,vers=3,tcp,nolock" {
+			t.Errorf("dracut would mount with %q", dracutOpts)
+		}
+		getports := len(getportRE.FindAllString(logs.String(), -1))
+		out, err := inClient("mount", "-v", "-t", "nfs", "-o", dracutOpts, target, mnt)
+		t.Logf("mount -t nfs -o %s %s: %v\n%s", dracutOpts, target, err, out)
+		if strings.Contains(out, "incorrect mount option") || strings.Contains(out, "bad option") {
+			t.Fatalf("mount.nfs rejects %q", dracutOpts)
+		}
+		// mount.nfs asks the portmapper for both ports and pings each service (NULL)
+		// before it hands the mount to the kernel.
+		for _, want := range []string{"prog 100003 vers 3 prot TCP port 2049", "prog 100005 vers 3 prot TCP port 20048", "mount(2): No such device"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("mount.nfs output lacks %q", want)
+			}
+		}
+		if n := len(getportRE.FindAllString(logs.String(), -1)); n < getports+2 {
+			t.Errorf("mount.nfs asked the portmapper %d times, want NFS and MOUNT", n-getports)
+		}
+	})
+
 	t.Run("busybox-mount", func(t *testing.T) {
-		// Debian's busybox has no NFS mount helper (no FEATURE_MOUNT_NFS): it passes the
-		// option string to mount(2), where the kernel's NFS parser (the one nfsroot= uses)
-		// reads it. Here that ends at ENODEV; busybox must not refuse the string first.
-		out, err := inClient("busybox", "mount", "-t", "nfs", "-o", "rw,"+opts, target, mnt)
-		t.Logf("busybox mount -t nfs -o rw,%s %s: %v\n%s", opts, target, err, out)
+		// Debian's busybox has no NFS support of its own (no FEATURE_MOUNT_NFS): it passes
+		// the option string to mount(2), where the kernel's NFS parser (the one nfsroot=
+		// uses) reads it. Here that ends at ENODEV; busybox must not refuse the string
+		// first. -i: no mount.nfs helper, as in an initramfs without nfs-utils.
+		out, err := inClient("busybox", "mount", "-i", "-t", "nfs", "-o", "rw,"+opts, target, mnt)
+		t.Logf("busybox mount -i -t nfs -o rw,%s %s: %v\n%s", opts, target, err, out)
 		if err == nil {
 			t.Skip("this kernel has an NFS client: the mount succeeded")
 		}
@@ -205,6 +238,9 @@ boards:
 		}
 	})
 }
+
+// getportRE matches the server's log line for a board's GETPORT of NFS or MOUNT v3 over TCP.
+var getportRE = regexp.MustCompile(`msg="portmap GETPORT" .*client=10\.81\.0\.2 board=pi-initrd prog=10000[35] vers=3 prot=6 port=(2049|20048)`)
 
 // mountedEvent reports whether the server's timeline has board's NFS mount from addr.
 func mountedEvent(s *Server, board, addr string) bool {
