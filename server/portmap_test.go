@@ -71,15 +71,15 @@ func TestLoadPortmapPort(t *testing.T) {
 // whole pifleet server in a network namespace, with exactly the nfsroot= that Cmdline
 // writes into the board's cmdline.txt. The kernel here has no NFS client, so each final
 // mount(2) fails (ENODEV); what is tested is everything before it: the option string is
-// accepted, the portmapper is asked, and MOUNT answers /boards/<name> with a handle. The
-// kernel's own nfsroot= is booted for real in test/e2e (QEMU).
+// accepted, the portmapper is asked, and (klibc, which mounts in user space) MOUNT answers
+// /boards/<name> with a handle. The kernel's own nfsroot= is booted for real in test/e2e
+// (QEMU).
 //
-// dracut (95nfs) is not run here. What it does with nfsroot=, read from dracut 059's
-// nfs-lib.sh: with root=/dev/nfs it takes "<server>:<path>,<options>" as the kernel's
-// legacy form, keeps the options after the first comma, sets rw/ro from the command line,
-// forces nolock for NFSv3, and runs `mount -t nfs -o rw,vers=3,tcp,nolock server:path`:
-// mount.nfs (nfs-utils) accepts these options and finds both ports through the
-// portmapper, like the kernel.
+// dracut itself is not run, only the command its 95nfs module ends in. What it does with
+// nfsroot=, read from dracut 059's nfs-lib.sh: with root=/dev/nfs it takes
+// "<server>:<path>,<options>" as the kernel's legacy form, keeps the options after the
+// first comma, sets rw/ro from the command line, forces nolock for NFSv3, and runs
+// `mount -t nfs -o rw,vers=3,tcp,nolock server:path`, i.e. mount.nfs (nfs-utils).
 func TestInitramfsClientsMount(t *testing.T) {
 	needRoot(t)
 	nfsmount := "/usr/lib/klibc/bin/nfsmount"
