@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/pifleet/pifleet/internal/ratelog"
 )
 
 // The portmapper (RPCBIND program 100000, RFC 1833): PMAP version 2 and RPCBIND versions 3
@@ -79,30 +81,26 @@ type portmapper struct {
 	conns  map[netip.Addr]int
 	total  int
 
-	refused  atomic.Int64 // TCP connections closed at once for being over a bound; logged
-	dropped  atomic.Int64 // UDP datagrams not answered (malformed, oversized, would amplify); logged
-	warnMu   sync.Mutex
-	warnAt   time.Time
-	warnLeft int
+	refused atomic.Int64 // TCP connections closed at once for being over a bound; logged
+	dropped atomic.Int64 // UDP datagrams not answered (oversized, would amplify); logged
+	rl      *ratelog.Limiter
 }
 
 // ServePortmap serves the portmapper on tcp and udp (either may be nil) until ctx ends.
 // It answers for NFS and MOUNT v3 on the ports in opts and for itself on the ports of
 // tcp and udp; nothing can be registered from the network.
 func (s *Server) ServePortmap(ctx context.Context, tcp net.Listener, udp net.PacketConn, opts PortmapOptions) error {
-	p := &portmapper{s: s, opts: opts, conns: map[netip.Addr]int{}}
+	if tcp == nil && udp == nil {
+		return nil
+	}
+	tcpPort, udpPort := 0, 0
 	if tcp != nil {
-		p.register("tcp", portOf(tcp.Addr()))
+		tcpPort = portOf(tcp.Addr())
 	}
 	if udp != nil {
-		p.register("udp", portOf(udp.LocalAddr()))
+		udpPort = portOf(udp.LocalAddr())
 	}
-	if opts.NFS > 0 {
-		p.entries = append(p.entries, portmapEntry{progNFS, 3, "tcp", opts.NFS})
-	}
-	if opts.Mount > 0 {
-		p.entries = append(p.entries, portmapEntry{progMount, 3, "tcp", opts.Mount})
-	}
+	p := newPortmapper(s, opts, tcpPort, udpPort)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
@@ -116,6 +114,21 @@ func (s *Server) ServePortmap(ctx context.Context, tcp net.Listener, udp net.Pac
 	}()
 	var wg sync.WaitGroup
 	errc := make(chan error, 2)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(time.Minute)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				p.rl.Flush()
+				return
+			case <-tick.C:
+				p.rl.Flush()
+			}
+		}
+	}()
 	if udp != nil {
 		wg.Add(1)
 		go func() {
@@ -145,11 +158,25 @@ func (s *Server) ServePortmap(ctx context.Context, tcp net.Listener, udp net.Pac
 	}
 }
 
-// register lists the portmapper itself on one transport, versions 4 to 2 as rpcbind does.
-func (p *portmapper) register(netid string, port int) {
-	for v := uint32(4); v >= 2; v-- {
-		p.entries = append(p.entries, portmapEntry{progPortmap, v, netid, port})
+// newPortmapper builds the registration table: the portmapper itself on the transports it
+// has (versions 4 to 2, as rpcbind lists them), then NFS and MOUNT v3 over TCP.
+func newPortmapper(s *Server, opts PortmapOptions, tcpPort, udpPort int) *portmapper {
+	p := &portmapper{s: s, opts: opts, conns: map[netip.Addr]int{}, rl: ratelog.New(s.log, 5, time.Minute)}
+	for _, t := range []struct {
+		netid string
+		port  int
+	}{{"tcp", tcpPort}, {"udp", udpPort}} {
+		for v := uint32(4); v >= 2 && t.port > 0; v-- {
+			p.entries = append(p.entries, portmapEntry{progPortmap, v, t.netid, t.port})
+		}
 	}
+	if opts.NFS > 0 {
+		p.entries = append(p.entries, portmapEntry{progNFS, 3, "tcp", opts.NFS})
+	}
+	if opts.Mount > 0 {
+		p.entries = append(p.entries, portmapEntry{progMount, 3, "tcp", opts.Mount})
+	}
+	return p
 }
 
 func portOf(a net.Addr) int {
@@ -165,25 +192,21 @@ func addrPortOf(a net.Addr) netip.AddrPort {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
-// warn logs a warning about what a peer sent, at most 20 a minute for the whole
-// portmapper, so a flood of junk costs a few log lines.
-func (p *portmapper) warn(msg string, args ...any) {
-	p.warnMu.Lock()
-	now := time.Now()
-	if now.Sub(p.warnAt) > time.Minute {
-		p.warnAt, p.warnLeft = now, 20
+// warn logs a warning about what client sent (or, without a client, about the sockets),
+// rate-limited per client address so that a flood of junk costs a few lines.
+func (p *portmapper) warn(client netip.Addr, msg string, args ...any) {
+	key := "(server)"
+	if client.IsValid() {
+		key = client.String()
 	}
-	left := p.warnLeft
-	if left > 0 {
-		p.warnLeft--
+	if !p.rl.Allow(key) {
+		return
 	}
-	p.warnMu.Unlock()
-	switch {
-	case left > 1:
-		p.s.log.Warn(msg, args...)
-	case left == 1:
-		p.s.log.Warn(msg+"; further portmapper warnings suppressed for a minute", args...)
+	board := ""
+	if client.IsValid() {
+		board = p.s.boardFor(client)
 	}
+	p.s.log.Warn(msg, append([]any{"client", key, "board", board}, args...)...)
 }
 
 // serveTCP accepts connections until ctx ends; an accept error other than the listener's
@@ -200,7 +223,7 @@ func (p *portmapper) serveTCP(ctx context.Context, l net.Listener, wg *sync.Wait
 				return fmt.Errorf("portmap listener %s: %w", l.Addr(), err)
 			}
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			p.warn("portmap accept failed; retrying", "client", "", "err", err, "retry_in", backoff)
+			p.warn(netip.Addr{}, "portmap accept failed; retrying", "err", err, "retry_in", backoff)
 			select {
 			case <-ctx.Done():
 				return nil
@@ -212,7 +235,7 @@ func (p *portmapper) serveTCP(ctx context.Context, l net.Listener, wg *sync.Wait
 		addr := addrPortOf(c.RemoteAddr()).Addr()
 		if !p.admit(addr) {
 			n := p.refused.Add(1)
-			p.warn("portmap connection refused: too many open", "client", addr.String(), "board", p.s.boardFor(addr), "refused_total", n)
+			p.warn(addr, "portmap connection refused: too many open", "refused_total", n)
 			c.Close()
 			continue
 		}
@@ -262,7 +285,7 @@ func (p *portmapper) serveConn(ctx context.Context, c net.Conn, addr netip.Addr)
 		rec, err := readRecord(br, buf, maxPortmapRecord)
 		if err != nil {
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, syscall.ECONNRESET) && ctx.Err() == nil {
-				p.warn("portmap: closing connection", "client", addr.String(), "board", p.s.boardFor(addr), "err", err)
+				p.warn(addr, "portmap: closing connection", "err", err)
 			}
 			return
 		}
@@ -306,7 +329,7 @@ func (p *portmapper) serveUDP(ctx context.Context, pc net.PacketConn) error {
 			if errors.As(err, &ne) && ne.Timeout() {
 				continue
 			}
-			p.warn("portmap udp read failed", "client", "", "err", err)
+			p.warn(netip.Addr{}, "portmap udp read failed", "err", err)
 			select {
 			case <-ctx.Done():
 				return nil
@@ -316,7 +339,7 @@ func (p *portmapper) serveUDP(ctx context.Context, pc net.PacketConn) error {
 		}
 		addr := addrPortOf(from).Addr()
 		if n > maxPortmapRecord {
-			p.warn("portmap: datagram over the size bound dropped", "client", addr.String(), "bytes", n, "dropped_total", p.dropped.Add(1))
+			p.warn(addr, "portmap: datagram over the size bound dropped", "bytes", n, "dropped_total", p.dropped.Add(1))
 			continue
 		}
 		h, cerr := parseCall(buf[:n])
@@ -326,12 +349,12 @@ func (p *portmapper) serveUDP(ctx context.Context, pc net.PacketConn) error {
 		}
 		reply := p.answer(h, cerr, addr, local, netid)[4:] // no record mark on UDP
 		if len(reply) > n && !p.s.known(addr) {
-			p.warn("portmap: udp reply larger than the call, not sent to an address outside the fleet",
-				"client", addr.String(), "proc", h.proc, "call_bytes", n, "reply_bytes", len(reply), "dropped_total", p.dropped.Add(1))
+			p.warn(addr, "portmap: udp reply larger than the call, not sent to an address outside the fleet",
+				"proc", h.proc, "call_bytes", n, "reply_bytes", len(reply), "dropped_total", p.dropped.Add(1))
 			continue
 		}
 		if _, err := pc.WriteTo(reply, from); err != nil && ctx.Err() == nil {
-			p.warn("portmap udp reply failed", "client", addr.String(), "err", err)
+			p.warn(addr, "portmap udp reply failed", "err", err)
 		}
 	}
 }
@@ -342,7 +365,7 @@ func (p *portmapper) answer(h *rpcCallHdr, cerr *callError, client, local netip.
 	w := replyBuf(make([]byte, 0, 256), h.xid)
 	log := p.s.log.With("client", client.String(), "board", p.s.boardFor(client))
 	if cerr != nil {
-		p.warn("portmap: refusing call", "client", client.String(), "prog", h.prog, "vers", h.vers, "proc", h.proc, "err", cerr.err)
+		p.warn(client, "portmap: refusing call", "prog", h.prog, "vers", h.vers, "proc", h.proc, "err", cerr.err)
 		w.callError(cerr, 0, 0)
 		return w.finish()
 	}
@@ -369,7 +392,7 @@ func (p *portmapper) answer(h *rpcCallHdr, cerr *callError, client, local netip.
 			readRPCB(r)
 		}
 		if r.err == nil {
-			p.warn("portmap: refusing to change a registration", "client", client.String(), "board", p.s.boardFor(client), "proc", proc, "vers", h.vers)
+			p.warn(client, "portmap: refusing to change a registration", "proc", proc, "vers", h.vers)
 		}
 		w.bool(false)
 	case proc == 3 && h.vers == 2: // GETPORT
@@ -405,7 +428,7 @@ func (p *portmapper) answer(h *rpcCallHdr, cerr *callError, client, local netip.
 		return w.finish()
 	}
 	if r.err != nil {
-		p.warn("portmap: garbage arguments", "client", client.String(), "vers", h.vers, "proc", h.proc, "err", r.err)
+		p.warn(client, "portmap: garbage arguments", "vers", h.vers, "proc", h.proc, "err", r.err)
 		w.b = w.b[:mark]
 		w.accepted(acceptGarbageArgs)
 	}

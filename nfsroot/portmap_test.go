@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
 	"slices"
 	"strings"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"github.com/pifleet/pifleet/test/netns"
+	"github.com/pifleet/pifleet/test/require"
 	"github.com/willscott/go-nfs-client/nfs/xdr"
 )
 
@@ -399,7 +399,7 @@ func TestPortmapUDP(t *testing.T) {
 // the addresses GETADDR gave (so a wrong universal address fails the test).
 func TestPortmapRpcinfo(t *testing.T) {
 	f := newFixture(t)
-	needTool(t, "rpcinfo", "rpcbind")
+	require.Tool(t, "rpcinfo", "rpcbind")
 	pair := netns.NewPair(t, "pfpm", netip.MustParsePrefix("10.79.0.1/24"))
 	netns.Run(t, "ip", "-n", pair.Client, "addr", "add", "10.79.0.2/24", "dev", pair.ClientIf)
 	var pl, nl, ml net.Listener
@@ -473,18 +473,6 @@ func TestPortmapRpcinfo(t *testing.T) {
 	}
 }
 
-// needTool skips t when a client program is missing, and fails it under CI
-// (PIFLEET_STRICT=1), where every tool must be installed (.ci/setup-apt.sh).
-func needTool(t *testing.T, name, pkg string) {
-	t.Helper()
-	if _, err := exec.LookPath(name); err != nil {
-		if os.Getenv("PIFLEET_STRICT") == "1" {
-			t.Fatalf("needs %s (Debian package %s)", name, pkg)
-		}
-		t.Skipf("needs %s (Debian package %s)", name, pkg)
-	}
-}
-
 // FuzzPortmap feeds arbitrary records to the portmapper's decoder and dispatcher: every
 // answer is a well-formed record, small, and nothing is ever registered.
 func FuzzPortmap(f *testing.F) {
@@ -499,10 +487,7 @@ func FuzzPortmap(f *testing.F) {
 		f.Add(m[4:])
 	}
 	s := New(Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	p := &portmapper{s: s, conns: map[netip.Addr]int{}}
-	p.register("tcp", 111)
-	p.register("udp", 111)
-	p.entries = append(p.entries, portmapEntry{progNFS, 3, "tcp", 2049}, portmapEntry{progMount, 3, "tcp", 20048})
+	p := newPortmapper(s, PortmapOptions{NFS: 2049, Mount: 20048}, 111, 111)
 	n := len(p.entries)
 	host := netip.MustParseAddr("10.0.0.1")
 	f.Fuzz(func(t *testing.T, rec []byte) {
