@@ -1,23 +1,28 @@
 package server
 
 import (
+	"errors"
 	"fmt"
 	"net"
+	"syscall"
 )
 
 // listenPortmap opens the portmapper's TCP listener with the same listen as the other
 // services, and its UDP socket on the very address and port the listener got.
 func listenPortmap(port int) (net.Listener, net.PacketConn, error) {
 	l, err := listen("tcp", port, "portmap")
-	if err != nil {
-		return nil, nil, err
-	}
-	u, err := net.ListenPacket("udp", l.Addr().String())
-	if err != nil {
+	if err == nil {
+		var u net.PacketConn
+		if u, err = net.ListenPacket("udp", l.Addr().String()); err == nil {
+			return l, u, nil
+		}
 		l.Close()
-		return nil, nil, bindHint(fmt.Errorf("portmap: %w", err), port)
+		err = bindHint(fmt.Errorf("portmap: %w", err), port)
 	}
-	return l, u, nil
+	if errors.Is(err, syscall.EADDRINUSE) {
+		err = fmt.Errorf("%w\n  the portmapper's port is usually held by the system's rpcbind, which pifleet replaces for its boards: `systemctl disable --now rpcbind.socket rpcbind`", err)
+	}
+	return nil, nil, err
 }
 
 // tcpPort is the port a listener is bound to.

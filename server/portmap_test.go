@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -245,4 +246,17 @@ func mountedEvent(s *Server, board, addr string) bool {
 		}
 	}
 	return false
+}
+
+// A port already taken (by the system's rpcbind, usually) is reported with what to do.
+func TestListenPortmapBusy(t *testing.T) {
+	busy, err := net.ListenPacket("udp", ":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	_, _, err = listenPortmap(busy.LocalAddr().(*net.UDPAddr).Port)
+	if err == nil || !strings.Contains(err.Error(), "rpcbind") {
+		t.Fatalf("err = %v, want a hint about rpcbind", err)
+	}
 }
