@@ -74,8 +74,9 @@ func TestLoadPortmapPort(t *testing.T) {
 // writes into the board's cmdline.txt. The kernel here has no NFS client, so each final
 // mount(2) fails (ENODEV); what is tested is everything before it: the option string is
 // accepted, the portmapper is asked, and (klibc, which mounts in user space) MOUNT answers
-// /boards/<name> with a handle. The kernel's own nfsroot= is booted for real in test/e2e
-// (QEMU).
+// /boards/<name> with a handle. test/e2e boots the rest for real in QEMU: Debian's arm64
+// kernel (NFS as a module) with the demo initramfs, whose busybox mount hands these
+// options to the kernel's NFS client, which asks the portmapper for both ports.
 //
 // dracut itself is not run, only the command its 95nfs module ends in. What it does with
 // nfsroot=, read from dracut 059's nfs-lib.sh: with root=/dev/nfs it takes
