@@ -44,10 +44,12 @@ const (
 	maxPortmapRecord = 2048
 	// maxRPCBString bounds r_netid, r_addr and r_owner; real ones are a few bytes.
 	maxRPCBString = 255
-	// maxPortmapConns and maxPortmapConnsPerAddr bound TCP connections: a booting client
-	// opens one or two short ones, so these are far above need and far below harm.
-	maxPortmapConns        = 64
-	maxPortmapConnsPerAddr = 4
+	// maxPortmapConnsPerAddr and maxStrangerPortmapConns bound TCP connections: a booting
+	// client opens one or two short ones, so these are far above need and far below harm.
+	// Addresses outside the fleet share one budget, so they cannot crowd the boards out;
+	// the boards' connections are bounded by the fleet's size.
+	maxPortmapConnsPerAddr  = 4
+	maxStrangerPortmapConns = 32
 	// portmapTimeout is how long a TCP client may take to send one call, or to take one
 	// reply, before its connection is closed.
 	portmapTimeout = 30 * time.Second
@@ -77,9 +79,9 @@ type portmapper struct {
 	opts    PortmapOptions
 	entries []portmapEntry
 
-	connMu sync.Mutex
-	conns  map[netip.Addr]int
-	total  int
+	connMu    sync.Mutex
+	conns     map[netip.Addr]int
+	strangers int // connections open from addresses no export allows
 
 	refused atomic.Int64 // TCP connections closed at once for being over a bound; logged
 	dropped atomic.Int64 // UDP datagrams not answered (oversized, would amplify); logged
@@ -233,7 +235,8 @@ func (p *portmapper) serveTCP(ctx context.Context, l net.Listener, wg *sync.Wait
 		}
 		backoff = 0
 		addr := addrPortOf(c.RemoteAddr()).Addr()
-		if !p.admit(addr) {
+		ok, stranger := p.admit(addr)
+		if !ok {
 			n := p.refused.Add(1)
 			p.warn(addr, "portmap connection refused: too many open", "refused_total", n)
 			c.Close()
@@ -242,27 +245,34 @@ func (p *portmapper) serveTCP(ctx context.Context, l net.Listener, wg *sync.Wait
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer p.release(addr)
+			defer p.release(addr, stranger)
 			p.serveConn(ctx, c, addr)
 		}()
 	}
 }
 
-func (p *portmapper) admit(a netip.Addr) bool {
+// admit counts a new connection from a, or reports that a bound is reached; it returns
+// whether a is a stranger (release needs it back).
+func (p *portmapper) admit(a netip.Addr) (ok, stranger bool) {
+	stranger = !p.s.known(a)
 	p.connMu.Lock()
 	defer p.connMu.Unlock()
-	if p.total >= maxPortmapConns || p.conns[a] >= maxPortmapConnsPerAddr {
-		return false
+	if p.conns[a] >= maxPortmapConnsPerAddr || (stranger && p.strangers >= maxStrangerPortmapConns) {
+		return false, stranger
 	}
-	p.total++
+	if stranger {
+		p.strangers++
+	}
 	p.conns[a]++
-	return true
+	return true, stranger
 }
 
-func (p *portmapper) release(a netip.Addr) {
+func (p *portmapper) release(a netip.Addr, stranger bool) {
 	p.connMu.Lock()
 	defer p.connMu.Unlock()
-	p.total--
+	if stranger {
+		p.strangers--
+	}
 	if p.conns[a]--; p.conns[a] <= 0 {
 		delete(p.conns, a)
 	}

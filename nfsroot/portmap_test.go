@@ -277,8 +277,8 @@ func TestPortmapOversizedRecords(t *testing.T) {
 	}
 }
 
-// More connections from one address than the bound: the extra ones are closed at once,
-// the others still answered.
+// More connections from one address than the bound, or from strangers than theirs: the
+// extra ones are closed at once, the others (and the boards) still answered.
 func TestPortmapConnectionBound(t *testing.T) {
 	p := newPortmapFixture(t)
 	var held []*client
@@ -309,6 +309,25 @@ func TestPortmapConnectionBound(t *testing.T) {
 			t.Fatal("closed connection's slot never freed")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+
+	// Addresses outside the fleet share one budget: once it is spent, another stranger is
+	// refused, and a board is still answered.
+	for n := maxPortmapConnsPerAddr; n < maxStrangerPortmapConns; n++ {
+		from := netip.AddrFrom4([4]byte{127, 0, 1, byte(n / maxPortmapConnsPerAddr)})
+		c := dialFrom(t, from, p.tcp)
+		if r, err := c.raw(pmapCall(8, 2, 0)); err != nil || r.stat != acceptSuccess {
+			t.Fatalf("stranger connection %d (from %s) not answered: %v", n+1, from, err)
+		}
+	}
+	stranger := dialFrom(t, netip.MustParseAddr("127.0.2.1"), p.tcp)
+	_ = stranger.c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := stranger.raw(pmapCall(9, 2, 0)); err == nil {
+		t.Fatalf("stranger connection %d answered", maxStrangerPortmapConns+1)
+	}
+	board := dialFrom(t, addrB, p.tcp)
+	if r, err := board.raw(pmapCall(10, 2, 0)); err != nil || r.stat != acceptSuccess {
+		t.Fatalf("a board refused while strangers hold their budget: %v", err)
 	}
 }
 
