@@ -57,8 +57,8 @@ const (
 
 // PortmapOptions say what the portmapper gives out.
 type PortmapOptions struct {
-	// NFS and Mount are the TCP ports NFS v3 and MOUNT v3 are served on (ServeNFS and
-	// ServeMount); 0 means not served, and a lookup for it answers 0 / "".
+	// NFS and Mount are the TCP ports NFS v3 (with NFS_ACL v3) and MOUNT v3 are served on
+	// (ServeNFS and ServeMount); 0 means not served, and a lookup for it answers 0 / "".
 	NFS, Mount int
 	// Host is the server address put into universal addresses (GETADDR, DUMP v3/v4) for
 	// questions that came over a UDP socket bound to the unspecified address, whose
@@ -89,7 +89,7 @@ type portmapper struct {
 }
 
 // ServePortmap serves the portmapper on tcp and udp (either may be nil) until ctx ends.
-// It answers for NFS and MOUNT v3 on the ports in opts and for itself on the ports of
+// It answers for NFS, NFS_ACL and MOUNT v3 on the ports in opts and for itself on the ports of
 // tcp and udp; nothing can be registered from the network.
 func (s *Server) ServePortmap(ctx context.Context, tcp net.Listener, udp net.PacketConn, opts PortmapOptions) error {
 	if tcp == nil && udp == nil {
@@ -161,7 +161,7 @@ func (s *Server) ServePortmap(ctx context.Context, tcp net.Listener, udp net.Pac
 }
 
 // newPortmapper builds the registration table: the portmapper itself on the transports it
-// has (versions 4 to 2, as rpcbind lists them), then NFS and MOUNT v3 over TCP.
+// has (versions 4 to 2, as rpcbind lists them), then NFS, NFS_ACL and MOUNT v3 over TCP.
 func newPortmapper(s *Server, opts PortmapOptions, tcpPort, udpPort int) *portmapper {
 	p := &portmapper{s: s, opts: opts, conns: map[netip.Addr]int{}, rl: ratelog.New(s.log, 5, time.Minute)}
 	for _, t := range []struct {
@@ -173,7 +173,8 @@ func newPortmapper(s *Server, opts PortmapOptions, tcpPort, udpPort int) *portma
 		}
 	}
 	if opts.NFS > 0 {
-		p.entries = append(p.entries, portmapEntry{progNFS, 3, "tcp", opts.NFS})
+		// NFS_ACL is served beside NFS on its port, as knfsd registers it.
+		p.entries = append(p.entries, portmapEntry{progNFS, 3, "tcp", opts.NFS}, portmapEntry{progNFSACL, 3, "tcp", opts.NFS})
 	}
 	if opts.Mount > 0 {
 		p.entries = append(p.entries, portmapEntry{progMount, 3, "tcp", opts.Mount})

@@ -111,10 +111,11 @@ func TestPortmapAnswers(t *testing.T) {
 	}{
 		{progNFS, 3, ipprotoTCP, nfsPort},
 		{progMount, 3, ipprotoTCP, mountPort},
-		{progNFS, 3, ipprotoUDP, 0},       // NFS is TCP only
-		{progMount, 3, ipprotoUDP, 0},     // so is MOUNT
-		{progNFS, 2, ipprotoTCP, nfsPort}, // another version: the port, and NFS says PROG_MISMATCH 3-3
-		{progNFSACL, 3, ipprotoTCP, 0},
+		{progNFS, 3, ipprotoUDP, 0},          // NFS is TCP only
+		{progMount, 3, ipprotoUDP, 0},        // so is MOUNT
+		{progNFS, 2, ipprotoTCP, nfsPort},    // another version: the port, and NFS says PROG_MISMATCH 3-3
+		{progNFSACL, 3, ipprotoTCP, nfsPort}, // served beside NFS
+		{progNFSACL, 3, ipprotoUDP, 0},
 		{100021, 4, ipprotoTCP, 0}, // NLM: not served (nolock)
 		{progPortmap, 2, ipprotoTCP, uint32(p.tcp.Port())},
 		{progPortmap, 2, ipprotoUDP, uint32(p.udp.Port())},
@@ -133,7 +134,8 @@ func TestPortmapAnswers(t *testing.T) {
 			{progNFS, 3, uaddr(lo, p.nfs.Port())},
 			{progMount, 3, uaddr(lo, p.mount.Port())},
 			{progMount, 1, uaddr(lo, p.mount.Port())}, // any version, as rpcbind
-			{progNFSACL, 3, ""},
+			{progNFSACL, 3, uaddr(lo, p.nfs.Port())},
+			{100021, 4, ""}, // NLM
 		} {
 			r := p.call(t, addrA, vers, 3, rpcbArgs{tc.prog, tc.vers, "tcp", "", ""})
 			if got := read[string](t, r.body); r.stat != acceptSuccess || got != tc.want {
@@ -160,7 +162,7 @@ func TestPortmapAnswers(t *testing.T) {
 	want := []pmapMapping{
 		{progPortmap, 4, ipprotoTCP, uint32(p.tcp.Port())}, {progPortmap, 3, ipprotoTCP, uint32(p.tcp.Port())}, {progPortmap, 2, ipprotoTCP, uint32(p.tcp.Port())},
 		{progPortmap, 4, ipprotoUDP, uint32(p.udp.Port())}, {progPortmap, 3, ipprotoUDP, uint32(p.udp.Port())}, {progPortmap, 2, ipprotoUDP, uint32(p.udp.Port())},
-		{progNFS, 3, ipprotoTCP, nfsPort}, {progMount, 3, ipprotoTCP, mountPort},
+		{progNFS, 3, ipprotoTCP, nfsPort}, {progNFSACL, 3, ipprotoTCP, nfsPort}, {progMount, 3, ipprotoTCP, mountPort},
 	}
 	if !slices.Equal(maps, want) {
 		t.Errorf("DUMP v2:\n got %v\nwant %v", maps, want)
@@ -172,7 +174,7 @@ func TestPortmapAnswers(t *testing.T) {
 		e := read[rpcbArgs](t, r.body)
 		ents = append(ents, rpcbArgs{e.Prog, e.Vers, e.Netid, e.Addr, e.Owner})
 	}
-	if len(ents) != 8 || ents[6] != (rpcbArgs{progNFS, 3, "tcp", uaddr(lo, p.nfs.Port()), "superuser"}) {
+	if len(ents) != 9 || ents[6] != (rpcbArgs{progNFS, 3, "tcp", uaddr(lo, p.nfs.Port()), "superuser"}) {
 		t.Errorf("DUMP v4: %v", ents)
 	}
 }
@@ -478,7 +480,7 @@ func TestPortmapRpcinfo(t *testing.T) {
 	t.Logf("rpcinfo -p:\n%s", out)
 	for _, want := range []string{
 		"100000    4   tcp    111  portmapper", "100000    2   udp    111  portmapper",
-		"100003    3   tcp   2049  nfs", "100005    3   tcp  20048  mountd",
+		"100003    3   tcp   2049  nfs", "100227    3   tcp   2049  nfs_acl", "100005    3   tcp  20048  mountd",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("rpcinfo -p lacks %q", want)
