@@ -18,9 +18,9 @@
 // # The portmapper (portmap.go)
 //
 // ServePortmap answers RPCBIND program 100000 versions 2-4 over TCP and UDP from a fixed
-// table (NFS, NFS_ACL and MOUNT v3 on their TCP ports, itself), with the same record reader, call
-// parser and reply writer, so that clients given no port options (the kernel, klibc
-// nfsmount, mount.nfs) find both services the standard way. Nothing can be registered from
+// table (NFS, NFS_ACL and MOUNT v3 on their TCP ports, itself), with the same record
+// reader, call parser and reply writer, so that clients given no port options (the kernel,
+// klibc nfsmount, mount.nfs) find NFS and MOUNT the standard way. Nothing can be registered from
 // the network; TCP connections are bounded per address, and those of addresses outside the
 // fleet in total; over UDP, datagrams over 2 KiB are dropped and no reply larger than its
 // call goes to an address outside the fleet.
