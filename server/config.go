@@ -73,8 +73,9 @@ type Ports struct {
 	NFS   int
 	Mount int
 	HTTP  int
-	// Portmap is the portmapper (rpcbind) port, TCP and UDP. Clients look for it on 111
-	// only: anywhere else, cmdline.txt must carry NFS's and MOUNT's ports (see NFSRoot).
+	// Portmap is the portmapper (rpcbind) port, TCP and UDP; 0 means not served. Clients
+	// look for it on 111 only: otherwise cmdline.txt must carry NFS's and MOUNT's ports
+	// (see NFSRoot).
 	Portmap int
 }
 

@@ -312,10 +312,18 @@ func (l *loader) server(n *yaml.Node, s *ServerConfig) {
 	s.Ports.NFS = l.port(p["nfs"], "nfs", s.Ports.NFS)
 	s.Ports.Mount = l.port(p["mount"], "mount", s.Ports.Mount)
 	s.Ports.HTTP = l.port(p["http"], "http", s.Ports.HTTP)
-	s.Ports.Portmap = l.port(p["portmap"], "portmap", s.Ports.Portmap)
+	if n := p["portmap"]; n != nil && n.Kind == yaml.ScalarNode && n.Value == "0" {
+		s.Ports.Portmap = 0 // not served (the system's rpcbind may own 111)
+	} else {
+		s.Ports.Portmap = l.port(n, "portmap", s.Ports.Portmap)
+	}
 	if s.Ports.Portmap != DefaultPorts().Portmap {
+		where := fmt.Sprintf("on port %d", s.Ports.Portmap)
+		if s.Ports.Portmap == 0 {
+			where = "off"
+		}
 		l.warnf(p["portmap"], "keep 111 unless another portmapper owns it; boards with an initramfs (Debian, Raspberry Pi OS, Ubuntu) need it",
-			"portmap port %d: clients look for the portmapper on 111 only, so cmdline.txt carries port=/mountport=, which klibc nfsmount (initramfs-tools) rejects", s.Ports.Portmap)
+			"portmapper %s: clients look for it on 111 only, so cmdline.txt carries port=/mountport=, which klibc nfsmount (initramfs-tools) rejects", where)
 	}
 	l.portClashes(p, s.Ports)
 }
@@ -334,7 +342,7 @@ func (l *loader) portClashes(nodes map[string]*yaml.Node, p Ports) {
 	for _, g := range groups {
 		for i := range g {
 			for j := i + 1; j < len(g); j++ {
-				if g[i].port == g[j].port {
+				if g[i].port == g[j].port && g[i].port != 0 { // 0: the portmapper is off
 					n := nodes[g[j].name]
 					if n == nil {
 						n = nodes[g[i].name]

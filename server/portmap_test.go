@@ -27,6 +27,8 @@ func TestNFSRootOptions(t *testing.T) {
 	moved.NFS, moved.Mount = 3049, 30048
 	off := moved
 	off.Portmap = 1111
+	none := moved
+	none.Portmap = 0
 	for _, tc := range []struct {
 		ports Ports
 		want  string
@@ -34,8 +36,9 @@ func TestNFSRootOptions(t *testing.T) {
 		// The portmapper on 111 tells every client the ports, default or not.
 		{def, "10.0.0.1:/boards/pi-01,vers=3,tcp,nolock"},
 		{moved, "10.0.0.1:/boards/pi-01,vers=3,tcp,nolock"},
-		// Nobody finds a portmapper elsewhere: the ports go on the command line.
+		// Nobody finds a portmapper elsewhere, or none: the ports go on the command line.
 		{off, "10.0.0.1:/boards/pi-01,vers=3,tcp,port=3049,mountport=30048,nolock"},
+		{none, "10.0.0.1:/boards/pi-01,vers=3,tcp,port=3049,mountport=30048,nolock"},
 	} {
 		if got := NFSRoot("10.0.0.1", "pi-01", tc.ports); got != tc.want {
 			t.Errorf("NFSRoot(%+v) = %q, want %q", tc.ports, got, tc.want)
@@ -57,12 +60,14 @@ func TestLoadPortmapPort(t *testing.T) {
 	if err != nil || cfg.Server.Ports.Portmap != 111 || len(problems) != 0 {
 		t.Fatalf("default: %v %+v %v", err, cfg, problems)
 	}
-	cfg, problems, err = load("{portmap: 1111}")
-	if err != nil || cfg.Server.Ports.Portmap != 1111 || len(problems) != 1 || !strings.Contains(problems[0].Msg, "klibc") {
-		t.Fatalf("portmap 1111: %v %v", err, problems)
+	for ports, want := range map[string]int{"{portmap: 1111}": 1111, "{portmap: 0}": 0} {
+		cfg, problems, err = load(ports)
+		if err != nil || cfg.Server.Ports.Portmap != want || len(problems) != 1 || !strings.Contains(problems[0].Msg, "klibc") {
+			t.Fatalf("%s: %v %v", ports, err, problems)
+		}
 	}
 	// The portmapper is TCP and UDP: it clashes with a UDP service and with a TCP one.
-	for _, ports := range []string{"{portmap: 69}", "{portmap: 2049}", "{portmap: 8080}", "{portmap: 0}"} {
+	for _, ports := range []string{"{portmap: 69}", "{portmap: 2049}", "{portmap: 8080}", "{portmap: -1}", "{portmap: off}"} {
 		if _, _, err := load(ports); err == nil {
 			t.Errorf("%s accepted", ports)
 		}

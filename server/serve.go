@@ -329,16 +329,18 @@ func (s *Server) serve(ctx context.Context, ready func(*Server)) error {
 	start("nfs", func(ctx context.Context) error { return s.nfs.ServeNFS(ctx, nfsL) })
 	start("mount", func(ctx context.Context) error { return s.nfs.ServeMount(ctx, mountL) })
 	start("http", func(ctx context.Context) error { return s.serveHTTP(ctx, httpL) })
-	pmapTCP, pmapUDP, err := listenPortmap(ports.Portmap)
-	if err != nil {
-		cancel()
-		wg.Wait()
-		return err
+	if ports.Portmap != 0 {
+		pmapTCP, pmapUDP, err := listenPortmap(ports.Portmap)
+		if err != nil {
+			cancel()
+			wg.Wait()
+			return err
+		}
+		start("portmap", func(ctx context.Context) error {
+			return s.nfs.ServePortmap(ctx, pmapTCP, pmapUDP, nfsroot.PortmapOptions{
+				NFS: tcpPort(nfsL), Mount: tcpPort(mountL), Host: cfg.Server.Address.Addr()})
+		})
 	}
-	start("portmap", func(ctx context.Context) error {
-		return s.nfs.ServePortmap(ctx, pmapTCP, pmapUDP, nfsroot.PortmapOptions{
-			NFS: tcpPort(nfsL), Mount: tcpPort(mountL), Host: cfg.Server.Address.Addr()})
-	})
 	if cfg.Server.DHCP.Mode != DHCPOff {
 		d := cfg.Server.DHCP
 		dsrv, err := dhcp.New(dhcp.Config{

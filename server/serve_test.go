@@ -92,7 +92,7 @@ const fleetTmpl = `server:
   address: 127.0.0.100/8
   state: %s
   dhcp: {mode: off}
-  ports: {tftp: %d, nfs: %d, mount: %d, http: %d, portmap: %d}
+  ports: {tftp: %d, nfs: %d, mount: %d, http: %d, portmap: 0}
 images:
   img: {path: %s}
 defaults: {image: img, cmdline: quiet}
@@ -110,9 +110,9 @@ func boardYAML(names ...string) string {
 func startServer(t *testing.T, boards string) *testServer {
 	t.Helper()
 	dir := t.TempDir()
-	ports := freePorts(t, 5)
+	ports := freePorts(t, 4)
 	ts := &testServer{t: t, cfgPath: filepath.Join(dir, "fleet.yaml"), tftp: ports[0], logs: &netns.LogBuffer{}, done: make(chan error, 1)}
-	y := fmt.Sprintf(fleetTmpl, filepath.Join(dir, "state"), ports[0], ports[1], ports[2], ports[3], ports[4], testImage(t), boards)
+	y := fmt.Sprintf(fleetTmpl, filepath.Join(dir, "state"), ports[0], ports[1], ports[2], ports[3], testImage(t), boards)
 	if err := os.WriteFile(ts.cfgPath, []byte(y), 0o644); err != nil {
 		t.Fatal(err)
 	}

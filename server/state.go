@@ -69,8 +69,8 @@ func Export(board string) string { return "/boards/" + board }
 // the configured NFS and MOUNT ports, default or not: that is the one way that works for
 // every stack. klibc nfsmount takes port= but rejects mountport= ("bad option", and
 // initramfs-tools retries forever) and asks the portmapper on 111, hard-coded, for MOUNT.
-// Only when the portmapper is moved off 111, where no client looks for it, are both
-// ports given: the kernel, mount.nfs and busybox (whose mount hands the string to the
+// Only when the portmapper is moved off 111 (where no client looks for it) or turned off
+// are both ports given: the kernel, mount.nfs and busybox (whose mount hands the string to the
 // kernel's parser) accept port=/mountport=; klibc cannot mount then, and Load warns.
 func NFSRoot(server string, board string, p Ports) string {
 	opts := "vers=3,tcp,nolock"
