@@ -20,7 +20,7 @@ func listenPortmap(port int) (net.Listener, net.PacketConn, error) {
 		err = bindHint(fmt.Errorf("portmap: %w", err), port)
 	}
 	if errors.Is(err, syscall.EADDRINUSE) {
-		err = fmt.Errorf("%w\n  the portmapper's port is usually held by the system's rpcbind, which pifleet replaces for its boards: `systemctl disable --now rpcbind.socket rpcbind`", err)
+		err = fmt.Errorf("%w\n  the portmapper's port is usually held by the system's rpcbind, which pifleet replaces for its boards: `systemctl disable --now rpcbind.socket rpcbind` (or set server.ports.portmap: 0, which initramfs-tools boards cannot boot with)", err)
 	}
 	return nil, nil, err
 }
