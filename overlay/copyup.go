@@ -118,7 +118,7 @@ func (o *FS) ensureUpperDir(d *mdir) (string, error) {
 func (o *FS) copyObject(n *node, dst string, withData bool) error {
 	switch n.st.Mode & unix.S_IFMT {
 	case unix.S_IFREG:
-		if err := copyData(n.real, dst, withData); err != nil {
+		if err := copyData(n.real, dst, withData, o.midCopy); err != nil {
 			return err
 		}
 	case unix.S_IFDIR:
@@ -141,7 +141,9 @@ func (o *FS) copyObject(n *node, dst string, withData bool) error {
 	return copyMeta(n.real, &n.st, dst, fileID(n.layer, n.real, &n.st))
 }
 
-func copyData(src, dst string, withData bool) error {
+// copyData copies the regular file src to the new file dst (its data only if withData).
+// midCopy, if not nil, is called with dst once half the data is copied (a test failpoint).
+func copyData(src, dst string, withData bool, midCopy func(string)) error {
 	in, err := os.OpenFile(src, os.O_RDONLY|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		return err
@@ -152,6 +154,18 @@ func copyData(src, dst string, withData bool) error {
 		return err
 	}
 	if withData {
+		if midCopy != nil {
+			fi, err := in.Stat()
+			if err != nil {
+				out.Close()
+				return err
+			}
+			if _, err := io.CopyN(out, in, fi.Size()/2); err != nil {
+				out.Close()
+				return err
+			}
+			midCopy(dst)
+		}
 		// *os.File to *os.File uses copy_file_range, so the kernel copies (or reflinks).
 		if _, err := io.Copy(out, in); err != nil {
 			out.Close()

@@ -42,6 +42,10 @@ type FS struct {
 	dirs  dirCache
 	tmpID atomic.Uint64
 	links map[int]linkIndex // lower hard links by layer, built on first need; guarded by mu
+
+	// midCopy, if set (by tests only), is called halfway through a copy-up's file data with
+	// the temp file's path: a failpoint where a crash test kills the process.
+	midCopy func(tmp string)
 }
 
 var (
