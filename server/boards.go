@@ -2,8 +2,6 @@ package server
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -175,16 +173,23 @@ func OfflineBoards(cfg *Config) []BoardStatus {
 	return out
 }
 
-// OfflineReset resets a board straight on the state dir, for when no server runs.
+// OfflineReset resets a board straight on the state dir, for when no server runs. It
+// holds the state dir's lock meanwhile, and refuses (a *HeldError) while pifleet serve
+// holds it.
 func OfflineReset(cfg *Config, name string) error {
 	if !hasBoard(cfg, name) {
 		return fmt.Errorf("board %s: not in %s", name, cfg.Path)
 	}
+	lock, err := LockOffline(cfg.Server.State)
+	if err != nil {
+		return fmt.Errorf("board %s: %w", name, err)
+	}
+	defer lock.Release()
 	st := State{Dir: cfg.Server.State}
 	if err := finishResets(st, discardLogger()); err != nil {
 		return err
 	}
-	_, err := resetBoardDir(st, name, false)
+	_, err = resetBoardDir(st, name, false)
 	return err
 }
 
@@ -224,25 +229,4 @@ func hasBoard(cfg *Config, name string) bool {
 		}
 	}
 	return false
-}
-
-// CheckState looks at the state dir for things `pifleet check` should warn about:
-// images the fleet names that are not there yet.
-func CheckState(cfg *Config) []string {
-	var out []string
-	st := State{Dir: cfg.Server.State}
-	for name, im := range cfg.Images {
-		p := im.Path
-		if p == "" {
-			p = filepath.Join(st.Images(), name, "root")
-		}
-		if _, err := os.Stat(p); err != nil {
-			hint := fmt.Sprintf("import it with `pifleet image import FILE --name %s`", name)
-			if name == "demo" {
-				hint = "build it with `make demo`"
-			}
-			out = append(out, fmt.Sprintf("image %s is not there yet (%s): %s", name, p, hint))
-		}
-	}
-	return out
 }

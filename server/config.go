@@ -33,6 +33,9 @@ type ServerConfig struct {
 	DHCP DHCPConfig
 	// Ports are the service ports.
 	Ports Ports
+	// HTTP lists the addresses the HTTP API listens on (fleet.yaml server.http); nil
+	// means the default: loopback and Address, on Ports.HTTP.
+	HTTP []netip.AddrPort
 }
 
 // DHCP modes.
@@ -86,6 +89,8 @@ type Image struct {
 	// Path is an existing root tree to use as the image's only layer; "" means the
 	// image lives in the state dir (imported with `pifleet image import`).
 	Path string
+	// Line and Col locate the image's key in fleet.yaml, for messages.
+	Line, Col int
 }
 
 // User is an optional first user created on a board (its identity layer).

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"html/template"
@@ -10,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"time"
 
 	"github.com/pifleet/pifleet/images"
@@ -17,7 +19,7 @@ import (
 
 // The HTTP side: a status page for people, a JSON API for `pifleet board ...` and
 // scripts, and Prometheus metrics. Calls that change state (reset, reload) are accepted
-// only from the server itself (loopback), since the API has no authentication.
+// only from the server itself, with the API token, and never from a web page (see guarded).
 func (s *Server) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", s.handleStatus)
@@ -42,7 +44,7 @@ func (s *Server) handler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, ch)
 	})
-	mux.HandleFunc("POST /api/boards/{name}/reset", localOnly(func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST /api/boards/{name}/reset", s.guarded(func(w http.ResponseWriter, r *http.Request) {
 		err := s.ResetBoard(r.PathValue("name"), r.URL.Query().Get("force") == "1")
 		switch {
 		case errors.Is(err, ErrMounted):
@@ -53,7 +55,7 @@ func (s *Server) handler() http.Handler {
 			writeJSON(w, http.StatusOK, map[string]string{"reset": r.PathValue("name")})
 		}
 	}))
-	mux.HandleFunc("POST /api/reload", localOnly(func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST /api/reload", s.guarded(func(w http.ResponseWriter, r *http.Request) {
 		if _, err := s.Reload(true); err != nil {
 			writeError(w, http.StatusUnprocessableEntity, err.Error())
 			return
@@ -67,7 +69,8 @@ func (s *Server) handler() http.Handler {
 	return mux
 }
 
-func (s *Server) serveHTTP(ctx context.Context, l net.Listener) error {
+// serveHTTP serves the API on every listener until ctx ends or one fails.
+func (s *Server) serveHTTP(ctx context.Context, ls []net.Listener) error {
 	srv := &http.Server{Handler: s.handler(), ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
 	go func() {
@@ -76,21 +79,75 @@ func (s *Server) serveHTTP(ctx context.Context, l net.Listener) error {
 		defer cancel()
 		srv.Shutdown(shut)
 	}()
-	if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
-		return err
+	errc := make(chan error, len(ls))
+	for _, l := range ls {
+		go func() { errc <- srv.Serve(l) }()
 	}
-	return nil
+	var first error
+	for range ls {
+		if err := <-errc; !errors.Is(err, http.ErrServerClosed) && first == nil {
+			first = err
+			srv.Close() // one listener failed: stop the others, and so the server
+		}
+	}
+	return first
 }
 
-func localOnly(h http.HandlerFunc) http.HandlerFunc {
+// guarded admits a state-changing call only when it comes from this host (the peer is
+// loopback or the address it connected to), carries the API token (Authorization: Bearer,
+// from <state>/api-token, readable by root only), and is not a browser request made by a
+// page of another origin: a page open in a browser on the server can send POSTs to
+// 127.0.0.1, but it can neither read the token nor hide its Origin.
+func (s *Server) guarded(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		ap, err := netip.ParseAddrPort(r.RemoteAddr)
-		if err != nil || !ap.Addr().Unmap().IsLoopback() {
+		if !fromThisHost(r) {
 			writeError(w, http.StatusForbidden, "this call is accepted from the server itself only (use the pifleet CLI there)")
+			return
+		}
+		if crossSite(r) {
+			writeError(w, http.StatusForbidden, "cross-site request refused")
+			return
+		}
+		want := "Bearer " + s.token
+		if s.token == "" || subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), []byte(want)) != 1 {
+			writeError(w, http.StatusForbidden, "this call needs the API token (Authorization: Bearer, from "+tokenPath(s.state.Dir)+"); the pifleet CLI sends it")
 			return
 		}
 		h(w, r)
 	}
+}
+
+// fromThisHost reports whether the peer is loopback or the very address it connected to.
+func fromThisHost(r *http.Request) bool {
+	peer, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return false
+	}
+	if peer.Addr().Unmap().IsLoopback() {
+		return true
+	}
+	local, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
+	if !ok {
+		return false
+	}
+	la, err := netip.ParseAddrPort(local.String())
+	return err == nil && la.Addr().Unmap() == peer.Addr().Unmap()
+}
+
+// crossSite reports a request a browser sent on behalf of a page from another origin:
+// Sec-Fetch-Site says so, or Origin names another host than the one addressed.
+func crossSite(r *http.Request) bool {
+	switch r.Header.Get("Sec-Fetch-Site") {
+	case "", "same-origin", "none":
+	default:
+		return true
+	}
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return false
+	}
+	u, err := url.Parse(origin)
+	return err != nil || u.Host != r.Host
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -24,7 +25,7 @@ const maxConfigSize = 8 << 20
 // "did you mean" hint.
 var (
 	topKeys     = []string{"server", "images", "defaults", "boards"}
-	serverKeys  = []string{"interface", "address", "state", "dhcp", "ports"}
+	serverKeys  = []string{"interface", "address", "state", "dhcp", "ports", "http"}
 	dhcpKeys    = []string{"mode", "range", "router", "dns", "lease", "proxy_pxe"}
 	portKeys    = []string{"dhcp", "tftp", "nfs", "mount", "http", "portmap"}
 	imageKeys   = []string{"path"}
@@ -326,6 +327,55 @@ func (l *loader) server(n *yaml.Node, s *ServerConfig) {
 			"portmapper %s: clients look for it on 111 only, so cmdline.txt carries port=/mountport=, which klibc nfsmount (initramfs-tools) rejects", where)
 	}
 	l.portClashes(p, s.Ports)
+	s.HTTP = l.httpListen(m["http"], s.Ports.HTTP)
+}
+
+// httpListen parses server.http: the addresses the HTTP API listens on, each an IP
+// (port: server.ports.http) or IP:port.
+func (l *loader) httpListen(n *yaml.Node, port int) []netip.AddrPort {
+	if n == nil || isNull(n) {
+		return nil
+	}
+	const hint = "addresses like 127.0.0.1 or 192.168.1.10:8080 (port default: server.ports.http)"
+	var nodes []*yaml.Node
+	switch n.Kind {
+	case yaml.ScalarNode:
+		nodes = []*yaml.Node{n}
+	case yaml.SequenceNode:
+		nodes = n.Content
+		if len(nodes) == 0 {
+			l.errf(n, hint+"; leave server.http out for the default (loopback and server.address)", "server.http is an empty list: the HTTP API would listen nowhere")
+		}
+	default:
+		l.errf(n, hint, "server.http must be a list of addresses, not %s", kindName(n))
+		return nil
+	}
+	var out []netip.AddrPort
+	for _, c := range nodes {
+		v := l.str(c, "server.http entry")
+		if v == "" {
+			continue
+		}
+		ap, err := netip.ParseAddrPort(v)
+		if err != nil {
+			a, aerr := netip.ParseAddr(strings.Trim(v, "[]"))
+			if aerr != nil || a.Zone() != "" {
+				l.errf(c, hint, "server.http entry %q is not an address or address:port", v)
+				continue
+			}
+			ap = netip.AddrPortFrom(a, uint16(port))
+		} else if ap.Port() == 0 {
+			l.errf(c, hint, "server.http entry %q has port 0", v)
+			continue
+		}
+		ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		if slices.Contains(out, ap) {
+			l.errf(c, "list each address once", "server.http lists %s twice", ap)
+			continue
+		}
+		out = append(out, ap)
+	}
+	return out
 }
 
 // portClashes reports two services of the same transport on one port. DHCP and TFTP
@@ -374,7 +424,7 @@ func (l *loader) images(n *yaml.Node, cfg *Config) {
 			continue
 		}
 		m := l.mapping(v, "image "+name, imageKeys)
-		cfg.Images[name] = Image{Name: name, Path: l.str(m["path"], "images."+name+".path")}
+		cfg.Images[name] = Image{Name: name, Path: l.str(m["path"], "images."+name+".path"), Line: k.Line, Col: k.Column}
 	}
 }
 

@@ -92,13 +92,22 @@ func defaultRouteInterface() string {
 	return ""
 }
 
-// listen opens a TCP listener on all addresses, explaining the usual failures.
-func listen(network string, port int, what string) (net.Listener, error) {
-	l, err := net.Listen(network, ":"+strconv.Itoa(port))
+// listen opens a TCP listener on addr (every address if addr is the zero Addr),
+// explaining the usual failures.
+func listen(addr netip.Addr, port int, what string) (net.Listener, error) {
+	l, err := net.Listen("tcp", bindString(addr, port))
 	if err != nil {
 		return nil, bindHint(fmt.Errorf("%s: %w", what, err), port)
 	}
 	return l, nil
+}
+
+// bindString is addr:port for net.Listen, ":port" for the zero Addr.
+func bindString(addr netip.Addr, port int) string {
+	if !addr.IsValid() {
+		return ":" + strconv.Itoa(port)
+	}
+	return netip.AddrPortFrom(addr, uint16(port)).String()
 }
 
 // bindHint adds what to do to a failed bind: ports below 1024 need root.
@@ -106,6 +115,8 @@ func bindHint(err error, port int) error {
 	switch {
 	case errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM):
 		return fmt.Errorf("%w\n  port %d needs root: run pifleet serve as root (sudo), as DHCP/TFTP/NFS servers do", err, port)
+	case errors.Is(err, syscall.EADDRNOTAVAIL):
+		return fmt.Errorf("%w\n  that address is not configured on this host: fix server.http / server.address in fleet.yaml", err)
 	case errors.Is(err, syscall.EADDRINUSE):
 		return fmt.Errorf("%w\n  another program already uses port %d (dnsmasq? nfs-kernel-server? another pifleet?): stop it or change server.ports in fleet.yaml", err, port)
 	}

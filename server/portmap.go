@@ -4,13 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"syscall"
 )
 
 // listenPortmap opens the portmapper's TCP listener with the same listen as the other
 // services, and its UDP socket on the very address and port the listener got.
-func listenPortmap(port int) (net.Listener, net.PacketConn, error) {
-	l, err := listen("tcp", port, "portmap")
+func listenPortmap(addr netip.Addr, port int) (net.Listener, net.PacketConn, error) {
+	l, err := listen(addr, port, "portmap")
 	if err == nil {
 		var u net.PacketConn
 		if u, err = net.ListenPacket("udp", l.Addr().String()); err == nil {

@@ -261,7 +261,7 @@ func TestListenPortmapBusy(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer busy.Close()
-	_, _, err = listenPortmap(busy.LocalAddr().(*net.UDPAddr).Port)
+	_, _, err = listenPortmap(netip.Addr{}, busy.LocalAddr().(*net.UDPAddr).Port)
 	if err == nil || !strings.Contains(err.Error(), "rpcbind") {
 		t.Fatalf("err = %v, want a hint about rpcbind", err)
 	}

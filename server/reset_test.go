@@ -12,18 +12,19 @@ import (
 	"github.com/willscott/go-nfs-client/nfs/rpc"
 )
 
-// dialMount connects go-nfs-client to the MOUNT port from 127.0.0.1. The library binds a
+// dialMount connects go-nfs-client to the MOUNT port, on the test servers' boot address
+// 127.0.0.100 (the kernel picks 127.0.0.1 as the source). The library binds a
 // random source port (a reserved one, as root) and retries only some bind failures, so
 // a dial can fail for reasons that have nothing to do with the server: try a few times.
 func dialMount(port int) (*rpc.Client, error) {
 	var err error
 	for try := 0; try < 5; try++ {
 		var c *rpc.Client
-		if c, err = nfsc.DialServiceAtPort("127.0.0.1", port); err == nil {
+		if c, err = nfsc.DialServiceAtPort("127.0.0.100", port); err == nil {
 			return c, nil
 		}
 	}
-	return nil, fmt.Errorf("dial MOUNT at 127.0.0.1:%d: %w", port, err)
+	return nil, fmt.Errorf("dial MOUNT at 127.0.0.100:%d: %w", port, err)
 }
 
 // TestResetWhileMounted: a board that has its root mounted is not reset unless forced;
@@ -58,7 +59,7 @@ func TestResetWhileMounted(t *testing.T) {
 	}
 
 	post := func(q string) (int, string) {
-		resp, err := http.Post(ts.http+"/api/boards/alpha/reset"+q, "", nil)
+		resp, err := ts.post("/api/boards/alpha/reset"+q, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -9,10 +11,9 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
-	"path"
 	"path/filepath"
+	"runtime"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -55,6 +56,7 @@ type Server struct {
 	cfgHash string  // of the file it came from, to skip no-op reloads
 
 	httpAddr net.Addr
+	token    string // the bearer token state-changing HTTP calls need (<state>/api-token)
 }
 
 // Run loads fleet.yaml, starts every service and serves until ctx is cancelled. A
@@ -72,13 +74,39 @@ func Run(ctx context.Context, opts Options) error {
 	for _, p := range problems {
 		log.Warn("fleet.yaml", "line", p.Line, "col", p.Col, "warning", p.Msg, "hint", p.Hint)
 	}
+	lock, err := LockState(cfg.Server.State)
+	if err != nil {
+		var held *HeldError
+		if errors.As(err, &held) {
+			return fmt.Errorf("%w: one pifleet serve per state dir (stop the other one, or give this fleet its own server.state)", err)
+		}
+		return err
+	}
+	defer lock.Release()
 	s, err := newServer(cfg, log)
 	if err != nil {
 		return err
 	}
 	s.cfgPath = opts.ConfigPath
 	s.cfgHash, _ = fileHash(opts.ConfigPath)
-	return s.serve(ctx, opts.Ready)
+	if ps := checkImages(cfg, s.store); ps.Errors() > 0 {
+		return &ConfigError{File: opts.ConfigPath, Problems: ps}
+	}
+	// Bind every socket before the slow part (a first start generates each board's SSH
+	// host keys): a port clash fails at once, and clients queue instead of being refused.
+	ls, err := s.listen()
+	if err != nil {
+		return err
+	}
+	defer ls.close()
+	if err := s.publish(lock, ls); err != nil {
+		return err
+	}
+	defer os.Remove(serveInfoPath(s.state.Dir))
+	if err := s.prepare(); err != nil {
+		return err
+	}
+	return s.serve(ctx, ls, opts.Ready)
 }
 
 func newServer(cfg *Config, log *slog.Logger) (*Server, error) {
@@ -104,13 +132,28 @@ func newServer(cfg *Config, log *slog.Logger) (*Server, error) {
 	if err := finishResets(st, log); err != nil {
 		return nil, err
 	}
-	snap, err := s.buildSnapshot(cfg, nil)
+	return s, nil
+}
+
+// prepare opens every board of the config (identity layer, overlay) and installs them.
+func (s *Server) prepare() error {
+	start := time.Now()
+	s.log.Info("preparing boards: identity layers (SSH host keys on a board's first start) and overlays",
+		"boards", len(s.cfg.Boards), "workers", prepareWorkers(len(s.cfg.Boards)))
+	snap, err := s.buildSnapshot(s.cfg, nil)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	s.install(snap)
 	s.relearn(snap)
-	return s, nil
+	s.log.Info("boards prepared", "boards", len(snap.boards), "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// prepareWorkers is how many boards buildSnapshot opens at once: key generation is CPU
+// bound, so one per CPU.
+func prepareWorkers(boards int) int {
+	return max(1, min(boards, runtime.GOMAXPROCS(0)))
 }
 
 // onEvent learns the address a board boots from and counts the event.
@@ -169,21 +212,7 @@ func writeFileAtomic(path string, data []byte) error {
 
 // imageLayers returns the lower dirs of an image, topmost first.
 func (s *Server) imageLayers(cfg *Config, name string) ([]string, error) {
-	im, ok := cfg.Images[name]
-	if !ok {
-		return nil, fmt.Errorf("unknown image %q", name)
-	}
-	if im.Path != "" {
-		if _, err := os.Stat(path.Join(im.Path, "boot/firmware")); err != nil {
-			return nil, fmt.Errorf("image %s: %s has no boot/firmware directory: is it a Pi root tree?", name, im.Path)
-		}
-		return []string{im.Path}, nil
-	}
-	layers, err := s.store.Layers(name)
-	if err != nil {
-		return nil, fmt.Errorf("image %s: %w (build the demo image with `make demo`, or import one with `pifleet image import FILE --name %s`)", name, err, name)
-	}
-	return layers, nil
+	return imageLayers(cfg, s.store, name)
 }
 
 // buildSnapshot opens every board of cfg, reusing the live state of boards whose entry
@@ -191,11 +220,16 @@ func (s *Server) imageLayers(cfg *Config, name string) ([]string, error) {
 func (s *Server) buildSnapshot(cfg *Config, prev *snapshot) (*snapshot, error) {
 	serverIP := cfg.Server.Address.Addr()
 	boards := map[string]*boardRT{}
-	var errs []error
-	for _, b := range cfg.Boards {
+	errs := make([]error, len(cfg.Boards))
+	type job struct {
+		i      int
+		lowers []string
+	}
+	var jobs []job
+	for i, b := range cfg.Boards {
 		lowers, err := s.imageLayers(cfg, b.Image)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("board %s: %w", b.Name, err))
+			errs[i] = fmt.Errorf("board %s: %w", b.Name, err)
 			continue
 		}
 		lowers = append([]string{s.state.Identity(b.Name)}, lowers...)
@@ -205,12 +239,30 @@ func (s *Server) buildSnapshot(cfg *Config, prev *snapshot) (*snapshot, error) {
 				continue
 			}
 		}
-		rt, err := s.openBoard(cfg, b, lowers)
-		if err != nil {
-			errs = append(errs, err)
-			continue
+		jobs = append(jobs, job{i, lowers})
+	}
+	// Open the new and changed boards in parallel: a first start generates SSH host keys.
+	opened := make([]*boardRT, len(cfg.Boards))
+	var wg sync.WaitGroup
+	next := make(chan job)
+	for range prepareWorkers(len(jobs)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range next {
+				opened[j.i], errs[j.i] = s.openBoard(cfg, cfg.Boards[j.i], j.lowers)
+			}
+		}()
+	}
+	for _, j := range jobs {
+		next <- j
+	}
+	close(next)
+	wg.Wait()
+	for i, rt := range opened {
+		if rt != nil {
+			boards[cfg.Boards[i].Name] = rt
 		}
-		boards[b.Name] = rt
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
@@ -283,8 +335,8 @@ func sameUser(a, b *User) bool {
 	return a.Name == b.Name && a.PasswordHash == b.PasswordHash && slices.Equal(a.AuthorizedKeys, b.AuthorizedKeys)
 }
 
-// serve starts the services and blocks until ctx ends or one fails.
-func (s *Server) serve(ctx context.Context, ready func(*Server)) error {
+// serve starts the services on ls and blocks until ctx ends or one fails.
+func (s *Server) serve(ctx context.Context, ls *listeners, ready func(*Server)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	cfg := s.cfg
@@ -301,44 +353,14 @@ func (s *Server) serve(ctx context.Context, ready func(*Server)) error {
 		}()
 	}
 
-	nfsL, err := listen("tcp", ports.NFS, "nfs")
-	if err != nil {
-		return err
-	}
-	mountL, err := listen("tcp", ports.Mount, "mount")
-	if err != nil {
-		nfsL.Close()
-		return err
-	}
-	httpL, err := listen("tcp", ports.HTTP, "http")
-	if err != nil {
-		nfsL.Close()
-		mountL.Close()
-		return err
-	}
-	s.httpAddr = httpL.Addr()
-	tftpSrv, err := tftp.New(tftp.Config{Addr: ":" + strconv.Itoa(ports.TFTP), Fleet: s.fleet, Events: s.timeline,
-		Logger: s.log.With("service", "tftp")})
-	if err != nil {
-		nfsL.Close()
-		mountL.Close()
-		httpL.Close()
-		return bindHint(fmt.Errorf("tftp: %w", err), ports.TFTP)
-	}
-	start("tftp", tftpSrv.Serve)
-	start("nfs", func(ctx context.Context) error { return s.nfs.ServeNFS(ctx, nfsL) })
-	start("mount", func(ctx context.Context) error { return s.nfs.ServeMount(ctx, mountL) })
-	start("http", func(ctx context.Context) error { return s.serveHTTP(ctx, httpL) })
-	if ports.Portmap != 0 {
-		pmapTCP, pmapUDP, err := listenPortmap(ports.Portmap)
-		if err != nil {
-			cancel()
-			wg.Wait()
-			return err
-		}
+	start("tftp", ls.tftp.Serve)
+	start("nfs", func(ctx context.Context) error { return s.nfs.ServeNFS(ctx, ls.nfs) })
+	start("mount", func(ctx context.Context) error { return s.nfs.ServeMount(ctx, ls.mount) })
+	start("http", func(ctx context.Context) error { return s.serveHTTP(ctx, ls.http) })
+	if ls.pmapTCP != nil {
 		start("portmap", func(ctx context.Context) error {
-			return s.nfs.ServePortmap(ctx, pmapTCP, pmapUDP, nfsroot.PortmapOptions{
-				NFS: tcpPort(nfsL), Mount: tcpPort(mountL), Host: cfg.Server.Address.Addr()})
+			return s.nfs.ServePortmap(ctx, ls.pmapTCP, ls.pmapUDP, nfsroot.PortmapOptions{
+				NFS: tcpPort(ls.nfs), Mount: tcpPort(ls.mount), Host: cfg.Server.Address.Addr()})
 		})
 	}
 	if cfg.Server.DHCP.Mode != DHCPOff {
@@ -359,8 +381,9 @@ func (s *Server) serve(ctx context.Context, ready func(*Server)) error {
 	start("reload", s.watch)
 
 	s.log.Info("pifleet serving", "address", cfg.Server.Address, "interface", cfg.Server.Interface,
-		"dhcp", cfg.Server.DHCP.Mode, "tftp", ports.TFTP, "nfs", ports.NFS, "mount", ports.Mount, "portmap", ports.Portmap,
-		"http", s.httpAddr.String(), "boards", len(cfg.Boards), "state", s.state.Dir)
+		"dhcp", cfg.Server.DHCP.Mode, "tftp", ls.tftp.Addr().String(), "nfs", ls.nfs.Addr().String(),
+		"mount", ls.mount.Addr().String(), "portmap", ports.Portmap, "http", ls.httpAddrs(), "boards", len(cfg.Boards),
+		"state", s.state.Dir)
 	if ready != nil {
 		ready(s)
 	}
@@ -377,8 +400,122 @@ func (s *Server) serve(ctx context.Context, ready func(*Server)) error {
 	return runErr
 }
 
-// HTTPAddr is the bound address of the HTTP API (for tests that ask for port 0).
+// HTTPAddr is the bound address of the HTTP API (the first of server.http; loopback by
+// default), for tests that ask for port 0.
 func (s *Server) HTTPAddr() net.Addr { return s.httpAddr }
+
+// listeners are the service sockets, bound before the boards are prepared.
+type listeners struct {
+	nfs, mount net.Listener
+	http       []net.Listener
+	tftp       *tftp.Server
+	pmapTCP    net.Listener   // nil when server.ports.portmap is 0
+	pmapUDP    net.PacketConn // nil when server.ports.portmap is 0
+}
+
+func (ls *listeners) close() {
+	for _, l := range append([]net.Listener{ls.nfs, ls.mount, ls.pmapTCP}, ls.http...) {
+		if l != nil {
+			l.Close()
+		}
+	}
+	if ls.pmapUDP != nil {
+		ls.pmapUDP.Close()
+	}
+}
+
+func (ls *listeners) httpAddrs() []string {
+	var out []string
+	for _, l := range ls.http {
+		out = append(out, l.Addr().String())
+	}
+	return out
+}
+
+// listen binds the service sockets: NFS, MOUNT, the portmapper and TFTP on the boot
+// address (every address only if this host does not have it yet), HTTP on server.http
+// (default: loopback and the boot address). DHCP binds to the interface itself (package
+// dhcp).
+func (s *Server) listen() (*listeners, error) {
+	ports := s.cfg.Server.Ports
+	boot := s.bootBind()
+	ls := &listeners{}
+	var err error
+	if ls.nfs, err = listen(boot, ports.NFS, "nfs"); err != nil {
+		return nil, err
+	}
+	if ls.mount, err = listen(boot, ports.Mount, "mount"); err != nil {
+		ls.close()
+		return nil, err
+	}
+	for _, ap := range s.httpListen(boot) {
+		l, err := listen(ap.Addr(), int(ap.Port()), "http")
+		if err != nil {
+			ls.close()
+			return nil, err
+		}
+		ls.http = append(ls.http, l)
+	}
+	s.httpAddr = ls.http[0].Addr()
+	if ports.Portmap != 0 {
+		if ls.pmapTCP, ls.pmapUDP, err = listenPortmap(boot, ports.Portmap); err != nil {
+			ls.close()
+			return nil, err
+		}
+	}
+	ls.tftp, err = tftp.New(tftp.Config{Addr: bindString(boot, ports.TFTP), Fleet: s.fleet, Events: s.timeline,
+		Logger: s.log.With("service", "tftp")})
+	if err != nil {
+		ls.close()
+		return nil, bindHint(fmt.Errorf("tftp: %w", err), ports.TFTP)
+	}
+	return ls, nil
+}
+
+// bootBind is the address NFS, MOUNT and TFTP listen on: the boot address (server.address)
+// if this host has it; if not (yet), every address, with a warning.
+func (s *Server) bootBind() netip.Addr {
+	a := s.cfg.Server.Address.Addr()
+	if l, err := net.Listen("tcp4", netip.AddrPortFrom(a, 0).String()); err == nil {
+		l.Close()
+		return a
+	}
+	s.log.Warn("server.address is not an address of this host: NFS, MOUNT and TFTP listen on every address",
+		"address", a, "hint", "configure the address on the boot interface before starting pifleet")
+	return netip.Addr{}
+}
+
+// httpListen is where the HTTP API listens: server.http, or loopback and the boot address.
+func (s *Server) httpListen(boot netip.Addr) []netip.AddrPort {
+	if len(s.cfg.Server.HTTP) > 0 {
+		return s.cfg.Server.HTTP
+	}
+	port := uint16(s.cfg.Server.Ports.HTTP)
+	out := []netip.AddrPort{netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), port)}
+	if boot.IsValid() && boot != out[0].Addr() {
+		out = append(out, netip.AddrPortFrom(boot, port))
+	}
+	return out
+}
+
+// publish writes the API token (mode 0600) and <state>/serve.json, which tell the CLI
+// that this server owns the state dir and how to reach it.
+func (s *Server) publish(lock *StateLock, ls *listeners) error {
+	tok := make([]byte, 32)
+	if _, err := rand.Read(tok); err != nil {
+		return fmt.Errorf("api token: %w", err)
+	}
+	s.token = hex.EncodeToString(tok)
+	if err := writeFileAtomic(tokenPath(s.state.Dir), []byte(s.token+"\n")); err != nil { // 0600: CreateTemp's mode
+		return fmt.Errorf("api token: %w", err)
+	}
+	cfgPath, _ := filepath.Abs(s.cfgPath)
+	si := ServeInfo{PID: os.Getpid(), HTTP: ls.httpAddrs(), TokenFile: tokenPath(s.state.Dir), Config: cfgPath}
+	if err := lock.writeServeInfo(si); err != nil {
+		return fmt.Errorf("state dir: %w", err)
+	}
+	return nil
+}
 
 // watch reloads fleet.yaml on SIGHUP and when the file changes (polled: no extra
 // dependency, and it also notices editors that replace the file).
@@ -429,6 +566,15 @@ func (s *Server) Reload(force bool) (bool, error) {
 		}
 		return false, err
 	}
+	if ps := checkImages(cfg, s.store); ps.Errors() > 0 {
+		s.metrics.reloadFailed()
+		for _, p := range ps {
+			if !p.Warning {
+				s.log.Error("fleet.yaml rejected, keeping the running config", "line", p.Line, "col", p.Col, "problem", p.Msg)
+			}
+		}
+		return false, &ConfigError{File: s.cfgPath, Problems: ps}
+	}
 	for _, p := range problems {
 		s.log.Warn("fleet.yaml", "line", p.Line, "col", p.Col, "warning", p.Msg, "hint", p.Hint)
 	}
@@ -471,6 +617,7 @@ func (s *Server) Reload(force bool) (bool, error) {
 
 func sameServer(a, b ServerConfig) bool {
 	return a.Interface == b.Interface && a.Address == b.Address && a.State == b.State && a.Ports == b.Ports &&
+		slices.Equal(a.HTTP, b.HTTP) &&
 		a.DHCP.Mode == b.DHCP.Mode && a.DHCP.PoolStart == b.DHCP.PoolStart && a.DHCP.PoolEnd == b.DHCP.PoolEnd &&
 		a.DHCP.Router == b.DHCP.Router && slices.Equal(a.DHCP.DNS, b.DHCP.DNS) && a.DHCP.Lease == b.DHCP.Lease &&
 		a.DHCP.ProxyPXE == b.DHCP.ProxyPXE

@@ -174,6 +174,26 @@ func (ts *testServer) getJSON(path string, v any) int {
 	return resp.StatusCode
 }
 
+// post makes a state-changing API call as the CLI does: with the token from the state
+// dir, plus the extra headers hdr.
+func (ts *testServer) post(path string, hdr map[string]string) (*http.Response, error) {
+	ts.t.Helper()
+	si, err := ReadServeInfo(ts.srv.state.Dir)
+	if err != nil {
+		ts.t.Fatal(err)
+	}
+	tok, err := si.ReadToken()
+	if err != nil {
+		ts.t.Fatal(err)
+	}
+	req, _ := http.NewRequest("POST", ts.http+path, nil)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	return http.DefaultClient.Do(req)
+}
+
 func (ts *testServer) boardNames() []string {
 	var bs []BoardStatus
 	ts.getJSON("/api/boards", &bs)
@@ -199,7 +219,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 func tftpGet(t *testing.T, port int, name string) (string, error) {
 	t.Helper()
 	require.Tool(t, "curl", "curl")
-	out, err := exec.Command("curl", "-sS", "--max-time", "20", fmt.Sprintf("tftp://127.0.0.1:%d/%s", port, name)).CombinedOutput()
+	out, err := exec.Command("curl", "-sS", "--max-time", "20", fmt.Sprintf("tftp://127.0.0.100:%d/%s", port, name)).CombinedOutput()
 	return string(out), err
 }
 
@@ -279,7 +299,7 @@ func TestServeReload(t *testing.T) {
 	if err := os.WriteFile(ts.cfgPath, []byte(good), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	r, err := http.Post(ts.http+"/api/reload", "", nil)
+	r, err := ts.post("/api/reload", nil)
 	if err != nil || r.StatusCode != 200 {
 		t.Fatalf("reload: %v %v", err, r)
 	}
@@ -326,7 +346,7 @@ func TestServeStatusAndReset(t *testing.T) {
 			t.Errorf("diff %s = %q, want %q (all: %v)", p, got[p], k, changes)
 		}
 	}
-	r, err := http.Post(ts.http+"/api/boards/alpha/reset", "", nil)
+	r, err := ts.post("/api/boards/alpha/reset", nil)
 	if err != nil || r.StatusCode != 200 {
 		t.Fatalf("reset: %v %v", err, r.Status)
 	}

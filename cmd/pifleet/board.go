@@ -7,8 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"net/url"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -25,31 +25,69 @@ func runBoard(ctx context.Context, e *env, args []string) error {
 	}, args)
 }
 
-// api talks to the running server's HTTP API on loopback. A nil api means no server
-// runs, and board commands work straight on the state dir.
+// api talks to the running server's HTTP API. A nil api means no server owns the state
+// dir, and board commands work straight on it.
 type api struct {
 	base string
+	si   *server.ServeInfo
 	c    *http.Client
 }
 
-func dialAPI(ctx context.Context, cfg *server.Config) *api {
-	a := &api{base: "http://127.0.0.1:" + strconv.Itoa(cfg.Server.Ports.HTTP), c: &http.Client{Timeout: 2 * time.Minute}}
-	req, _ := http.NewRequestWithContext(ctx, "GET", a.base+"/api/ping", nil)
-	resp, err := (&http.Client{Timeout: 3 * time.Second}).Do(req)
-	if err != nil {
-		return nil
+// dialAPI decides by the state dir's lock, never by whether some port answers: a free
+// lock means no server, so the command works offline (nil api); a lock held by pifleet
+// serve means its API, at the addresses it recorded in <state>/serve.json; anything
+// else is an error, so a command never works offline under a live server.
+func dialAPI(ctx context.Context, cfg *server.Config) (*api, error) {
+	held, err := server.StateHolder(cfg.Server.State)
+	if err != nil || held == nil {
+		return nil, err
 	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil
+	if held.Serve == nil || len(held.Serve.HTTP) == 0 {
+		return nil, fmt.Errorf("%v, which serves no API (yet): try again in a moment, or stop it", held)
 	}
-	return a
+	var errs []string
+	for _, addr := range held.Serve.HTTP {
+		a := &api{base: "http://" + dialable(addr), si: held.Serve, c: &http.Client{Timeout: 2 * time.Minute}}
+		req, _ := http.NewRequestWithContext(ctx, "GET", a.base+"/api/ping", nil)
+		resp, err := (&http.Client{Timeout: 15 * time.Second}).Do(req)
+		if err != nil {
+			errs = append(errs, err.Error())
+			continue
+		}
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			return a, nil
+		}
+		errs = append(errs, a.base+": "+resp.Status)
+	}
+	return nil, fmt.Errorf("%v, but its API does not answer (%s): is it stuck? stop it to work offline", held, strings.Join(errs, "; "))
+}
+
+// dialable turns a listen address into one to dial: an unspecified address (0.0.0.0,
+// ::) is reached on loopback.
+func dialable(addr string) string {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil || !ap.Addr().IsUnspecified() {
+		return addr
+	}
+	lo := netip.AddrFrom4([4]byte{127, 0, 0, 1})
+	if ap.Addr().Is6() {
+		lo = netip.IPv6Loopback()
+	}
+	return netip.AddrPortFrom(lo, ap.Port()).String()
 }
 
 func (a *api) call(ctx context.Context, method, path string, out any) error {
 	req, err := http.NewRequestWithContext(ctx, method, a.base+path, nil)
 	if err != nil {
 		return err
+	}
+	if method != http.MethodGet {
+		tok, err := a.si.ReadToken()
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Authorization", "Bearer "+tok)
 	}
 	resp, err := a.c.Do(req)
 	if err != nil {
@@ -88,7 +126,10 @@ func runBoardLs(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	var boards []server.BoardStatus
-	live := dialAPI(ctx, cfg)
+	live, err := dialAPI(ctx, cfg)
+	if err != nil {
+		return err
+	}
 	if live != nil {
 		if err := live.call(ctx, "GET", "/api/boards", &boards); err != nil {
 			return err
@@ -132,9 +173,10 @@ func runBoardLs(ctx context.Context, e *env, args []string) error {
 func runBoardReset(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "pifleet board reset", "[-c fleet.yaml] [--force] [--group G] NAME...",
 		"Wipes each board's upper dir, so its next boot is the image's pristine state with a fresh\n"+
-			"identity (SSH host keys). Goes through the running server if there is one; a board that\n"+
-			"has its root mounted is refused unless --force (it must then reboot). Without a server it\n"+
-			"works on the state dir directly. Crash-safe: the board's dir is moved aside, then deleted.")
+			"identity (SSH host keys). Goes through the pifleet serve that holds the state dir, if one\n"+
+			"does; a board that has its root mounted is refused unless --force (it must then reboot).\n"+
+			"Without a server it works on the state dir directly, holding its lock. Crash-safe: the\n"+
+			"board's dir is moved aside, then deleted.")
 	cfgPath := configFlag(fs)
 	force := fs.Bool("force", false, "reset even boards that have their root mounted")
 	group := fs.String("group", "", "reset every board of this group (fleet.yaml's group:)")
@@ -159,7 +201,10 @@ func runBoardReset(ctx context.Context, e *env, args []string) error {
 			return fmt.Errorf("no board has group %q", *group)
 		}
 	}
-	live := dialAPI(ctx, cfg)
+	live, err := dialAPI(ctx, cfg)
+	if err != nil {
+		return err
+	}
 	var failed []string
 	for _, n := range names {
 		if live != nil {
@@ -200,7 +245,11 @@ func runBoardDiff(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	var changes []server.Change
-	if live := dialAPI(ctx, cfg); live != nil {
+	live, err := dialAPI(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	if live != nil {
 		err = live.call(ctx, "GET", "/api/boards/"+url.PathEscape(fs.Arg(0))+"/diff", &changes)
 	} else {
 		changes, err = server.OfflineDiff(cfg, fs.Arg(0))

@@ -27,8 +27,11 @@ func runCheck(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	for _, p := range server.CheckState(cfg) {
-		fmt.Fprintf(e.out, "%s: warning: %s\n", *cfgPath, p)
+	// What serve checks against the disk: image paths and the state dir's image store.
+	disk := server.CheckImages(cfg)
+	fmt.Fprint(e.out, disk.Format(*cfgPath))
+	if n := disk.Errors(); n > 0 {
+		return fmt.Errorf("%s: %d error(s): pifleet serve would refuse it", *cfgPath, n)
 	}
 	fmt.Fprintf(e.out, "%s: ok: %d board(s), %d image(s), dhcp %s\n", *cfgPath, len(cfg.Boards), len(cfg.Images), cfg.Server.DHCP.Mode)
 	return nil

@@ -87,6 +87,14 @@ func runImageImport(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	if *replace {
+		// Replacing swaps a tree a running server may have open: only with no server.
+		lock, err := server.LockOffline(cfg.Server.State)
+		if err != nil {
+			return fmt.Errorf("image import --replace: %w", err)
+		}
+		defer lock.Release()
+	}
 	if users := usedBy(cfg, *name); *replace && len(users) > 0 && store.Exists(*name) {
 		return fmt.Errorf("image %s is used by %s: import under a new name and switch the boards in fleet.yaml", *name, strings.Join(users, ", "))
 	}
@@ -141,6 +149,11 @@ func runImageRm(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	lock, err := server.LockOffline(cfg.Server.State)
+	if err != nil {
+		return fmt.Errorf("image rm: %w", err)
+	}
+	defer lock.Release()
 	if err := store.Remove(fs.Arg(0), usedBy(cfg, fs.Arg(0))); err != nil {
 		return err
 	}

@@ -57,10 +57,25 @@ func TestCheck(t *testing.T) {
 	if !strings.Contains(errOut, "2 error(s)") {
 		t.Errorf("stderr = %q", errOut)
 	}
-	// The repository's demo fleet passes (exit 0), whatever the state dir holds.
-	code, out, errOut = runCLI("check", "-c", filepath.Join("..", "..", "fleet.yaml"))
+	// The repository's demo fleet is valid, but serve refuses it until the demo image is
+	// built, and so does check, at the image's line.
+	demo, err := os.ReadFile(filepath.Join("..", "..", "fleet.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	demoPath := filepath.Join(dir, "fleet.yaml")
+	os.WriteFile(demoPath, demo, 0o644)
+	code, out, errOut = runCLI("check", "-c", demoPath)
+	if code != 1 || !strings.Contains(out, demoPath+":13:3: image demo is not in the state dir") || !strings.Contains(errOut, "pifleet serve would refuse it") {
+		t.Errorf("demo fleet without the demo image: exit %d\n%s\n%s", code, out, errOut)
+	}
+	// With an image tree in place of the demo image it passes.
+	root := filepath.Join(dir, "root")
+	os.MkdirAll(filepath.Join(root, "boot", "firmware"), 0o755)
+	os.WriteFile(demoPath, []byte(strings.Replace(string(demo), "  demo: {}", "  demo: {path: root}", 1)), 0o644)
+	code, out, errOut = runCLI("check", "-c", demoPath)
 	if code != 0 || !strings.Contains(out, "ok: 2 board(s)") {
-		t.Errorf("demo fleet: exit %d\n%s\n%s", code, out, errOut)
+		t.Errorf("demo fleet with an image tree: exit %d\n%s\n%s", code, out, errOut)
 	}
 	if code, _, errOut := runCLI("check", "-c", filepath.Join(dir, "missing.yaml")); code != 1 || !strings.Contains(errOut, "missing.yaml") {
 		t.Errorf("missing file: exit %d, %q", code, errOut)
@@ -110,5 +125,38 @@ func TestBoardOffline(t *testing.T) {
 	}
 	if code, _, errOut := runCLI("board", "reset", "-c", cfg, "nope"); code != 1 || !strings.Contains(errOut, "board nope: not in") {
 		t.Errorf("reset of an unknown board: exit %d %q", code, errOut)
+	}
+}
+
+// TestCheckRefusesWhatServeRefuses: fleets that pifleet serve refuses for their images (a
+// path that does not exist, a tree without boot/firmware, a name not in the state dir's
+// store) fail check too, at the image's line, and serve names the same line.
+func TestCheckRefusesWhatServeRefuses(t *testing.T) {
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "nofw", "etc"), 0o755)
+	os.MkdirAll(filepath.Join(dir, "good", "boot", "firmware"), 0o755)
+	for _, tc := range []struct{ image, want string }{
+		{"{path: missing}", "image img: path " + filepath.Join(dir, "missing") + ": no such file or directory"},
+		{"{path: nofw}", "has no boot/firmware directory"},
+		{"{}", "image img is not in the state dir"},
+	} {
+		cfg := filepath.Join(dir, "fleet.yaml")
+		os.WriteFile(cfg, []byte("server: {state: st, address: 127.0.0.100/8, dhcp: {mode: off}, ports: {http: 1}}\n"+
+			"images:\n  other: {path: good}\n  img: "+tc.image+"\nboards:\n  - {name: pi-01, serial: '12345678', image: img}\n"), 0o644)
+		at := cfg + ":4:3: " // img's key
+		code, out, errOut := runCLI("check", "-c", cfg)
+		if code != 1 || !strings.Contains(out, at) || !strings.Contains(out, tc.want) {
+			t.Errorf("check with image %s: exit %d (want 1 and %q at %s)\n%s%s", tc.image, code, tc.want, at, out, errOut)
+		}
+		code, _, errOut = runCLI("serve", "-c", cfg)
+		if code != 1 || !strings.Contains(errOut, at) || !strings.Contains(errOut, tc.want) || !strings.Contains(errOut, "nothing started") {
+			t.Errorf("serve with image %s: exit %d (want 1 and %q at %s)\n%s", tc.image, code, tc.want, at, errOut)
+		}
+	}
+	// An image no board uses is only a warning, for check and serve alike.
+	cfg := filepath.Join(dir, "fleet.yaml")
+	os.WriteFile(cfg, []byte("server: {state: st}\nimages:\n  img: {path: good}\n  spare: {path: missing}\nboards:\n  - {name: pi-01, serial: '12345678', image: img}\n"), 0o644)
+	if code, out, errOut := runCLI("check", "-c", cfg); code != 0 || !strings.Contains(out, cfg+":4:3: warning: image spare: path") {
+		t.Errorf("check with an unused missing image: exit %d\n%s%s", code, out, errOut)
 	}
 }
