@@ -3,10 +3,18 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+
+	"github.com/pifleet/pifleet/server"
+	"github.com/pifleet/pifleet/test/require"
 )
 
 func runCLI(args ...string) (code int, stdout, stderr string) {
@@ -159,4 +167,95 @@ func TestCheckRefusesWhatServeRefuses(t *testing.T) {
 	if code, out, errOut := runCLI("check", "-c", cfg); code != 0 || !strings.Contains(out, cfg+":4:3: warning: image spare: path") {
 		t.Errorf("check with an unused missing image: exit %d\n%s%s", code, out, errOut)
 	}
+}
+
+// TestBoardCommandsFollowTheLock: while pifleet serve holds the state dir, board commands
+// go through its API at the address it recorded, even after fleet.yaml's HTTP port
+// changed (before, the CLI then fell back to offline and wiped a live board), and offline
+// image operations refuse.
+func TestBoardCommandsFollowTheLock(t *testing.T) {
+	require.Root(t, "pifleet serve keeps board files with their owners (CI runs as root)")
+	dir := t.TempDir()
+	root := filepath.Join(dir, "root")
+	os.MkdirAll(filepath.Join(root, "boot", "firmware"), 0o755)
+	os.WriteFile(filepath.Join(root, "boot", "firmware", "config.txt"), []byte("arm_64bit=1\n"), 0o644)
+	var ports []int
+	var held []io.Closer
+	for len(ports) < 5 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, l)
+		if u, err := net.ListenPacket("udp", l.Addr().String()); err == nil {
+			held = append(held, u)
+			ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		}
+	}
+	closePorts := func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}
+	fleet := func(http int) string {
+		return fmt.Sprintf("server: {address: 127.0.0.100/8, state: st, dhcp: {mode: off}, ports: {tftp: %d, nfs: %d, mount: %d, http: %d}}\n"+
+			"images: {img: {path: root}}\ndefaults: {image: img}\nboards:\n  - {name: pi-01, serial: '12345678'}\n", ports[0], ports[1], ports[2], http)
+	}
+	cfg := filepath.Join(dir, "fleet.yaml")
+	os.WriteFile(cfg, []byte(fleet(ports[3])), 0o644)
+	closePorts()
+	logs := &bytes.Buffer{}
+	var mu sync.Mutex
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	ready := make(chan struct{})
+	go func() {
+		done <- server.Run(ctx, server.Options{ConfigPath: cfg,
+			Logger: slog.New(slog.NewTextHandler(lockedWriter{&mu, logs}, nil)),
+			Ready:  func(*server.Server) { close(ready) }})
+	}()
+	select {
+	case <-ready:
+		t.Cleanup(func() { cancel(); <-done })
+	case err := <-done:
+		cancel()
+		t.Fatalf("serve: %v\n%s", err, logs.String())
+	}
+	// The admin changes the HTTP port in fleet.yaml; the server keeps its own.
+	os.WriteFile(cfg, []byte(fleet(ports[4])), 0o644)
+	upper := filepath.Join(dir, "st", "boards", "pi-01", "upper")
+	os.MkdirAll(upper, 0o755)
+	os.WriteFile(filepath.Join(upper, "mine"), []byte("x"), 0o644)
+
+	code, out, errOut := runCLI("board", "ls", "-c", cfg)
+	if code != 0 || !strings.Contains(out, "pi-01") || strings.Contains(errOut, "no pifleet server running") {
+		t.Errorf("board ls: exit %d\n%s%s", code, out, errOut)
+	}
+	code, out, errOut = runCLI("board", "reset", "-c", cfg, "pi-01")
+	if code != 0 || out != "reset pi-01\n" {
+		t.Errorf("board reset: exit %d\n%s%s", code, out, errOut)
+	}
+	mu.Lock()
+	served := strings.Contains(logs.String(), "board reset")
+	mu.Unlock()
+	if !served {
+		t.Errorf("the reset did not go through the server:\n%s", logs.String())
+	}
+	want := fmt.Sprintf("pifleet serve (pid %d) holds the state dir", os.Getpid())
+	for _, args := range [][]string{{"image", "rm", "-c", cfg, "img"}, {"image", "import", "-c", cfg, "--replace", "--name", "img", root}} {
+		if code, _, errOut := runCLI(args...); code != 1 || !strings.Contains(errOut, want) {
+			t.Errorf("%v under a live server: exit %d, %q (want %q)", args, code, errOut, want)
+		}
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
