@@ -17,6 +17,9 @@ import (
 //	boards/.trash/               board dirs moved aside by a reset, deleted next
 //	dhcp/leases.json             full-mode DHCP leases
 //	cache/                       downloaded .debs for the demo image
+//	lock                         flock held by the one server (or offline command) using the dir (lock.go)
+//	serve.json                   the running server's pid, HTTP addresses and token file
+//	api-token                    bearer token for state-changing API calls (0600)
 type State struct {
 	// Dir is the state directory, absolute.
 	Dir string
