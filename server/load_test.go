@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -114,6 +115,10 @@ func TestParseProblems(t *testing.T) {
 		{"boards not a list", "boards:\n  name: a\n", []string{`2:3: boards must be a list`}},
 		{"range outside subnet", "server:\n  address: 10.0.0.1/24\n  dhcp: {mode: full, range: 10.0.1.1-10.0.1.9}\n", []string{`3:29: server.dhcp.range is outside the server's subnet`}},
 		{"plain password", "defaults:\n  user: {name: pi, password_hash: raspberry}\n", []string{`2:35: defaults.user.password_hash is not a password hash`}},
+		{"bad http address", "server:\n  http: [127.0.0.1, nope]\n", []string{`2:21: server.http entry "nope" is not an address or address:port`}},
+		{"repeated http address", "server:\n  ports: {http: 81}\n  http: [127.0.0.1, '127.0.0.1:81']\n", []string{`3:21: server.http lists 127.0.0.1:81 twice`}},
+		{"empty http list", "server:\n  http: []\n", []string{`2:9: server.http is an empty list`}},
+		{"http mapping", "server:\n  http: {a: b}\n", []string{`2:9: server.http must be a list of addresses`}},
 		{"all problems at once", "server:\n  adress: x\n  dhcp: {mode: nope}\nimages: {i: {}}\nboards:\n  - name: A\n    mac: zz\n    image: j\n",
 			[]string{`2:3: unknown key "adress"`, `3:16: server.dhcp.mode "nope"`, `6:11: board name "A"`, `7:10: board A: mac "zz"`, `8:12: unknown image "j"`}},
 	}
@@ -177,6 +182,7 @@ func TestLoadErrors(t *testing.T) {
 // FuzzParse: no input may panic the loader, and a rejected file always says where.
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(goodFleet))
+	f.Add([]byte("server: {http: ['[::1]:8080', 0.0.0.0, '10.0.0.1:0', x]}\n"))
 	f.Add([]byte("server: {ports: {nfs: 1, mount: 1}}\nboards: [{name: a}]"))
 	f.Add([]byte("a: &x [*x, *x]\n"))
 	f.Add([]byte("boards:\n  - name: a\n    mac: [1,2]\n    serial: {x: y}\n    ip: !!binary aGVsbG8=\n"))
@@ -217,5 +223,24 @@ func TestParseProxyPXE(t *testing.T) {
 	}
 	if out := ps.Format("fleet.yaml"); !strings.Contains(out, "fleet.yaml:5:16: warning: server.dhcp.proxy_pxe is ignored in full mode") {
 		t.Errorf("no warning for proxy_pxe in full mode:\n%s", out)
+	}
+}
+
+// TestParseHTTPListen: server.http takes addresses with or without a port (the port
+// defaults to server.ports.http); left out, it is nil (serve's default).
+func TestParseHTTPListen(t *testing.T) {
+	cfg, _, err := Parse([]byte("server:\n  ports: {http: 8081}\n  http: [127.0.0.1, '10.0.0.1:9000', '::1']\n"), "fleet.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:8081"), netip.MustParseAddrPort("10.0.0.1:9000"), netip.MustParseAddrPort("[::1]:8081")}
+	if !slices.Equal(cfg.Server.HTTP, want) {
+		t.Errorf("server.http = %v, want %v", cfg.Server.HTTP, want)
+	}
+	if cfg, _, err := Parse([]byte("server:\n  http: 127.0.0.1\n"), "fleet.yaml"); err != nil || len(cfg.Server.HTTP) != 1 || cfg.Server.HTTP[0].Port() != 8080 {
+		t.Errorf("a single address: %v %v", cfg, err)
+	}
+	if cfg, _, err := Parse([]byte("server: {}\n"), "fleet.yaml"); err != nil || cfg.Server.HTTP != nil {
+		t.Errorf("default: %v %v", cfg, err)
 	}
 }
