@@ -142,3 +142,37 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// TestReloadRunsImageChecks: a reload that points a board at an image serve cannot open
+// is refused with the image's line, as check reports it, and the running config stays.
+func TestReloadRunsImageChecks(t *testing.T) {
+	needRoot(t)
+	ts := startServer(t, boardYAML("alpha"))
+	y, _ := os.ReadFile(ts.cfgPath)
+	bad := strings.Replace(string(y), "images:\n  img: {path: ", "images:\n  gone: {path: /nonexistent/root}\n  img: {path: ", 1)
+	bad = strings.Replace(bad, "defaults: {image: img", "defaults: {image: gone", 1)
+	must(t, os.WriteFile(ts.cfgPath, []byte(bad), 0o644))
+	cfg, _, err := Load(ts.cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps := CheckImages(cfg)
+	if ps.Errors() != 1 || ps[0].Line != 7 {
+		t.Fatalf("check: %v, want one error at line 7", ps)
+	}
+	resp, err := ts.post("/api/reload", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnprocessableEntity || !strings.Contains(string(body), ":7:3: image gone: path /nonexistent/root") {
+		t.Errorf("reload: HTTP %d %s", resp.StatusCode, body)
+	}
+	if !strings.Contains(ts.logs.String(), "line=7 col=3") {
+		t.Errorf("the rejection is not logged with the image's line:\n%s", ts.logs.String())
+	}
+	if b, ok := ts.srv.Board("alpha"); !ok || b.Image != "img" {
+		t.Errorf("the running config changed: %+v", b)
+	}
+}

@@ -49,7 +49,7 @@ func dialAPI(ctx context.Context, cfg *server.Config) (*api, error) {
 	for _, addr := range held.Serve.HTTP {
 		a := &api{base: "http://" + dialable(addr), si: held.Serve, c: &http.Client{Timeout: 2 * time.Minute}}
 		req, _ := http.NewRequestWithContext(ctx, "GET", a.base+"/api/ping", nil)
-		resp, err := (&http.Client{Timeout: 15 * time.Second}).Do(req)
+		resp, err := (&http.Client{Timeout: time.Minute}).Do(req) // a first start may still be preparing boards
 		if err != nil {
 			errs = append(errs, err.Error())
 			continue
