@@ -19,7 +19,7 @@ import (
 	"github.com/pifleet/pifleet/test/netns"
 )
 
-// TestServeBindsBootAddress: in a namespace where the server has two addresses, NFS,
+// TestServeBindsBootAddress: in a namespace where the server has two addresses, NFS, the portmapper,
 // MOUNT, TFTP and HTTP answer on the boot address (server.address) and HTTP also on
 // loopback, while nothing answers on the other address (a management NIC, say).
 func TestServeBindsBootAddress(t *testing.T) {
@@ -73,7 +73,7 @@ boards:
 	}
 
 	ports := DefaultPorts()
-	tcp := map[string]int{"nfs": ports.NFS, "mount": ports.Mount, "http": ports.HTTP}
+	tcp := map[string]int{"nfs": ports.NFS, "mount": ports.Mount, "http": ports.HTTP, "portmap": ports.Portmap}
 	err := netns.Do(p.Client, func() error {
 		var errs []error
 		for what, port := range tcp {

@@ -86,9 +86,9 @@ func TestOneServePerStateDir(t *testing.T) {
 	y, _ := os.ReadFile(ts.cfgPath)
 	ports := freePorts(t, 4)
 	other := filepath.Join(t.TempDir(), "fleet.yaml")
-	edited := strings.Replace(string(y), fmt.Sprintf("ports: {tftp: %d, nfs: %d, mount: %d, http: %d}", ts.tftp,
+	edited := strings.Replace(string(y), fmt.Sprintf("ports: {tftp: %d, nfs: %d, mount: %d, http: %d,", ts.tftp,
 		ts.srv.cfg.Server.Ports.NFS, ts.srv.cfg.Server.Ports.Mount, ts.srv.cfg.Server.Ports.HTTP),
-		fmt.Sprintf("ports: {tftp: %d, nfs: %d, mount: %d, http: %d}", ports[0], ports[1], ports[2], ports[3]), 1)
+		fmt.Sprintf("ports: {tftp: %d, nfs: %d, mount: %d, http: %d,", ports[0], ports[1], ports[2], ports[3]), 1)
 	if edited == string(y) {
 		t.Fatal("could not edit the ports")
 	}

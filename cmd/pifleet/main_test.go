@@ -199,7 +199,7 @@ func TestBoardCommandsFollowTheLock(t *testing.T) {
 		}
 	}
 	fleet := func(http int) string {
-		return fmt.Sprintf("server: {address: 127.0.0.100/8, state: st, dhcp: {mode: off}, ports: {tftp: %d, nfs: %d, mount: %d, http: %d}}\n"+
+		return fmt.Sprintf("server: {address: 127.0.0.100/8, state: st, dhcp: {mode: off}, ports: {tftp: %d, nfs: %d, mount: %d, http: %d, portmap: 0}}\n"+
 			"images: {img: {path: root}}\ndefaults: {image: img}\nboards:\n  - {name: pi-01, serial: '12345678'}\n", ports[0], ports[1], ports[2], http)
 	}
 	cfg := filepath.Join(dir, "fleet.yaml")
