@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	mathrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -28,15 +30,24 @@ func needRoot(t *testing.T) {
 // freePorts returns n distinct free TCP+UDP ports on loopback.
 func freePorts(t *testing.T, n int) []int {
 	t.Helper()
+	// Below the kernel's ephemeral range (32768-60999 by default): a port the kernel hands
+	// to another test's ":0" listener or outgoing connection can then never collide with
+	// one picked here between this check and the server's bind.
 	var out []int
 	var ls []io.Closer
-	for len(out) < n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
+	for tries := 0; len(out) < n; tries++ {
+		if tries > 1000 {
+			t.Fatal("no free TCP+UDP port pair in 20000-32767 after 1000 tries")
 		}
-		p := l.Addr().(*net.TCPAddr).Port
-		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", p))
+		p := 20000 + mathrand.IntN(12768)
+		if slices.Contains(out, p) {
+			continue
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.100:%d", p))
+		if err != nil {
+			continue
+		}
+		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.100:%d", p))
 		if err != nil {
 			l.Close()
 			continue
