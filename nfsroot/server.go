@@ -10,7 +10,10 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+
+	"github.com/pifleet/pifleet/internal/ratelog"
 )
 
 // Options configure a Server.
@@ -39,6 +42,29 @@ type Server struct {
 
 	connMu sync.Mutex
 	conns  map[netip.Addr]int // open connections per client address, for Mounted
+
+	// rl limits log lines about what clients do, per client address (or listener).
+	rl    *ratelog.Limiter
+	stats counters
+}
+
+// counters are what the server counts of the limits it enforces; Stats reads them.
+type counters struct {
+	acceptErrors atomic.Uint64
+}
+
+// Stats are counts since New of events that a healthy server sees rarely.
+type Stats struct {
+	AcceptErrors  uint64 // Accept calls that failed and were retried (EMFILE, ...)
+	LogSuppressed uint64 // log lines held back by the per-address rate limit
+}
+
+// Stats returns the counters.
+func (s *Server) Stats() Stats {
+	return Stats{
+		AcceptErrors:  s.stats.acceptErrors.Load(),
+		LogSuppressed: s.rl.Suppressed(),
+	}
 }
 
 // exportSet is swapped whole on reload, so a request sees one consistent fleet.
@@ -53,7 +79,8 @@ func New(opts Options) *Server {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Server{log: log, onMount: opts.OnMount, conns: make(map[netip.Addr]int)}
+	s := &Server{log: log, onMount: opts.OnMount, conns: make(map[netip.Addr]int),
+		rl: ratelog.New(log, logBurst, logEvery)}
 	s.records.New = func() any { b := make([]byte, 0, 64<<10); return &b }
 	_, _ = rand.Read(s.verf[:])
 	s.exports.Store(&exportSet{byID: map[uint64]*export{}, byPath: map[string]*export{}})
@@ -131,30 +158,49 @@ func (s *Server) ServeMount(ctx context.Context, l net.Listener) error {
 
 func (s *Server) serve(ctx context.Context, l net.Listener, what string) error {
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	var wg sync.WaitGroup
+	// Cancel before waiting: housekeeping and the connections run until ctx ends, so
+	// waiting first would hang a server whose listener died (and hide that it did).
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
 	go func() {
 		<-ctx.Done()
 		l.Close()
 	}()
-	var wg sync.WaitGroup
-	defer wg.Wait()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		s.housekeeping(ctx)
 	}()
+	var delay time.Duration
 	for {
 		c, err := l.Accept()
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			if !temporaryAccept(err) {
+				return fmt.Errorf("%s listener %s: %w", what, l.Addr(), err)
 			}
-			return fmt.Errorf("%s listener %s: %w", what, l.Addr(), err)
+			// Out of descriptors (EMFILE) and the like pass: retry as net/http does, so a
+			// burst of connections slows the server down instead of stopping it.
+			delay = min(max(2*delay, acceptDelayMin), acceptDelayMax)
+			s.stats.acceptErrors.Add(1)
+			s.rl.Log(s.log, slog.LevelWarn, "accept "+what, "accepting a connection failed; retrying",
+				"listener", l.Addr().String(), "client", "", "err", err, "retry_in", delay.String(),
+				"accept_errors", s.stats.acceptErrors.Load())
+			t := time.NewTimer(delay)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return nil
+			}
+			continue
 		}
+		delay = 0
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -162,6 +208,31 @@ func (s *Server) serve(ctx context.Context, l net.Listener, what string) error {
 		}()
 	}
 }
+
+// Back-off of Accept after a temporary error, as net/http.Server does.
+const (
+	acceptDelayMin = 5 * time.Millisecond
+	acceptDelayMax = time.Second
+)
+
+// temporaryAccept reports accept errors that pass on their own: out of descriptors or
+// memory, a connection aborted before it was accepted, an interrupted call.
+func temporaryAccept(err error) bool {
+	for _, e := range []error{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM,
+		syscall.ECONNABORTED, syscall.ECONNRESET, syscall.EINTR, syscall.EAGAIN, syscall.EPROTO, syscall.EPERM} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// Log lines about one client address: a burst, then one a minute, then a summary.
+const (
+	logBurst = 5
+	logEvery = time.Minute
+)
 
 // fileIdle is how long an unused file stays open: long enough for a board's burst of
 // READs and WRITEs, short enough that idle boards hold no descriptors.
@@ -173,11 +244,16 @@ const fileIdle = time.Minute
 func (s *Server) housekeeping(ctx context.Context) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	lastSummary := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
+		}
+		if time.Since(lastSummary) >= logEvery {
+			s.rl.Flush()
+			lastSummary = time.Now()
 		}
 		for _, e := range s.exports.Load().byID {
 			if err := e.flush(); err != nil {
