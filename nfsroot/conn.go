@@ -208,6 +208,7 @@ var errGarbage = errors.New("garbage arguments")
 
 // dispatch answers one call and returns the reply record.
 func (s *Server) dispatch(cc *conn, h *rpcCallHdr, cerr *callError) []byte {
+	defer h.release() // before the reply is sent: a reset waits for calls, not for peers
 	w := replyBuf(s.getReply(), h.xid)
 	if cerr != nil {
 		cc.warn("refusing call", "prog", h.prog, "vers", h.vers, "proc", h.proc, "err", cerr.err)

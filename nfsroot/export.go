@@ -50,6 +50,8 @@ type export struct {
 	resolved resolvedCache
 	acls     aclCache // access ACLs by FileID, for permission checks (acl.go)
 
+	gate callGate // calls running against the export; fenced when it is removed
+
 	mu      sync.Mutex
 	mounts  map[netip.Addr]time.Time // MNT without UMNT (and when), for DUMP and Mounted
 	lastNFS atomic.Int64             // unix seconds of the last NFS call

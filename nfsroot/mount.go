@@ -86,6 +86,12 @@ func (s *Server) onMnt(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) erro
 		return r.err
 	}
 	e, sub := s.exportFor(p, cc)
+	if e != nil && !h.hold(e) {
+		e, sub = s.exportFor(p, cc) // removed meanwhile: the new table is in place
+		if e != nil && !h.hold(e) {
+			e = nil
+		}
+	}
 	if e == nil {
 		cc.warn("mount refused: not this client's export", "path", p)
 		w.u32(uint32(nfs.MountStatusErrAcces))

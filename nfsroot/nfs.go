@@ -78,7 +78,7 @@ func (s *Server) bind(cc *conn, h *rpcCallHdr, fh []byte) (*req, uint64, nfs.NFS
 	if !ok {
 		return nil, 0, nfs.NFSStatusBadHandle
 	}
-	e := s.exports.Load().byID[expID]
+	e := s.exportByID(h, expID)
 	if e == nil {
 		return nil, 0, nfs.NFSStatusStale
 	}

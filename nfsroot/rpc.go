@@ -116,6 +116,7 @@ type rpcCallHdr struct {
 	xid, prog, vers, proc uint32
 	cred                  cred
 	args                  []byte
+	held                  []*export // exports the call runs against (fence.go)
 }
 
 // callError says how to answer a call whose header cannot be served.

@@ -89,6 +89,9 @@ func New(opts Options) *Server {
 
 // SetExports atomically replaces the exports. Exports whose Board, Path and FS are unchanged
 // keep their state (handle table, open files, mounts); removed ones close their files.
+// It returns once the calls running against removed or replaced exports have finished;
+// calls that arrive after see the new table (STALE for a removed export). A board reset
+// relies on that: after SetExports without the board, nothing touches its upper.
 func (s *Server) SetExports(exps []Export) {
 	s.setMu.Lock()
 	defer s.setMu.Unlock()
@@ -116,6 +119,7 @@ func (s *Server) SetExports(exps []Export) {
 	s.exports.Store(next)
 	for id, x := range old.byID {
 		if next.byID[id] != x {
+			x.gate.fence()
 			x.close()
 		}
 	}

@@ -133,7 +133,9 @@ func (s *Server) ResetBoard(name string, force bool) error {
 	if s.nfs.Mounted(name) && !force {
 		return fmt.Errorf("board %s: %w: power it off first, or use --force (its running system then loses its root)", name, ErrMounted)
 	}
-	// Detach the board first so no NFS call runs against the old upper while it moves.
+	// Detach the board first so no NFS call runs against the old upper while it moves:
+	// SetExports (in install) returns only once the calls already running on the old
+	// export have finished, and later ones get STALE.
 	without := make(map[string]*boardRT, len(snap.boards))
 	for n, x := range snap.boards {
 		if n != name {
