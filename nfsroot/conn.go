@@ -9,14 +9,14 @@ import (
 	"net"
 	"net/netip"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 )
 
 const (
 	// maxInFlight bounds the requests one connection runs at once: enough to keep a board's
-	// readahead busy, small enough that one board cannot take every core or much memory.
+	// readahead busy, small enough that one board cannot take every core (bytes are
+	// bounded by the connection's budget, see limits).
 	maxInFlight = 16
 	// writeTimeout closes a connection whose peer stopped reading replies, so its stuck
 	// writers give their memory back instead of waiting forever.
@@ -25,106 +25,132 @@ const (
 
 // conn is one client connection.
 type conn struct {
-	s    *Server
-	c    net.Conn
-	addr netip.Addr
-	log  *slog.Logger
-	wmu  sync.Mutex
-
-	warnings atomic.Int32 // warnings logged; capped so a hostile peer cannot flood the log
+	s     *Server
+	c     net.Conn
+	addr  netip.Addr
+	log   *slog.Logger
+	wmu   sync.Mutex
+	peer  *peer   // its address's share of the limits
+	bytes *budget // its own: calls in flight and replies not yet sent
 }
 
-const maxWarningsPerConn = 20
-
-// warn logs a warning about what the peer sent, at most maxWarningsPerConn per connection.
+// warn logs a warning about what the peer sent, rate-limited per client address.
 func (cc *conn) warn(msg string, args ...any) {
-	switch n := cc.warnings.Add(1); {
-	case n < maxWarningsPerConn:
-		cc.log.Warn(msg, args...)
-	case n == maxWarningsPerConn:
-		cc.log.Warn(msg+"; further warnings on this connection suppressed", args...)
-	}
+	cc.s.rl.Log(cc.log, slog.LevelWarn, cc.addr.String(), msg, args...)
 }
 
-func (s *Server) serveConn(ctx context.Context, c net.Conn) {
-	ap, _ := netip.ParseAddrPort(c.RemoteAddr().String())
-	addr := ap.Addr().Unmap()
-	cc := &conn{s: s, c: c, addr: addr, log: s.log.With("board", s.boardFor(addr), "client", addr.String())}
-	s.connMu.Lock()
-	s.conns[addr]++
-	s.connMu.Unlock()
-	done := make(chan struct{})
+// readerSize is the connection's read buffer: enough for a burst of small pipelined
+// calls; big records bypass it, and thousands of idle connections hold 4 KiB each.
+const readerSize = 4 << 10
+
+func (s *Server) serveConn(ctx context.Context, c net.Conn, addr netip.Addr, p *peer, stranger bool) {
+	cc := &conn{s: s, c: c, addr: addr, peer: p, bytes: newBudget(s.lim.connBytes),
+		log: s.log.With("board", s.boardFor(addr), "client", addr.String())}
+	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer func() {
-		wg.Wait()
-		close(done)
+		wg.Wait() // replies of calls in flight are still sent after the peer's EOF
+		cancel()
 		c.Close()
-		s.connMu.Lock()
-		if s.conns[addr]--; s.conns[addr] <= 0 {
-			delete(s.conns, addr)
-		}
-		s.connMu.Unlock()
 	}()
 	go func() {
-		select {
-		case <-ctx.Done():
-			c.Close()
-		case <-done:
-		}
+		<-ctx.Done()
+		c.Close()
 	}()
-	br := bufio.NewReaderSize(c, 64<<10)
-	sem := make(chan struct{}, maxInFlight)
-	known := false
+	br := bufio.NewReaderSize(c, readerSize)
+	sem := make(chan struct{}, s.lim.inFlightPerConn)
+	known := !stranger
 	for {
-		bp := s.records.Get().(*[]byte)
 		// Checked until the address turns out to belong to a board (its IP may be learned
 		// after it connected), then trusted for the connection's life: calls are still
 		// checked one by one against their export.
-		limit := maxRecord
 		if !known {
-			if known = s.known(addr); !known {
-				limit = maxStrangerRecord
-			}
+			known = s.known(addr)
 		}
-		rec, err := readRecord(br, *bp, limit)
-		if err != nil {
-			s.records.Put(bp)
-			switch {
-			case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), ctx.Err() != nil:
-			case errors.Is(err, syscall.ECONNRESET): // a board rebooting or powered off
-				cc.log.Info("connection reset by the board")
-			default:
-				cc.log.Warn("closing connection", "err", err)
-			}
+		limit, idle := maxRecord, s.lim.idleBoard
+		if !known {
+			limit, idle = maxStrangerRecord, s.lim.idleStranger
+		}
+		// Wait for the next call holding no record buffer: an idle connection costs its
+		// read buffer and nothing more.
+		_ = c.SetReadDeadline(time.Now().Add(idle))
+		if _, err := br.Peek(1); err != nil {
+			cc.closing(ctx, err)
 			return
 		}
-		*bp = rec
+		bp := s.records.Get().(*[]byte)
+		rec, err := readRecord(br, *bp, limit)
+		if err != nil {
+			s.putRecord(bp, nil)
+			cc.closing(ctx, err)
+			return
+		}
 		h, cerr := parseCall(rec)
 		if h == nil {
-			s.records.Put(bp) // a reply or junk without an xid: nothing to answer
+			s.putRecord(bp, rec) // a reply or junk without an xid: nothing to answer
 			continue
+		}
+		// Hold the call's bytes before running it: with the budget spent (replies the
+		// peer does not read, calls that wait on the disk) the socket is not read.
+		cost := callCost(h, rec)
+		if err := cc.reserve(ctx, cost); err != nil {
+			s.putRecord(bp, rec)
+			return
 		}
 		// With nothing else waiting on the socket, answer on this goroutine: handing a
 		// lone request to another goroutine costs a thread wake-up per call, which on a
 		// loaded machine is most of a small call's latency. Pipelined requests, and calls
 		// that may wait on the disk, get their own goroutines so they run side by side.
 		if br.Buffered() == 0 && !mayBlock(h) {
-			cc.write(s.dispatch(cc, h, cerr))
-			s.records.Put(bp)
+			reply := s.dispatch(cc, h, cerr, cost)
+			s.putRecord(bp, rec)
+			cc.write(reply, cost)
 			continue
 		}
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer func() {
-				s.records.Put(bp)
 				<-sem
 				wg.Done()
 			}()
-			cc.write(s.dispatch(cc, h, cerr))
+			reply := s.dispatch(cc, h, cerr, cost)
+			s.putRecord(bp, rec)
+			cc.write(reply, cost)
 		}()
 	}
 }
+
+// closing logs why the connection ends, if that is news: a peer that closed or a board
+// that reset its connection (it rebooted) is not.
+func (cc *conn) closing(ctx context.Context, err error) {
+	var ne net.Error
+	switch {
+	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), ctx.Err() != nil:
+	case errors.Is(err, syscall.ECONNRESET): // a board rebooting or powered off
+		cc.log.Debug("connection reset by the board")
+	case errors.As(err, &ne) && ne.Timeout():
+		cc.s.stats.idleClosed.Add(1)
+		cc.log.Debug("closing idle connection")
+	default:
+		cc.warn("closing connection", "err", err)
+	}
+}
+
+// putRecord keeps a record's buffer for the next one unless it grew big.
+func (s *Server) putRecord(bp *[]byte, rec []byte) {
+	if rec != nil {
+		*bp = rec
+	}
+	if cap(*bp) > maxPooled {
+		return
+	}
+	*bp = (*bp)[:0]
+	s.records.Put(bp)
+}
+
+// maxPooled is the largest buffer kept for reuse.
+const maxPooled = 64 << 10
 
 // mayBlock reports calls that can wait on an fsync: COMMIT and stable WRITEs.
 func mayBlock(h *rpcCallHdr) bool {
@@ -176,27 +202,36 @@ func (s *Server) boardFor(a netip.Addr) string {
 // known reports whether any export allows the address.
 func (s *Server) known(a netip.Addr) bool { return s.boardFor(a) != "unknown" }
 
-func (cc *conn) write(rec []byte) {
+// write sends a reply and gives back the bytes its call held.
+func (cc *conn) write(rec []byte, cost int64) {
 	cc.wmu.Lock()
-	defer cc.wmu.Unlock()
 	_ = cc.c.SetWriteDeadline(time.Now().Add(writeTimeout))
-	if _, err := cc.c.Write(rec); err != nil {
-		cc.log.Warn("writing reply; closing connection", "err", err)
+	_, err := cc.c.Write(rec)
+	cc.wmu.Unlock()
+	if err != nil {
+		if !errors.Is(err, net.ErrClosed) && !errors.Is(err, syscall.EPIPE) && !errors.Is(err, syscall.ECONNRESET) {
+			cc.warn("writing reply; closing connection", "err", err)
+		}
 		cc.c.Close()
 	}
 	cc.s.putReply(rec)
+	cc.unreserve(cost)
 }
 
-func (s *Server) getReply() []byte {
+// getReply returns a buffer for a reply of about size bytes.
+func (s *Server) getReply(size int64) []byte {
+	if size > maxPooled {
+		return make([]byte, 0, size+512)
+	}
 	if b, ok := s.replies.Get().(*[]byte); ok {
 		return (*b)[:0]
 	}
 	return make([]byte, 0, 8<<10)
 }
 
-// putReply keeps a sent reply's buffer for the next one; giant ones go to the collector.
+// putReply keeps a sent reply's buffer for the next one unless it is big.
 func (s *Server) putReply(b []byte) {
-	if cap(b) > 2*maxRecord {
+	if cap(b) > maxPooled {
 		return
 	}
 	b = b[:0]
@@ -207,9 +242,9 @@ func (s *Server) putReply(b []byte) {
 var errGarbage = errors.New("garbage arguments")
 
 // dispatch answers one call and returns the reply record.
-func (s *Server) dispatch(cc *conn, h *rpcCallHdr, cerr *callError) []byte {
+func (s *Server) dispatch(cc *conn, h *rpcCallHdr, cerr *callError, size int64) []byte {
 	defer h.release() // before the reply is sent: a reset waits for calls, not for peers
-	w := replyBuf(s.getReply(), h.xid)
+	w := replyBuf(s.getReply(size), h.xid)
 	if cerr != nil {
 		cc.warn("refusing call", "prog", h.prog, "vers", h.vers, "proc", h.proc, "err", cerr.err)
 		w.callError(cerr, 0, 0)

@@ -55,7 +55,8 @@ type fixture struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	squash bool
-	exps   []Export // what the server was given
+	exps   []Export      // what the server was given
+	limits func(*limits) // adjusts the server's limits before it serves
 
 	mu      sync.Mutex
 	onMount []string // board@client for every OnMount call
@@ -136,6 +137,10 @@ func (f *fixture) start() {
 		defer f.mu.Unlock()
 		f.onMount = append(f.onMount, board+"@"+client.String())
 	}})
+	if f.limits != nil {
+		f.limits(&f.srv.lim)
+		f.srv.bytes = newBudget(f.srv.lim.totalBytes)
+	}
 	f.exps = f.exports()
 	f.srv.SetExports(f.exps)
 	ctx, cancel := context.WithCancel(context.Background())

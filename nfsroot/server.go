@@ -35,13 +35,17 @@ type Server struct {
 	exports atomic.Pointer[exportSet]
 	setMu   sync.Mutex
 
-	// Buffers of received records and of replies, reused across calls: a 1 MiB READ or
-	// WRITE would otherwise allocate its megabyte every time.
+	// Small buffers of received records and of replies, reused across calls. Big ones
+	// (a 1 MiB READ or WRITE) are not kept: an idle server holds no megabytes.
 	records sync.Pool
 	replies sync.Pool
 
-	connMu sync.Mutex
-	conns  map[netip.Addr]int // open connections per client address, for Mounted
+	lim        limits
+	bytes      *budget // bytes all calls and queued replies hold (limits.totalBytes)
+	connMu     sync.Mutex
+	peers      map[netip.Addr]*peer // client addresses with open connections
+	nconns     int
+	nstrangers int
 
 	// rl limits log lines about what clients do, per client address (or listener).
 	rl    *ratelog.Limiter
@@ -51,18 +55,38 @@ type Server struct {
 // counters are what the server counts of the limits it enforces; Stats reads them.
 type counters struct {
 	acceptErrors atomic.Uint64
+	refused      atomic.Uint64
+	idleClosed   atomic.Uint64
+	throttled    atomic.Uint64
 }
 
-// Stats are counts since New of events that a healthy server sees rarely.
+// Stats are the server's connections and the bytes they hold now, and counts since New
+// of events that a healthy server sees rarely: limits reached, errors retried.
 type Stats struct {
+	Conns         int    // connections open
+	Reserved      int64  // bytes held by calls in flight and replies not yet sent
+	ReservedPeak  int64  // the most Reserved has been
 	AcceptErrors  uint64 // Accept calls that failed and were retried (EMFILE, ...)
+	ConnsRefused  uint64 // connections closed at once: over a connection limit
+	IdleClosed    uint64 // connections closed for sending no call for too long
+	Throttled     uint64 // times a connection was not read because its budget was full
 	LogSuppressed uint64 // log lines held back by the per-address rate limit
 }
 
 // Stats returns the counters.
 func (s *Server) Stats() Stats {
+	s.connMu.Lock()
+	conns := s.nconns
+	s.connMu.Unlock()
+	used, peak := s.bytes.inUse()
 	return Stats{
+		Conns:         conns,
+		Reserved:      used,
+		ReservedPeak:  peak,
 		AcceptErrors:  s.stats.acceptErrors.Load(),
+		ConnsRefused:  s.stats.refused.Load(),
+		IdleClosed:    s.stats.idleClosed.Load(),
+		Throttled:     s.stats.throttled.Load(),
 		LogSuppressed: s.rl.Suppressed(),
 	}
 }
@@ -79,8 +103,9 @@ func New(opts Options) *Server {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Server{log: log, onMount: opts.OnMount, conns: make(map[netip.Addr]int),
-		rl: ratelog.New(log, logBurst, logEvery)}
+	s := &Server{log: log, onMount: opts.OnMount, peers: make(map[netip.Addr]*peer),
+		rl: ratelog.New(log, logBurst, logEvery), lim: defaultLimits()}
+	s.bytes = newBudget(s.lim.totalBytes)
 	s.records.New = func() any { b := make([]byte, 0, 64<<10); return &b }
 	_, _ = rand.Read(s.verf[:])
 	s.exports.Store(&exportSet{byID: map[uint64]*export{}, byPath: map[string]*export{}})
@@ -138,7 +163,7 @@ func (s *Server) Mounted(board string) bool {
 		}
 		// An open connection from the board: the Linux client keeps one while mounted.
 		s.connMu.Lock()
-		for a := range s.conns {
+		for a := range s.peers {
 			if e.allowed(a) {
 				s.connMu.Unlock()
 				return true
@@ -205,10 +230,15 @@ func (s *Server) serve(ctx context.Context, l net.Listener, what string) error {
 			continue
 		}
 		delay = 0
+		addr, p, stranger, ok := s.accepted(c)
+		if !ok {
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.serveConn(ctx, c)
+			defer s.leave(addr, stranger)
+			s.serveConn(ctx, c, addr, p, stranger)
 		}()
 	}
 }
