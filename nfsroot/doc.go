@@ -25,6 +25,30 @@
 // fleet in total; over UDP, datagrams over 2 KiB are dropped and no reply larger than its
 // call goes to an address outside the fleet.
 //
+// # Limits (limits.go)
+//
+// Connections: 4096 in all (half of RLIMIT_NOFILE if that is less), a quarter of them for
+// addresses no export allows ("strangers"), 16 per board address, 4 per stranger; one over
+// a limit is closed at once, counted and logged (rate-limited). Idle connections close after
+// 15 minutes (boards; the Linux client reconnects) or 30 s (strangers). Memory: a call holds
+// its record and its estimated reply (READ and READDIR(PLUS) say how much they want) from
+// before it runs until its reply is sent, against three byte budgets: 4 MiB per connection,
+// 16 MiB per address, 96 MiB in all. A spent budget stops the reading of that connection
+// (backpressure): a peer that does not read its replies gets no more calls read, and what it
+// holds is bounded. Connections wait for a call holding a 4 KiB read buffer and nothing else;
+// only buffers up to 64 KiB are pooled. An Accept error such as EMFILE is retried with
+// back-off (5 ms doubling to 1 s), counted (Stats) and logged; a listener that dies ends
+// ServeNFS/ServeMount with an error. Log lines about a client are rate-limited per address
+// (internal/ratelog: 5, then 1 a minute, and a "suppressed log lines" summary).
+//
+// # Removing an export (fence.go)
+//
+// Every call that binds a handle (or MNTs) is counted in on its export until it has built
+// its reply. SetExports returns only after the calls on removed or replaced exports have
+// finished; calls arriving later see the new table (STALE for a removed export). A board
+// reset detaches the export this way before it moves the board's upper aside, so no call
+// from before the reset can land in the fresh upper.
+//
 // # What comes from go-nfs, and why nothing is forwarded to it
 //
 // go-nfs v0.0.4 supplies the protocol vocabulary used throughout: nfs.NFSStatus,
@@ -34,8 +58,9 @@
 // table (go-nfs's handles live in an in-memory LRU) or bounded decoding (go-nfs-client's xdr
 // allocates what a request declares). The few left (NULL, FSSTAT, FSINFO, PATHCONF) would
 // have needed a second handle translation and an in-process pipe for a few lines each, so
-// they are answered here too. Replies are encoded by hand into pooled byte slices because
-// reflection-based xdr.Write costs more than the file system call on the hot path.
+// they are answered here too. Replies are encoded by hand into byte slices (pooled up to
+// 64 KiB) because reflection-based xdr.Write costs more than the file system call on the hot
+// path.
 //
 // # File handles (handle.go, table.go)
 //
@@ -48,8 +73,12 @@
 // dir, turns a FileID back into a path; the path is verified by Lstat and FileID, else STALE.
 // Table records are written to the log (write(2), which survives SIGKILL) before the reply
 // that carries a new handle or a rename; fsync follows at every COMMIT or stable WRITE of the
-// board and once a second, the same promise the board's data gets against power loss. A torn
-// tail is cut on open; the log is compacted on open when mostly dead.
+// board and once a second, the same promise the board's data gets against power loss.
+// Records are framed (magic, length, CRC-32C): replay skips a torn or corrupt record and keeps
+// the good ones after it, and cuts a torn tail. A record whose write fails (a full disk) stays
+// pending, a short write is cut back to the last whole record, and a reply that would carry
+// a handle whose record is not yet written fails (SERVERFAULT) instead. The log is compacted
+// on open when mostly dead; a format 1 log (before framing) is read and rewritten.
 //
 // # Caches, and why they cannot answer stale
 //
