@@ -1,6 +1,7 @@
 package nfsroot
 
 import (
+	"log/slog"
 	"path"
 	"strings"
 	"time"
@@ -99,13 +100,13 @@ func (s *Server) onMnt(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) erro
 	}
 	log := e.log.With("client", cc.addr.String())
 	if err := e.init(); err != nil {
-		log.Error("mount failed", "err", err)
+		s.rl.Log(log, slog.LevelError, cc.addr.String(), "mount failed", "err", err)
 		w.u32(uint32(nfs.MountStatusErrServerFault))
 		return nil
 	}
 	id, st := e.mountPoint(sub)
 	if st != nfs.MountStatusOk {
-		log.Warn("mount refused", "path", p, "status", st)
+		s.rl.Log(log, slog.LevelWarn, cc.addr.String(), "mount refused", "path", p, "status", st)
 		w.u32(uint32(st))
 		return nil
 	}
@@ -113,7 +114,7 @@ func (s *Server) onMnt(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) erro
 	e.mounts[cc.addr] = time.Now()
 	e.mu.Unlock()
 	e.touch()
-	log.Info("mounted", "machine", h.cred.machine)
+	s.rl.Log(log, slog.LevelInfo, cc.addr.String(), "mounted", "machine", h.cred.machine)
 	if s.onMount != nil {
 		s.onMount(e.Board, cc.addr)
 	}
@@ -133,7 +134,7 @@ func (s *Server) onUmnt(cc *conn, _ *rpcCallHdr, r *xdrReader, w *xdrWriter) err
 		e.mu.Lock()
 		delete(e.mounts, cc.addr)
 		e.mu.Unlock()
-		e.log.Info("unmounted", "client", cc.addr.String())
+		s.rl.Log(e.log, slog.LevelInfo, cc.addr.String(), "unmounted", "client", cc.addr.String())
 	}
 	return nil
 }
