@@ -291,7 +291,8 @@ func (s *Server) housekeeping(ctx context.Context) {
 		}
 		for _, e := range s.exports.Load().byID {
 			if err := e.flush(); err != nil {
-				e.log.Error("flushing handle table", "client", "", "err", err)
+				// Once a second while the disk is full: a few lines, then a summary.
+				s.rl.Log(e.log, slog.LevelError, "board "+e.Board, "flushing handle table", "client", "", "err", err)
 			}
 			e.files.closeIdle(fileIdle)
 			e.dirs.expire()
