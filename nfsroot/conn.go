@@ -60,6 +60,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, addr netip.Addr, p *
 	br := bufio.NewReaderSize(c, readerSize)
 	sem := make(chan struct{}, s.lim.inFlightPerConn)
 	known := !stranger
+	connected := time.Now()
 	for {
 		// Checked until the address turns out to belong to a board (its IP may be learned
 		// after it connected), then trusted for the connection's life: calls are still
@@ -67,13 +68,15 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, addr netip.Addr, p *
 		if !known {
 			known = s.known(addr)
 		}
-		limit, idle := maxRecord, s.lim.idleBoard
+		// A board's connection may idle for idleBoard between calls; a stranger's lives
+		// idleStranger in all, whatever it sends: it has no business staying.
+		limit, deadline := maxRecord, time.Now().Add(s.lim.idleBoard)
 		if !known {
-			limit, idle = maxStrangerRecord, s.lim.idleStranger
+			limit, deadline = maxStrangerRecord, connected.Add(s.lim.idleStranger)
 		}
 		// Wait for the next call holding no record buffer: an idle connection costs its
 		// read buffer and nothing more.
-		_ = c.SetReadDeadline(time.Now().Add(idle))
+		_ = c.SetReadDeadline(deadline)
 		if _, err := br.Peek(1); err != nil {
 			cc.closing(ctx, err)
 			return
@@ -131,7 +134,7 @@ func (cc *conn) closing(ctx context.Context, err error) {
 		cc.log.Debug("connection reset by the board")
 	case errors.As(err, &ne) && ne.Timeout():
 		cc.s.stats.idleClosed.Add(1)
-		cc.log.Debug("closing idle connection")
+		cc.log.Debug("closing idle connection (or a stranger's, after its time)")
 	default:
 		cc.warn("closing connection", "err", err)
 	}

@@ -29,8 +29,9 @@
 //
 // Connections: 4096 in all (half of RLIMIT_NOFILE if that is less), a quarter of them for
 // addresses no export allows ("strangers"), 16 per board address, 4 per stranger; one over
-// a limit is closed at once, counted and logged (rate-limited). Idle connections close after
-// 15 minutes (boards; the Linux client reconnects) or 30 s (strangers). Memory: a call holds
+// a limit is closed at once, counted and logged (rate-limited). A board's connection closes
+// after 15 idle minutes (the Linux client reconnects); a stranger's 30 s after it connected,
+// busy or not (all it may do is be refused). Memory: a call holds
 // its record and its estimated reply (READ and READDIR(PLUS) say how much they want) from
 // before it runs until its reply is sent, against three byte budgets: 4 MiB per connection,
 // 16 MiB per address, 96 MiB in all. A spent budget stops the reading of that connection

@@ -19,7 +19,7 @@ type limits struct {
 	perBoard        int           // connections from one board's address
 	perStranger     int           // connections from one stranger's address
 	idleBoard       time.Duration // a board's connection with no call for this long is closed
-	idleStranger    time.Duration // a stranger's, likewise
+	idleStranger    time.Duration // a stranger's is closed this long after it connected
 	connBytes       int64         // bytes of calls and replies one connection may hold
 	addrBytes       int64         // all connections of one address together
 	totalBytes      int64         // the whole server
