@@ -220,6 +220,7 @@ func checkPiImport(t *testing.T, st *Store, name string, pi *piImage) {
 	t.Helper()
 	root := st.RootDir(name)
 	compareSnapshots(t, takeSnapshot(t, pi.src, skipBoot), takeSnapshot(t, root, skipBoot))
+	compareACLs(t, pi.src, root)
 	dirMtimes(t, pi.src, root, func(p string) bool { return skipBoot(p) || p == "boot/firmware" || pi.debugfsd[p] })
 	for name, want := range pi.boot {
 		got, err := os.ReadFile(filepath.Join(root, "boot/firmware", name))

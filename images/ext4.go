@@ -475,6 +475,10 @@ func (p *ext4Part) entry(fsPath, rel string, ino uint32) (*entry, *ext4Inode, er
 		if err != nil {
 			return nil, nil, fmt.Errorf("xattrs: %w", err)
 		}
+		// ext4 keeps ACLs in its own format; setxattr takes only the kernel's
+		if err := ext4ACLsToXattr(x); err != nil {
+			return nil, nil, err
+		}
 		if len(x) > 0 {
 			e.Xattrs = x
 		}

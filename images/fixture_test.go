@@ -30,7 +30,7 @@ func needTool(t testing.TB, names ...string) {
 	t.Helper()
 	for _, n := range names {
 		if _, err := exec.LookPath(n); err != nil {
-			require.Missing(t, fmt.Sprintf("needs %s (apt-get install e2fsprogs dosfstools mtools fdisk xz-utils)", n))
+			require.Missing(t, fmt.Sprintf("needs %s (apt-get install e2fsprogs dosfstools mtools fdisk xz-utils acl)", n))
 		}
 	}
 }
@@ -70,6 +70,7 @@ func fixtureTree(t testing.TB, dir string, bigDir int) {
 		must(os.Chmod(full, mode))
 		return full
 	}
+	needTool(t, "setfacl")
 	must(os.MkdirAll(filepath.Join(dir, "etc"), 0o755))
 	must(os.MkdirAll(filepath.Join(dir, "boot/firmware"), 0o755))
 	mk("etc/hostname", 0o644, "raspberrypi\n")
@@ -122,6 +123,28 @@ func fixtureTree(t testing.TB, dir string, bigDir int) {
 		must(err)
 	}
 	must(me.Close())
+	// POSIX ACLs as systemd leaves them on the journal (tmpfiles.d: group adm may read it),
+	// a shared dir whose default ACL names a user and a group, and a file whose mask widens
+	// the group class beyond the owning group's entry
+	mk("etc/passwd", 0o644, "root:x:0:0:root:/root:/bin/bash\npi:x:1000:1000::/home/pi:/bin/bash\n")
+	mk("etc/group", 0o644, "root:x:0:\nadm:x:4:pi\nsystemd-journal:x:101:\npi:x:1000:\n")
+	jf := mk("var/log/journal/0123456789abcdef/system.journal", 0o640, "journal\n")
+	must(os.Chown(filepath.Dir(filepath.Dir(jf)), 0, 101))
+	must(unix.Chmod(filepath.Dir(filepath.Dir(jf)), 0o2755))
+	must(os.MkdirAll(filepath.Join(dir, "srv/shared"), 0o775))
+	acl := mk("srv/shared/notes", 0o640, "notes\n")
+	for _, c := range [][]string{
+		{"-m", "g:4:r-x", filepath.Dir(filepath.Dir(jf))},
+		{"-d", "-m", "g::r-x,g:4:r-x,o::r-x", filepath.Dir(filepath.Dir(jf))},
+		{"-m", "g:4:r--", jf},
+		{"-m", "u:1234:rwx,g:4321:rwx", filepath.Join(dir, "srv/shared")},
+		{"-d", "-m", "u:1234:rwx,g:4321:r-x,m::rwx", filepath.Join(dir, "srv/shared")},
+		{"-m", "u:1234:rw-", acl},
+	} {
+		if out, err := exec.Command("setfacl", c...).CombinedOutput(); err != nil {
+			t.Fatalf("setfacl %v: %v %s", c, err, out)
+		}
+	}
 	// a file with a name that needs quoting in the manifest
 	mk("usr/share/doc/odd\tname\nwith newline", 0o644, "odd\n")
 	for i := 0; i < bigDir; i++ {
@@ -136,6 +159,32 @@ func fixtureTree(t testing.TB, dir string, bigDir int) {
 	for i := len(paths) - 1; i >= 0; i-- {
 		ts := unix.NsecToTimespec(time.Date(2024, 11, 19, 10, 0, i%60, 123456789, time.UTC).UnixNano())
 		must(unix.UtimesNanoAt(unix.AT_FDCWD, paths[i], []unix.Timespec{ts, ts}, unix.AT_SYMLINK_NOFOLLOW))
+	}
+}
+
+// aclPaths are the fixture's paths that carry POSIX ACLs.
+var aclPaths = []string{"var/log/journal", "var/log/journal/0123456789abcdef/system.journal", "srv/shared", "srv/shared/notes"}
+
+// compareACLs compares what getfacl (the acl package's own reader) says of the fixture's ACL'd
+// paths in two trees.
+func compareACLs(t testing.TB, src, dst string) {
+	t.Helper()
+	needTool(t, "getfacl")
+	getfacl := func(root string) string {
+		cmd := exec.Command("getfacl", append([]string{"-n", "-P"}, aclPaths...)...)
+		cmd.Dir = root
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("getfacl in %s: %v\n%s", root, err, out)
+		}
+		return string(out)
+	}
+	want, got := getfacl(src), getfacl(dst)
+	if !strings.Contains(want, "default:group:4:r-x") || !strings.Contains(want, "user:1234:rw-") {
+		t.Fatalf("fixture has no ACLs:\n%s", want)
+	}
+	if got != want {
+		t.Errorf("ACLs differ after import:\n--- source\n%s--- imported\n%s", want, got)
 	}
 }
 

@@ -331,3 +331,35 @@ func TestPrepFilters(t *testing.T) {
 		t.Errorf("cmdline kept %q dropped %q", kept, gone)
 	}
 }
+
+// FuzzACL: arbitrary bytes as an ext4 ACL, an xattr ACL or a text ACL end in an error or in
+// an ACL that survives the xattr format unchanged; never a panic.
+func FuzzACL(f *testing.F) {
+	f.Add([]byte{1, 0, 0, 0, 1, 0, 6, 0, 2, 0, 6, 0, 0xd2, 4, 0, 0, 4, 0, 4, 0, 0x10, 0, 6, 0, 0x20, 0, 4, 0})
+	f.Add([]byte{2, 0, 0, 0, 1, 0, 6, 0, 0xff, 0xff, 0xff, 0xff, 4, 0, 4, 0, 0xff, 0xff, 0xff, 0xff, 0x20, 0, 4, 0, 0xff, 0xff, 0xff, 0xff})
+	f.Add([]byte("user::rw-,user:a:r--:1000,group::r--,mask::r--,other::r--"))
+	f.Add([]byte("u::rwx\ng:adm:r-x #effective\nm::r\no::"))
+	names := &nameDB{users: map[string]uint32{"a": 1}, groups: map[string]uint32{"adm": 4}}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		roundTrip := func(from string, acl []aclEntry) {
+			x := encodeXattrACL(acl)
+			back, err := parseXattrACL(x)
+			if err != nil || !bytes.Equal(encodeXattrACL(back), x) {
+				t.Fatalf("%s ACL %v does not survive the xattr format: %v", from, acl, err)
+			}
+			e := &entry{Mode: typeDir | 0o755, Xattrs: map[string][]byte{xattrACLAccess: x, xattrACLDefault: x}}
+			if err := canonicalACLs(e); err == nil && checkACL(acl) != nil {
+				t.Fatalf("%s ACL %v accepted though invalid", from, acl)
+			}
+		}
+		if acl, err := parseExt4ACL(b); err == nil {
+			roundTrip("ext4", acl)
+		}
+		if acl, err := parseXattrACL(b); err == nil {
+			roundTrip("xattr", acl)
+		}
+		if acl, err := parseTextACL(string(b), names); err == nil {
+			roundTrip("text", acl)
+		}
+	})
+}

@@ -60,10 +60,16 @@ type preparer struct {
 	dirs             []string // prep dirs created, to copy times from root at the end
 }
 
-// readRoot reads a regular file of the root tree. Symlinks inside the image resolve inside
-// the image (RESOLVE_IN_ROOT): an image's absolute symlink must never reach the host's files.
+// readRoot reads a regular file of the root tree.
 func (p *preparer) readRoot(rel string) ([]byte, *unix.Stat_t, error) {
-	rfd, err := unix.Open(p.root, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	return readInRoot(p.root, rel)
+}
+
+// readInRoot reads a regular file (at most 16 MiB) of the tree at root. Symlinks inside the
+// image resolve inside the image (RESOLVE_IN_ROOT): an image's absolute symlink must never
+// reach the host's files.
+func readInRoot(root, rel string) ([]byte, *unix.Stat_t, error) {
+	rfd, err := unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY, 0)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -26,6 +26,7 @@ func TestImportDirKeepsEverything(t *testing.T) {
 	}
 	root := st.RootDir("demo")
 	compareSnapshots(t, takeSnapshot(t, src, nil), takeSnapshot(t, root, nil))
+	compareACLs(t, src, root)
 	dirMtimes(t, src, root, nil)
 
 	// hard links stay links
@@ -59,6 +60,12 @@ func TestImportDirKeepsEverything(t *testing.T) {
 	problems, err := st.Verify(context.Background(), "demo")
 	if err != nil || len(problems) > 0 {
 		t.Errorf("fresh import does not verify: %v %v", problems, err)
+	}
+	// an ACL changed after import is a problem Verify reports
+	run(t, "setfacl", "-m", "u:99:r--", filepath.Join(root, "srv/shared/notes"))
+	problems, err = st.Verify(context.Background(), "demo")
+	if err != nil || len(problems) != 1 || !strings.Contains(problems[0], "/srv/shared/notes: xattrs changed") {
+		t.Errorf("verify after setfacl: %v %v", problems, err)
 	}
 }
 

@@ -16,8 +16,8 @@ const maxTarXattr = 64 << 10
 // still read (and hashed) as zeros, so a 40-byte header must not ask for an exabyte of work.
 const maxTarSparse = 16 << 30
 
-// walkTar streams a tar archive as entries. Owners, modes, devices, links and PAX xattrs
-// (SCHILY.xattr.*, as GNU tar and bsdtar write them) are kept; names are checked by the
+// walkTar streams a tar archive as entries. Owners, modes, devices, links, PAX xattrs
+// (SCHILY.xattr.*, as GNU tar and bsdtar write them) and text ACLs (SCHILY.acl.*) are kept; names are checked by the
 // treeWriter so a hostile archive cannot write outside the root.
 func walkTar(ctx context.Context, r io.Reader, fn func(*entry) error) error {
 	tr := tar.NewReader(r)
@@ -59,6 +59,16 @@ func walkTar(ctx context.Context, r io.Reader, fn func(*entry) error) error {
 					e.Xattrs = map[string][]byte{}
 				}
 				e.Xattrs[name] = []byte(v)
+			}
+			// GNU tar --acls, star and bsdtar: the text form (see acl.go)
+			if kind, ok := strings.CutPrefix(k, "SCHILY.acl."); ok && (kind == "access" || kind == "default") {
+				if len(v) > maxACLText {
+					return fmt.Errorf("tar: %s: %s is %d bytes", h.Name, k, len(v))
+				}
+				if e.ACLText == nil {
+					e.ACLText = map[string]string{}
+				}
+				e.ACLText["system.posix_acl_"+kind] = v
 			}
 		}
 		switch h.Typeflag {

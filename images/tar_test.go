@@ -48,6 +48,7 @@ func TestImportTarball(t *testing.T) {
 			}
 			got := takeSnapshot(t, st.RootDir(name), nil)
 			compareSnapshots(t, want, got)
+			compareACLs(t, src, st.RootDir(name))
 			dirMtimes(t, src, st.RootDir(name), nil)
 			if info.Format != c.format || len(info.SHA256) != 64 {
 				t.Errorf("info %+v", info)

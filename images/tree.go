@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"hash"
 	"io"
@@ -35,6 +36,9 @@ type entry struct {
 	// LinkTo names an earlier entry this one is a hard link of; all other fields are ignored.
 	LinkTo string
 	Xattrs map[string][]byte
+	// ACLText holds text ACLs (xattr name -> acl(5) text, as tar's SCHILY.acl.* records
+	// carry them) for ACLs that Xattrs lacks.
+	ACLText map[string]string
 	// Open returns the content of a regular file, holes read as zeros.
 	Open func() (io.ReadCloser, error)
 }
@@ -68,17 +72,32 @@ type treeWriter struct {
 	recIndex map[string]int
 	bytes    int64
 	progress *progress
+	// pendingACLs are text ACLs naming users or groups, resolved against the image's own
+	// /etc/passwd and /etc/group once the whole tree is written.
+	pendingACLs []pendingACL
+	// defaultACL holds the dirs written with a default ACL: what is created in them inherits
+	// it, and must lose what the source does not have.
+	defaultACL map[string]bool
+}
+
+// pendingACL is a text ACL waiting for the image's name database.
+type pendingACL struct {
+	path   string
+	mode   uint32
+	xattrs map[string][]byte // the entry's other xattrs, for the manifest digest
+	text   map[string]string
 }
 
 func newTreeWriter(image, root string, p *progress) *treeWriter {
 	return &treeWriter{
-		image:    image,
-		root:     root,
-		buf:      make([]byte, 1<<20),
-		zero:     make([]byte, sparseBlock),
-		progress: p,
-		dirTimes: map[string]time.Time{},
-		recIndex: map[string]int{},
+		image:      image,
+		root:       root,
+		buf:        make([]byte, 1<<20),
+		zero:       make([]byte, sparseBlock),
+		progress:   p,
+		dirTimes:   map[string]time.Time{},
+		recIndex:   map[string]int{},
+		defaultACL: map[string]bool{},
 	}
 }
 
@@ -142,6 +161,10 @@ func (w *treeWriter) add(ctx context.Context, e *entry) error {
 	if e.LinkTo != "" {
 		return w.addLink(e, dst)
 	}
+	pending, err := w.acls(e)
+	if err != nil {
+		return fmt.Errorf("image %s: /%s: %w", w.image, p, err)
+	}
 	rec := record{Path: p, Mode: e.Mode, UID: e.UID, GID: e.GID, Mtime: e.Mtime.UnixNano(), Xattrs: xattrDigest(e.Xattrs)}
 	switch e.Mode & typeMask {
 	case typeDir:
@@ -190,7 +213,108 @@ func (w *treeWriter) add(ctx context.Context, e *entry) error {
 	if err := w.setAttrs(dst, e); err != nil {
 		return fmt.Errorf("image %s: /%s: %w", w.image, p, err)
 	}
+	if e.Mode&typeMask == typeDir {
+		_, w.defaultACL[p] = e.Xattrs[xattrACLDefault]
+	}
 	w.record(rec)
+	if pending != nil {
+		w.pendingACLs = append(w.pendingACLs, *pending)
+	}
+	return nil
+}
+
+// acls puts e's ACLs into the canonical xattr form (see acl.go). Text ACLs that name users
+// or groups are returned as pending: the image's /etc/passwd may come later in the stream.
+func (w *treeWriter) acls(e *entry) (*pendingACL, error) {
+	var later map[string]string
+	for name, text := range e.ACLText {
+		if _, ok := e.Xattrs[name]; ok {
+			continue // the raw xattr is exact; the text is only its readable twin
+		}
+		acl, err := parseTextACL(text, nil)
+		if errors.Is(err, errACLName) {
+			if later == nil {
+				later = map[string]string{}
+			}
+			later[name] = text
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		if e.Xattrs == nil {
+			e.Xattrs = map[string][]byte{}
+		}
+		e.Xattrs[name] = encodeXattrACL(acl)
+	}
+	if err := canonicalACLs(e); err != nil {
+		return nil, err
+	}
+	if later == nil {
+		return nil, nil
+	}
+	if t := e.Mode & typeMask; t == typeLnk || (later[xattrACLDefault] != "" && t != typeDir) {
+		return nil, errors.New("ACL on a symlink, or default ACL on a non-directory")
+	}
+	x := map[string][]byte{}
+	for k, v := range e.Xattrs {
+		x[k] = v
+	}
+	return &pendingACL{path: e.Path, mode: e.Mode, xattrs: x, text: later}, nil
+}
+
+// resolveACLs applies the pending text ACLs with the image's own user and group names.
+func (w *treeWriter) resolveACLs() error {
+	if len(w.pendingACLs) == 0 {
+		return nil
+	}
+	db := &nameDB{}
+	for _, f := range []struct {
+		rel string
+		m   *map[string]uint32
+	}{{"etc/passwd", &db.users}, {"etc/group", &db.groups}} {
+		b, _, err := readInRoot(w.root, f.rel)
+		if err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("image %s: /%s (for the names in ACLs): %w", w.image, f.rel, err)
+		}
+		*f.m = parseNameDB(b)
+	}
+	for _, pa := range w.pendingACLs {
+		if i, ok := w.recIndex[pa.path]; !ok || w.records[i].Link != "" || w.records[i].Mode&typeMask != pa.mode&typeMask {
+			continue // replaced by a later entry of the stream
+		}
+		e := &entry{Path: pa.path, Mode: pa.mode, Xattrs: pa.xattrs}
+		if e.Xattrs == nil {
+			e.Xattrs = map[string][]byte{}
+		}
+		for name, text := range pa.text {
+			acl, err := parseTextACL(text, db)
+			if err != nil {
+				return fmt.Errorf("image %s: /%s: %s: %w", w.image, pa.path, name, err)
+			}
+			e.Xattrs[name] = encodeXattrACL(acl)
+		}
+		if err := canonicalACLs(e); err != nil {
+			return fmt.Errorf("image %s: /%s: %w", w.image, pa.path, err)
+		}
+		dst := w.host(pa.path)
+		for name := range pa.text {
+			v, ok := e.Xattrs[name]
+			if !ok {
+				continue // only repeats the mode: the mode says it
+			}
+			if err := unix.Lsetxattr(dst, name, v, 0); err != nil {
+				return fmt.Errorf("image %s: /%s: setxattr %s: %w", w.image, pa.path, name, err)
+			}
+		}
+		if e.Mode != pa.mode {
+			if err := unix.Chmod(dst, e.Mode&0o7777); err != nil {
+				return fmt.Errorf("image %s: /%s: chmod: %w", w.image, pa.path, err)
+			}
+		}
+		i := w.recIndex[pa.path]
+		w.records[i].Mode, w.records[i].Xattrs = e.Mode, xattrDigest(e.Xattrs)
+	}
 	return nil
 }
 
@@ -325,6 +449,9 @@ func (w *treeWriter) setAttrs(dst string, e *entry) error {
 		return err
 	}
 	if e.Mode&typeMask != typeLnk {
+		if err := w.dropInherited(dst, e); err != nil {
+			return err
+		}
 		if err := unix.Chmod(dst, e.Mode&0o7777); err != nil {
 			return fmt.Errorf("chmod: %w", err)
 		}
@@ -345,6 +472,27 @@ func (w *treeWriter) setAttrs(dst string, e *entry) error {
 	return nil
 }
 
+// dropInherited removes the ACLs an object got from its parent's default ACL at creation
+// but does not have in the source.
+func (w *treeWriter) dropInherited(dst string, e *entry) error {
+	parent := path.Dir(e.Path)
+	if parent == "." {
+		parent = ""
+	}
+	if e.Path == "" || !w.defaultACL[parent] {
+		return nil
+	}
+	for _, name := range []string{xattrACLAccess, xattrACLDefault} {
+		if _, keep := e.Xattrs[name]; keep {
+			continue
+		}
+		if err := unix.Lremovexattr(dst, name); err != nil && !errors.Is(err, unix.ENODATA) {
+			return fmt.Errorf("remove inherited %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
 func setMtime(dst string, t time.Time) error {
 	ts := unix.NsecToTimespec(t.UnixNano())
 	if err := unix.UtimesNanoAt(unix.AT_FDCWD, dst, []unix.Timespec{ts, ts}, unix.AT_SYMLINK_NOFOLLOW); err != nil {
@@ -353,8 +501,12 @@ func setMtime(dst string, t time.Time) error {
 	return nil
 }
 
-// finish sets directory times last, deepest first, because creating children bumps them.
+// finish applies the ACLs that waited for the image's names, then sets directory times,
+// deepest first, because creating children bumps them.
 func (w *treeWriter) finish() error {
+	if err := w.resolveACLs(); err != nil {
+		return err
+	}
 	for i := len(w.dirs) - 1; i >= 0; i-- {
 		d := w.dirs[i]
 		if _, ok := w.dirTimes[d]; !ok {
