@@ -43,9 +43,9 @@ func TestACLFormats(t *testing.T) {
 		t.Errorf("xattr round trip: %v", err)
 	}
 	for _, text := range []string{
-		"user::rw-\nuser:1234:rw-\ngroup::r--\ngroup:adm:r--\nmask::rw-\nother::r--\n", // GNU tar --acls
-		"user::rw-,user:someone:rw-:1234,group::r--,group:adm:r--:4,mask::rw-,other::r--",  // star, bsdtar
-		"u::rw,u:1234:rw- #effective:rw-\ng::r,g:4:r,m::rw,o::r",                           // setfacl's short forms
+		"user::rw-\nuser:1234:rw-\ngroup::r--\ngroup:adm:r--\nmask::rw-\nother::r--\n",    // GNU tar --acls
+		"user::rw-,user:someone:rw-:1234,group::r--,group:adm:r--:4,mask::rw-,other::r--", // star, bsdtar
+		"u::rw,u:1234:rw- #effective:rw-\ng::r,g:4:r,m::rw,o::r",                          // setfacl's short forms
 	} {
 		got, err := parseTextACL(text, &nameDB{users: map[string]uint32{}, groups: map[string]uint32{"adm": 4}})
 		if err != nil {
