@@ -136,34 +136,45 @@ sif / mtime @%[2]d
 		"overlays/vc4-kms-v3d.dtbo": randomBytes(t, 4000),
 		"overlays/README":           []byte("overlays\n"),
 	}
+	pi.img = assembleDisk(t, work, pi.rootPart, pi.boot, 96<<20)
+	return pi
+}
+
+// assembleDisk makes the Pi OS disk layout around an ext4 root partition file: an MBR (disk
+// id 0x1234abcd) with a 4 MiB gap, a 20 MiB FAT32 boot partition holding boot (mkfs.vfat +
+// mcopy) and the root partition of rootSize bytes.
+func assembleDisk(t testing.TB, work, rootPart string, boot map[string][]byte, rootSize int64) string {
+	t.Helper()
+	bootSrc := filepath.Join(work, "bootsrc")
 	bootPart := filepath.Join(work, "boot.fat")
 	run(t, "mkfs.vfat", "-F", "32", "-S", "512", "-s", "1", "-n", "bootfs", "-C", bootPart, "40960")
-	run(t, "mmd", "-i", bootPart, "::/overlays")
-	for name, data := range pi.boot {
-		p := filepath.Join(pi.bootSrc, name)
+	dirs := map[string]bool{}
+	for name, data := range boot {
+		p := filepath.Join(bootSrc, name)
 		must(t, os.MkdirAll(filepath.Dir(p), 0o755))
 		must(t, os.WriteFile(p, data, 0o644))
+		if d := filepath.Dir(name); d != "." && !dirs[d] {
+			dirs[d] = true
+			run(t, "mmd", "-i", bootPart, "::/"+d)
+		}
 		run(t, "mcopy", "-i", bootPart, p, "::/"+name)
 	}
-
-	// MBR disk: 4 MiB gap, boot, root
-	pi.img = filepath.Join(work, "pios.img")
+	img := filepath.Join(work, "pios.img")
 	const sector = 512
 	bootStart, bootSize := int64(8192), int64(40960*1024/sector)
 	rootStart := bootStart + bootSize
-	rootSize := int64(96 << 20 / sector)
-	f, err := os.Create(pi.img)
+	rootSectors := rootSize / sector
+	f, err := os.Create(img)
 	must(t, err)
-	must(t, f.Truncate((rootStart+rootSize)*sector))
+	must(t, f.Truncate((rootStart+rootSectors)*sector))
 	copyInto(t, f, bootPart, bootStart*sector)
-	copyInto(t, f, pi.rootPart, rootStart*sector)
+	copyInto(t, f, rootPart, rootStart*sector)
 	must(t, f.Close())
-	layout := fmt.Sprintf("label: dos\nlabel-id: 0x1234abcd\nstart=%d, size=%d, type=c\nstart=%d, size=%d, type=83\n", bootStart, bootSize, rootStart, rootSize)
-	sf := execIn(layout, "sfdisk", "-q", pi.img)
-	if sf != nil {
-		t.Fatalf("sfdisk: %v", sf)
+	layout := fmt.Sprintf("label: dos\nlabel-id: 0x1234abcd\nstart=%d, size=%d, type=c\nstart=%d, size=%d, type=83\n", bootStart, bootSize, rootStart, rootSectors)
+	if err := execIn(layout, "sfdisk", "-q", img); err != nil {
+		t.Fatalf("sfdisk: %v", err)
 	}
-	return pi
+	return img
 }
 
 func must(t testing.TB, err error) {

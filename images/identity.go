@@ -33,18 +33,23 @@ type Identity struct {
 	Serial string
 	// MAC is the board's Ethernet address, any common spelling.
 	MAC string
-	// User, when set, is the first user, created by Pi OS's userconf service at first boot.
+	// User, when set, is the first user, created by Pi OS's userconfig service at first boot
+	// (it renames the image's uid-1000 user, so neither its console prompt nor the desktop
+	// wizard asks for one).
 	User string
 	// PasswordHash is a crypt(3) hash (e.g. from `openssl passwd -6`); empty leaves the
-	// password locked.
+	// password locked ("*": no password opens it; SSH keys and sudo NOPASSWD still work).
 	PasswordHash string
-	// AuthorizedKeys are OpenSSH public key lines that may log in as User.
+	// AuthorizedKeys are OpenSSH public key lines that may log in as User; with any, sshd is
+	// switched on (Pi OS ships it off).
 	AuthorizedKeys []string
 }
 
 var (
 	hostnameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
-	userRE     = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
+	// userRE is what Pi OS's userconf-service accepts; a name it refuses sends it back to
+	// asking for a user on the console.
+	userRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,31}$`)
 )
 
 // check rejects values that would corrupt the files they land in (a newline in a hostname
@@ -57,7 +62,7 @@ func (id Identity) check() error {
 		return fmt.Errorf("board %s: a serial or a MAC is needed to derive a stable machine-id", id.Hostname)
 	}
 	if id.User != "" && !userRE.MatchString(id.User) {
-		return fmt.Errorf("board %s: user name %q: lower-case letters, digits, '_' and '-', at most 32", id.Hostname, id.User)
+		return fmt.Errorf("board %s: user name %q: lower-case letters, digits and '-', starting with a letter, at most 32 (what Pi OS's userconf accepts)", id.Hostname, id.User)
 	}
 	if strings.ContainsAny(id.PasswordHash, ":\n\r") {
 		return fmt.Errorf("board %s: password hash contains ':' or a newline", id.Hostname)
@@ -103,8 +108,8 @@ AuthorizedKeysFile .ssh/authorized_keys /etc/ssh/authorized_keys/%u
 // WriteIdentity writes a board's identity files into dir, a per-board overlay layer:
 // /etc/hostname, /etc/hosts, /etc/machine-id, SSH host keys (generated on the first call and
 // kept afterwards, so they change only when dir is wiped) and, when fleet.yaml names one, the
-// first user (userconf.txt for Pi OS's userconf service, the authorized keys, and the `ssh`
-// flag file that switches sshd on).
+// first user (userconf.txt for Pi OS's userconfig service, the authorized keys and, with keys,
+// the `ssh` flag file that Pi OS's sshswitch service turns into an enabled sshd).
 func WriteIdentity(dir string, id Identity) error {
 	if err := id.check(); err != nil {
 		return err
@@ -129,18 +134,25 @@ func WriteIdentity(dir string, id Identity) error {
 	if err := writeHostKeys(l, id.Hostname); err != nil {
 		return fail("SSH host keys", err)
 	}
+	// what an earlier fleet.yaml asked for and this one does not goes away
+	if err := l.dropUserFiles(id); err != nil {
+		return fail("first user", err)
+	}
 	if id.User == "" {
 		return nil
 	}
-	if id.PasswordHash != "" {
-		if err := l.write("boot/firmware/userconf.txt", []byte(id.User+":"+id.PasswordHash+"\n"), 0o600); err != nil {
-			return fail("userconf.txt", err)
-		}
+	// userconf-service wants a non-empty password field, else it asks on the console
+	hash := id.PasswordHash
+	if hash == "" {
+		hash = lockedPassword
 	}
-	if err := l.write("boot/firmware/ssh", nil, 0o644); err != nil {
-		return fail("ssh flag", err)
+	if err := l.write("boot/firmware/userconf.txt", []byte(id.User+":"+hash+"\n"), 0o600); err != nil {
+		return fail("userconf.txt", err)
 	}
 	if len(id.AuthorizedKeys) > 0 {
+		if err := l.write("boot/firmware/ssh", nil, 0o644); err != nil {
+			return fail("ssh flag", err)
+		}
 		keys := strings.Join(id.AuthorizedKeys, "\n") + "\n"
 		if err := l.write(authorizedKeysDir+"/"+id.User, []byte(keys), 0o644); err != nil {
 			return fail("authorized keys", err)
@@ -151,6 +163,10 @@ func WriteIdentity(dir string, id Identity) error {
 	}
 	return nil
 }
+
+// lockedPassword is a crypt(3) field no password matches. Not "!": sshd without PAM refuses
+// key logins to accounts locked with "!".
+const lockedPassword = "*"
 
 // layerWriter writes root-owned files into an overlay layer dir, replacing them atomically
 // so a board booting meanwhile never reads half a file.
@@ -197,6 +213,31 @@ func (l layerWriter) mkdirs(dir string) error {
 		return err
 	}
 	return os.Chmod(dir, 0o755)
+}
+
+// dropUserFiles removes the first-user files an earlier call wrote that id no longer wants:
+// the user's files when there is none, the ssh flag and key files when it has no keys, other
+// users' key files.
+func (l layerWriter) dropUserFiles(id Identity) error {
+	var stale []string
+	if id.User == "" {
+		stale = append(stale, "boot/firmware/userconf.txt")
+	}
+	if len(id.AuthorizedKeys) == 0 {
+		stale = append(stale, "boot/firmware/ssh", "etc/ssh/sshd_config.d/pifleet-authorized-keys.conf")
+	}
+	ents, _ := os.ReadDir(filepath.Join(l.dir, authorizedKeysDir))
+	for _, e := range ents {
+		if e.Name() != id.User || len(id.AuthorizedKeys) == 0 {
+			stale = append(stale, authorizedKeysDir+"/"+e.Name())
+		}
+	}
+	for _, rel := range stale {
+		if err := os.Remove(filepath.Join(l.dir, filepath.FromSlash(rel))); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
 }
 
 func (l layerWriter) exists(rel string) bool {

@@ -110,6 +110,30 @@ func TestWriteIdentity(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(other, "boot/firmware/userconf.txt")); err == nil {
 		t.Error("userconf.txt written without a user")
 	}
+	// a password but no keys: userconf.txt, SSH stays off (the flag of the earlier call goes);
+	// keys but no password: a password field no password matches, which userconf-service
+	// still takes (an empty one makes it ask on the console)
+	id.AuthorizedKeys = nil
+	must(t, WriteIdentity(dir, id))
+	if _, err := os.Stat(filepath.Join(dir, "boot/firmware/ssh")); err == nil {
+		t.Error("ssh flag kept without authorized keys")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "etc/ssh/authorized_keys/admin")); err == nil {
+		t.Error("authorized keys kept after fleet.yaml dropped them")
+	}
+	id.PasswordHash, id.AuthorizedKeys = "", []string{"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTests admin@laptop"}
+	must(t, WriteIdentity(dir, id))
+	if got := read("boot/firmware/userconf.txt"); got != "admin:*\n" {
+		t.Errorf("userconf.txt without a password hash: %q", got)
+	}
+	read("boot/firmware/ssh")
+	id.User, id.AuthorizedKeys = "", nil
+	must(t, WriteIdentity(dir, id))
+	for _, p := range []string{"boot/firmware/userconf.txt", "boot/firmware/ssh", "etc/ssh/authorized_keys/admin"} {
+		if _, err := os.Stat(filepath.Join(dir, p)); err == nil {
+			t.Errorf("%s kept after fleet.yaml dropped the user", p)
+		}
+	}
 	// leftovers of the atomic writes
 	filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
 		if strings.HasSuffix(p, ".pifleet-tmp") {
@@ -124,6 +148,8 @@ func TestWriteIdentityRejects(t *testing.T) {
 		"newline hostname": {Hostname: "pi\n127.0.0.1 evil", Serial: "1"},
 		"no serial or mac": {Hostname: "pi"},
 		"bad user":         {Hostname: "pi", Serial: "1", User: "Root:0"},
+		"userconf refuses": {Hostname: "pi", Serial: "1", User: "_ops"},
+		"underscore":       {Hostname: "pi", Serial: "1", User: "ops_team"},
 		"colon in hash":    {Hostname: "pi", Serial: "1", User: "u", PasswordHash: "a:b"},
 		"hash, no user":    {Hostname: "pi", Serial: "1", PasswordHash: "x"},
 		"two-line key":     {Hostname: "pi", Serial: "1", User: "u", AuthorizedKeys: []string{"ssh-ed25519 AAAA\nssh-rsa BBBB"}},

@@ -121,7 +121,7 @@ func (s *Store) build(ctx context.Context, abs, name, tmp string, opts ImportOpt
 		Imported: time.Now().UTC().Truncate(time.Second),
 	}
 	if opts.Prepare {
-		changes, err := prepare(ctx, name, root, filepath.Join(tmp, prepDirName))
+		changes, err := prepare(ctx, name, root, filepath.Join(tmp, prepDirName), log)
 		if err != nil {
 			return nil, err
 		}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path"
 	"path/filepath"
@@ -19,10 +20,33 @@ import (
 // root: the import stays byte-for-byte what the admin gave us, and every change made for NFS
 // boot is visible as a file of prep/ (and listed in image.yaml's changes).
 
-// maskedUnits are first-boot and SD-card services that must not run on an NFS root: swap
-// over NFS, growing a partition that does not exist, and regenerating the SSH host keys
-// pifleet already wrote per board.
-var maskedUnits = []string{"dphys-swapfile.service", "resize2fs_once.service", "regenerate_ssh_host_keys.service", "rpi-resizeswap.service"}
+// maskedUnit is a first-boot or SD-card service that must not run on an NFS root.
+type maskedUnit struct {
+	name, why string
+}
+
+// maskedUnits are masked when the image has them (Raspberry Pi OS, Debian's raspi images).
+// Kept running on purpose: sshswitch.service (turns on sshd when the identity layer's
+// /boot/firmware/ssh flag is there) and userconfig.service (creates the first user from the
+// identity layer's userconf.txt).
+func maskedUnits() []maskedUnit {
+	return []maskedUnit{
+		{"dphys-swapfile.service", "a swap file on an NFS root"},
+		{"rpi-resizeswap.service", "resizes the swap file"},
+		{"resize2fs_once.service", "grows the SD card's root partition (Pi OS bullseye and older)"},
+		{"rpi-resize.service", "grows the SD card's root file system at first boot"},
+		{"rpi-resizerootfs.service", "grows the SD card's root partition (Debian raspi images)"},
+		{"regenerate_ssh_host_keys.service", "would replace the per-board SSH host keys pifleet writes"},
+		{"rpi-generate-ssh-host-keys.service", "would replace the per-board SSH host keys pifleet writes (Debian raspi images)"},
+		{"rpi-eeprom-update.service", "stages bootloader EEPROM updates; a network-booted board must not flash itself from its NFS root"},
+	}
+}
+
+// fwLocDefault is Pi OS's /etc/default/raspberrypi-sys-mods setting. raspberrypi-sys-mods'
+// get_fw_loc finds the boot partition from fstab or the mount table; over NFS /boot/firmware is
+// a plain directory of the root, so without it sshswitch fails and userconfig looks in /boot
+// (missing userconf.txt and asking for a user on the console).
+const fwLocDefault = "FWLOC=/boot/firmware"
 
 // cmdlineDrops are kernel parameters that point at the SD card or run first-boot resizing.
 // A trailing "=" matches any value; init= is dropped only when it runs Pi OS's first-boot
@@ -31,12 +55,12 @@ var cmdlineDrops = []string{"resize", "rootfstype=", "fsck.repair=", "root="}
 
 // prepare writes the prep layer for the root at root into prep and returns the changes.
 // Nothing is written (and prep does not exist) when no change applies, e.g. a non-Linux tree.
-func prepare(ctx context.Context, name, root, prep string) ([]string, error) {
+func prepare(ctx context.Context, name, root, prep string, log *slog.Logger) ([]string, error) {
 	p := &preparer{name: name, root: root, prep: prep}
 	if err := os.MkdirAll(prep, 0o755); err != nil {
 		return nil, fmt.Errorf("image %s: prepare for NFS root: %w", name, err)
 	}
-	steps := []func() error{p.fstab, p.cmdline, p.maskUnits, p.network}
+	steps := []func() error{p.fstab, p.cmdline, p.maskUnits, p.firmwareLocation, p.network}
 	for _, step := range steps {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -50,6 +74,9 @@ func prepare(ctx context.Context, name, root, prep string) ([]string, error) {
 	}
 	if err := p.finish(); err != nil {
 		return nil, fmt.Errorf("image %s: prepare for NFS root: %w", name, err)
+	}
+	for _, c := range p.changes {
+		log.Info("prepared image for NFS root", "image", name, "change", c)
 	}
 	return p.changes, nil
 }
@@ -112,7 +139,8 @@ func (p *preparer) mkdirs(rel string) error {
 	}
 	mode, uid, gid := uint32(0o755), 0, 0
 	var st unix.Stat_t
-	if err := unix.Lstat(filepath.Join(p.root, dir), &st); err == nil && st.Mode&typeMask == typeDir {
+	inRoot := unix.Lstat(filepath.Join(p.root, dir), &st) == nil && st.Mode&typeMask == typeDir
+	if inRoot {
 		mode, uid, gid = st.Mode&0o7777, int(st.Uid), int(st.Gid)
 	}
 	if err := os.MkdirAll(dst, 0o755); err != nil {
@@ -122,7 +150,26 @@ func (p *preparer) mkdirs(rel string) error {
 		return err
 	}
 	p.dirs = append(p.dirs, dir)
-	return unix.Chmod(dst, mode)
+	if err := unix.Chmod(dst, mode); err != nil {
+		return err
+	}
+	if !inRoot {
+		return nil
+	}
+	// an upper dir's xattrs (ACLs included) are what the board sees of the merged dir
+	x, err := readXattrs(filepath.Join(p.root, dir))
+	if err != nil {
+		return err
+	}
+	for k, v := range x {
+		if strings.HasPrefix(k, "trusted.overlay.") {
+			continue
+		}
+		if err := unix.Lsetxattr(dst, k, v, 0); err != nil {
+			return fmt.Errorf("/%s: setxattr %s: %w", dir, k, err)
+		}
+	}
+	return nil
 }
 
 // writePrep writes a file into prep, keeping the owner and mode of the file it replaces.
@@ -239,20 +286,54 @@ func filterCmdline(in string) (string, []string) {
 
 // maskUnits masks the first-boot and SD-card units present in the image (a symlink to
 // /dev/null in /etc/systemd/system, as systemctl mask does).
+// A unit that lives in /etc/systemd/system itself (Debian's raspi images put theirs there) is
+// replaced by the mask in the upper layer, which is what masking means to systemd.
 func (p *preparer) maskUnits() error {
-	for _, u := range maskedUnits {
-		base := strings.TrimSuffix(u, ".service")
-		present := p.existsInRoot("lib/systemd/system/"+u) || p.existsInRoot("usr/lib/systemd/system/"+u) ||
-			p.existsInRoot("etc/systemd/system/"+u) || p.existsInRoot("etc/init.d/"+base)
+	for _, u := range maskedUnits() {
+		base := strings.TrimSuffix(u.name, ".service")
+		present := p.existsInRoot("lib/systemd/system/"+u.name) || p.existsInRoot("usr/lib/systemd/system/"+u.name) ||
+			p.existsInRoot("etc/systemd/system/"+u.name) || p.existsInRoot("etc/init.d/"+base)
 		if !present {
 			continue
 		}
-		rel := "etc/systemd/system/" + u
+		rel := "etc/systemd/system/" + u.name
 		if err := p.symlinkPrep(rel, "/dev/null"); err != nil {
-			return fmt.Errorf("mask %s: %w", u, err)
+			return fmt.Errorf("mask %s: %w", u.name, err)
 		}
-		p.changes = append(p.changes, "masked "+u)
+		p.changes = append(p.changes, "masked "+u.name+": "+u.why)
 	}
+	return nil
+}
+
+// firmwareLocation tells raspberrypi-sys-mods where the boot partition's files are (see
+// fwLocDefault), keeping whatever else the image's /etc/default/raspberrypi-sys-mods says.
+func (p *preparer) firmwareLocation() error {
+	if !p.existsInRoot("usr/lib/raspberrypi-sys-mods/get_fw_loc") || !p.existsInRoot("boot/firmware") {
+		return nil
+	}
+	const rel = "etc/default/raspberrypi-sys-mods"
+	b, st, err := p.readRoot(rel)
+	if err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("/%s: %w", rel, err)
+	}
+	var out strings.Builder
+	for _, line := range strings.SplitAfter(string(b), "\n") {
+		if strings.HasPrefix(strings.TrimSpace(line), "FWLOC=") {
+			if strings.TrimSpace(line) == fwLocDefault {
+				return nil
+			}
+			line = "# pifleet: NFS root, the boot files are a directory: " + line
+		}
+		out.WriteString(line)
+	}
+	if out.Len() > 0 && !strings.HasSuffix(out.String(), "\n") {
+		out.WriteString("\n")
+	}
+	out.WriteString("# pifleet: over NFS /boot/firmware is a directory, not a mount; get_fw_loc would not find it\n" + fwLocDefault + "\n")
+	if err := p.writePrep(rel, []byte(out.String()), st); err != nil {
+		return fmt.Errorf("/%s: %w", rel, err)
+	}
+	p.changes = append(p.changes, "/"+rel+": "+fwLocDefault+" (sshswitch and userconfig find the ssh and userconf.txt files over NFS)")
 	return nil
 }
 

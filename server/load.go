@@ -466,7 +466,7 @@ func (l *loader) user(n *yaml.Node, what string) *User {
 	if u.Name == "" {
 		l.errf(n, "add name: pi (or another user name)", "%s has no name", what)
 	} else if !userNameRE.MatchString(u.Name) {
-		l.errf(m["name"], "lowercase letters, digits, '_' and '-', at most 32", "%s.name %q is not a valid user name", what, u.Name)
+		l.errf(m["name"], "lowercase letters, digits and '-', starting with a letter, at most 32 (what Raspberry Pi OS's userconf accepts)", "%s.name %q is not a valid user name", what, u.Name)
 	}
 	if u.PasswordHash != "" && !strings.HasPrefix(u.PasswordHash, "$") {
 		l.errf(m["password_hash"], "a crypt(3) hash such as the output of `openssl passwd -6`", "%s.password_hash is not a password hash (never put a plain password here)", what)
@@ -547,7 +547,7 @@ var (
 	hostnameLabel = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 	serialRE      = regexp.MustCompile(`^[0-9a-f]{8}$`)
 	imageNameRE   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
-	userNameRE    = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
+	userNameRE    = regexp.MustCompile(`^[a-z][a-z0-9-]{0,31}$`) // what Pi OS's userconf accepts
 	yamlLineRE    = regexp.MustCompile(`line (\d+)`)
 )
 
