@@ -32,7 +32,6 @@ type maskedUnit struct {
 func maskedUnits() []maskedUnit {
 	return []maskedUnit{
 		{"dphys-swapfile.service", "a swap file on an NFS root"},
-		{"rpi-resizeswap.service", "resizes the swap file"},
 		{"resize2fs_once.service", "grows the SD card's root partition (Pi OS bullseye and older)"},
 		{"rpi-resize.service", "grows the SD card's root file system at first boot"},
 		{"rpi-resizerootfs.service", "grows the SD card's root partition (Debian raspi images)"},
