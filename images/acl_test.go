@@ -149,3 +149,27 @@ func TestImportTarballTextACLs(t *testing.T) {
 		t.Error("failed import left an image")
 	}
 }
+
+// TestImportExt4BadACL: a malformed ACL in an ext4 image (written raw with debugfs) is an
+// error naming the file and the attribute, and the store is left empty.
+func TestImportExt4BadACL(t *testing.T) {
+	needRoot(t)
+	needTool(t, "mkfs.ext4", "debugfs", "mkfs.vfat", "mcopy", "mmd", "sfdisk")
+	work := t.TempDir()
+	src := filepath.Join(work, "src")
+	writeTree(t, src, map[string]string{"etc/hostname": "pi\n", "boot/firmware/.keep": ""})
+	rootPart := filepath.Join(work, "root.ext4")
+	run(t, "mkfs.ext4", "-q", "-F", "-b", "4096", "-d", src, rootPart, "16M")
+	bad := filepath.Join(work, "bad-acl")
+	// version 1, user::rw-, then a USER entry cut off before its id
+	must(t, os.WriteFile(bad, []byte{1, 0, 0, 0, 1, 0, 6, 0, 2, 0, 6, 0}, 0o644))
+	run(t, "debugfs", "-w", "-R", "ea_set -r -f "+bad+" /etc/hostname system.posix_acl_access", rootPart)
+	img := assembleDisk(t, work, rootPart, map[string][]byte{"config.txt": []byte("arm_64bit=1\n")}, 16<<20)
+	st, err := OpenStore(filepath.Join(t.TempDir(), "images"))
+	must(t, err)
+	_, err = st.Import(context.Background(), img, "bad", ImportOptions{Logger: quietLog()})
+	if err == nil || !strings.Contains(err.Error(), "/etc/hostname") || !strings.Contains(err.Error(), "system.posix_acl_access") {
+		t.Fatalf("import of a malformed ACL: %v", err)
+	}
+	assertEmptyStore(t, st)
+}
