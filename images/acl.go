@@ -256,20 +256,14 @@ func ext4ACLsToXattr(x map[string][]byte) error {
 	return nil
 }
 
-// aclNames resolves user and group names of a text ACL to ids.
-type aclNames interface {
-	uid(name string) (uint32, bool)
-	gid(name string) (uint32, bool)
-}
-
 // maxACLText bounds a text ACL from a PAX header, as maxTarXattr does a raw one.
 const maxACLText = 64 << 10
 
 // parseTextACL reads the text form tar writes (acl(5): "user::rw-", "user:alice:r--",
 // "group:4:r-x", star/bsdtar's "user:alice:r--:1000" with the id appended; entries separated
 // by newlines or commas, "#" comments ignored; u/g/m/o abbreviations accepted). A name
-// without an id is looked up in names; nil names accepts numeric qualifiers only.
-func parseTextACL(s string, names aclNames) ([]aclEntry, error) {
+// without an id is looked up in names; with nil names it is an error wrapping errACLName.
+func parseTextACL(s string, names *nameDB) ([]aclEntry, error) {
 	if len(s) > maxACLText {
 		return nil, fmt.Errorf("text ACL of %d bytes", len(s))
 	}
@@ -347,7 +341,7 @@ func aclPermBit(c rune) (uint16, bool) {
 	return 0, false
 }
 
-func aclQualifier(qual string, f []string, tag uint16, names aclNames) (uint32, error) {
+func aclQualifier(qual string, f []string, tag uint16, names *nameDB) (uint32, error) {
 	if id, err := strconv.ParseUint(qual, 10, 32); err == nil {
 		return uint32(id), nil
 	}
@@ -358,21 +352,18 @@ func aclQualifier(qual string, f []string, tag uint16, names aclNames) (uint32, 
 		}
 		return uint32(id), nil
 	}
-	var id uint32
-	ok := false
-	kind := "user"
-	if names != nil {
-		if tag == aclUser {
-			id, ok = names.uid(qual)
-		} else {
-			kind = "group"
-			id, ok = names.gid(qual)
-		}
-	} else if tag == aclGroup {
-		kind = "group"
+	kind, db, ids := "user", "passwd", map[string]uint32(nil)
+	if tag == aclGroup {
+		kind, db = "group", "group"
 	}
+	if names != nil {
+		ids = names.users
+		if tag == aclGroup {
+			ids = names.groups
+		}
+	}
+	id, ok := ids[qual]
 	if !ok {
-		db := map[string]string{"user": "passwd", "group": "group"}[kind]
 		return 0, fmt.Errorf("%s %q: %w /etc/%s", kind, qual, errACLName, db)
 	}
 	return id, nil
@@ -384,9 +375,6 @@ var errACLName = errors.New("not found in the image's")
 // nameDB maps the user and group names of an image to ids, read from its /etc/passwd and
 // /etc/group: a tarball's text ACLs name users as the image knows them.
 type nameDB struct{ users, groups map[string]uint32 }
-
-func (d *nameDB) uid(n string) (uint32, bool) { id, ok := d.users[n]; return id, ok }
-func (d *nameDB) gid(n string) (uint32, bool) { id, ok := d.groups[n]; return id, ok }
 
 // parseNameDB reads passwd(5)/group(5) lines: name:password:id:...
 func parseNameDB(b []byte) map[string]uint32 {
