@@ -14,6 +14,18 @@ import (
 	"github.com/pifleet/pifleet/overlay"
 )
 
+// getfaclIn is getfacl's report on rel, a path inside dir.
+func getfaclIn(t testing.TB, dir, rel string) string {
+	t.Helper()
+	cmd := exec.Command("getfacl", "-n", "-P", rel)
+	cmd.Dir = dir
+	b, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("getfacl %s in %s: %v\n%s", rel, dir, err, b)
+	}
+	return string(b)
+}
+
 func slogTo(w io.Writer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }
 
 // writeTree writes files (path -> content; a content starting with "-> " makes a symlink)
@@ -91,6 +103,7 @@ func debianRaspi() map[string]string {
 // mounts it, what the board boots with.
 func TestPreparePiOS(t *testing.T) {
 	needRoot(t)
+	needTool(t, "setfacl", "getfacl")
 	bullseye := piOSBookworm()
 	bullseye["boot/firmware/cmdline.txt"] = "console=serial0,115200 console=tty1 root=PARTUUID=738a4d67-02 rootfstype=ext4 fsck.repair=yes rootwait quiet init=/usr/lib/raspi-config/init_resize.sh\n"
 	bullseye["etc/init.d/resize2fs_once"] = "#!/bin/sh\n"
@@ -121,6 +134,7 @@ func TestPreparePiOS(t *testing.T) {
 			dir := t.TempDir()
 			root, prep, identity := filepath.Join(dir, "root"), filepath.Join(dir, "prep"), filepath.Join(dir, "identity")
 			writeTree(t, root, c.files)
+			run(t, "setfacl", "-m", "g:4:r-x", filepath.Join(root, "etc")) // as systemd-tmpfiles might
 			before := takeSnapshot(t, root, nil)
 			var logs strings.Builder
 			changes, err := prepare(context.Background(), c.name, root, prep, slogTo(&logs))
@@ -146,6 +160,10 @@ func TestPreparePiOS(t *testing.T) {
 				}
 			}
 
+			// the merged /etc shows prep's dir: it carries root's ACL
+			if a, b := getfaclIn(t, root, "etc"), getfaclIn(t, prep, "etc"); a != b || !strings.Contains(a, "group:4:r-x") {
+				t.Errorf("prep/etc ACL:\n%s\nroot/etc ACL:\n%s", b, a)
+			}
 			if got := strings.TrimSpace(read("boot/firmware/cmdline.txt")); got != c.cmdline {
 				t.Errorf("cmdline.txt = %q, want %q", got, c.cmdline)
 			}
@@ -248,14 +266,7 @@ func TestImportDebianRaspiImage(t *testing.T) {
 		t.Fatal(err)
 	}
 	root := st.RootDir("bookworm")
-	out := func(dir string) string {
-		cmd := exec.Command("getfacl", "-n", "-P", "var/log/journal")
-		cmd.Dir = dir
-		b, err := cmd.CombinedOutput()
-		must(t, err)
-		return string(b)
-	}
-	if want, got := out(src), out(root); got != want || !strings.Contains(want, "default:group:4:r-x") {
+	if want, got := getfaclIn(t, src, "var/log/journal"), getfaclIn(t, root, "var/log/journal"); got != want || !strings.Contains(want, "default:group:4:r-x") {
 		t.Errorf("journal ACLs:\n--- source\n%s--- imported\n%s", want, got)
 	}
 	if problems, err := st.Verify(context.Background(), "bookworm"); err != nil || len(problems) > 0 {
