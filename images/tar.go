@@ -17,8 +17,8 @@ const maxTarXattr = 64 << 10
 const maxTarSparse = 16 << 30
 
 // walkTar streams a tar archive as entries. Owners, modes, devices, links, PAX xattrs
-// (SCHILY.xattr.*, as GNU tar and bsdtar write them) and text ACLs (SCHILY.acl.*) are kept; names are checked by the
-// treeWriter so a hostile archive cannot write outside the root.
+// (SCHILY.xattr.*, as GNU tar and bsdtar write them) and text ACLs (SCHILY.acl.*) are kept;
+// names are checked by the treeWriter so a hostile archive cannot write outside the root.
 func walkTar(ctx context.Context, r io.Reader, fn func(*entry) error) error {
 	tr := tar.NewReader(r)
 	n := 0
