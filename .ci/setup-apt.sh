@@ -15,7 +15,7 @@ apt-get install -y -qq --no-install-recommends \
   iproute2 kmod cpio xz-utils zstd gzip curl ca-certificates \
   busybox udhcpc isc-dhcp-client dnsmasq-base tftp-hpa libnfs-utils \
   qemu-system-arm u-boot-qemu u-boot-tools \
-  attr acl e2fsprogs mtools dosfstools fdisk \
+  attr acl e2fsprogs mtools dosfstools fdisk openssh-client \
   klibc-utils \
   >/dev/null
 # rpcinfo (the portmapper tests) comes with rpcbind, mount.nfs (dracut's NFS client) with

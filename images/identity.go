@@ -2,24 +2,23 @@ package images
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
-	"encoding/base64"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 
+	"golang.org/x/crypto/ssh"
 	"golang.org/x/sys/unix"
 )
 
@@ -251,49 +250,25 @@ func writeHostKeys(l layerWriter, host string) error {
 	comment := "root@" + host
 	gens := []struct {
 		name string
-		gen  func() (priv, pub []byte, err error)
+		gen  func() (crypto.Signer, error)
 	}{
-		{"ed25519", func() ([]byte, []byte, error) {
-			pub, priv, err := ed25519.GenerateKey(rand.Reader)
-			if err != nil {
-				return nil, nil, err
-			}
-			return marshalOpenSSH("ssh-ed25519", sshString(nil, pub), sshString(sshString(nil, pub), priv), comment), publicLine("ssh-ed25519", sshString(nil, pub), comment), nil
+		{"ed25519", func() (crypto.Signer, error) {
+			_, k, err := ed25519.GenerateKey(rand.Reader)
+			return k, err
 		}},
-		{"ecdsa", func() ([]byte, []byte, error) {
-			k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-			if err != nil {
-				return nil, nil, err
-			}
-			pt, err := k.PublicKey.ECDH()
-			if err != nil {
-				return nil, nil, err
-			}
-			pubBody := sshString(sshString(nil, []byte("nistp256")), pt.Bytes())
-			privBody := sshMPInt(append([]byte(nil), pubBody...), k.D)
-			return marshalOpenSSH("ecdsa-sha2-nistp256", pubBody, privBody, comment), publicLine("ecdsa-sha2-nistp256", pubBody, comment), nil
-		}},
-		{"rsa", func() ([]byte, []byte, error) {
-			k, err := rsa.GenerateKey(rand.Reader, 3072)
-			if err != nil {
-				return nil, nil, err
-			}
-			e := big.NewInt(int64(k.E))
-			pubBody := sshMPInt(sshMPInt(nil, e), k.N)
-			privBody := sshMPInt(sshMPInt(nil, k.N), e)
-			privBody = sshMPInt(privBody, k.D)
-			privBody = sshMPInt(privBody, k.Precomputed.Qinv)
-			privBody = sshMPInt(privBody, k.Primes[0])
-			privBody = sshMPInt(privBody, k.Primes[1])
-			return marshalOpenSSH("ssh-rsa", pubBody, privBody, comment), publicLine("ssh-rsa", pubBody, comment), nil
-		}},
+		{"ecdsa", func() (crypto.Signer, error) { return ecdsa.GenerateKey(elliptic.P256(), rand.Reader) }},
+		{"rsa", func() (crypto.Signer, error) { return rsa.GenerateKey(rand.Reader, 3072) }},
 	}
 	for _, g := range gens {
 		rel := "etc/ssh/ssh_host_" + g.name + "_key"
 		if l.exists(rel) && l.exists(rel+".pub") {
 			continue
 		}
-		priv, pub, err := g.gen()
+		k, err := g.gen()
+		if err != nil {
+			return fmt.Errorf("%s: %w", g.name, err)
+		}
+		priv, pub, err := marshalHostKey(k, comment)
 		if err != nil {
 			return fmt.Errorf("%s: %w", g.name, err)
 		}
@@ -307,49 +282,17 @@ func writeHostKeys(l layerWriter, host string) error {
 	return nil
 }
 
-// sshString appends an SSH wire-format string (RFC 4251 5).
-func sshString(b, s []byte) []byte {
-	b = binary.BigEndian.AppendUint32(b, uint32(len(s)))
-	return append(b, s...)
-}
-
-// sshMPInt appends an SSH mpint: big-endian, with a leading zero byte when the top bit is set.
-func sshMPInt(b []byte, n *big.Int) []byte {
-	v := n.Bytes()
-	if len(v) > 0 && v[0]&0x80 != 0 {
-		v = append([]byte{0}, v...)
+// marshalHostKey returns the unencrypted OpenSSH private key file and the public key line
+// ("type base64 comment") of k.
+func marshalHostKey(k crypto.Signer, comment string) (priv, pub []byte, err error) {
+	block, err := ssh.MarshalPrivateKey(k, comment)
+	if err != nil {
+		return nil, nil, err
 	}
-	return sshString(b, v)
-}
-
-func publicLine(keyType string, pubBody []byte, comment string) []byte {
-	blob := sshString(nil, []byte(keyType))
-	blob = append(blob, pubBody...)
-	return []byte(keyType + " " + base64.StdEncoding.EncodeToString(blob) + " " + comment + "\n")
-}
-
-// marshalOpenSSH writes an unencrypted "openssh-key-v1" private key (OpenSSH's PROTOCOL.key).
-// pubBody and privBody are the key-type-specific fields after the key type name.
-func marshalOpenSSH(keyType string, pubBody, privBody []byte, comment string) []byte {
-	pubBlob := append(sshString(nil, []byte(keyType)), pubBody...)
-	var check [4]byte
-	_, _ = rand.Read(check[:])
-	var priv []byte
-	priv = append(priv, check[:]...)
-	priv = append(priv, check[:]...)
-	priv = sshString(priv, []byte(keyType))
-	priv = append(priv, privBody...)
-	priv = sshString(priv, []byte(comment))
-	for i := byte(1); len(priv)%8 != 0; i++ {
-		priv = append(priv, i)
+	sp, err := ssh.NewPublicKey(k.Public())
+	if err != nil {
+		return nil, nil, err
 	}
-	var b bytes.Buffer
-	b.WriteString("openssh-key-v1\x00")
-	b.Write(sshString(nil, []byte("none")))
-	b.Write(sshString(nil, []byte("none")))
-	b.Write(sshString(nil, nil))
-	b.Write(binary.BigEndian.AppendUint32(nil, 1))
-	b.Write(sshString(nil, pubBlob))
-	b.Write(sshString(nil, priv))
-	return pem.EncodeToMemory(&pem.Block{Type: "OPENSSH PRIVATE KEY", Bytes: b.Bytes()})
+	line := bytes.TrimSuffix(ssh.MarshalAuthorizedKey(sp), []byte("\n"))
+	return pem.EncodeToMemory(block), append(append(line, ' '), comment+"\n"...), nil
 }

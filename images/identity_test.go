@@ -51,14 +51,6 @@ func TestWriteIdentity(t *testing.T) {
 			t.Fatalf("%s: %v %v", priv, fi, err)
 		}
 		keys[k] = read("etc/ssh/ssh_host_" + k + "_key.pub")
-		if _, err := os.Stat("/usr/bin/ssh-keygen"); err == nil {
-			// OpenSSH itself must read the private key and derive the same public key
-			out := run(t, "ssh-keygen", "-y", "-f", priv)
-			f := strings.Fields(keys[k])
-			if !strings.HasPrefix(out, f[0]+" "+f[1]) {
-				t.Errorf("%s: ssh-keygen -y says %q, .pub says %q", k, out, keys[k])
-			}
-		}
 	}
 	// a second call keeps the host keys and the machine-id, and leaves unchanged files alone
 	before, _ := os.Stat(filepath.Join(dir, "etc/hostname"))
