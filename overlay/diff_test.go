@@ -20,7 +20,8 @@ import (
 // operations go to our FS and to a kernel overlay mount (redirect_dir=on, so it can
 // rename lower dirs too) of an identical upper over the same lowers, and after every
 // step both merged views must match. At checkpoints the kernel also mounts the upper
-// OUR code wrote and must show our view. Replay a failure with PIFLEET_OVERLAY_SEED=<seed>;
+// OUR code wrote and must show our view, and Changes of that upper must match the kernel
+// (changes_test.go). Replay a failure with PIFLEET_OVERLAY_SEED=<seed>;
 // PIFLEET_OVERLAY_SEEDS and PIFLEET_OVERLAY_OPS make longer runs.
 
 func envInt(name string, def int) int {
@@ -107,6 +108,9 @@ func runDifferential(t *testing.T, seed uint64, nops int) {
 		if step%150 == 149 || step == nops-1 {
 			if d := kernelReadsOurUpper(t, b, o, ours); d != "" {
 				fail(step, op, "kernel mount of our upper differs from our view: %s", d)
+			}
+			if d := changesVsKernel(t, b.dir, b.upper, b.lowers); d != "" {
+				fail(step, op, "Changes of our upper differs from the kernel's view of it: %s", d)
 			}
 		}
 	}

@@ -7,12 +7,11 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
+	"github.com/pifleet/pifleet/overlay"
 	"golang.org/x/sys/unix"
 )
 
@@ -85,75 +84,18 @@ type Change struct {
 	Size int64  `json:"size"` // bytes the upper copy takes (0 for D)
 }
 
-// DiffBoard lists what a board changed, read straight from its upper dir in the
-// overlayfs format: a whiteout (char device 0/0) is a deletion, an entry that also
-// exists in a lower is a change, anything else an addition. An opaque directory
-// replaced the lower one: it is a change and its contents are additions.
+// DiffBoard lists what a board changed against its lowers (identity, then image layers),
+// as overlay.Changes reads it from the board's upper dir.
 func DiffBoard(upper string, lowers []string) ([]Change, error) {
-	var out []Change
-	err := filepath.WalkDir(upper, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) && p == upper {
-				return fs.SkipDir // the board never wrote anything
-			}
-			return err
-		}
-		if p == upper {
-			return nil
-		}
-		rel, _ := filepath.Rel(upper, p)
-		var st unix.Stat_t
-		if err := unix.Lstat(p, &st); err != nil {
-			return fmt.Errorf("diff %s: %w", p, err)
-		}
-		name := "/" + filepath.ToSlash(rel)
-		if st.Mode&syscall.S_IFMT == syscall.S_IFCHR && st.Rdev == 0 {
-			out = append(out, Change{Kind: "D", Path: name})
-			return nil
-		}
-		kind := "A"
-		if inLowers(lowers, rel) {
-			kind = "C"
-		}
-		size := int64(0)
-		if d.Type().IsRegular() {
-			size = st.Blocks * 512
-		}
-		out = append(out, Change{Kind: kind, Path: name, Size: size})
-		return nil
-	})
+	changes, err := overlay.Changes(upper, lowers)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("diff: %w", err)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
+	out := make([]Change, len(changes))
+	for i, c := range changes {
+		out[i] = Change{Kind: c.Kind.String(), Path: c.Path, Size: c.Size}
+	}
 	return out, nil
-}
-
-// inLowers reports whether rel exists in a lower, stopping at a lower that whites it out
-// or hides it under an opaque directory (the same lookup the overlay does).
-func inLowers(lowers []string, rel string) bool {
-	for _, l := range lowers {
-		var st unix.Stat_t
-		if err := unix.Lstat(filepath.Join(l, rel), &st); err == nil {
-			return !(st.Mode&syscall.S_IFMT == syscall.S_IFCHR && st.Rdev == 0)
-		}
-		if opaqueAbove(l, rel) {
-			return false
-		}
-	}
-	return false
-}
-
-func opaqueAbove(layer, rel string) bool {
-	dir := filepath.Dir(rel)
-	for dir != "." && dir != "/" {
-		buf := make([]byte, 4)
-		if n, err := unix.Lgetxattr(filepath.Join(layer, dir), "trusted.overlay.opaque", buf); err == nil && n == 1 && buf[0] == 'y' {
-			return true
-		}
-		dir = filepath.Dir(dir)
-	}
-	return false
 }
 
 // DirSize is the disk space a tree takes (what a board's upper costs).
