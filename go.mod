@@ -4,7 +4,6 @@ go 1.26.8
 
 require (
 	github.com/diskfs/go-diskfs v1.9.4
-	github.com/go-git/go-billy/v5 v5.6.0
 	github.com/insomniacslk/dhcp v0.0.0-20260901064844-234b97448fae
 	github.com/pin/tftp/v3 v3.1.0
 	github.com/ulikunitz/xz v0.5.17
@@ -20,6 +19,7 @@ require (
 	github.com/anchore/go-lzo v0.1.0 // indirect
 	github.com/djherbis/times v1.6.0 // indirect
 	github.com/elliotwutingfeng/asciiset v0.0.0-20260129054604-cfde2086bc57 // indirect
+	github.com/go-git/go-billy/v5 v5.6.0 // indirect
 	github.com/google/uuid v1.6.0 // indirect
 	github.com/josharian/native v1.1.0 // indirect
 	github.com/klauspost/compress v1.18.5 // indirect

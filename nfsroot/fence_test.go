@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-git/go-billy/v5"
 	"github.com/pifleet/pifleet/overlay"
 )
 
@@ -21,7 +20,7 @@ type gatedFS struct {
 	release chan struct{}
 }
 
-func (g *gatedFS) OpenFile(name string, flag int, perm os.FileMode) (billy.File, error) {
+func (g *gatedFS) OpenFile(name string, flag int, perm os.FileMode) (*overlay.File, error) {
 	if name == g.path && flag&(os.O_WRONLY|os.O_RDWR) != 0 {
 		select {
 		case g.entered <- struct{}{}:

@@ -6,7 +6,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/go-git/go-billy/v5"
+	"github.com/pifleet/pifleet/overlay"
 )
 
 // openFiles keeps recently used files open per export, so READ and WRITE do not open and
@@ -21,7 +21,7 @@ type openFiles struct {
 const maxOpenFiles = 32 // per export
 
 type openFile struct {
-	f    billy.File
+	f    *overlay.File
 	id   uint64
 	rw   bool
 	refs int

@@ -8,19 +8,29 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/go-git/go-billy/v5"
+	"github.com/pifleet/pifleet/overlay"
 	"github.com/willscott/go-nfs"
 )
 
-// FileSystem is what nfsroot needs from a board's root: the methods of *overlay.FS.
-// It is an interface so that the export table does not care how the overlay is built;
-// the server passes the board's *overlay.FS. Paths are slash paths from the root ("/").
+// FileSystem is what nfsroot needs from a board's root: the methods of *overlay.FS it
+// calls, and no more. It is an interface so that a test can put a gate in front of one
+// call; the server passes the board's *overlay.FS. Paths are slash paths from the root ("/").
 type FileSystem interface {
-	billy.Filesystem
-	billy.Change
+	Lstat(name string) (fs.FileInfo, error)
+	ReadDir(name string) ([]fs.FileInfo, error)
+	Readlink(name string) (string, error)
+	// OpenFile opens like os.OpenFile; the file stays open across READ, WRITE and COMMIT
+	// (files.go), which read, write, sync, stat and read ACLs through its descriptor.
+	OpenFile(name string, flag int, perm os.FileMode) (*overlay.File, error)
 	Mkdir(name string, perm os.FileMode) error // fails with EEXIST, unlike MkdirAll
+	Symlink(target, link string) error
 	Link(oldname, newname string) error
 	Mknod(name string, mode uint32, dev uint64) error
+	Remove(name string) error
+	Rename(from, to string) error
+	Chmod(name string, mode os.FileMode) error
+	Lchown(name string, uid, gid int) error
+	Chtimes(name string, atime, mtime time.Time) error
 	Truncate(name string, size int64) error
 	// POSIX ACLs live in xattrs (acl.go); Setxattr and Removexattr copy a lower object up.
 	Getxattr(name, attr string) ([]byte, error)
@@ -28,11 +38,7 @@ type FileSystem interface {
 	Removexattr(name, attr string) error
 }
 
-// syncer is what files opened through the overlay offer for COMMIT and FILE_SYNC writes.
-type syncer interface{ Sync() error }
-
-// fstat is the part of a file's status NFS reports, taken from the overlay's Stat
-// (or a plain syscall.Stat_t, which is what osfs-backed file systems give).
+// fstat is the part of a file's status NFS reports, taken from the overlay's Stat.
 type fstat struct {
 	fileID              uint64
 	mode                uint32 // raw st_mode: type bits and 07777
@@ -62,14 +68,6 @@ func statOf(fi fs.FileInfo) (fstat, bool) {
 		return s, true
 	}
 	return fstat{}, false
-}
-
-func sysStatFromSyscall(st *syscall.Stat_t) fstat {
-	return fstat{
-		fileID: st.Ino, mode: st.Mode, uid: st.Uid, gid: st.Gid, nlink: uint32(st.Nlink),
-		rdev: st.Rdev, size: st.Size, blocks: st.Blocks,
-		atime: time.Unix(st.Atim.Unix()), mtime: time.Unix(st.Mtim.Unix()), ctime: time.Unix(st.Ctim.Unix()),
-	}
 }
 
 // nfsType maps st_mode's type bits to ftype3.

@@ -3,7 +3,6 @@ package nfsroot
 import (
 	"errors"
 	"io"
-	"io/fs"
 	"slices"
 
 	"github.com/willscott/go-nfs"
@@ -162,16 +161,11 @@ func (s *Server) onWrite(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) er
 
 // writeAt writes data; with sync set it is on disk before the reply says FILE_SYNC.
 func (q *req) writeAt(f *openFile, p string, data []byte, off int64, sync bool) nfs.NFSStatus {
-	wa, ok := f.f.(io.WriterAt)
-	if !ok {
-		q.logger().Error("file has no WriteAt", "path", p)
-		return nfs.NFSStatusServerFault
-	}
-	if _, err := wa.WriteAt(data, off); err != nil {
+	if _, err := f.f.WriteAt(data, off); err != nil {
 		return q.fail("write", p, err)
 	}
 	if sync {
-		if err := syncFile(f); err != nil {
+		if err := f.f.Sync(); err != nil {
 			return q.fail("fsync", p, err)
 		}
 		if err := q.e.tbl.durable(); err != nil {
@@ -193,14 +187,6 @@ func (q *req) unchangedReply(w *xdrWriter, status nfs.NFSStatus, st *fstat) {
 	w.wcc(st, st, q.e.id)
 }
 
-func syncFile(f *openFile) error {
-	sy, ok := f.f.(syncer)
-	if !ok {
-		return errors.New("file cannot be synced")
-	}
-	return sy.Sync()
-}
-
 func (s *Server) onCommit(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) error {
 	fh := r.opaque(maxFHSize)
 	r.u64()
@@ -217,7 +203,7 @@ func (s *Server) onCommit(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) e
 		// cached one when there is one so COMMIT never copies a file up.
 		f, err := q.e.files.get(q.e.FS, id, p, false)
 		if err == nil {
-			err = syncFile(f)
+			err = f.f.Sync()
 			q.e.files.put(f)
 		}
 		if err == nil {
@@ -236,13 +222,11 @@ func (s *Server) onCommit(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) e
 }
 
 // fstat is the status of an open file through its descriptor, cheaper than a path walk;
-// it falls back to the path for files that cannot say.
+// it falls back to the path when the descriptor cannot say.
 func (q *req) fstat(f *openFile, p string) *fstat {
-	if sf, ok := f.f.(interface{ Stat() (fs.FileInfo, error) }); ok {
-		if fi, err := sf.Stat(); err == nil {
-			if st, ok := statOf(fi); ok {
-				return &st
-			}
+	if fi, err := f.f.Stat(); err == nil {
+		if st, ok := statOf(fi); ok {
+			return &st
 		}
 	}
 	st, _ := q.lstat(p)

@@ -72,9 +72,7 @@ func (q *req) accessACL(p string, f *openFile, st *fstat) posixACL {
 	case p != "":
 		val, err = q.e.FS.Getxattr(p, xattrACLAccess)
 	case f != nil:
-		if fx, ok := f.f.(interface{ Getxattr(string) ([]byte, error) }); ok {
-			val, err = fx.Getxattr(xattrACLAccess)
-		}
+		val, err = f.f.Getxattr(xattrACLAccess)
 	}
 	var acl posixACL
 	switch {

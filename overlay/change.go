@@ -34,13 +34,6 @@ func (o *FS) Chmod(name string, mode os.FileMode) error {
 	})
 }
 
-// Chown sets the owner of name, following symlinks; -1 keeps a value.
-func (o *FS) Chown(name string, uid, gid int) error {
-	return o.modify("chown", name, true, true, func(n *node) error {
-		return unix.Lchown(n.real, uid, gid)
-	})
-}
-
 // Lchown sets the owner of name itself, not of a symlink's target; -1 keeps a value.
 func (o *FS) Lchown(name string, uid, gid int) error {
 	return o.modify("lchown", name, false, true, func(n *node) error {
@@ -51,13 +44,6 @@ func (o *FS) Lchown(name string, uid, gid int) error {
 // Chtimes sets access and modification times of name, following symlinks.
 func (o *FS) Chtimes(name string, atime, mtime time.Time) error {
 	return o.modify("chtimes", name, true, true, func(n *node) error {
-		return utimes(n.real, atime, mtime)
-	})
-}
-
-// Lchtimes sets the times of name itself, not of a symlink's target.
-func (o *FS) Lchtimes(name string, atime, mtime time.Time) error {
-	return o.modify("lchtimes", name, false, true, func(n *node) error {
 		return utimes(n.real, atime, mtime)
 	})
 }
@@ -151,7 +137,7 @@ func (o *FS) Mknod(name string, mode uint32, dev uint64) error {
 }
 
 // Symlink creates link pointing at target, which is stored as given and may dangle.
-// Unlike billy's osfs, missing parents are not created (NFS wants ENOENT).
+// Missing parents are not created (NFS wants ENOENT).
 func (o *FS) Symlink(target, link string) error {
 	if target == "" {
 		return pathErr("symlink", link, unix.ENOENT)

@@ -320,7 +320,7 @@ func (op *diffOp) applyOurs(o *FS) error {
 		}
 		defer f.Close()
 		if op.kind == "write" {
-			_, err = f.(*File).WriteAt(op.data, op.off)
+			_, err = f.WriteAt(op.data, op.off)
 		} else {
 			_, err = f.Write(op.data)
 		}

@@ -1,26 +1,21 @@
 package overlay
 
 import (
-	"errors"
 	"io/fs"
-	"math/rand/v2"
 	"os"
 	"path"
-	"strconv"
 
-	"github.com/go-git/go-billy/v5"
 	"golang.org/x/sys/unix"
 )
 
-// File is what Open, OpenFile and Create return: a billy.File that also offers WriteAt,
-// Sync and Stat, because the NFS server keeps files open across READ, WRITE and COMMIT.
+// File is what Open, OpenFile and Create return: an open file that also offers WriteAt,
+// Sync, Stat and Getxattr, because the NFS server keeps files open across READ, WRITE and
+// COMMIT and checks permissions of a file it knows only by its descriptor.
 type File struct {
 	name  string
 	f     *os.File
 	layer int
 }
-
-var _ billy.File = (*File)(nil)
 
 // Name is the name the file was opened with.
 func (f *File) Name() string { return f.name }
@@ -48,24 +43,6 @@ func (f *File) Sync() error { return f.f.Sync() }
 
 // Truncate changes the size of the file.
 func (f *File) Truncate(size int64) error { return f.f.Truncate(size) }
-
-// Lock takes an exclusive flock on the file.
-func (f *File) Lock() error { return f.flock(unix.LOCK_EX) }
-
-// Unlock releases the flock.
-func (f *File) Unlock() error { return f.flock(unix.LOCK_UN) }
-
-func (f *File) flock(how int) error {
-	rc, err := f.f.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var ferr error
-	if err := rc.Control(func(fd uintptr) { ferr = unix.Flock(int(fd), how) }); err != nil {
-		return err
-	}
-	return pathErr("flock", f.name, ferr)
-}
 
 // Stat describes the open file, with *Stat in Sys() like the FS's own Stat.
 func (f *File) Stat() (os.FileInfo, error) {
@@ -98,10 +75,10 @@ func (f *File) Stat() (os.FileInfo, error) {
 }
 
 // Open opens name for reading.
-func (o *FS) Open(name string) (billy.File, error) { return o.OpenFile(name, os.O_RDONLY, 0) }
+func (o *FS) Open(name string) (*File, error) { return o.OpenFile(name, os.O_RDONLY, 0) }
 
 // Create creates or truncates name for reading and writing.
-func (o *FS) Create(name string) (billy.File, error) {
+func (o *FS) Create(name string) (*File, error) {
 	return o.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o666)
 }
 
@@ -109,7 +86,7 @@ func (o *FS) Create(name string) (billy.File, error) {
 // O_TRUNC) copies it up first. A new file gets exactly perm (no umask) and is owned by
 // the server; the caller chowns it. Parents are not created. O_CREATE|O_EXCL is atomic.
 // Device nodes, fifos and sockets cannot be opened: they would be the server's devices.
-func (o *FS) OpenFile(name string, flag int, perm os.FileMode) (billy.File, error) {
+func (o *FS) OpenFile(name string, flag int, perm os.FileMode) (*File, error) {
 	acc := flag & (os.O_RDONLY | os.O_WRONLY | os.O_RDWR)
 	writes := acc != os.O_RDONLY || flag&os.O_TRUNC != 0
 	if !writes && flag&os.O_CREATE == 0 {
@@ -180,19 +157,6 @@ func (o *FS) openNode(name string, n *node, flag int) (*File, error) {
 		return nil, pathErr("open", name, err)
 	}
 	return &File{name: name, f: f, layer: n.layer}, nil
-}
-
-// TempFile creates a new file with a random name in dir, like os.CreateTemp.
-func (o *FS) TempFile(dir, prefix string) (billy.File, error) {
-	for range 1000 {
-		name := path.Join(dir, prefix+strconv.FormatUint(rand.Uint64(), 36))
-		f, err := o.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-		if errors.Is(err, unix.EEXIST) {
-			continue
-		}
-		return f, err
-	}
-	return nil, pathErr("tempfile", dir, unix.EEXIST)
 }
 
 // Getxattr returns the value of attr on the open file, wherever its name now is (or after

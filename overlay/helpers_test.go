@@ -83,7 +83,7 @@ func readAll(t testing.TB, o *FS, name string) string {
 	f, err := o.Open(name)
 	must(t, err)
 	defer f.Close()
-	fi, err := f.(*File).Stat()
+	fi, err := f.Stat()
 	must(t, err)
 	buf := make([]byte, fi.Size())
 	if _, err := f.ReadAt(buf, 0); err != nil && len(buf) > 0 {

@@ -7,15 +7,12 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path"
 	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/go-git/go-billy/v5"
-	"github.com/go-git/go-billy/v5/helper/chroot"
 	"golang.org/x/sys/unix"
 )
 
@@ -47,12 +44,6 @@ type FS struct {
 	// the temp file's path: a failpoint where a crash test kills the process.
 	midCopy func(tmp string)
 }
-
-var (
-	_ billy.Filesystem = (*FS)(nil)
-	_ billy.Change     = (*FS)(nil)
-	_ billy.Symlink    = (*FS)(nil)
-)
 
 // New opens the overlay described by opts, creating Upper and Work if needed. Temp files a
 // crash left in Work are removed: they were never renamed into the upper, so nothing
@@ -135,29 +126,4 @@ func (o *FS) upperPath(p string) string {
 		return o.upper
 	}
 	return o.upper + "/" + p
-}
-
-// Join joins path elements with slashes, as billy expects.
-func (o *FS) Join(elem ...string) string { return path.Join(elem...) }
-
-// Root is the merged root; paths given to the FS are relative to it.
-func (o *FS) Root() string { return "/" }
-
-// Chroot returns a view of a subtree. It confines names lexically only: symlinks are still
-// resolved against the overlay root, which is what a board's own absolute links mean.
-func (o *FS) Chroot(p string) (billy.Filesystem, error) {
-	fi, err := o.Stat(p)
-	if err != nil {
-		return nil, err
-	}
-	if !fi.IsDir() {
-		return nil, &fs.PathError{Op: "chroot", Path: p, Err: unix.ENOTDIR}
-	}
-	return chroot.New(o, p), nil
-}
-
-// Capabilities reports everything billy knows about: files support seek, truncate and locks.
-func (o *FS) Capabilities() billy.Capability {
-	return billy.WriteCapability | billy.ReadCapability | billy.ReadAndWriteCapability |
-		billy.SeekCapability | billy.TruncateCapability | billy.LockCapability
 }

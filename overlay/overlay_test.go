@@ -229,14 +229,14 @@ func TestWriteTruncateAppend(t *testing.T) {
 	must(t, err)
 	_, err = f.Write([]byte(" world"))
 	must(t, err)
-	must(t, f.(*File).Sync())
+	must(t, f.Sync())
 	f.Close()
 	if got := readAll(t, o, "log"); got != "hello world" {
 		t.Fatalf("append: %q", got)
 	}
 	f, err = o.OpenFile("log", os.O_RDWR, 0)
 	must(t, err)
-	_, err = f.(*File).WriteAt([]byte("J"), 0)
+	_, err = f.WriteAt([]byte("J"), 0)
 	must(t, err)
 	f.Close()
 	must(t, o.Truncate("log", 3))
@@ -285,9 +285,6 @@ func TestCreateExclAndOpenErrors(t *testing.T) {
 	if err == nil {
 		t.Fatal("over-long name accepted")
 	}
-	tf, err := o.TempFile("", "tmp")
-	must(t, err)
-	tf.Close()
 }
 
 func TestRemovedWhileOpenStaysReadable(t *testing.T) {
@@ -515,7 +512,7 @@ func TestFileIDStableAndUnique(t *testing.T) {
 	}
 	of, err := o2.Open("d/c")
 	must(t, err)
-	fi, err := of.(*File).Stat()
+	fi, err := of.Stat()
 	must(t, err)
 	of.Close()
 	if sysStat(t, fi).FileID != first["d/c"] {
@@ -676,7 +673,7 @@ func TestLargeCopyUpKeepsEverything(t *testing.T) {
 	must(t, o.Chmod("big/chmod", 0o750|os.ModeSetuid))
 	f, err := o.OpenFile("big/write", os.O_RDWR, 0)
 	must(t, err)
-	_, err = f.(*File).WriteAt([]byte("X"), 3)
+	_, err = f.WriteAt([]byte("X"), 3)
 	must(t, err)
 	f.Close()
 	must(t, o.Truncate("big/trunc", int64(len(data)-1)))
