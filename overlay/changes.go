@@ -72,8 +72,14 @@ func Changes(upper string, lowers []string) ([]Change, error) {
 // lowerShows whether that view shows through in the merged one (false under an opaque
 // upper dir and where the upper replaced the dir with a non-dir).
 func changesIn(out *[]Change, rel, up string, low []string, lowerShows bool) error {
+	// Names only the lowers have matter only where they do not show through (then they are
+	// deleted): a diff costs what the upper holds, not what the image holds.
+	dirs := low
+	if lowerShows {
+		dirs = nil
+	}
 	names := map[string]bool{} // name -> in the upper
-	for i, d := range append([]string{up}, low...) {
+	for i, d := range append([]string{up}, dirs...) {
 		if d == "" {
 			continue
 		}

@@ -258,3 +258,21 @@ func TestChangesRecreatedDir(t *testing.T) {
 		t.Errorf("differs from the kernel:\n%s", d)
 	}
 }
+
+// TestChangesMissingDirs: a board that never wrote has no upper, and a board's identity
+// layer may not exist yet; neither is an error.
+func TestChangesMissingDirs(t *testing.T) {
+	dir := t.TempDir()
+	lower := filepath.Join(dir, "lower")
+	put(t, lower, "etc/hosts", "h", 0o644)
+	got, err := Changes(filepath.Join(dir, "upper"), []string{lower})
+	if err != nil || len(got) != 0 {
+		t.Fatalf("no upper: %v, %v", got, err)
+	}
+	put(t, filepath.Join(dir, "upper"), "etc/hosts", "mine", 0o644)
+	got, err = Changes(filepath.Join(dir, "upper"), []string{filepath.Join(dir, "identity"), lower})
+	must(t, err)
+	if len(got) != 2 || got[0].Kind != Changed || got[0].Path != "/etc" || got[1].Kind != Changed || got[1].Path != "/etc/hosts" {
+		t.Fatalf("with a missing lower: %v", got)
+	}
+}
