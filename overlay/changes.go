@@ -1,6 +1,7 @@
 package overlay
 
 import (
+	"errors"
 	"fmt"
 	"io/fs"
 	"sort"
@@ -45,9 +46,10 @@ type Change struct {
 //
 // A deleted directory is reported once: what was under it is not listed. The lowers may
 // hold whiteouts and opaque dirs themselves (layered images); they are honoured as a
-// lookup through the overlay honours them. This is the one reader of the format for
-// diffs; it takes no lock, so the caller keeps the upper still meanwhile or accepts a
-// view of a moving tree. A missing upper has no changes.
+// lookup through the overlay honours them. This is the one reader of an upper for diffs
+// (the FS reads it only to look names up); it takes no lock: on a running board it reports
+// a moving tree as it finds it, and what vanishes while it reads is skipped. A missing
+// upper has no changes.
 func Changes(upper string, lowers []string) ([]Change, error) {
 	var st unix.Stat_t
 	if err := unix.Lstat(upper, &st); err != nil {
@@ -70,7 +72,7 @@ func Changes(upper string, lowers []string) ([]Change, error) {
 // changesIn compares the merged dir at rel: up is its upper dir ("" when the upper has
 // none there), low the lowers' dirs that make the lowers' view of it (topmost first), and
 // lowerShows whether that view shows through in the merged one (false under an opaque
-// upper dir and where the upper replaced the dir with a non-dir).
+// upper dir, at any depth, and where the upper replaced the dir with a non-dir).
 func changesIn(out *[]Change, rel, up string, low []string, lowerShows bool) error {
 	// Names only the lowers have matter only where they do not show through (then they are
 	// deleted): a diff costs what the upper holds, not what the image holds.
@@ -84,6 +86,9 @@ func changesIn(out *[]Change, rel, up string, low []string, lowerShows bool) err
 			continue
 		}
 		ns, err := readNames(d)
+		if errors.Is(err, unix.ENOENT) && i == 0 {
+			continue // removed meanwhile by a running board
+		}
 		if err != nil {
 			return fmt.Errorf("overlay: changes %s: %w", d, err)
 		}
@@ -95,7 +100,9 @@ func changesIn(out *[]Change, rel, up string, low []string, lowerShows bool) err
 		p := rel + "/" + name
 		var ust unix.Stat_t
 		if inUpper {
-			if err := unix.Lstat(up+"/"+name, &ust); err != nil {
+			if err := unix.Lstat(up+"/"+name, &ust); err == unix.ENOENT {
+				inUpper = false // removed meanwhile by a running board
+			} else if err != nil {
 				return fmt.Errorf("overlay: changes %s: %w", p, err)
 			}
 		}
