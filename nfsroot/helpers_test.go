@@ -45,18 +45,19 @@ func must(t testing.TB, err error) {
 
 // fixture is a server with three boards over one shared lower tree.
 type fixture struct {
-	t      testing.TB
-	dir    string
-	lower  string
-	boards []string
-	srv    *Server
-	nfs    netip.AddrPort // NFS listener (answers MOUNT too)
-	mount  netip.AddrPort // separate MOUNT listener
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	squash bool
-	exps   []Export      // what the server was given
-	limits func(*limits) // adjusts the server's limits before it serves
+	t       testing.TB
+	dir     string
+	lower   string
+	boards  []string
+	srv     *Server
+	nfs     netip.AddrPort // NFS listener (answers MOUNT too)
+	mount   netip.AddrPort // separate MOUNT listener
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	squash  bool
+	exps    []Export      // what the server was given
+	limits  func(*limits) // adjusts the server's limits before it serves
+	observe func(Call)    // the server's Options.Observer
 
 	mu      sync.Mutex
 	onMount []string // board@client for every OnMount call
@@ -136,7 +137,7 @@ func (f *fixture) start() {
 		f.mu.Lock()
 		defer f.mu.Unlock()
 		f.onMount = append(f.onMount, board+"@"+client.String())
-	}})
+	}, Observer: f.observe})
 	if f.limits != nil {
 		f.limits(&f.srv.lim)
 		f.srv.bytes = newBudget(f.srv.lim.totalBytes)

@@ -23,12 +23,16 @@ type Options struct {
 	Logger *slog.Logger
 	// OnMount is called after a board mounted its export; may be nil.
 	OnMount func(board string, client netip.Addr)
+	// Observer, if set, sees every answered NFS, MOUNT and NFS_ACL call (see Call). It
+	// runs on the connection's goroutine before the reply is sent: keep it cheap.
+	Observer func(Call)
 }
 
 // Server answers NFSv3 and MOUNT v3 for every board's export.
 type Server struct {
 	log     *slog.Logger
 	onMount func(string, netip.Addr)
+	observe func(Call)
 	// verf is the write verifier: it changes only when the server restarts, which tells
 	// clients to resend UNSTABLE writes that were never committed.
 	verf    [8]byte
@@ -103,7 +107,7 @@ func New(opts Options) *Server {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Server{log: log, onMount: opts.OnMount, peers: make(map[netip.Addr]*peer),
+	s := &Server{log: log, onMount: opts.OnMount, observe: opts.Observer, peers: make(map[netip.Addr]*peer),
 		rl: ratelog.New(log, logBurst, logEvery), lim: defaultLimits()}
 	s.bytes = newBudget(s.lim.totalBytes)
 	s.records.New = func() any { b := make([]byte, 0, 64<<10); return &b }
