@@ -103,6 +103,9 @@ type Server struct {
 	pool       bool
 
 	received, replied, ignored, malformed, limited, overflow, oversized, otherIf, sendErr atomic.Uint64
+
+	// requests counts by request type and outcome (counts.go).
+	requests [nRequestTypes][nOutcomes]atomic.Uint64
 }
 
 // Tunables. Workers block on lease fsyncs (group commit), so there are many of them.

@@ -107,6 +107,7 @@ func (s *Server) handle(pkt []byte, at time.Time) ([]byte, netip.AddrPort) {
 		dhcpv4.MessageTypeDecline, dhcpv4.MessageTypeInform:
 	default:
 		s.ignored.Add(1)
+		s.requests[reqOther][outNone].Add(1)
 		return nil, netip.AddrPort{}
 	}
 	macStr := msg.ClientHWAddr.String()
@@ -115,6 +116,7 @@ func (s *Server) handle(pkt []byte, at time.Time) ([]byte, netip.AddrPort) {
 	byMAC, isBoard := s.cfg.Fleet.BoardByMAC(msg.ClientHWAddr)
 	if !s.clients.allow(macStr, isBoard, at) {
 		s.limited.Add(1)
+		s.requests[requestIndex(typ)][outRateLimited].Add(1)
 		return nil, netip.AddrPort{}
 	}
 	r := s.identify(msg, typ, macStr, byMAC, at)
@@ -126,8 +128,10 @@ func (s *Server) handle(pkt []byte, at time.Time) ([]byte, netip.AddrPort) {
 		reply = s.proxy(r)
 	}
 	if reply == nil {
+		s.requests[requestIndex(typ)][outNone].Add(1)
 		return nil, netip.AddrPort{}
 	}
+	s.requests[requestIndex(typ)][outcomeIndex(reply.MessageType())].Add(1)
 	return encode(reply), s.destination(msg, reply)
 }
 

@@ -3,6 +3,7 @@ package dhcp
 import (
 	"bytes"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -88,6 +89,10 @@ func TestProxyPi4(t *testing.T) {
 	}
 	if got := strings.Join(whats, ","); got != "discover,offer,request,request,ack" {
 		t.Errorf("timeline %s, want discover,offer,request,request,ack", got)
+	}
+	want := []RequestCount{{"discover", "offer", 1}, {"request", "ack", 1}, {"request", "none", 1}}
+	if got := srv.srv.RequestCounts(); !slices.Equal(got, want) {
+		t.Errorf("RequestCounts = %v, want %v", got, want)
 	}
 	for _, line := range strings.Split(strings.TrimSpace(srv.logs.String()), "\n") {
 		if strings.Contains(line, "msg=\"dhcp ") && (!strings.Contains(line, "board=pi-01") ||
