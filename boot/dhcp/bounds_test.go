@@ -194,6 +194,9 @@ func TestLogLinesRateLimited(t *testing.T) {
 	if !hasLine(logs.String(), `msg="suppressed log lines"`, `client="clients not in fleet"`) {
 		t.Errorf("no line counts the suppressed ones:\n%s", tail(logs.String()))
 	}
+	if st := s.Stats(); st.LogSuppressed == 0 {
+		t.Errorf("Stats.LogSuppressed = 0 after a flood of lines held back")
+	}
 
 	// One MAC sending a board's serial 100 times (a tenth of a second apart, so the
 	// per-MAC packet limit lets them all through): a burst of lines, then a count.

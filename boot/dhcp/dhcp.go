@@ -89,6 +89,8 @@ type Stats struct {
 	Oversized   uint64 // datagrams larger than maxRequest, dropped
 	OtherIf     uint64 // packets that came in on another interface than ours, dropped
 	SendErrors  uint64 // replies the kernel refused
+	// LogSuppressed counts log lines held back by the per-client and shared rate limits.
+	LogSuppressed uint64
 }
 
 // Server is one DHCP service on one interface. Create it with New, run it with Serve.
@@ -202,6 +204,7 @@ func (s *Server) Stats() Stats {
 		Received: s.received.Load(), Replied: s.replied.Load(), Ignored: s.ignored.Load(),
 		Malformed: s.malformed.Load(), RateLimited: s.limited.Load(), Overflow: s.overflow.Load(),
 		Oversized: s.oversized.Load(), OtherIf: s.otherIf.Load(), SendErrors: s.sendErr.Load(),
+		LogSuppressed: s.lines.perClient.Suppressed() + s.lines.shared.Suppressed(),
 	}
 }
 
