@@ -137,10 +137,13 @@ func (s *Server) admit(addr netip.Addr, stranger bool) (*peer, string) {
 	}
 	switch {
 	case p != nil && p.conns >= perAddr:
+		s.stats.refusedAddr.Add(1)
 		return nil, "too many connections from this address"
 	case stranger && s.nstrangers >= s.lim.maxStrangers:
+		s.stats.refusedStrangers.Add(1)
 		return nil, "too many connections from addresses no export allows"
 	case s.nconns >= s.lim.maxConns:
+		s.stats.refusedTotal.Add(1)
 		return nil, "too many connections"
 	}
 	if p == nil {

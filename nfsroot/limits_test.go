@@ -67,6 +67,9 @@ func TestConnLimits(t *testing.T) {
 	refused(addrA)
 	stranger := open(addrOther, 2)
 	refused(addrOther)
+	if st := f.srv.Stats(); st.RefusedPerAddress != 2 || st.RefusedStrangers != 0 || st.RefusedTotal != 0 {
+		t.Errorf("refusals by limit %+v, want 2 per address", st)
+	}
 	if err := open(addrB, 1)[0].null(progNFS); err != nil { // another board is unaffected
 		t.Fatal(err)
 	}
@@ -102,6 +105,9 @@ func TestTotalConnLimit(t *testing.T) {
 	}
 	if served != 4 {
 		t.Fatalf("%d connections from strangers served, want the 4 of their share", served)
+	}
+	if st := f.srv.Stats(); st.RefusedStrangers != 6 || st.RefusedPerAddress != 0 {
+		t.Errorf("refusals by limit %+v, want 6 over the strangers' limit", st)
 	}
 	if _, root := f.client("pi-a"); root == nil {
 		t.Fatal("board could not mount")

@@ -60,21 +60,26 @@ type Server struct {
 type counters struct {
 	acceptErrors atomic.Uint64
 	refused      atomic.Uint64
-	idleClosed   atomic.Uint64
-	throttled    atomic.Uint64
+	// refused, by the limit reached
+	refusedAddr, refusedStrangers, refusedTotal atomic.Uint64
+	idleClosed                                  atomic.Uint64
+	throttled                                   atomic.Uint64
 }
 
 // Stats are the server's connections and the bytes they hold now, and counts since New
 // of events that a healthy server sees rarely: limits reached, errors retried.
 type Stats struct {
-	Conns         int    // connections open
-	Reserved      int64  // bytes held by calls in flight and replies not yet sent
-	ReservedPeak  int64  // the most Reserved has been
-	AcceptErrors  uint64 // Accept calls that failed and were retried (EMFILE, ...)
-	ConnsRefused  uint64 // connections closed at once: over a connection limit
-	IdleClosed    uint64 // connections closed for sending no call for too long
-	Throttled     uint64 // times a connection was not read because its budget was full
-	LogSuppressed uint64 // log lines held back by the per-address rate limit
+	Conns        int    // connections open
+	Reserved     int64  // bytes held by calls in flight and replies not yet sent
+	ReservedPeak int64  // the most Reserved has been
+	AcceptErrors uint64 // Accept calls that failed and were retried (EMFILE, ...)
+	ConnsRefused uint64 // connections closed at once: over a connection limit
+	// ConnsRefused by the limit reached: connections per address, connections from
+	// strangers (addresses no export allows) in all, connections in all.
+	RefusedPerAddress, RefusedStrangers, RefusedTotal uint64
+	IdleClosed                                        uint64 // connections closed for sending no call for too long
+	Throttled                                         uint64 // times a connection was not read because its budget was full
+	LogSuppressed                                     uint64 // log lines held back by the per-address rate limit
 }
 
 // Stats returns the counters.
@@ -84,11 +89,13 @@ func (s *Server) Stats() Stats {
 	s.connMu.Unlock()
 	used, peak := s.bytes.inUse()
 	return Stats{
-		Conns:         conns,
-		Reserved:      used,
-		ReservedPeak:  peak,
-		AcceptErrors:  s.stats.acceptErrors.Load(),
-		ConnsRefused:  s.stats.refused.Load(),
+		Conns:             conns,
+		Reserved:          used,
+		ReservedPeak:      peak,
+		AcceptErrors:      s.stats.acceptErrors.Load(),
+		ConnsRefused:      s.stats.refused.Load(),
+		RefusedPerAddress: s.stats.refusedAddr.Load(), RefusedStrangers: s.stats.refusedStrangers.Load(),
+		RefusedTotal:  s.stats.refusedTotal.Load(),
 		IdleClosed:    s.stats.idleClosed.Load(),
 		Throttled:     s.stats.throttled.Load(),
 		LogSuppressed: s.rl.Suppressed(),
