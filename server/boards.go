@@ -95,11 +95,14 @@ type measured struct {
 	at   time.Time
 }
 
-func (u *upperSizes) get(dir string) int64 {
+func (u *upperSizes) get(dir string) int64 { return u.getMaxAge(dir, sizeTTL) }
+
+// getMaxAge is get with a measurement reused while younger than maxAge.
+func (u *upperSizes) getMaxAge(dir string, maxAge time.Duration) int64 {
 	u.mu.Lock()
 	m, ok := u.m[dir]
 	u.mu.Unlock()
-	if ok && time.Since(m.at) < sizeTTL {
+	if ok && time.Since(m.at) < maxAge {
 		return m.size
 	}
 	size := DirSize(dir)

@@ -14,6 +14,8 @@ import (
 	"net/url"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/pifleet/pifleet/images"
 )
 
@@ -65,7 +67,8 @@ func (s *Server) handler() http.Handler {
 	mux.HandleFunc("GET /api/unknown", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, s.timeline.Unknowns())
 	})
-	mux.HandleFunc("GET /metrics", s.handleMetrics)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn), MaxRequestsInFlight: 4}))
 	return mux
 }
 
@@ -160,26 +163,6 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 
 func writeError(w http.ResponseWriter, code int, msg string) {
 	writeJSON(w, code, map[string]string{"error": msg})
-}
-
-func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {
-	// Cheap gauges only: a scrape must not walk every board's upper dir.
-	s.mu.Lock()
-	boards := s.cfg.Boards
-	s.mu.Unlock()
-	mounted := 0
-	for _, b := range boards {
-		if s.nfs.Mounted(b.Name) {
-			mounted++
-		}
-	}
-	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-	s.metrics.write(w, map[string]float64{
-		"pifleet_boards":          float64(len(boards)),
-		"pifleet_boards_mounted":  float64(mounted),
-		"pifleet_unknown_clients": float64(len(s.timeline.Unknowns())),
-		"pifleet_uptime_seconds":  time.Since(s.started).Seconds(),
-	})
 }
 
 var statusPage = template.Must(template.New("status").Funcs(template.FuncMap{

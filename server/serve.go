@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -47,6 +48,8 @@ type Server struct {
 	timeline *boot.Timeline
 	nfs      *nfsroot.Server
 	metrics  *metrics
+	dhcpSrv  atomic.Pointer[dhcp.Server] // nil until it runs (and with dhcp off)
+	tftpSrv  atomic.Pointer[tftp.Server]
 	sizes    upperSizes // board upper sizes, measured at most every sizeTTL
 	started  time.Time
 
@@ -128,7 +131,8 @@ func newServer(cfg *Config, log *slog.Logger) (*Server, error) {
 	s.timeline.OnEvent = s.onEvent
 	s.nfs = nfsroot.New(nfsroot.Options{Logger: log.With("service", "nfs"), OnMount: func(board string, client netip.Addr) {
 		s.timeline.Record(boot.Event{Board: board, Client: client, Stage: boot.StageNFS, What: "mount"})
-	}})
+	}, Observer: s.metrics.observeCall})
+	s.metrics.registerServer(s)
 	if err := finishResets(st, log); err != nil {
 		return nil, err
 	}
@@ -376,6 +380,7 @@ func (s *Server) serve(ctx context.Context, ls *listeners, ready func(*Server)) 
 			wg.Wait()
 			return bindHint(fmt.Errorf("dhcp: %w", err), ports.DHCP)
 		}
+		s.dhcpSrv.Store(dsrv)
 		start("dhcp", dsrv.Serve)
 	}
 	start("reload", s.watch)
@@ -469,6 +474,7 @@ func (s *Server) listen() (*listeners, error) {
 		ls.close()
 		return nil, bindHint(fmt.Errorf("tftp: %w", err), ports.TFTP)
 	}
+	s.tftpSrv.Store(ls.tftp)
 	return ls, nil
 }
 
@@ -601,6 +607,7 @@ func (s *Server) Reload(force bool) (bool, error) {
 	for name := range old.boards {
 		if _, ok := snap.boards[name]; !ok {
 			s.timeline.Forget(name)
+			s.metrics.forget(name)
 			s.log.Info("board removed from the fleet", "board", name)
 		}
 	}

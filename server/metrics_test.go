@@ -1,0 +1,194 @@
+package server
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
+	nfsc "github.com/willscott/go-nfs-client/nfs"
+	"github.com/willscott/go-nfs-client/nfs/rpc"
+
+	"github.com/pifleet/pifleet/test/netns"
+	"github.com/pifleet/pifleet/test/require"
+)
+
+// startServerDHCP is startServer with proxy DHCP on a free port of every address (the
+// server address 127.0.0.100 is on no interface, so it is not bound to one).
+func startServerDHCP(t *testing.T, boards string) (*testServer, int) {
+	t.Helper()
+	dir := t.TempDir()
+	ports := freePorts(t, 5)
+	ts := &testServer{t: t, cfgPath: filepath.Join(dir, "fleet.yaml"), tftp: ports[0], logs: &netns.LogBuffer{}, done: make(chan error, 1)}
+	y := fmt.Sprintf(fleetTmpl, filepath.Join(dir, "state"), ports[0], ports[1], ports[2], ports[3], testImage(t), boards)
+	y = strings.Replace(y, "dhcp: {mode: off}", "dhcp: {mode: proxy}", 1)
+	y = strings.Replace(y, "portmap: 0}", fmt.Sprintf("portmap: 0, dhcp: %d}", ports[4]), 1)
+	if err := os.WriteFile(ts.cfgPath, []byte(y), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ts.start()
+	t.Cleanup(ts.stop)
+	return ts, ports[4]
+}
+
+// sendDHCP sends a Pi 4 EEPROM's DISCOVER (option 97: "RPi4", revision, MAC tail,
+// serial) from mac as a relay agent would (giaddr set: the reply goes to the relay, an
+// address on loopback, never a broadcast).
+func sendDHCP(t *testing.T, port int, mac string, serial uint32) {
+	t.Helper()
+	hw, _ := net.ParseMAC(mac)
+	opt97 := binary.LittleEndian.AppendUint32([]byte{0, 'R', 'P', 'i', '4'}, 0xc03111)
+	opt97 = binary.LittleEndian.AppendUint32(append(opt97, hw[2:6]...), serial)
+	d, err := dhcpv4.NewDiscovery(hw, dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00000:UNDI:002001")),
+		dhcpv4.WithGeneric(dhcpv4.OptionClientMachineIdentifier, opt97),
+		dhcpv4.WithGatewayIP(net.IPv4(127, 0, 0, 100)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("udp4", fmt.Sprintf("127.0.0.100:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write(d.ToBytes()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// scrape returns the /metrics text.
+func (ts *testServer) scrape() string {
+	ts.t.Helper()
+	resp, err := http.Get(ts.http + "/metrics")
+	if err != nil {
+		ts.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		ts.t.Fatalf("/metrics: HTTP %d\n%s", resp.StatusCode, body)
+	}
+	return string(body)
+}
+
+// metricsAfterTraffic starts a server, boots a board as far as its NFS root over real
+// clients (a DHCP DISCOVER, TFTP reads with curl, a mount and a file read with
+// go-nfs-client), sends a stranger's DHCP packet, and returns the /metrics text.
+func metricsAfterTraffic(t *testing.T) string {
+	needRoot(t)
+	ts, dhcpPort := startServerDHCP(t, "  - {name: alpha, mac: '02:00:00:00:00:01', serial: '000abc00', ip: 127.0.0.1}\n  - {name: beta, mac: '02:00:00:00:00:02', ip: 127.0.0.3}\n")
+	// The DHCP socket opens once the server runs: resend until both requests are counted.
+	defer func() {
+		if t.Failed() {
+			t.Log(ts.logs.String())
+		}
+	}()
+	waitFor(t, "the DHCP requests to be counted", func() bool {
+		sendDHCP(t, dhcpPort, "02:00:00:00:00:01", 0x000abc00)
+		sendDHCP(t, dhcpPort, "02:00:00:00:00:99", 0x5eed5eed) // not in the fleet
+		out := ts.scrape()
+		return strings.Contains(out, `pifleet_dhcp_requests_total{outcome="offer",type="discover"}`) &&
+			strings.Contains(out, `pifleet_dhcp_requests_total{outcome="none",type="discover"}`)
+	})
+	if out, err := tftpGet(t, ts.tftp, "000abc00/config.txt"); err != nil || !strings.Contains(out, "arm_64bit=1") {
+		t.Fatalf("tftp: %v %q", err, out)
+	}
+	if _, err := tftpGet(t, ts.tftp, "000abc00/no-such-file"); err == nil {
+		t.Fatal("tftp of a missing file succeeded")
+	}
+	mc, err := dialMount(ts.srv.cfg.Server.Ports.Mount)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mc.Close()
+	m := &nfsc.Mount{Client: mc}
+	auth := rpc.AuthUnix{Machinename: "alpha", GidLen: 1}
+	v, err := m.Mount("/boards/alpha", auth.Auth())
+	if err != nil {
+		t.Fatalf("mount: %v", err)
+	}
+	f, err := v.Open("etc/os-release")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := io.ReadAll(f); string(b) != "ID=test\n" {
+		t.Errorf("read over NFS: %q", b)
+	}
+	f.Close()
+	if _, _, err := v.Lookup("etc/nothing-here"); err == nil {
+		t.Error("lookup of a missing file succeeded")
+	}
+	if _, err := m.Mount("/boards/beta", auth.Auth()); err == nil {
+		t.Fatal("alpha's address mounted beta's export")
+	}
+	waitFor(t, "the mount to show", func() bool { return strings.Contains(ts.scrape(), `pifleet_board_mounted{board="alpha"} 1`) })
+	return ts.scrape()
+}
+
+// TestMetricsExposition: after DHCP, TFTP and NFS traffic, /metrics passes `promtool check
+// metrics` and has what it promises: requests by type and outcome, TFTP transfers and
+// bytes, NFS latency by procedure and status, per-board state for fleet boards only, the
+// protection counters, Go runtime and process metrics.
+func TestMetricsExposition(t *testing.T) {
+	promtool := require.Tool(t, "promtool", "prometheus")
+	out := metricsAfterTraffic(t)
+	cmd := exec.Command(promtool, "check", "metrics")
+	cmd.Stdin = strings.NewReader(out)
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("promtool check metrics: %v\n%s\n--- metrics:\n%s", err, msg, out)
+	}
+	for _, want := range []string{
+		`pifleet_dhcp_dropped_total{reason="oversized"} 0`,
+		`pifleet_tftp_transfers_total{result="complete"} 1`,
+		`pifleet_tftp_transfers_total{result="missing"} 1`,
+		`pifleet_tftp_bytes_total `,
+		`pifleet_board_tftp_bytes_total{board="alpha"} `,
+		`pifleet_nfs_call_duration_seconds_bucket{proc="mnt",program="mount",status="ok",le="1"} 1`,
+		`pifleet_nfs_call_duration_seconds_count{proc="mnt",program="mount",status="acces"} 1`,
+		`pifleet_nfs_call_duration_seconds_count{proc="lookup",program="nfs",status="noent"}`,
+		`pifleet_nfs_call_duration_seconds_count{proc="read",program="nfs",status="ok"}`,
+		`pifleet_nfs_connections_refused_total{limit="per_address"} 0`,
+		`pifleet_nfs_accept_errors_total 0`,
+		`pifleet_log_lines_suppressed_total{service="dhcp"}`,
+		`pifleet_log_lines_suppressed_total{service="nfs"}`,
+		`pifleet_board_mounted{board="alpha"} 1`,
+		`pifleet_board_mounted{board="beta"} 0`,
+		`pifleet_board_boot_stage{board="alpha"} 3`,
+		`pifleet_board_boot_stage{board="beta"} 0`,
+		`pifleet_board_last_boot_duration_seconds{board="alpha"}`,
+		`pifleet_board_upper_bytes{board="alpha"}`,
+		`pifleet_board_info{board="alpha",image="img"} 1`,
+		`pifleet_boot_events_total{stage="nfs",step="mount"} 1`,
+		`pifleet_boards 2`,
+		`pifleet_boards_mounted 1`,
+		`pifleet_unknown_clients 1`,
+		`go_goroutines`,
+		`go_gc_duration_seconds`,
+		`process_resident_memory_bytes`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	if strings.Contains(out, "pifleet_tftp_bytes_total 0\n") || strings.Contains(out, `pifleet_board_tftp_bytes_total{board="alpha"} 0`+"\n") {
+		t.Error("TFTP bytes not counted")
+	}
+	if testing.Verbose() {
+		t.Log(out)
+	}
+	// Per-board labels name fleet boards only: never the stranger's MAC or an address.
+	for _, line := range strings.Split(out, "\n") {
+		if i := strings.Index(line, `board="`); i >= 0 && !strings.HasPrefix(line[i:], `board="alpha"`) && !strings.HasPrefix(line[i:], `board="beta"`) {
+			t.Errorf("per-board label outside the fleet: %s", line)
+		}
+		if strings.Contains(line, "02:00:00:00:00:99") || strings.Contains(line, "127.0.0.") {
+			t.Errorf("a client's MAC or address as a label: %s", line)
+		}
+	}
+}
