@@ -27,6 +27,14 @@ if ! command -v rpcinfo >/dev/null || ! command -v mount.nfs >/dev/null; then
   apt-get install -y -qq --no-install-recommends rpcbind nfs-common >/dev/null
   [ -n "$had_policy" ] || rm -f /usr/sbin/policy-rc.d
 fi
+# promtool (the /metrics test) comes with the prometheus package: keep its package
+# script from starting a Prometheus server.
+if ! command -v promtool >/dev/null; then
+  had_policy=$([ -e /usr/sbin/policy-rc.d ] && echo y || true)
+  [ -n "$had_policy" ] || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; }
+  apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  [ -n "$had_policy" ] || rm -f /usr/sbin/policy-rc.d
+fi
 # `make bench` compares against peers; they are installed only when asked for, since
 # CI runs `make test`, not the benchmarks.
 if [ "${1:-}" = --bench ]; then
