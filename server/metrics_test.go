@@ -2,6 +2,7 @@ package server
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -190,5 +192,71 @@ func TestMetricsExposition(t *testing.T) {
 		if strings.Contains(line, "02:00:00:00:00:99") || strings.Contains(line, "127.0.0.") {
 			t.Errorf("a client's MAC or address as a label: %s", line)
 		}
+	}
+}
+
+// metricRef finds metric names in a PromQL expression: the names pifleet, Go and the
+// process collector export all start with one of these prefixes.
+var metricRef = regexp.MustCompile(`\b(?:pifleet|go|process)_[a-zA-Z0-9_]+`)
+
+// TestGrafanaDashboard: the shipped dashboard (dist/grafana/pifleet.json) is valid JSON
+// with panels, and every metric its queries name is in the /metrics output of a server
+// that has booted a board.
+func TestGrafanaDashboard(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "dist", "grafana", "pifleet.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Title  string `json:"title"`
+		Panels []struct {
+			Title   string `json:"title"`
+			Type    string `json:"type"`
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+		Templating struct {
+			List []struct {
+				Definition string `json:"definition"`
+			} `json:"list"`
+		} `json:"templating"`
+	}
+	if err := json.Unmarshal(data, &dash); err != nil {
+		t.Fatalf("dashboard: %v", err)
+	}
+	var exprs []string
+	for _, p := range dash.Panels {
+		if p.Type != "row" && len(p.Targets) == 0 {
+			t.Errorf("panel %q has no query", p.Title)
+		}
+		for _, q := range p.Targets {
+			exprs = append(exprs, q.Expr)
+		}
+	}
+	for _, v := range dash.Templating.List {
+		exprs = append(exprs, v.Definition)
+	}
+	if len(exprs) < 10 {
+		t.Fatalf("dashboard %q has %d queries", dash.Title, len(exprs))
+	}
+	exported := map[string]bool{}
+	for _, line := range strings.Split(metricsAfterTraffic(t), "\n") {
+		if name, _, ok := strings.Cut(line, " "); ok && !strings.HasPrefix(line, "#") {
+			name, _, _ = strings.Cut(name, "{")
+			exported[name] = true
+		}
+	}
+	refs := 0
+	for _, e := range exprs {
+		for _, name := range metricRef.FindAllString(e, -1) {
+			refs++
+			if !exported[name] {
+				t.Errorf("dashboard query %q names %s, which /metrics does not export", e, name)
+			}
+		}
+	}
+	if refs == 0 {
+		t.Error("no metric found in the dashboard's queries")
 	}
 }
