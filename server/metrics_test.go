@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -13,11 +14,14 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/prometheus/client_golang/prometheus"
 	nfsc "github.com/willscott/go-nfs-client/nfs"
 	"github.com/willscott/go-nfs-client/nfs/rpc"
 
+	"github.com/pifleet/pifleet/boot"
 	"github.com/pifleet/pifleet/test/netns"
 	"github.com/pifleet/pifleet/test/require"
 )
@@ -258,5 +262,65 @@ func TestGrafanaDashboard(t *testing.T) {
 	}
 	if refs == 0 {
 		t.Error("no metric found in the dashboard's queries")
+	}
+}
+
+// TestStatsCollectorNewField: a field a package adds to its Stats is exported before
+// anyone describes it (untyped, named after the field, with a help text), a described
+// one gets its name, type and labels, and "-" leaves a field out.
+func TestStatsCollectorNewField(t *testing.T) {
+	type stats struct {
+		Reads        int64
+		ActiveNow    int
+		Hidden       uint64
+		NotANumber   string
+		TransfersCap uint32
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(&statsCollector{sources: []statsSource{{prefix: "pifleet_x_", what: "x.Stats",
+		get: func() (any, bool) { return stats{Reads: 3, ActiveNow: 2, Hidden: 9, TransfersCap: 7}, true },
+		fields: map[string]statField{
+			"Reads":  {"pifleet_x_transfers_total", "Transfers.", prometheus.CounterValue, prometheus.Labels{"result": "complete"}},
+			"Hidden": {Name: "-"},
+		}}}})
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, mf := range mfs {
+		got[mf.GetName()] = mf.GetType().String() + " " + mf.GetHelp()
+	}
+	want := map[string]string{
+		"pifleet_x_transfers_total": "COUNTER Transfers.",
+		"pifleet_x_active_now":      "UNTYPED x.Stats.ActiveNow (see the package's doc comment).",
+		"pifleet_x_transfers_cap":   "UNTYPED x.Stats.TransfersCap (see the package's doc comment).",
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("gathered %v, want %v", got, want)
+	}
+}
+
+// TestLastBoot: the boot stage is the furthest step of the last boot, a reset starts
+// over, and the duration runs from the first step to the mount.
+func TestLastBoot(t *testing.T) {
+	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	ev := func(sec int, st boot.Stage) boot.Event {
+		return boot.Event{Time: t0.Add(time.Duration(sec) * time.Second), Stage: st}
+	}
+	for _, tc := range []struct {
+		evs   []boot.Event
+		stage int
+		took  time.Duration
+	}{
+		{nil, 0, 0},
+		{[]boot.Event{ev(0, boot.StageDHCP), ev(1, boot.StageTFTP)}, 2, 0},
+		{[]boot.Event{ev(0, boot.StageDHCP), ev(1, boot.StageTFTP), ev(9, boot.StageNFS), ev(10, boot.StageTFTP)}, 3, 9 * time.Second},
+		{[]boot.Event{ev(0, boot.StageTFTP), ev(4, boot.StageNFS), ev(20, boot.StageReset)}, 0, 0},
+	} {
+		stage, _, took := lastBoot(tc.evs)
+		if stage != tc.stage || took != tc.took {
+			t.Errorf("lastBoot(%d events) = stage %d took %v, want %d %v", len(tc.evs), stage, took, tc.stage, tc.took)
+		}
 	}
 }
