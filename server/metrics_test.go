@@ -22,6 +22,7 @@ import (
 	"github.com/willscott/go-nfs-client/nfs/rpc"
 
 	"github.com/pifleet/pifleet/boot"
+	"github.com/pifleet/pifleet/nfsroot"
 	"github.com/pifleet/pifleet/test/netns"
 	"github.com/pifleet/pifleet/test/require"
 )
@@ -322,5 +323,19 @@ func TestLastBoot(t *testing.T) {
 		if stage != tc.stage || took != tc.took {
 			t.Errorf("lastBoot(%d events) = stage %d took %v, want %d %v", len(tc.evs), stage, took, tc.stage, tc.took)
 		}
+	}
+}
+
+// TestObserveCallAllocatesNothing: once a (procedure, status) has been seen, recording a
+// call in the histogram and the board's totals allocates nothing.
+func TestObserveCallAllocatesNothing(t *testing.T) {
+	m := newMetrics()
+	c := nfsroot.Call{Program: 100003, Proc: 1, Board: "alpha", Duration: 80 * time.Microsecond}
+	m.observeCall(c)
+	if n := testing.AllocsPerRun(1000, func() { m.observeCall(c) }); n != 0 {
+		t.Errorf("observeCall allocates %v times per call", n)
+	}
+	if got := m.board("alpha").nfsCalls.Load(); got != 1002 {
+		t.Errorf("board calls = %d, want 1002", got)
 	}
 }
