@@ -339,3 +339,15 @@ func TestObserveCallAllocatesNothing(t *testing.T) {
 		t.Errorf("board calls = %d, want 1002", got)
 	}
 }
+
+// BenchmarkObserveCall is the cost /metrics adds to every NFS call.
+func BenchmarkObserveCall(b *testing.B) {
+	m := newMetrics()
+	c := nfsroot.Call{Program: 100003, Proc: 6, Board: "alpha", Duration: 120 * time.Microsecond}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			m.observeCall(c)
+		}
+	})
+}
