@@ -24,7 +24,8 @@ func Build(ctx context.Context, store *images.Store, opts Options) (*images.Info
 		return nil, fmt.Errorf("demo image %s: %w", name, err)
 	}
 	// Built next to the cache, not in /tmp: /tmp may be a small tmpfs, and the tree is ~60 MB.
-	tmp, err := os.MkdirTemp(opts.CacheDir, "demo-build-")
+	// The pid in the name tells one process's work dir from another's sharing the cache.
+	tmp, err := os.MkdirTemp(opts.CacheDir, fmt.Sprintf("demo-build-%d-", os.Getpid()))
 	if err != nil {
 		return nil, fmt.Errorf("demo image %s: %w", name, err)
 	}
