@@ -48,12 +48,31 @@ type Board struct {
 // Fleet answers which board of the fleet a request came from. Each lookup returns
 // (nil, false) for a client that is not in the fleet. Implementations must be safe for
 // concurrent use; the server swaps in a new Fleet on reload.
+//
+// An address belongs to a board only on evidence tied to the board's MAC: its fixed IP,
+// the lease pifleet's own DHCP server gave that MAC (full mode), or the kernel's
+// neighbour (ARP) entry for the address showing that MAC when a request arrives (Bind).
+// A serial or MAC typed into a request (a TFTP path prefix, DHCP option 97) is never
+// evidence: anyone can type them.
 type Fleet interface {
 	// BoardByMAC finds a board by its Ethernet address.
 	BoardByMAC(mac net.HardwareAddr) (*Board, bool)
 	// BoardBySerial finds a board by its Pi serial (8 lowercase hex digits).
 	BoardBySerial(serial string) (*Board, bool)
-	// BoardByIP finds a board by the address it boots from: its fixed IP from
-	// fleet.yaml, or one learned from its DHCP/TFTP traffic.
+	// BoardByIP finds the board an address is bound to: its fixed IP from fleet.yaml,
+	// pifleet's own lease to its MAC, or an address bound earlier by Bind.
 	BoardByIP(ip netip.Addr) (*Board, bool)
+	// Bind is told that the kernel's neighbour table shows mac at ip, as a request
+	// from ip arrives, and returns the board ip belongs to now. A fixed IP or a lease
+	// decides before the neighbour entry does. Otherwise the board with that MAC is
+	// bound to ip (unless it has a fixed IP elsewhere), and a MAC that is no board's
+	// unbinds ip: the address is someone else's now.
+	Bind(ip netip.Addr, mac net.HardwareAddr) (*Board, bool)
+}
+
+// Leases tells which MAC holds a live lease from pifleet's own DHCP server (full
+// mode): evidence that ties an address to a board. boot/dhcp implements it.
+type Leases interface {
+	// LeaseHolder returns the MAC that holds a live lease on ip.
+	LeaseHolder(ip netip.Addr) (net.HardwareAddr, bool)
 }

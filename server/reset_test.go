@@ -7,7 +7,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/pifleet/pifleet/boot"
 	nfsc "github.com/willscott/go-nfs-client/nfs"
 	"github.com/willscott/go-nfs-client/nfs/rpc"
 )
@@ -90,47 +89,5 @@ func TestResetWhileMounted(t *testing.T) {
 	}
 	if _, _, err := v2.Lookup("etc/os-release"); err != nil {
 		t.Errorf("image file missing after reset: %v", err)
-	}
-}
-
-// TestLearnedAddressSurvivesRestart: a board without a fixed IP (proxy mode) may use its
-// NFS root only from the address it booted from over TFTP; that address is remembered
-// across a server restart, so the running board keeps its root.
-func TestLearnedAddressSurvivesRestart(t *testing.T) {
-	needRoot(t)
-	ts := startServer(t, "  - {name: delta, mac: '02:00:00:00:00:04', serial: '000abd00'}\n")
-	mount := func() error {
-		mc, err := dialMount(ts.srv.cfg.Server.Ports.Mount)
-		if err != nil {
-			return err
-		}
-		defer mc.Close()
-		auth := rpc.AuthUnix{Machinename: "delta", GidLen: 1}
-		_, err = (&nfsc.Mount{Client: mc}).Mount("/boards/delta", auth.Auth())
-		return err
-	}
-	if err := mount(); err == nil {
-		t.Fatal("a board that never booted was allowed its NFS root from an arbitrary address")
-	}
-	if out, err := tftpGet(t, ts.tftp, "000abd00/config.txt"); err != nil {
-		t.Fatalf("tftp: %v %s", err, out)
-	}
-	// The server records a transfer (and learns the address) when it has the last ACK,
-	// which can be just after curl exits.
-	waitFor(t, "the TFTP read to be recorded", func() bool {
-		for _, e := range ts.srv.timeline.LastBoot("delta") {
-			if e.Stage == boot.StageTFTP && e.Client.IsValid() {
-				return true
-			}
-		}
-		return false
-	})
-	if err := mount(); err != nil {
-		t.Fatalf("mount from the address the board booted from: %v", err)
-	}
-	ts.stop()
-	ts.start()
-	if err := mount(); err != nil {
-		t.Fatalf("after a server restart the board lost its root: %v", err)
 	}
 }

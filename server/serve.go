@@ -22,6 +22,7 @@ import (
 
 	"github.com/pifleet/pifleet/boot"
 	"github.com/pifleet/pifleet/boot/dhcp"
+	"github.com/pifleet/pifleet/boot/neigh"
 	"github.com/pifleet/pifleet/boot/tftp"
 	"github.com/pifleet/pifleet/images"
 	"github.com/pifleet/pifleet/nfsroot"
@@ -129,6 +130,7 @@ func newServer(cfg *Config, log *slog.Logger) (*Server, error) {
 	s := &Server{log: log, state: st, store: store, fleet: newLiveFleet(), timeline: boot.NewTimeline(),
 		metrics: newMetrics(), started: time.Now(), cfg: cfg}
 	s.timeline.OnEvent = s.onEvent
+	s.fleet.onBind = s.rememberAddress
 	s.nfs = nfsroot.New(nfsroot.Options{Logger: log.With("service", "nfs"), OnMount: func(board string, client netip.Addr) {
 		s.timeline.Record(boot.Event{Board: board, Client: client, Stage: boot.StageNFS, What: "mount"})
 	}, Observer: s.metrics.observeCall})
@@ -160,21 +162,40 @@ func prepareWorkers(boards int) int {
 	return max(1, min(boards, runtime.GOMAXPROCS(0)))
 }
 
-// onEvent learns the address a board boots from and counts the event.
+// onEvent counts the event. (Addresses are bound on evidence only, by liveFleet.Bind:
+// an event's client address is whatever the request came from.)
 func (s *Server) onEvent(e boot.Event) {
-	if e.Client.IsValid() && s.fleet.learn(e.Board, e.Client) {
-		if err := writeFileAtomic(s.state.Address(e.Board), []byte(e.Client.String()+"\n")); err != nil {
-			s.log.Warn("cannot remember the board's address; it must boot again after a server restart",
-				"board", e.Board, "mac", e.MAC, "addr", e.Client, "err", err)
-		} else {
-			s.log.Info("board address learned", "board", e.Board, "mac", e.MAC, "addr", e.Client)
-		}
-	}
 	s.metrics.event(e)
 }
 
-// relearn restores the addresses boards without a fixed IP were last seen at.
+// rememberAddress persists a new evidence-backed binding, so that after a restart the
+// board's running system can get its root back once the neighbour table confirms it.
+func (s *Server) rememberAddress(board string, ip netip.Addr) {
+	if err := writeFileAtomic(s.state.Address(board), []byte(ip.String()+"\n")); err != nil {
+		s.log.Warn("cannot remember the board's address; it must boot again after a server restart",
+			"board", board, "addr", ip, "err", err)
+		return
+	}
+	s.log.Info("board address bound (its MAC is at this address in the neighbour table)", "board", board, "addr", ip)
+}
+
+// relearn restores the addresses boards without a fixed IP were bound to before the
+// restart, as candidates: one is bound again only when the kernel's neighbour table
+// shows the board's MAC at it (now, or when the board's NFS client calls from it).
+// Files written by versions before evidence-only binding (which bound any host that
+// typed a board's serial) are treated the same way, so none grants access by itself.
 func (s *Server) relearn(snap *snapshot) {
+	// The boot interface's neighbour table, opened here, in the namespace the server
+	// runs in (TFTP opens its own).
+	if s.fleet.neigh == nil {
+		if nt, err := neigh.Open(); err != nil {
+			s.log.Warn("no neighbour table: boards without a fixed IP keep their root across a restart only by booting again", "err", err)
+		} else if ifi, err := net.InterfaceByName(s.cfg.Server.Interface); err == nil {
+			s.fleet.neigh, s.fleet.ifIndex = nt, ifi.Index
+		} else {
+			nt.Close()
+		}
+	}
 	for name, b := range snap.boards {
 		if b.cfg.IP.IsValid() {
 			continue
@@ -184,9 +205,10 @@ func (s *Server) relearn(snap *snapshot) {
 			continue
 		}
 		if ip, err := netip.ParseAddr(strings.TrimSpace(string(data))); err == nil {
-			s.fleet.learn(name, ip)
+			s.fleet.restore(name, ip)
 		}
 	}
+	s.fleet.confirmRestored()
 }
 
 // writeFileAtomic replaces path with data so a crash leaves the old or the new file.
@@ -381,6 +403,9 @@ func (s *Server) serve(ctx context.Context, ls *listeners, ready func(*Server)) 
 			return bindHint(fmt.Errorf("dhcp: %w", err), ports.DHCP)
 		}
 		s.dhcpSrv.Store(dsrv)
+		if d.Mode == DHCPFull {
+			s.fleet.setLeases(dsrv)
+		}
 		start("dhcp", dsrv.Serve)
 	}
 	start("reload", s.watch)
@@ -401,6 +426,9 @@ func (s *Server) serve(ctx context.Context, ls *listeners, ready func(*Server)) 
 	cancel()
 	wg.Wait()
 	s.nfs.SetExports(nil) // closes every open file
+	if s.fleet.neigh != nil {
+		s.fleet.neigh.Close()
+	}
 	s.log.Info("pifleet stopped")
 	return runErr
 }

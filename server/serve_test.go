@@ -227,10 +227,13 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Fatalf("timed out waiting for %s", what)
 }
 
-func tftpGet(t *testing.T, port int, name string) (string, error) {
+// tftpGet reads name over TFTP from the address from: a board's fixed IP, as only the
+// board's own address is served its files.
+func tftpGet(t *testing.T, from string, port int, name string) (string, error) {
 	t.Helper()
 	require.Tool(t, "curl", "curl")
-	out, err := exec.Command("curl", "-sS", "--max-time", "20", fmt.Sprintf("tftp://127.0.0.100:%d/%s", port, name)).CombinedOutput()
+	out, err := exec.Command("curl", "-sS", "--max-time", "20", "--interface", from,
+		fmt.Sprintf("tftp://127.0.0.100:%d/%s", port, name)).CombinedOutput()
 	return string(out), err
 }
 
@@ -243,7 +246,7 @@ func TestServeReload(t *testing.T) {
 		t.Fatalf("boards = %s", got)
 	}
 	// The wired TFTP serves a board's generated cmdline.txt under its serial prefix.
-	out, err := tftpGet(t, ts.tftp, "000abc00/cmdline.txt")
+	out, err := tftpGet(t, "127.0.0.2", ts.tftp, "000abc00/cmdline.txt")
 	if err != nil {
 		t.Fatalf("tftp: %v: %s", err, out)
 	}
@@ -269,10 +272,10 @@ func TestServeReload(t *testing.T) {
 	if snap.boards["alpha"] != alphaBefore {
 		t.Error("alpha's entry did not change but its live state was rebuilt")
 	}
-	if out, err := tftpGet(t, ts.tftp, "000abc01/cmdline.txt"); err != nil || !strings.Contains(out, "debug") {
+	if out, err := tftpGet(t, "127.0.0.3", ts.tftp, "000abc01/cmdline.txt"); err != nil || !strings.Contains(out, "debug") {
 		t.Errorf("beta's new cmdline not served: %v %q", err, out)
 	}
-	if out, err := tftpGet(t, ts.tftp, "000abc02/config.txt"); err != nil || !strings.Contains(out, "arm_64bit=1") {
+	if out, err := tftpGet(t, "127.0.0.4", ts.tftp, "000abc02/config.txt"); err != nil || !strings.Contains(out, "arm_64bit=1") {
 		t.Errorf("new board gamma not served: %v %q", err, out)
 	}
 
@@ -287,7 +290,7 @@ func TestServeReload(t *testing.T) {
 	if got := strings.Join(ts.boardNames(), ","); got != "alpha,beta,gamma" {
 		t.Errorf("after a broken edit boards = %s, want the running alpha,beta,gamma", got)
 	}
-	if out, err := tftpGet(t, ts.tftp, "000abc00/config.txt"); err != nil || !strings.Contains(out, "arm_64bit=1") {
+	if out, err := tftpGet(t, "127.0.0.2", ts.tftp, "000abc00/config.txt"); err != nil || !strings.Contains(out, "arm_64bit=1") {
 		t.Errorf("serving stopped after a broken edit: %v %q", err, out)
 	}
 	resp, err := http.Get(ts.http + "/metrics")

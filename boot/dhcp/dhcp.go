@@ -228,6 +228,28 @@ func (s *Server) Leases() []Lease {
 	return out
 }
 
+var _ boot.Leases = (*Server)(nil)
+
+// LeaseHolder implements boot.Leases: the MAC holding a live lease on ip (full mode).
+// An offer not yet taken is not a lease.
+func (s *Server) LeaseHolder(ip netip.Addr) (net.HardwareAddr, bool) {
+	if s.leases == nil {
+		return nil, false
+	}
+	now := time.Now()
+	s.leases.mu.Lock()
+	defer s.leases.mu.Unlock()
+	m, ok := s.leases.byIP[ip]
+	if !ok {
+		return nil, false
+	}
+	if l := s.leases.byMAC[m]; l == nil || l.IP != ip || !l.Expires.After(now) {
+		return nil, false
+	}
+	mac, err := net.ParseMAC(m)
+	return mac, err == nil
+}
+
 type packet struct {
 	buf     []byte
 	ifIndex int

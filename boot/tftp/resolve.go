@@ -7,7 +7,6 @@ import (
 	"io"
 	"io/fs"
 	"net"
-	"net/netip"
 	"strings"
 
 	"github.com/pifleet/pifleet/boot"
@@ -17,7 +16,7 @@ import (
 // TFTP_PREFIX plus an overlay path; anything much longer is an attack or a bug.
 const maxNameLen = 255
 
-// Resolution failures, each answered with its own TFTP error code (see errorCode).
+// Resolution failures, each answered with its own TFTP error code (see serveRead).
 var (
 	// errUnknownClient: neither the name's prefix nor the client's address names a board.
 	errUnknownClient = errors.New("client is not in the fleet")
@@ -26,6 +25,10 @@ var (
 	errNoSuchBoard = fmt.Errorf("no board with that prefix: %w", fs.ErrNotExist)
 	// errOtherBoard: a board asked for a file under another board's serial or MAC.
 	errOtherBoard = errors.New("prefix names another board")
+	// errNotBound: a board's prefix from an address that is not bound to any board:
+	// its neighbour entry does not show the board's MAC, and it is not the board's
+	// fixed IP or lease. Typing a serial is not evidence.
+	errNotBound = errors.New("the address is not bound to the board the prefix names")
 	// errBadName: a name that could leave the board's tree or is not a plain path.
 	errBadName = errors.New("invalid file name")
 	// errNotFile: directories, devices and FIFOs are never served (opening a FIFO would
@@ -34,22 +37,19 @@ var (
 )
 
 // resolve maps a requested name to a board and a path inside that board's /boot/firmware.
-// "<serial>/x" and "<mac-with-dashes>/x" pick the board by prefix, any other name by the
-// client's address. A prefix may never reach a board other than the one the client's
-// address belongs to (when the fleet knows that address); a client the fleet does not
-// know by address may use any board's prefix, as a Pi in proxy mode must. A directory
-// in a board's tree named like a serial or MAC is therefore never reachable, as with
-// the Pi firmware's own TFTP_PREFIX handling. On errUnknownClient and errBadName the
-// board may be nil; otherwise it is the board the request is charged to.
-func resolve(fleet boot.Fleet, client netip.Addr, name string) (*boot.Board, string, error) {
+// byAddr is the board the client's address is bound to (see Server.identify), or nil.
+// "<serial>/x" and "<mac-with-dashes>/x" name a board by prefix, which must be byAddr's:
+// a prefix never identifies a client, it only says which folder the client asks for
+// (a Pi's TFTP_PREFIX). Any other name is byAddr's. A directory in a board's tree named
+// like a serial or MAC is therefore never reachable, as with the Pi firmware's own
+// TFTP_PREFIX handling. On errUnknownClient and errBadName the board may be nil;
+// otherwise it is the board the request is charged to (for errNotBound, the board the
+// prefix names: the refusal shows on its page).
+func resolve(fleet boot.Fleet, byAddr *boot.Board, name string) (*boot.Board, string, error) {
 	if name == "" || len(name) > maxNameLen || strings.IndexByte(name, 0) >= 0 {
 		return nil, "", errBadName
 	}
-	byIP, ipKnown := fleet.BoardByIP(client.Unmap())
-	if !ipKnown {
-		byIP = nil
-	}
-	board, rest := byIP, name
+	board, rest := byAddr, name
 	if first, after, ok := strings.Cut(name, "/"); ok {
 		var byPrefix *boot.Board
 		var found, isPrefix bool
@@ -67,27 +67,20 @@ func resolve(fleet boot.Fleet, client netip.Addr, name string) (*boot.Board, str
 		if isPrefix {
 			rest = after
 			switch {
-			case !found && byIP == nil:
+			case !found && byAddr == nil:
 				return nil, "", errUnknownClient
 			case !found:
-				return byIP, "", errNoSuchBoard
-			case byIP != nil && byIP.Name != byPrefix.Name:
-				return byIP, "", errOtherBoard
+				return byAddr, "", errNoSuchBoard
+			case byAddr == nil:
+				return byPrefix, "", errNotBound
+			case byAddr.Name != byPrefix.Name:
+				return byAddr, "", errOtherBoard
 			}
 			board = byPrefix
 		}
 	}
 	if board == nil {
-		// U-Boot asks for pxelinux.cfg/01-<its MAC> before the fleet may have learned its
-		// address (proxy mode); the MAC in the name is as good as a prefix.
-		if mac, ok := strings.CutPrefix(name, pxeDir+"/01-"); ok && isMACDashes(mac) {
-			if hw, err := net.ParseMAC(mac); err == nil {
-				board, _ = fleet.BoardByMAC(hw)
-			}
-		}
-		if board == nil {
-			return nil, "", errUnknownClient
-		}
+		return nil, "", errUnknownClient
 	}
 	if rest == "." || !fs.ValidPath(rest) {
 		return board, "", errBadName

@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+
+	"github.com/pifleet/pifleet/boot"
 )
 
 func TestResolve(t *testing.T) {
@@ -26,10 +28,10 @@ func TestResolve(t *testing.T) {
 		{ipA, "dc-a6-32-01-36-c2/kernel8.img", "pi-a", "kernel8.img", nil},
 		{ipA, "overlays/vc4-kms-v3d.dtbo", "pi-a", "overlays/vc4-kms-v3d.dtbo", nil},
 		{ipB, "start4.elf", "pi-b", "start4.elf", nil},
-		// Proxy mode: the fleet does not know the address yet, the prefix does.
-		{stranger, "12345678/start4.elf", "pi-b", "start4.elf", nil},
-		{stranger, "dc-a6-32-aa-bb-cc/kernel8.img", "pi-b", "kernel8.img", nil},
-		{stranger, "pxelinux.cfg/01-dc-a6-32-aa-bb-cc", "pi-b", "pxelinux.cfg/01-dc-a6-32-aa-bb-cc", nil},
+		// An address bound to no board: a prefix is not identity, whatever it names.
+		{stranger, "12345678/start4.elf", "pi-b", "", errNotBound},
+		{stranger, "dc-a6-32-aa-bb-cc/kernel8.img", "pi-b", "", errNotBound},
+		{stranger, "pxelinux.cfg/01-dc-a6-32-aa-bb-cc", "", "", errUnknownClient},
 		// Another board's prefix from a known board's address.
 		{ipA, "12345678/start4.elf", "pi-a", "", errOtherBoard},
 		{ipA, "dc-a6-32-aa-bb-cc/kernel8.img", "pi-a", "", errOtherBoard},
@@ -52,7 +54,7 @@ func TestResolve(t *testing.T) {
 		{ipA, "", "", "", errBadName},
 	}
 	for _, tt := range tests {
-		board, path, err := resolve(fleet, tt.client, tt.name)
+		board, path, err := resolve(fleet, boardAt(fleet, tt.client), tt.name)
 		name := ""
 		if board != nil {
 			name = board.Name
@@ -61,6 +63,12 @@ func TestResolve(t *testing.T) {
 			t.Errorf("resolve(%v, %q) = %q, %q, %v; want %q, %q, %v", tt.client, tt.name, name, path, err, tt.wantBoard, tt.wantPath, tt.wantErr)
 		}
 	}
+}
+
+// boardAt is the board an address is bound to, or nil.
+func boardAt(fleet boot.Fleet, ip netip.Addr) *boot.Board {
+	b, _ := fleet.BoardByIP(ip)
+	return b
 }
 
 func TestOpenRefusesEscapesAndSpecialFiles(t *testing.T) {
@@ -87,8 +95,8 @@ func TestOpenRefusesEscapesAndSpecialFiles(t *testing.T) {
 	}
 }
 
-// FuzzResolve: whatever name a client sends, it gets a file of the board its address or
-// prefix names, or an error; never a panic, never anything outside that board's tree.
+// FuzzResolve: whatever name a client sends, it gets a file of the board its address is
+// bound to, or an error (a prefix never picks the board); never a panic, never anything outside that board's tree.
 func FuzzResolve(f *testing.F) {
 	for _, s := range []string{
 		"start4.elf", "9ffefdef/start4.elf", "12345678/config.txt", "dc-a6-32-01-36-c2/kernel8.img",
@@ -104,15 +112,15 @@ func FuzzResolve(f *testing.F) {
 	clients := []netip.Addr{a.IP, b.IP, netip.MustParseAddr("127.0.0.9")}
 	f.Fuzz(func(t *testing.T, name string, who uint8) {
 		client := clients[int(who)%len(clients)]
-		board, path, err := resolve(fleet, client, name)
+		board, path, err := resolve(fleet, boardAt(fleet, client), name)
 		if err != nil {
 			return
 		}
 		if board == nil || !fs.ValidPath(path) || path == "." {
 			t.Fatalf("resolve(%q) = %v, %q with no error", name, board, path)
 		}
-		if ipBoard, ok := fleet.BoardByIP(client); ok && ipBoard != board {
-			t.Fatalf("client of %s got board %s for %q", ipBoard.Name, board.Name, name)
+		if ipBoard, ok := fleet.BoardByIP(client); !ok || ipBoard != board {
+			t.Fatalf("client %v (board %v) got board %s for %q", client, ipBoard, board.Name, name)
 		}
 		fl, err := open(board, path)
 		if err != nil {

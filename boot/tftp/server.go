@@ -23,36 +23,65 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/pin/tftp/v3/netascii"
 	"golang.org/x/net/ipv4"
+	"golang.org/x/sys/unix"
 
 	"github.com/pifleet/pifleet/boot"
+	"github.com/pifleet/pifleet/boot/neigh"
 )
 
 // Config configures a Server.
 type Config struct {
-	// Addr is the UDP address to listen on, e.g. ":69" (tests: "127.0.0.1:0"). IPv4
-	// only: no Pi or U-Boot netboots over IPv6 TFTP.
+	// Addr is the UDP address to listen on: the server's boot address and port, e.g.
+	// "10.0.0.1:69" (tests: "127.0.0.1:0"). IPv4 only: no Pi or U-Boot netboots over
+	// IPv6 TFTP.
 	Addr string
 	// Fleet tells which board a request belongs to.
 	Fleet boot.Fleet
 	// Events receives every transfer as the board's last-boot timeline; may be nil.
 	Events *boot.Timeline
-	// Logger gets one line per transfer; nil discards.
+	// Logger gets one line per transfer (rate-limited per client address); nil discards.
 	Logger *slog.Logger
 	// MaxBlockSize caps the blksize option; 0 = DefaultMaxBlockSize (1468, a full
-	// Ethernet frame). It is further clamped to the interface MTU.
+	// Ethernet frame). It is further clamped to the path MTU.
 	MaxBlockSize int
 	// Timeout is how long to wait for an ACK before resending; 0 = 1 s. A client's
-	// timeout option (RFC 2349) overrides it for its transfer.
+	// timeout option (RFC 2349) of at most MaxClientTimeout overrides it for its
+	// transfer; a longer one is not granted.
 	Timeout time.Duration
 	// Retries is how often a packet is resent before the transfer is dropped; 0 = 5.
 	Retries int
+	// MaxTransfers caps the transfers running at once; 0 = DefaultMaxTransfers.
+	MaxTransfers int
+	// MaxPerClient caps the transfers of one client address at once; 0 =
+	// DefaultMaxPerClient. A Pi or U-Boot fetches one file at a time.
+	MaxPerClient int
 }
+
+// Limits on what clients can hold (DESIGN.md, "Trust and limits"). A request over a cap
+// gets an ERROR "too many transfers" at once, is counted in Stats.OverCap, and costs a
+// rate-limited log line.
+const (
+	DefaultMaxTransfers = 512
+	DefaultMaxPerClient = 8
+	// MaxClientTimeout is the longest timeout option granted: with the default 5
+	// retries a stalled client is dropped within about 30 s.
+	MaxClientTimeout = 5 * time.Second
+)
+
+// listenBuffer is the port-69 socket's receive buffer: a burst of thousands of RRQs
+// (a rack powering on, or a flood) waits there while the read loop drains it.
+const listenBuffer = 4 << 20
+
+// dialers create the transfer sockets, so the read loop only reads, checks the caps
+// and hands requests on.
+const dialers = 2
 
 // Stats counts transfers since the server started (for the status page and metrics).
 type Stats struct {
@@ -61,6 +90,11 @@ type Stats struct {
 	Missing int64 // requests for files that do not exist
 	Errors  int64 // refused requests and failed transfers
 	Bytes   int64 // payload bytes sent
+	// Refused counts requests for a board's files (by serial or MAC prefix) from an
+	// address that is not bound to that board; they are also in Errors.
+	Refused int64
+	// OverCap counts requests answered "too many transfers" (total or per client).
+	OverCap int64
 	// How ACKs were waited for (see pacer): directly, as a C server does, or in the
 	// netpoller. Fast clients get mostly the first, clients over a network the second.
 	DirectWaits, PolledWaits int64
@@ -72,15 +106,22 @@ type Server struct {
 	log     *slog.Logger
 	conn    *net.UDPConn
 	pconn   *ipv4.PacketConn
+	neigh   *neigh.Table // nil: no neighbour evidence (netlink unavailable)
 	maxBlk  int
 	wg      sync.WaitGroup
+	jobs    chan job
 	reads   atomic.Int64
 	probes  atomic.Int64
 	missing atomic.Int64
 	errs    atomic.Int64
+	refused atomic.Int64
+	overCap atomic.Int64
 	bytes   atomic.Int64
 	direct  atomic.Int64
 	polled  atomic.Int64
+
+	// logs rate-limits the log lines each client address causes.
+	logs logLimiter
 
 	// unknown remembers clients not in the fleet, so each is logged once rather than
 	// for every retransmitted request. Bounded: cleared when full.
@@ -92,11 +133,14 @@ type Server struct {
 	paceMu sync.Mutex
 	pacing map[netip.Addr]backoff
 
-	// inFlight holds the transfers running, by client address and port and file name.
-	// A Pi resends its RRQ when the first DATA is slow to come; a second transfer of
-	// the same file to the same port would race the first from another TID.
-	flightMu sync.Mutex
-	inFlight map[flight]struct{}
+	// inFlight holds the transfers admitted and not yet ended, by client address and
+	// port and file name; perClient and running count them for the caps. A Pi resends
+	// its RRQ when the first DATA is slow to come; a second transfer of the same file
+	// to the same port would race the first from another TID.
+	flightMu  sync.Mutex
+	inFlight  map[flight]*transfer
+	perClient map[netip.Addr]int
+	running   int
 }
 
 // flight identifies a transfer by what the client asked and where it listens.
@@ -105,6 +149,21 @@ type flight struct {
 	name   string
 }
 
+// transfer is one admitted request, from the read loop to its end.
+type transfer struct {
+	key      flight
+	req      request
+	local    net.IP // the address the request came to (nil: broadcast)
+	ifIndex  int    // the interface it came in on
+	arrived  time.Time
+	acked    atomic.Bool // the client has acknowledged a block: a repeat RRQ is a restart
+	cancel   context.CancelFunc
+	canceled atomic.Bool // superseded by the client's restart
+}
+
+// job hands an admitted transfer to a dialer.
+type job = *transfer
+
 // maxUnknownClients bounds the memory spent remembering strangers.
 const maxUnknownClients = 1024
 
@@ -112,7 +171,8 @@ const maxUnknownClients = 1024
 // boards is the expected fleet).
 const maxPacedClients = 4096
 
-// New binds cfg.Addr. The socket is created now so that Addr is known before Serve.
+// New binds cfg.Addr. The socket is created now so that Addr is known before Serve; so
+// is the neighbour-table socket, in the same network namespace.
 func New(cfg Config) (*Server, error) {
 	if cfg.Fleet == nil {
 		return nil, errors.New("tftp: no fleet")
@@ -132,28 +192,58 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Retries <= 0 {
 		cfg.Retries = 5
 	}
+	if cfg.MaxTransfers <= 0 {
+		cfg.MaxTransfers = DefaultMaxTransfers
+	}
+	if cfg.MaxPerClient <= 0 {
+		cfg.MaxPerClient = DefaultMaxPerClient
+	}
 	pc, err := net.ListenPacket("udp4", cfg.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("tftp: listen on %s: %w", cfg.Addr, err)
 	}
 	conn := pc.(*net.UDPConn)
+	growReceiveBuffer(conn, listenBuffer)
 	p := ipv4.NewPacketConn(conn)
 	// The destination address and interface of each request: replies must come from
-	// the address the board talked to, and blksize must fit that interface's MTU.
+	// the address the board talked to, and the neighbour entry is the interface's.
 	if err := p.SetControlMessage(ipv4.FlagDst|ipv4.FlagInterface, true); err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("tftp: listen on %s: enable packet info: %w", cfg.Addr, err)
 	}
+	log := cfg.Logger.With("proto", "tftp")
+	nt, err := neigh.Open()
+	if err != nil {
+		log.Warn("no neighbour table: boards without a fixed IP or a lease are not recognised", "err", err)
+		nt = nil
+	}
 	return &Server{
-		cfg:      cfg,
-		log:      cfg.Logger.With("proto", "tftp"),
-		conn:     conn,
-		pconn:    p,
-		maxBlk:   cfg.MaxBlockSize,
-		unknown:  make(map[netip.Addr]struct{}),
-		pacing:   make(map[netip.Addr]backoff),
-		inFlight: make(map[flight]struct{}),
+		cfg:       cfg,
+		log:       log,
+		conn:      conn,
+		pconn:     p,
+		neigh:     nt,
+		maxBlk:    cfg.MaxBlockSize,
+		jobs:      make(chan job, cfg.MaxTransfers),
+		unknown:   make(map[netip.Addr]struct{}),
+		pacing:    make(map[netip.Addr]backoff),
+		inFlight:  make(map[flight]*transfer),
+		perClient: make(map[netip.Addr]int),
 	}, nil
+}
+
+// growReceiveBuffer asks for a receive buffer of size bytes: SO_RCVBUFFORCE (root, past
+// net.core.rmem_max), else SO_RCVBUF (capped by rmem_max). Best effort.
+func growReceiveBuffer(c *net.UDPConn, size int) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return
+	}
+	rc.Control(func(fd uintptr) {
+		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, size) != nil {
+			unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, size)
+		}
+	})
 }
 
 // Addr returns the address the server listens on.
@@ -163,21 +253,31 @@ func (s *Server) Addr() net.Addr { return s.conn.LocalAddr() }
 func (s *Server) Stats() Stats {
 	return Stats{
 		Reads: s.reads.Load(), Probes: s.probes.Load(), Missing: s.missing.Load(),
-		Errors: s.errs.Load(), Bytes: s.bytes.Load(),
+		Errors: s.errs.Load(), Bytes: s.bytes.Load(), Refused: s.refused.Load(), OverCap: s.overCap.Load(),
 		DirectWaits: s.direct.Load(), PolledWaits: s.polled.Load(),
 	}
 }
 
 // Serve answers requests until ctx is cancelled, then waits for the transfers in
-// flight to stop and closes the socket. It returns nil after a cancel.
+// flight to stop and closes the sockets. It returns nil after a cancel.
 //
-// Each transfer's socket is created here, on Serve's goroutine, before the transfer
-// runs on its own: a caller that runs Serve on a thread inside a network namespace
-// (tests do) gets every socket in that namespace.
+// The read loop does as little as it can per datagram: parse, check the caps, hand the
+// request to a dialer. The dialers create each transfer's socket in the network
+// namespace of the listening socket (whatever thread Serve runs on), and start the
+// transfer on its own goroutine, which identifies the client and sends the file.
 func (s *Server) Serve(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { s.conn.Close() })
 	defer stop()
 	defer s.wg.Wait()
+	if s.neigh != nil {
+		defer s.neigh.Close()
+	}
+	if err := s.startDialers(ctx); err != nil {
+		s.conn.Close()
+		close(s.jobs)
+		return err
+	}
+	defer close(s.jobs)
 	buf := make([]byte, 1500) // a request bigger than one frame is not one we serve
 	for {
 		n, cm, src, err := s.pconn.ReadFrom(buf)
@@ -197,96 +297,267 @@ func (s *Server) Serve(ctx context.Context) error {
 		req, err := parseRequest(buf[:n])
 		if err != nil {
 			if req.op == opRRQ || req.op == opWRQ {
-				s.log.Debug("malformed request", "client", client, "err", err)
-				s.refuse(cm, client, errCodeIllegal, "malformed request")
+				s.logf(slog.LevelDebug, client.Addr(), "malformed request", "client", client, "err", err)
+				s.answer(cm, client, errCodeIllegal, "malformed request")
 			}
 			// Stray DATA/ACK/ERROR for a finished transfer, or noise: never answer,
 			// port 69 must not become a reflector.
 			continue
 		}
 		if req.op == opWRQ {
-			s.log.Info("write refused", "client", client, "file", req.name)
+			s.logf(slog.LevelInfo, client.Addr(), "write refused", "client", client, "file", req.name)
 			s.errs.Add(1)
-			s.refuse(cm, client, errCodeAccess, "pifleet serves boot files read-only")
+			s.answer(cm, client, errCodeAccess, "pifleet serves boot files read-only")
 			continue
 		}
-		key := flight{client, req.name}
-		if !s.takeOff(key) {
+		tr := &transfer{key: flight{client, req.name}, req: req, ifIndex: 0, arrived: time.Now()}
+		if cm != nil {
+			tr.ifIndex = cm.IfIndex
+			if !cm.Dst.Equal(net.IPv4bcast) {
+				tr.local = cm.Dst // a broadcast request is answered from the default address
+			}
+		}
+		switch s.admit(tr) {
+		case admitted:
+			s.jobs <- tr // never blocks: the channel holds MaxTransfers, admit caps them
+		case duplicate:
 			// The same request again while its transfer runs: that transfer's own
 			// resends answer it.
-			s.log.Debug("duplicate request ignored", "client", client, "file", req.name)
-			continue
+			s.logf(slog.LevelDebug, client.Addr(), "duplicate request ignored", "client", client, "file", req.name)
+		case overCap:
+			s.overCap.Add(1)
+			s.logf(slog.LevelWarn, client.Addr(), "tftp request refused: too many transfers", "client", client,
+				"file", req.name, "max_total", s.cfg.MaxTransfers, "max_per_client", s.cfg.MaxPerClient)
+			s.answer(cm, client, errCodeUndefined, "too many transfers, try again")
 		}
-		sock, maxBlk, err := s.dialClient(cm, client)
-		if err != nil {
-			s.land(key)
-			s.log.Warn("cannot answer request", "client", client, "file", req.name, "err", err)
-			continue
+	}
+}
+
+// Outcomes of admit.
+const (
+	admitted = iota
+	duplicate
+	overCap
+)
+
+// admit registers a transfer unless it repeats one running or a cap is reached. A
+// repeat of a request whose transfer the client has already acknowledged blocks of is
+// not a retransmission but a client that started over (a board reset mid-file, or
+// U-Boot reusing its port after a reboot): the old transfer is ended and the new one
+// admitted, rather than ignored until the old one times out.
+func (s *Server) admit(t *transfer) int {
+	s.flightMu.Lock()
+	defer s.flightMu.Unlock()
+	if old, ok := s.inFlight[t.key]; ok {
+		if !old.acked.Load() {
+			return duplicate
 		}
+		old.canceled.Store(true)
+		if old.cancel != nil {
+			old.cancel()
+		}
+		s.dropLocked(old) // its slot passes to the new one
+	}
+	a := t.key.client.Addr()
+	if s.running >= s.cfg.MaxTransfers || s.perClient[a] >= s.cfg.MaxPerClient {
+		return overCap
+	}
+	s.inFlight[t.key] = t
+	s.perClient[a]++
+	s.running++
+	return admitted
+}
+
+// land unregisters a transfer that ended (unless a restart already did).
+func (s *Server) land(t *transfer) {
+	s.flightMu.Lock()
+	defer s.flightMu.Unlock()
+	if s.inFlight[t.key] == t {
+		s.dropLocked(t)
+	}
+}
+
+func (s *Server) dropLocked(t *transfer) {
+	delete(s.inFlight, t.key)
+	a := t.key.client.Addr()
+	if s.perClient[a]--; s.perClient[a] <= 0 {
+		delete(s.perClient, a)
+	}
+	s.running--
+}
+
+// startDialers starts the goroutines that create transfer sockets. A socket belongs to
+// the network namespace of the thread that creates it; a dialer whose thread is in
+// another namespace than the listening socket's (tests run servers inside namespaces
+// they create) enters that one and keeps its thread, so Serve may run anywhere.
+func (s *Server) startDialers(ctx context.Context) error {
+	ns, err := socketNetns(s.conn)
+	if err != nil {
+		return fmt.Errorf("tftp: %w", err)
+	}
+	ready := make(chan error, dialers)
+	for range dialers {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			defer s.land(key)
-			defer sock.Close()
-			s.serveRead(ctx, sock, client, req, maxBlk)
+			if ns >= 0 {
+				runtime.LockOSThread()
+				if same, err := sameNetns(ns); err != nil {
+					ready <- err
+					return
+				} else if same {
+					runtime.UnlockOSThread()
+				} else if err := unix.Setns(ns, unix.CLONE_NEWNET); err != nil {
+					// Still locked: the thread leaves with the goroutine.
+					ready <- fmt.Errorf("tftp: enter the listening socket's network namespace: %w", err)
+					return
+				}
+				// After a Setns the thread stays locked for good, so it is never reused
+				// in the wrong namespace.
+			}
+			ready <- nil
+			for t := range s.jobs {
+				s.dial(ctx, t)
+			}
 		}()
 	}
-}
-
-// takeOff registers a transfer; false if the same one is already running.
-func (s *Server) takeOff(k flight) bool {
-	s.flightMu.Lock()
-	defer s.flightMu.Unlock()
-	if _, ok := s.inFlight[k]; ok {
-		return false
+	var errs []error
+	for range dialers {
+		errs = append(errs, <-ready)
 	}
-	s.inFlight[k] = struct{}{}
-	return true
+	if ns >= 0 {
+		unix.Close(ns)
+	}
+	return errors.Join(errs...)
 }
 
-// land unregisters a transfer that ended.
-func (s *Server) land(k flight) {
+// socketNetns returns a descriptor of c's network namespace, or -1 when it cannot be
+// asked (without CAP_NET_ADMIN; then no other namespace could be entered either).
+func socketNetns(c *net.UDPConn) (int, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	ns := -1
+	var ierr error
+	rc.Control(func(fd uintptr) {
+		ns, ierr = unix.IoctlRetInt(int(fd), unix.SIOCGSKNS)
+	})
+	if ierr != nil {
+		return -1, nil
+	}
+	return ns, nil
+}
+
+// sameNetns reports whether the calling thread is in the network namespace ns.
+func sameNetns(ns int) (bool, error) {
+	var theirs, ours unix.Stat_t
+	if err := unix.Fstat(ns, &theirs); err != nil {
+		return false, fmt.Errorf("tftp: network namespace of the listening socket: %w", err)
+	}
+	if err := unix.Stat("/proc/thread-self/ns/net", &ours); err != nil {
+		return false, fmt.Errorf("tftp: network namespace of this thread: %w", err)
+	}
+	return theirs.Dev == ours.Dev && theirs.Ino == ours.Ino, nil
+}
+
+// dial opens an admitted transfer's socket and starts it; after a cancel it only
+// releases the slot.
+func (s *Server) dial(ctx context.Context, t *transfer) {
+	if ctx.Err() != nil || t.canceled.Load() {
+		s.land(t)
+		return
+	}
+	sock, maxBlk, err := s.dialClient(t.local, t.key.client)
+	if err != nil {
+		s.land(t)
+		s.logf(slog.LevelWarn, t.key.client.Addr(), "cannot answer request", "client", t.key.client, "file", t.req.name, "err", err)
+		return
+	}
+	tctx, cancel := context.WithCancel(ctx)
 	s.flightMu.Lock()
-	defer s.flightMu.Unlock()
-	delete(s.inFlight, k)
+	t.cancel = cancel
+	superseded := t.canceled.Load()
+	s.flightMu.Unlock()
+	if superseded {
+		cancel()
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer s.land(t)
+		defer cancel()
+		defer sock.Close()
+		s.serveRead(tctx, sock, t, maxBlk)
+	}()
 }
 
 // dialClient opens the transfer's own socket (its TID, RFC 1350): bound to the address
 // the request came in on, connected to the client's address and port, so the kernel
-// drops strangers' packets and routes once. maxBlk is the block size the receiving
-// interface can carry unfragmented.
-func (s *Server) dialClient(cm *ipv4.ControlMessage, client netip.AddrPort) (*socket, int, error) {
-	var local net.IP
-	maxBlk := s.maxBlk
-	if cm != nil {
-		if !cm.Dst.Equal(net.IPv4bcast) {
-			local = cm.Dst // a broadcast request is answered from the default address
-		}
-		if ifi, err := net.InterfaceByIndex(cm.IfIndex); err == nil && ifi.MTU > frameOverhead {
-			maxBlk = max(defaultBlockSize, min(maxBlk, ifi.MTU-frameOverhead))
-		}
-	}
+// drops strangers' packets and routes once. maxBlk is the block size the path to the
+// client carries unfragmented.
+func (s *Server) dialClient(local net.IP, client netip.AddrPort) (*socket, int, error) {
 	sock, err := dialSocket(local, client)
 	if err != nil {
 		return nil, 0, err
 	}
+	maxBlk := s.maxBlk
+	if mtu, err := unix.GetsockoptInt(sock.fd, unix.IPPROTO_IP, unix.IP_MTU); err == nil && mtu > frameOverhead {
+		maxBlk = max(defaultBlockSize, min(maxBlk, mtu-frameOverhead))
+	}
 	return sock, maxBlk, nil
 }
 
-// refuse answers a request that gets no transfer with an ERROR from a fresh port.
-func (s *Server) refuse(cm *ipv4.ControlMessage, client netip.AddrPort, code uint16, msg string) {
-	sock, _, err := s.dialClient(cm, client)
-	if err != nil {
+// answer sends an ERROR for a request that gets no transfer, from port 69 itself: no
+// socket is spent on it, and the read loop goes straight back to draining requests.
+func (s *Server) answer(cm *ipv4.ControlMessage, client netip.AddrPort, code uint16, msg string) {
+	buf := make([]byte, 5+len(msg))
+	var wcm *ipv4.ControlMessage
+	if cm != nil && !cm.Dst.Equal(net.IPv4bcast) {
+		wcm = &ipv4.ControlMessage{Src: cm.Dst}
+	}
+	s.pconn.WriteTo(buf[:packError(buf, code, msg)], wcm, net.UDPAddrFromAddrPort(client))
+}
+
+// logf logs a line about client unless its log budget is spent (see logLimiter).
+func (s *Server) logf(level slog.Level, client netip.Addr, msg string, attrs ...any) {
+	if !s.log.Enabled(context.Background(), level) {
 		return
 	}
-	defer sock.Close()
-	buf := make([]byte, 5+len(msg))
-	sock.send(buf[:packError(buf, code, msg)])
+	ok, suppressed := s.logs.allow(client, time.Now())
+	if !ok {
+		return
+	}
+	if suppressed > 0 {
+		attrs = append(attrs, "suppressed", suppressed)
+	}
+	s.log.Log(context.Background(), level, msg, attrs...)
+}
+
+// identify finds the board the client's address belongs to, on evidence only (see
+// boot.Fleet): the neighbour entry for the address on the interface the request came
+// in on, passed to Fleet.Bind, which lets a fixed IP or a lease decide first; without
+// an entry, the address's fixed IP, lease or earlier binding. mac is the neighbour
+// entry's MAC, if there was one.
+func (s *Server) identify(t *transfer) (b *boot.Board, mac net.HardwareAddr) {
+	ip := t.key.client.Addr()
+	if s.neigh != nil {
+		m, ok, err := s.neigh.Lookup(t.ifIndex, ip)
+		if err != nil {
+			s.logf(slog.LevelWarn, ip, "neighbour table lookup failed", "client", ip, "err", err)
+		}
+		if ok {
+			b, _ := s.cfg.Fleet.Bind(ip, m)
+			return b, m
+		}
+	}
+	b, _ = s.cfg.Fleet.BoardByIP(ip)
+	return b, nil
 }
 
 // serveRead handles one RRQ from resolution to the last ACK, and logs and records it.
-func (s *Server) serveRead(ctx context.Context, sock *socket, client netip.AddrPort, req request, maxBlk int) {
-	start := time.Now()
+func (s *Server) serveRead(ctx context.Context, sock *socket, t *transfer, maxBlk int) {
+	client, req, start := t.key.client, t.req, t.arrived
 	// Counted last, after the event is recorded: whoever sees the count can see the event.
 	var counter *atomic.Int64
 	defer func() {
@@ -294,8 +565,9 @@ func (s *Server) serveRead(ctx context.Context, sock *socket, client netip.AddrP
 			counter.Add(1)
 		}
 	}()
-	snd := &sender{sock: sock, timeout: s.cfg.Timeout, retries: s.cfg.Retries}
-	board, path, err := resolve(s.cfg.Fleet, client.Addr(), req.name)
+	snd := &sender{sock: sock, timeout: s.cfg.Timeout, retries: s.cfg.Retries, acked: &t.acked}
+	byAddr, mac := s.identify(t)
+	board, path, err := resolve(s.cfg.Fleet, byAddr, req.name)
 	var f *file
 	if err == nil {
 		f, err = open(board, path)
@@ -307,7 +579,12 @@ func (s *Server) serveRead(ctx context.Context, sock *socket, client netip.AddrP
 		case errors.Is(err, errUnknownClient):
 			code, msg = errCodeNotFound, "file not found"
 			counter = &s.missing
-			s.logUnknown(client, req.name)
+			s.logUnknown(client, mac, req.name)
+		case errors.Is(err, errNotBound):
+			msg, what = "this address is not the board's", "refused"
+			counter = &s.errs
+			s.refused.Add(1)
+			s.seen(mac)
 		case errors.Is(err, fs.ErrNotExist):
 			code, msg, what = errCodeNotFound, "file not found", "missing"
 			counter = &s.missing
@@ -318,10 +595,10 @@ func (s *Server) serveRead(ctx context.Context, sock *socket, client netip.AddrP
 		snd.sendError(code, msg)
 		switch {
 		case board != nil:
-			s.finish(board, client, req.name, what, 0, start, err)
+			s.finish(board, client, mac, req.name, what, 0, start, err)
 		case !errors.Is(err, errUnknownClient):
 			// A name no board could own (too long, NUL): nobody to charge it to.
-			s.log.Warn("tftp request refused", "client", client.Addr(), "file", req.name, "err", err)
+			s.logf(slog.LevelWarn, client.Addr(), "tftp request refused", "client", client.Addr(), "file", req.name, "err", err)
 		}
 		return
 	}
@@ -331,7 +608,7 @@ func (s *Server) serveRead(ctx context.Context, sock *socket, client netip.AddrP
 		snd.pkt = make([]byte, 64)
 		snd.sendError(errCodeIllegal, "mode must be octet or netascii")
 		counter = &s.errs
-		s.finish(board, client, req.name, "error", 0, start, fmt.Errorf("unsupported mode %q", req.mode))
+		s.finish(board, client, mac, req.name, "error", 0, start, fmt.Errorf("unsupported mode %q", req.mode))
 		return
 	}
 	r, size := f.r, f.size
@@ -355,35 +632,55 @@ func (s *Server) serveRead(ctx context.Context, sock *socket, client netip.AddrP
 	s.polled.Add(snd.polledWaits)
 	var ce *clientError
 	switch {
+	case t.canceled.Load():
+		// The client asked for the file again from the same port after acknowledging
+		// some of it: it started over, and the new transfer is what counts.
+		s.logf(slog.LevelInfo, client.Addr(), "tftp transfer restarted by the client", "board", board.Name,
+			"client", client.Addr(), "file", req.name, "bytes", n)
 	case err == nil:
 		counter = &s.reads
-		s.finish(board, client, req.name, "read", n, start, nil)
+		s.finish(board, client, mac, req.name, "read", n, start, nil)
 	case errors.As(err, &ce) && ce.earlyTerminate():
 		counter = &s.probes
-		s.finish(board, client, req.name, "probe", n, start, nil)
+		s.finish(board, client, mac, req.name, "probe", n, start, nil)
 	default:
 		counter = &s.errs
-		s.finish(board, client, req.name, "error", n, start, err)
+		s.finish(board, client, mac, req.name, "error", n, start, err)
 	}
 }
 
 // finish logs one transfer with everything needed to follow a board's boot, and records
-// it in the board's timeline.
+// it in the board's timeline. mac is the client's neighbour entry, if there was one.
 //
 // The event's time is when the request arrived, not when the transfer ended: a client
 // asks for its next file right after the last ACK, and that request's event may be
 // recorded first. Ordering by Time keeps a board's steps in the order it took them.
-func (s *Server) finish(b *boot.Board, client netip.AddrPort, name, what string, n int64, start time.Time, err error) {
+//
+// Lines are rate-limited per client address, and so are the events of refused
+// requests: a host typing a board's serial is evidence worth seeing on the board's
+// page, but a flood of them must not push the board's own boot out of its timeline.
+func (s *Server) finish(b *boot.Board, client netip.AddrPort, neighMAC net.HardwareAddr, name, what string, n int64, start time.Time, err error) {
 	d := time.Since(start)
+	logged, suppressed := s.logs.allow(client.Addr(), time.Now())
+	if !logged && what == "refused" {
+		return
+	}
 	mac := ""
 	if len(b.MAC) > 0 {
 		mac = b.MAC.String()
 	}
 	attrs := []any{"board", b.Name, "mac", mac, "serial", b.Serial, "client", client.Addr(),
 		"file", name, "what", what, "bytes", n, "duration", d}
+	if suppressed > 0 {
+		attrs = append(attrs, "suppressed", suppressed)
+	}
 	switch {
+	case !logged:
 	case what == "error":
 		s.log.Warn("tftp transfer failed", append(attrs, "err", err)...)
+	case what == "refused":
+		s.log.Warn("tftp request refused: the client's address is not bound to the board its file names",
+			append(attrs, "client_mac", neighMAC.String(), "err", err)...)
 	case what == "missing":
 		s.log.Info("tftp file not found", attrs...)
 	default:
@@ -398,6 +695,17 @@ func (s *Server) finish(b *boot.Board, client netip.AddrPort, name, what string,
 		ev.Err = err.Error()
 	}
 	s.cfg.Events.Record(ev)
+}
+
+// seen lists a client's MAC among the clients not in the fleet, when its neighbour
+// entry named one that is no board's.
+func (s *Server) seen(mac net.HardwareAddr) {
+	if s.cfg.Events == nil || len(mac) == 0 {
+		return
+	}
+	if _, ok := s.cfg.Fleet.BoardByMAC(mac); !ok {
+		s.cfg.Events.SeenUnknown(mac, "", "")
+	}
 }
 
 // recallBackoff returns the direct-wait back-off the client's last transfer ended with.
@@ -417,8 +725,10 @@ func (s *Server) keepBackoff(client netip.Addr, b backoff) {
 	s.pacing[client] = b
 }
 
-// logUnknown logs a client that is not in the fleet, once per address.
-func (s *Server) logUnknown(client netip.AddrPort, name string) {
+// logUnknown logs a client that is not in the fleet, once per address, and lists its
+// MAC (from the neighbour table) among the clients seen.
+func (s *Server) logUnknown(client netip.AddrPort, mac net.HardwareAddr, name string) {
+	s.seen(mac)
 	s.mu.Lock()
 	_, seen := s.unknown[client.Addr()]
 	if !seen {
@@ -429,7 +739,7 @@ func (s *Server) logUnknown(client netip.AddrPort, name string) {
 	}
 	s.mu.Unlock()
 	if !seen {
-		s.log.Info("tftp request from a client not in the fleet, ignoring it", "client", client.Addr(), "file", name)
+		s.log.Info("tftp request from a client not in the fleet, ignoring it", "client", client.Addr(), "client_mac", mac.String(), "file", name)
 	}
 }
 

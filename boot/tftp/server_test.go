@@ -98,7 +98,7 @@ func TestTFTPHPA(t *testing.T) {
 			t.Error(err)
 			continue
 		}
-		_, path, _ := resolve(fleet, a.IP, name)
+		_, path, _ := resolve(fleet, a, name)
 		want := firmwareFile(t, a, path)
 		if path == "cmdline.txt" {
 			want = []byte(cmdline)
@@ -146,7 +146,7 @@ func TestCurl(t *testing.T) {
 				t.Error(err)
 				continue
 			}
-			_, path, _ := resolve(fleet, a.IP, name)
+			_, path, _ := resolve(fleet, a, name)
 			want := firmwareFile(t, a, path)
 			if path == "config.txt" {
 				want = config
@@ -535,7 +535,7 @@ func FuzzParseRequest(f *testing.F) {
 			return
 		}
 		n := negotiate(req.opts, DefaultMaxBlockSize, 300_000, time.Second)
-		if n.blockSize < minBlockSize || n.blockSize > DefaultMaxBlockSize || n.timeout < time.Second || n.timeout > 255*time.Second {
+		if n.blockSize < minBlockSize || n.blockSize > DefaultMaxBlockSize || n.timeout < time.Second || n.timeout > MaxClientTimeout {
 			t.Fatalf("%q negotiated blksize %d timeout %v", pkt, n.blockSize, n.timeout)
 		}
 		for _, o := range n.oack {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -102,8 +103,11 @@ func negotiate(opts []option, maxBlock int, size int64, timeout time.Duration) n
 			n.blockSize = min(v, maxBlock)
 			n.oack = append(n.oack, option{o.name, strconv.Itoa(n.blockSize)})
 		case "timeout":
+			// RFC 2349 lets a server only accept or ignore the value. A long one
+			// would let a stalled client hold its transfer for minutes (255 s times
+			// the retries): not granted, the server's own timeout applies.
 			v, err := strconv.Atoi(o.value)
-			if err != nil || v < 1 || v > 255 {
+			if err != nil || v < 1 || time.Duration(v)*time.Second > MaxClientTimeout {
 				continue
 			}
 			n.timeout = time.Duration(v) * time.Second
@@ -154,6 +158,7 @@ type sender struct {
 	pkt     []byte // 4-byte header + one block; also holds OACK/ERROR packets
 	ack     []byte
 	sent    int64
+	acked   *atomic.Bool // set at the first ACK: the client is past its RRQ; may be nil
 	// Waits for an answer, by kind (see pacer); a direct wait that gives up and
 	// goes on in the netpoller counts as both.
 	directWaits, polledWaits int64
@@ -232,6 +237,9 @@ func (s *sender) exchange(pkt []byte, want uint16) error {
 				switch binary.BigEndian.Uint16(s.ack) {
 				case opACK:
 					if binary.BigEndian.Uint16(s.ack[2:]) == want {
+						if s.acked != nil {
+							s.acked.Store(true)
+						}
 						return nil
 					}
 				case opERROR:
