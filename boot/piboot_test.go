@@ -552,3 +552,66 @@ func TestBlockSizeFitsMTU(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestNeighbourEvidence (issue 13.1): proxy mode, a Pi 4 without a fixed IP. A host with
+// its own MAC that types the board's serial is refused (and bound to nothing); the
+// board itself (its MAC in the server's neighbour table, from the ARP it sent) is
+// served and its address bound, so its bare names are its files from then on.
+func TestNeighbourEvidence(t *testing.T) {
+	n := newNetns(t)
+	dir := firmwareDir(t)
+	pi := newBoard(t, "pi4-nb", "dc:a6:32:01:36:c9", "0badf00d", "198.18.0.104", dir)
+	pi.IP = netip.Addr{} // the router's address, unknown to the fleet
+	fleet := &boottest.Fleet{Boards: []*boot.Board{pi}}
+	bs := startBootServers(t, n, fleet, dhcp.ModeProxy)
+	client := &piTFTP{server: serverIP, opts: []string{"tsize", "0", "blksize", "1468"}}
+	get := func(name string) (data []byte, code int) {
+		t.Helper()
+		err := netns.Do(n.Client, func() error {
+			var err error
+			data, code, err = client.get(name, false)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return data, code
+	}
+
+	stranger := netip.MustParseAddr("198.18.0.77")
+	setClientAddr(t, n, stranger)
+	for _, name := range []string{"0badf00d/config.txt", "dc-a6-32-01-36-c9/cmdline.txt", "pxelinux.cfg/01-dc-a6-32-01-36-c9"} {
+		if data, code := get(name); code == 0 {
+			t.Errorf("%s from a host that is not the board: %d bytes served", name, len(data))
+		}
+	}
+	if b, ok := fleet.Bound(stranger); ok {
+		t.Errorf("the stranger's address is bound to %s", b.Name)
+	}
+	if st := bs.tftp.Stats(); st.Refused != 2 {
+		t.Errorf("stats %+v: want the 2 prefixed requests refused", st)
+	}
+	var refused int
+	for _, e := range bs.events.LastBoot(pi.Name) {
+		if e.What == "refused" && e.Client == stranger {
+			refused++
+		}
+	}
+	if refused != 2 {
+		t.Errorf("board timeline has %d refusals from %v, want 2", refused, stranger)
+	}
+
+	netns.Run(t, "ip", "-n", n.Client, "addr", "flush", "dev", n.ClientIf)
+	n.SetClientMAC(t, pi.MAC.String())
+	board := netip.MustParseAddr("198.18.0.104")
+	setClientAddr(t, n, board)
+	if data, code := get("0badf00d/config.txt"); code != 0 || !bytes.Equal(data, want(t, pi, dir, "config.txt")) {
+		t.Fatalf("the board's own config.txt: error %d, %d bytes\n%s", code, len(data), bs.logs)
+	}
+	if b, ok := fleet.Bound(board); !ok || b != pi {
+		t.Fatalf("the board's address is not bound to it (%v, %v)", b, ok)
+	}
+	if data, code := get("cmdline.txt"); code != 0 || !bytes.Equal(data, want(t, pi, dir, "cmdline.txt")) {
+		t.Errorf("bare cmdline.txt from the bound address: error %d, %d bytes", code, len(data))
+	}
+}
