@@ -136,3 +136,59 @@ func TestLogLimiter(t *testing.T) {
 		t.Errorf("a second later: %v, %d suppressed; want a line saying 10", ok, n)
 	}
 }
+
+// TestClientStartsOver (issue 12.6): a client that acknowledged part of a file asks for
+// it again from the same port (U-Boot after a reset picks its port from a timer and can
+// pick the same one; a board reset mid-file). That is a new transfer, answered at once
+// from a new TID, not a retransmitted RRQ to be ignored until the old transfer's
+// retries run out; the old transfer stops sending.
+func TestClientStartsOver(t *testing.T) {
+	fleet, a, _ := twoBoards(t)
+	s, _, _ := startServer(t, fleet, Config{Timeout: 10 * time.Second})
+	c := rawConn(t, "127.0.0.1")
+	server := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: serverPort(s)}
+	req := rrq(opRRQ, "exactly-1468", "octet", "timeout", "5")
+	c.WriteToUDP(req, server)
+	p, old, err := readPacket(t, c, 5*time.Second) // OACK
+	if err != nil || binary.BigEndian.Uint16(p) != opOACK {
+		t.Fatalf("OACK: %q, %v", p, err)
+	}
+	c.WriteToUDP(ack(0), old)
+	if p, _, err = readPacket(t, c, 5*time.Second); err != nil || binary.BigEndian.Uint16(p[2:]) != 1 {
+		t.Fatalf("DATA 1: %q, %v", p, err)
+	}
+	c.WriteToUDP(ack(1), old)
+	if p, _, err = readPacket(t, c, 5*time.Second); err != nil || binary.BigEndian.Uint16(p[2:]) != 2 {
+		t.Fatalf("DATA 2: %q, %v", p, err)
+	}
+	// The board resets here and asks again from the same port (a reset takes seconds;
+	// a repeat within restartGap of the first ACK is taken for a retransmission).
+	time.Sleep(restartGap + 200*time.Millisecond)
+	c.WriteToUDP(req, server)
+	p, tid, err := readPacket(t, c, 3*time.Second) // well before the old transfer's 10 s resend
+	if err != nil || binary.BigEndian.Uint16(p) != opOACK || tid.Port == old.Port {
+		t.Fatalf("the request again after ACKs: %q from %v, %v; want an OACK from a new TID (old %v)", p, tid, err, old)
+	}
+	var data []byte
+	c.WriteToUDP(ack(0), tid)
+	for block := uint16(1); ; block++ {
+		p, from, err := readPacket(t, c, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if from.Port != tid.Port {
+			t.Fatalf("a packet from the old transfer (port %d) after the restart: %q", from.Port, p[:4])
+		}
+		data = append(data, p[4:]...)
+		c.WriteToUDP(ack(block), from)
+		if len(p) < 516 {
+			break
+		}
+	}
+	if string(data) != string(firmwareFile(t, a, "exactly-1468")) {
+		t.Errorf("restarted transfer: %d bytes", len(data))
+	}
+	if st := waitStats(t, s, func(st Stats) bool { return st.Reads >= 1 }); st.Reads != 1 || st.Errors != 0 {
+		t.Errorf("stats %+v: want 1 read and the superseded one not counted as failed", st)
+	}
+}

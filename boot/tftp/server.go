@@ -27,6 +27,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/pin/tftp/v3/netascii"
 	"golang.org/x/net/ipv4"
@@ -155,8 +156,8 @@ type transfer struct {
 	req      request
 	local    net.IP // the address the request came to (nil: broadcast)
 	ifIndex  int    // the interface it came in on
-	arrived  time.Time
-	acked    atomic.Bool // the client has acknowledged a block: a repeat RRQ is a restart
+	arrived  time.Time    // when the kernel received the RRQ
+	ackedAt  atomic.Int64 // when the server took the client's first ACK (Unix ns), or 0
 	cancel   context.CancelFunc
 	canceled atomic.Bool // superseded by the client's restart
 }
@@ -204,6 +205,11 @@ func New(cfg Config) (*Server, error) {
 	}
 	conn := pc.(*net.UDPConn)
 	growReceiveBuffer(conn, listenBuffer)
+	if rc, err := conn.SyscallConn(); err == nil {
+		// The kernel's receive time of each request: what tells a client's restart
+		// from its retransmission (admit), and when a board's step began.
+		rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1) })
+	}
 	p := ipv4.NewPacketConn(conn)
 	// The destination address and interface of each request: replies must come from
 	// the address the board talked to, and the neighbour entry is the interface's.
@@ -230,6 +236,29 @@ func New(cfg Config) (*Server, error) {
 		inFlight:  make(map[flight]*transfer),
 		perClient: make(map[netip.Addr]int),
 	}, nil
+}
+
+// parseControl reads a request's IP_PKTINFO (the address it was sent to and the
+// interface it came in on) and its kernel receive time (SO_TIMESTAMPNS; the time
+// of reading when absent).
+func parseControl(oob []byte) (*ipv4.ControlMessage, time.Time) {
+	arrived := time.Time{}
+	var cm *ipv4.ControlMessage
+	msgs, _ := unix.ParseSocketControlMessage(oob)
+	for _, m := range msgs {
+		switch {
+		case m.Header.Level == unix.IPPROTO_IP && m.Header.Type == unix.IP_PKTINFO && len(m.Data) >= unix.SizeofInet4Pktinfo:
+			pi := (*unix.Inet4Pktinfo)(unsafe.Pointer(&m.Data[0]))
+			cm = &ipv4.ControlMessage{IfIndex: int(pi.Ifindex), Dst: net.IP(append([]byte(nil), pi.Addr[:]...))}
+		case m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_TIMESTAMPNS && len(m.Data) >= int(unsafe.Sizeof(unix.Timespec{})):
+			ts := (*unix.Timespec)(unsafe.Pointer(&m.Data[0]))
+			arrived = time.Unix(ts.Unix())
+		}
+	}
+	if arrived.IsZero() {
+		arrived = time.Now()
+	}
+	return cm, arrived
 }
 
 // growReceiveBuffer asks for a receive buffer of size bytes: SO_RCVBUFFORCE (root, past
@@ -279,8 +308,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	defer close(s.jobs)
 	buf := make([]byte, 1500) // a request bigger than one frame is not one we serve
+	oob := make([]byte, 128)
 	for {
-		n, cm, src, err := s.pconn.ReadFrom(buf)
+		n, oobn, _, src, err := s.conn.ReadMsgUDPAddrPort(buf, oob)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -288,12 +318,11 @@ func (s *Server) Serve(ctx context.Context) error {
 			s.conn.Close()
 			return fmt.Errorf("tftp: read request: %w", err)
 		}
-		ua, ok := src.(*net.UDPAddr)
-		if !ok || n < 2 {
+		if n < 2 {
 			continue
 		}
-		client := ua.AddrPort()
-		client = netip.AddrPortFrom(client.Addr().Unmap(), client.Port())
+		client := netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+		cm, arrived := parseControl(oob[:oobn])
 		req, err := parseRequest(buf[:n])
 		if err != nil {
 			if req.op == opRRQ || req.op == opWRQ {
@@ -310,7 +339,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			s.answer(cm, client, errCodeAccess, "pifleet serves boot files read-only")
 			continue
 		}
-		tr := &transfer{key: flight{client, req.name}, req: req, ifIndex: 0, arrived: time.Now()}
+		tr := &transfer{key: flight{client, req.name}, req: req, arrived: arrived}
 		if cm != nil {
 			tr.ifIndex = cm.IfIndex
 			if !cm.Dst.Equal(net.IPv4bcast) {
@@ -340,6 +369,13 @@ const (
 	overCap
 )
 
+// restartGap is how long after a transfer's first ACK a repeat of its RRQ must arrive
+// to count as the client starting over. A retransmitted RRQ is sent before the client
+// has any answer, but it can sit in the socket queue while the transfer runs (the
+// kernel's receive time is missing for the first packets after timestamps are turned
+// on); a board that resets takes seconds to ask again.
+const restartGap = time.Second
+
 // admit registers a transfer unless it repeats one running or a cap is reached. A
 // repeat of a request whose transfer the client has already acknowledged blocks of is
 // not a retransmission but a client that started over (a board reset mid-file, or
@@ -349,8 +385,8 @@ func (s *Server) admit(t *transfer) int {
 	s.flightMu.Lock()
 	defer s.flightMu.Unlock()
 	if old, ok := s.inFlight[t.key]; ok {
-		if !old.acked.Load() {
-			return duplicate
+		if a := old.ackedAt.Load(); a == 0 || t.arrived.UnixNano() < a+int64(restartGap) {
+			return duplicate // sent before the client had any answer: a retransmission
 		}
 		old.canceled.Store(true)
 		if old.cancel != nil {
@@ -565,7 +601,7 @@ func (s *Server) serveRead(ctx context.Context, sock *socket, t *transfer, maxBl
 			counter.Add(1)
 		}
 	}()
-	snd := &sender{sock: sock, timeout: s.cfg.Timeout, retries: s.cfg.Retries, acked: &t.acked}
+	snd := &sender{sock: sock, timeout: s.cfg.Timeout, retries: s.cfg.Retries, ackedAt: &t.ackedAt}
 	byAddr, mac := s.identify(t)
 	board, path, err := resolve(s.cfg.Fleet, byAddr, req.name)
 	var f *file

@@ -158,7 +158,7 @@ type sender struct {
 	pkt     []byte // 4-byte header + one block; also holds OACK/ERROR packets
 	ack     []byte
 	sent    int64
-	acked   *atomic.Bool // set at the first ACK: the client is past its RRQ; may be nil
+	ackedAt *atomic.Int64 // when the first ACK was taken (Unix ns): the client is past its RRQ; may be nil
 	// Waits for an answer, by kind (see pacer); a direct wait that gives up and
 	// goes on in the netpoller counts as both.
 	directWaits, polledWaits int64
@@ -237,8 +237,8 @@ func (s *sender) exchange(pkt []byte, want uint16) error {
 				switch binary.BigEndian.Uint16(s.ack) {
 				case opACK:
 					if binary.BigEndian.Uint16(s.ack[2:]) == want {
-						if s.acked != nil {
-							s.acked.Store(true)
+						if s.ackedAt != nil && s.ackedAt.Load() == 0 {
+							s.ackedAt.Store(time.Now().UnixNano())
 						}
 						return nil
 					}
