@@ -1,10 +1,12 @@
 // Package tftp serves each board its own read-only boot tree over TFTP: the board's
 // /boot/firmware (through its overlay) plus the files pifleet generates for it.
 //
-// A request names a file as "<serial>/f", "<mac-with-dashes>/f" or just "f"; the board is
-// found by that prefix or by the client's address (resolve.go), the file is read from the
-// board's tree or generated (generated.go), and sent lock-step (transfer.go), because a
-// Raspberry Pi's boot ROM and EEPROM bootloader follow nothing else.
+// A request names a file as "<serial>/f", "<mac-with-dashes>/f" or just "f". The board
+// is the one the client's address is bound to on evidence tied to its MAC (identify:
+// the kernel's neighbour entry, a fixed IP, a lease); a prefix must name that board and
+// never picks one itself (resolve.go). The file is read from the board's tree or
+// generated (generated.go), and sent lock-step (transfer.go), because a Raspberry Pi's
+// boot ROM and EEPROM bootloader follow nothing else.
 //
 // Why not github.com/pin/tftp's server: its read handler never sees the negotiated
 // options (so the transfer cannot be logged or sized per block), it clamps blksize to
