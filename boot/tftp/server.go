@@ -156,8 +156,8 @@ type flight struct {
 type transfer struct {
 	key      flight
 	req      request
-	local    net.IP // the address the request came to (nil: broadcast)
-	ifIndex  int    // the interface it came in on
+	local    net.IP       // the address the request came to (nil: broadcast)
+	ifIndex  int          // the interface it came in on
 	arrived  time.Time    // when the kernel received the RRQ
 	ackedAt  atomic.Int64 // when the server took the client's first ACK (Unix ns), or 0
 	cancel   context.CancelFunc
