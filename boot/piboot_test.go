@@ -509,8 +509,8 @@ func TestUBootBoot(t *testing.T) {
 	if err != nil {
 		t.Fatalf("TFTP: %v\n%s", err, bs.logs)
 	}
-	if len(script) < 64 || binary.BigEndian.Uint32(script) != 0x27051956 || script[30] != 6 || !bytes.Contains(script, []byte("pxe get\npxe boot\n")) {
-		t.Errorf("boot.scr.uimg is not a U-Boot script image running pxe get/boot: %q", script)
+	if len(script) < 64 || binary.BigEndian.Uint32(script) != 0x27051956 || script[30] != 6 || !bytes.Contains(script, []byte("setenv tftptimeout 1000\nsetenv tftptimeoutcountmax 50\npxe get\npxe boot\n")) {
+		t.Errorf("boot.scr.uimg is not a U-Boot script image setting a 1 s TFTP timeout and running pxe get/boot: %q", script)
 	}
 	cmdline, _ := tftp.Cmdline(b)
 	for _, line := range []string{"kernel " + mac + "/kernel8.img\n", "initrd " + mac + "/initramfs8\n", "append " + cmdline} {
