@@ -113,30 +113,6 @@ func TestTimeoutClamp(t *testing.T) {
 	}
 }
 
-// TestLogLimiter: a burst of lines per address, then one a second, and the next line
-// let through says how many were suppressed.
-func TestLogLimiter(t *testing.T) {
-	var l logLimiter
-	a, b := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")
-	now := time.Unix(1000, 0)
-	for i := range logBurst {
-		if ok, _ := l.allow(a, now); !ok {
-			t.Fatalf("line %d of a burst suppressed", i)
-		}
-	}
-	for range 10 {
-		if ok, _ := l.allow(a, now); ok {
-			t.Fatal("line past the burst let through")
-		}
-	}
-	if ok, _ := l.allow(b, now); !ok {
-		t.Error("another address shares the budget")
-	}
-	if ok, n := l.allow(a, now.Add(logEvery)); !ok || n != 10 {
-		t.Errorf("a second later: %v, %d suppressed; want a line saying 10", ok, n)
-	}
-}
-
 // TestClientStartsOver (issue 12.6): a client that acknowledged part of a file asks for
 // it again from the same port (U-Boot after a reset picks its port from a timer and can
 // pick the same one; a board reset mid-file). That is a new transfer, answered at once

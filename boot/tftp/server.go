@@ -37,6 +37,7 @@ import (
 
 	"github.com/pifleet/pifleet/boot"
 	"github.com/pifleet/pifleet/boot/neigh"
+	"github.com/pifleet/pifleet/internal/ratelog"
 )
 
 // Config configures a Server.
@@ -76,6 +77,15 @@ const (
 	// MaxClientTimeout is the longest timeout option granted: with the default 5
 	// retries a stalled client is dropped within about 30 s.
 	MaxClientTimeout = 5 * time.Second
+)
+
+// Log lines per client address: a Pi 4's whole boot is about 30 lines, a flood from one
+// address costs a burst and then one line a second, and every logFlush a summary says
+// how many lines each address had held back.
+const (
+	logBurst = 64
+	logEvery = time.Second
+	logFlush = time.Minute
 )
 
 // listenBuffer is the port-69 socket's receive buffer: a burst of thousands of RRQs
@@ -123,8 +133,9 @@ type Server struct {
 	direct  atomic.Int64
 	polled  atomic.Int64
 
-	// logs rate-limits the log lines each client address causes.
-	logs logLimiter
+	// logs rate-limits the log lines each client address causes (logBurst, then one
+	// every logEvery); Serve logs the counts of what it held back every logFlush.
+	logs *ratelog.Limiter
 
 	// unknown remembers clients not in the fleet, so each is logged once rather than
 	// for every retransmitted request. Bounded: cleared when full.
@@ -231,6 +242,7 @@ func New(cfg Config) (*Server, error) {
 		conn:      conn,
 		pconn:     p,
 		neigh:     nt,
+		logs:      ratelog.New(log, logBurst, logEvery),
 		maxBlk:    cfg.MaxBlockSize,
 		jobs:      make(chan job, cfg.MaxTransfers),
 		unknown:   make(map[netip.Addr]struct{}),
@@ -299,16 +311,34 @@ func (s *Server) Stats() Stats {
 func (s *Server) Serve(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { s.conn.Close() })
 	defer stop()
-	defer s.wg.Wait()
 	if s.neigh != nil {
-		defer s.neigh.Close()
+		defer s.neigh.Close() // after the transfers, which look clients up
 	}
+	defer s.wg.Wait()
 	if err := s.startDialers(ctx); err != nil {
 		s.conn.Close()
 		close(s.jobs)
 		return err
 	}
 	defer close(s.jobs)
+	// The counts of rate-limited log lines, now and then and at the end.
+	stopFlush := make(chan struct{})
+	flushed := make(chan struct{})
+	go func() {
+		defer close(flushed)
+		tick := time.NewTicker(logFlush)
+		defer tick.Stop()
+		for {
+			select {
+			case <-tick.C:
+				s.logs.Flush()
+			case <-stopFlush:
+				s.logs.Flush()
+				return
+			}
+		}
+	}()
+	defer func() { close(stopFlush); <-flushed }()
 	buf := make([]byte, 1500) // a request bigger than one frame is not one we serve
 	oob := make([]byte, 128)
 	for {
@@ -557,19 +587,9 @@ func (s *Server) answer(cm *ipv4.ControlMessage, client netip.AddrPort, code uin
 	s.pconn.WriteTo(buf[:packError(buf, code, msg)], wcm, net.UDPAddrFromAddrPort(client))
 }
 
-// logf logs a line about client unless its log budget is spent (see logLimiter).
+// logf logs a line about client unless its log budget is spent.
 func (s *Server) logf(level slog.Level, client netip.Addr, msg string, attrs ...any) {
-	if !s.log.Enabled(context.Background(), level) {
-		return
-	}
-	ok, suppressed := s.logs.allow(client, time.Now())
-	if !ok {
-		return
-	}
-	if suppressed > 0 {
-		attrs = append(attrs, "suppressed", suppressed)
-	}
-	s.log.Log(context.Background(), level, msg, attrs...)
+	s.logs.Log(nil, level, client.String(), msg, attrs...)
 }
 
 // identify finds the board the client's address belongs to, on evidence only (see
@@ -699,7 +719,7 @@ func (s *Server) serveRead(ctx context.Context, sock *socket, t *transfer, maxBl
 // page, but a flood of them must not push the board's own boot out of its timeline.
 func (s *Server) finish(b *boot.Board, client netip.AddrPort, neighMAC net.HardwareAddr, name, what string, n int64, start time.Time, err error) {
 	d := time.Since(start)
-	logged, suppressed := s.logs.allow(client.Addr(), time.Now())
+	logged := s.logs.Allow(client.Addr().String())
 	if !logged && what == "refused" {
 		return
 	}
@@ -709,9 +729,6 @@ func (s *Server) finish(b *boot.Board, client netip.AddrPort, neighMAC net.Hardw
 	}
 	attrs := []any{"board", b.Name, "mac", mac, "serial", b.Serial, "client", client.Addr(),
 		"file", name, "what", what, "bytes", n, "duration", d}
-	if suppressed > 0 {
-		attrs = append(attrs, "suppressed", suppressed)
-	}
 	switch {
 	case !logged:
 	case what == "error":
