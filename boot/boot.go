@@ -70,9 +70,9 @@ type Fleet interface {
 	Bind(ip netip.Addr, mac net.HardwareAddr) (*Board, bool)
 }
 
-// Leases tells which MAC holds a live lease from pifleet's own DHCP server (full
-// mode): evidence that ties an address to a board. boot/dhcp implements it.
+// Leases tells which MAC pifleet's own DHCP server (full mode) gave an address: evidence
+// that ties the address to a board. boot/dhcp implements it.
 type Leases interface {
-	// LeaseHolder returns the MAC that holds a live lease on ip.
+	// LeaseHolder returns the MAC holding a live lease on ip.
 	LeaseHolder(ip netip.Addr) (net.HardwareAddr, bool)
 }

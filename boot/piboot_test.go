@@ -614,4 +614,28 @@ func TestNeighbourEvidence(t *testing.T) {
 	if data, code := get("cmdline.txt"); code != 0 || !bytes.Equal(data, want(t, pi, dir, "cmdline.txt")) {
 		t.Errorf("bare cmdline.txt from the bound address: error %d, %d bytes", code, len(data))
 	}
+
+	// The board at a new address, having taken the server's MAC from a DHCP reply
+	// rather than ARPing for it: the server has no entry for it, asks (ARP), and binds.
+	netns.Run(t, "ip", "-n", n.Server, "neigh", "flush", "dev", n.ServerIf)
+	netns.Run(t, "ip", "-n", n.Client, "addr", "flush", "dev", n.ClientIf)
+	moved := netip.MustParseAddr("198.18.0.105")
+	setClientAddr(t, n, moved)
+	var serverMAC string
+	netns.Do(n.Server, func() error {
+		if ifi, err := net.InterfaceByName(n.ServerIf); err == nil {
+			serverMAC = ifi.HardwareAddr.String()
+		}
+		return nil
+	})
+	netns.Run(t, "ip", "-n", n.Client, "neigh", "replace", serverIP.String(), "lladdr", serverMAC, "dev", n.ClientIf, "nud", "permanent")
+	if data, code := get("0badf00d/config.txt"); code != 0 || !bytes.Equal(data, want(t, pi, dir, "config.txt")) {
+		t.Fatalf("the board without an ARP entry on the server: error %d, %d bytes\n%s", code, len(data), bs.logs)
+	}
+	if b, ok := fleet.Bound(moved); !ok || b != pi {
+		t.Errorf("the board's new address is not bound to it (%v, %v)", b, ok)
+	}
+	if _, ok := fleet.Bound(board); ok {
+		t.Error("the board's old address is still bound")
+	}
 }

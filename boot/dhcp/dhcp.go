@@ -230,20 +230,21 @@ func (s *Server) Leases() []Lease {
 
 var _ boot.Leases = (*Server)(nil)
 
-// LeaseHolder implements boot.Leases: the MAC holding a live lease on ip (full mode).
-// An offer not yet taken is not a lease.
+// LeaseHolder implements boot.Leases: the MAC holding a live lease on ip. (A fleet
+// board's OFFER is already a lease: the Pi 3 ROM never sends a REQUEST.) An offer to a
+// pool client is not.
 func (s *Server) LeaseHolder(ip netip.Addr) (net.HardwareAddr, bool) {
 	if s.leases == nil {
 		return nil, false
 	}
-	now := time.Now()
 	s.leases.mu.Lock()
-	defer s.leases.mu.Unlock()
 	m, ok := s.leases.byIP[ip]
-	if !ok {
-		return nil, false
+	if ok {
+		l := s.leases.byMAC[m]
+		ok = l != nil && l.IP == ip && l.Expires.After(time.Now())
 	}
-	if l := s.leases.byMAC[m]; l == nil || l.IP != ip || !l.Expires.After(now) {
+	s.leases.mu.Unlock()
+	if !ok {
 		return nil, false
 	}
 	mac, err := net.ParseMAC(m)

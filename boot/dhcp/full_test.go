@@ -131,6 +131,10 @@ func TestFullPi3ROMLeaseAtOffer(t *testing.T) {
 	if !leaseFileHas(t, cfg.LeaseFile, mac, ip) {
 		t.Errorf("Pi 3 ROM offer not persisted before it was sent")
 	}
+	// The lease is the evidence that ties the address to the board (boot.Leases).
+	if got, ok := srv.srv.LeaseHolder(ip); !ok || got.String() != mac.String() {
+		t.Errorf("LeaseHolder(%v) = %v, %v; want the Pi 3's MAC", ip, got, ok)
+	}
 }
 
 // TestFullPoolPersistsAcrossRestart: pool leases survive a restart, a new client
@@ -149,6 +153,9 @@ func TestFullPoolPersistsAcrossRestart(t *testing.T) {
 	ipA := yiaddr(offer)
 	if ack := c.exchange(t, plainRequest(0x41414141, a, serverIP, ipA)); ack == nil || ack[242] != 5 {
 		t.Fatalf("no ACK for %v; log:\n%s", ipA, srv.logs)
+	}
+	if got, ok := srv.srv.LeaseHolder(ipA); !ok || got.String() != a.String() {
+		t.Errorf("LeaseHolder(%v) = %v, %v; want %v", ipA, got, ok, a)
 	}
 	if got := srv.cfg.Events.Unknowns(); len(got) != 1 || got[0].MAC != a.String() {
 		t.Errorf("pool client not listed as seen, not in fleet: %+v", got)
@@ -185,6 +192,9 @@ func TestFullPoolPersistsAcrossRestart(t *testing.T) {
 		if l.MAC == a.String() {
 			t.Errorf("released lease still live: %+v", l)
 		}
+	}
+	if got, ok := srv.srv.LeaseHolder(ipA); ok {
+		t.Errorf("LeaseHolder of a released address: %v", got)
 	}
 }
 

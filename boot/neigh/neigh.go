@@ -95,6 +95,44 @@ func (t *Table) Lookup(ifIndex int, ip netip.Addr) (mac net.HardwareAddr, ok boo
 	}
 }
 
+// Resolve asks the kernel to resolve ip on interface ifIndex now (an ARP request), as
+// it would before sending to it: for a client that talked to us without ARPing first
+// (it took our MAC from a DHCP reply), so it has no entry yet. It does not wait; an
+// existing entry's address is left as it is. Needs CAP_NET_ADMIN.
+func (t *Table) Resolve(ifIndex int, ip netip.Addr) error {
+	if !ip.Is4() || ifIndex <= 0 {
+		return nil
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.fd < 0 {
+		return errors.New("neighbour table: closed")
+	}
+	t.seq++
+	req := request(t.seq, ifIndex, ip)
+	ne := binary.NativeEndian
+	ne.PutUint16(req[4:], unix.RTM_NEWNEIGH)
+	ne.PutUint16(req[6:], unix.NLM_F_REQUEST|unix.NLM_F_ACK|unix.NLM_F_CREATE|unix.NLM_F_REPLACE)
+	nd := req[unix.SizeofNlMsghdr:]
+	ne.PutUint16(nd[8:], unix.NUD_NONE)
+	nd[10] = unix.NTF_USE // start resolution, set nothing
+	if err := unix.Sendto(t.fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return fmt.Errorf("neighbour table: resolve %v: %w", ip, err)
+	}
+	for {
+		n, _, err := unix.Recvfrom(t.fd, t.buf, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("neighbour table: resolve %v: %w", ip, err)
+		}
+		if _, _, done, err := parse(t.buf[:n], t.seq); done {
+			return err
+		}
+	}
+}
+
 // request builds an RTM_GETNEIGH for one IPv4 address on one interface.
 func request(seq uint32, ifIndex int, ip netip.Addr) []byte {
 	const attrLen = 4 + 4 // NDA_DST header + IPv4 address

@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/netip"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -25,6 +26,9 @@ func TestLookup(t *testing.T) {
 		{"198.18.0.52", ""}, // noarp: not learned from the wire
 		{"198.18.0.53", ""}, // no entry
 	}
+	const clientMAC = "02:00:00:00:00:60"
+	p.SetClientMAC(t, clientMAC)
+	netns.Run(t, "ip", "-n", p.Client, "addr", "add", "198.18.0.60/15", "dev", p.ClientIf)
 	err := netns.Do(p.Server, func() error {
 		tab, err := Open()
 		if err != nil {
@@ -43,6 +47,23 @@ func TestLookup(t *testing.T) {
 			if got := map[bool]string{true: mac.String()}[ok]; got != tt.mac {
 				t.Errorf("%s: got %q (ok %v), want %q", tt.addr, mac, ok, tt.mac)
 			}
+		}
+		// A client we have no entry for: Resolve sends the ARP request, the client
+		// answers, and the entry shows its MAC.
+		client := netip.MustParseAddr("198.18.0.60")
+		if err := tab.Resolve(ifi.Index, client); err != nil {
+			t.Errorf("resolve: %v", err)
+		}
+		var got net.HardwareAddr
+		for range 100 {
+			if mac, ok, _ := tab.Lookup(ifi.Index, client); ok {
+				got = mac
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if got.String() != clientMAC {
+			t.Errorf("after Resolve the entry shows %q, want the client's %s", got, clientMAC)
 		}
 		// Another interface's table has no such entry.
 		if _, ok, _ := tab.Lookup(1, netip.MustParseAddr("198.18.0.50")); ok {

@@ -595,22 +595,51 @@ func (s *Server) logf(level slog.Level, client netip.Addr, msg string, attrs ...
 // identify finds the board the client's address belongs to, on evidence only (see
 // boot.Fleet): the neighbour entry for the address on the interface the request came
 // in on, passed to Fleet.Bind, which lets a fixed IP or a lease decide first; without
-// an entry, the address's fixed IP, lease or earlier binding. mac is the neighbour
-// entry's MAC, if there was one.
+// an entry, the address's fixed IP, lease or earlier binding. An address none of these
+// knows, without an entry (a client that took our MAC from a DHCP reply instead of
+// ARPing), is resolved: the kernel sends an ARP request and the entry is waited for
+// up to resolveWait. mac is the neighbour entry's MAC, if there was one.
 func (s *Server) identify(t *transfer) (b *boot.Board, mac net.HardwareAddr) {
 	ip := t.key.client.Addr()
-	if s.neigh != nil {
-		m, ok, err := s.neigh.Lookup(t.ifIndex, ip)
-		if err != nil {
-			s.logf(slog.LevelWarn, ip, "neighbour table lookup failed", "client", ip, "err", err)
+	if s.neigh == nil {
+		b, _ = s.cfg.Fleet.BoardByIP(ip)
+		return b, nil
+	}
+	m, ok := s.lookup(t.ifIndex, ip)
+	if !ok {
+		if b, known := s.cfg.Fleet.BoardByIP(ip); known {
+			return b, nil
 		}
-		if ok {
-			b, _ := s.cfg.Fleet.Bind(ip, m)
-			return b, m
+		if err := s.neigh.Resolve(t.ifIndex, ip); err != nil {
+			s.logf(slog.LevelWarn, ip, "cannot resolve the client's MAC", "client", ip, "err", err)
+			return nil, nil
+		}
+		for deadline := time.Now().Add(resolveWait); !ok && time.Now().Before(deadline); {
+			time.Sleep(resolvePoll)
+			m, ok = s.lookup(t.ifIndex, ip)
+		}
+		if !ok {
+			return nil, nil
 		}
 	}
-	b, _ = s.cfg.Fleet.BoardByIP(ip)
-	return b, nil
+	b, _ = s.cfg.Fleet.Bind(ip, m)
+	return b, m
+}
+
+// How long identify waits for the kernel to resolve a client's MAC, and how often it
+// looks. A client on the boot LAN answers an ARP request in well under a millisecond.
+const (
+	resolveWait = 500 * time.Millisecond
+	resolvePoll = 10 * time.Millisecond
+)
+
+// lookup reads the neighbour entry of ip on ifIndex; a failed lookup is logged.
+func (s *Server) lookup(ifIndex int, ip netip.Addr) (net.HardwareAddr, bool) {
+	m, ok, err := s.neigh.Lookup(ifIndex, ip)
+	if err != nil {
+		s.logf(slog.LevelWarn, ip, "neighbour table lookup failed", "client", ip, "err", err)
+	}
+	return m, ok
 }
 
 // serveRead handles one RRQ from resolution to the last ACK, and logs and records it.
