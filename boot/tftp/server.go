@@ -115,23 +115,25 @@ type Stats struct {
 
 // Server is a TFTP server for the fleet. Create it with New, run it with Serve.
 type Server struct {
-	cfg     Config
-	log     *slog.Logger
-	conn    *net.UDPConn
-	pconn   *ipv4.PacketConn
-	neigh   *neigh.Table // nil: no neighbour evidence (netlink unavailable)
-	maxBlk  int
-	wg      sync.WaitGroup
-	jobs    chan job
-	reads   atomic.Int64
-	probes  atomic.Int64
-	missing atomic.Int64
-	errs    atomic.Int64
-	refused atomic.Int64
-	overCap atomic.Int64
-	bytes   atomic.Int64
-	direct  atomic.Int64
-	polled  atomic.Int64
+	cfg   Config
+	log   *slog.Logger
+	conn  *net.UDPConn
+	pconn *ipv4.PacketConn
+	neigh *neigh.Table // nil: no neighbour evidence (netlink unavailable)
+	// resolving holds a token per transfer waiting for a client's MAC (identify).
+	resolving chan struct{}
+	maxBlk    int
+	wg        sync.WaitGroup
+	jobs      chan job
+	reads     atomic.Int64
+	probes    atomic.Int64
+	missing   atomic.Int64
+	errs      atomic.Int64
+	refused   atomic.Int64
+	overCap   atomic.Int64
+	bytes     atomic.Int64
+	direct    atomic.Int64
+	polled    atomic.Int64
 
 	// logs rate-limits the log lines each client address causes (logBurst, then one
 	// every logEvery); Serve logs the counts of what it held back every logFlush.
@@ -243,6 +245,7 @@ func New(cfg Config) (*Server, error) {
 		pconn:     p,
 		neigh:     nt,
 		logs:      ratelog.New(log, logBurst, logEvery),
+		resolving: make(chan struct{}, maxResolving),
 		maxBlk:    cfg.MaxBlockSize,
 		jobs:      make(chan job, cfg.MaxTransfers),
 		unknown:   make(map[netip.Addr]struct{}),
@@ -607,8 +610,14 @@ func (s *Server) identify(t *transfer) (b *boot.Board, mac net.HardwareAddr) {
 	}
 	m, ok := s.lookup(t.ifIndex, ip)
 	if !ok {
-		if b, known := s.cfg.Fleet.BoardByIP(ip); known {
-			return b, nil
+		if b, known := s.cfg.Fleet.BoardByIP(ip); known || ip.IsLoopback() {
+			return b, nil // loopback has no neighbours to ask
+		}
+		select {
+		case s.resolving <- struct{}{}:
+			defer func() { <-s.resolving }()
+		default:
+			return nil, nil // a flood of unknown addresses: no slot to wait in
 		}
 		if err := s.neigh.Resolve(t.ifIndex, ip); err != nil {
 			s.logf(slog.LevelWarn, ip, "cannot resolve the client's MAC", "client", ip, "err", err)
@@ -626,11 +635,15 @@ func (s *Server) identify(t *transfer) (b *boot.Board, mac net.HardwareAddr) {
 	return b, m
 }
 
-// How long identify waits for the kernel to resolve a client's MAC, and how often it
-// looks. A client on the boot LAN answers an ARP request in well under a millisecond.
+// How long identify waits for the kernel to resolve a client's MAC, how often it looks,
+// and how many transfers may wait at once. A client on the boot LAN answers an ARP
+// request in well under a millisecond; an address that never answers (spoofed, or a
+// host gone) must not let a flood hold the transfer slots: past maxResolving waits, an
+// unknown address without an entry is refused at once.
 const (
-	resolveWait = 500 * time.Millisecond
-	resolvePoll = 10 * time.Millisecond
+	resolveWait  = 500 * time.Millisecond
+	resolvePoll  = 10 * time.Millisecond
+	maxResolving = 16
 )
 
 // lookup reads the neighbour entry of ip on ifIndex; a failed lookup is logged.
