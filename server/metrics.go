@@ -174,6 +174,8 @@ var tftpFields = map[string]statField{
 	"Bytes":       {"pifleet_tftp_bytes_total", "TFTP payload bytes sent.", counter, nil},
 	"DirectWaits": {"pifleet_tftp_ack_waits_total", "TFTP ACK waits, by how the server waited (direct read, or the netpoller).", counter, prometheus.Labels{"how": "direct"}},
 	"PolledWaits": {"pifleet_tftp_ack_waits_total", "", counter, prometheus.Labels{"how": "polled"}},
+	"Refused":     {"pifleet_tftp_transfers_total", "", counter, prometheus.Labels{"result": "refused"}},
+	"OverCap":     {"pifleet_tftp_over_cap_total", "TFTP requests answered \"too many transfers\" (the total or the per-client cap).", counter, nil},
 }
 
 var nfsFields = map[string]statField{

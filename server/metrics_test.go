@@ -103,10 +103,10 @@ func metricsAfterTraffic(t *testing.T) string {
 		return strings.Contains(out, `pifleet_dhcp_requests_total{outcome="offer",type="discover"}`) &&
 			strings.Contains(out, `pifleet_dhcp_requests_total{outcome="none",type="discover"}`)
 	})
-	if out, err := tftpGet(t, ts.tftp, "000abc00/config.txt"); err != nil || !strings.Contains(out, "arm_64bit=1") {
+	if out, err := tftpGet(t, "127.0.0.1", ts.tftp, "000abc00/config.txt"); err != nil || !strings.Contains(out, "arm_64bit=1") {
 		t.Fatalf("tftp: %v %q", err, out)
 	}
-	if _, err := tftpGet(t, ts.tftp, "000abc00/no-such-file"); err == nil {
+	if _, err := tftpGet(t, "127.0.0.1", ts.tftp, "000abc00/no-such-file"); err == nil {
 		t.Fatal("tftp of a missing file succeeded")
 	}
 	mc, err := dialMount(ts.srv.cfg.Server.Ports.Mount)

@@ -101,10 +101,10 @@ type Stats struct {
 	Reads   int64 // files sent completely
 	Probes  int64 // transfers a Pi ended after the first block ("Early terminate")
 	Missing int64 // requests for files that do not exist
-	Errors  int64 // refused requests and failed transfers
+	Errors  int64 // requests refused for other reasons (a bad name, WRQ, another board's prefix) and failed transfers
 	Bytes   int64 // payload bytes sent
 	// Refused counts requests for a board's files (by serial or MAC prefix) from an
-	// address that is not bound to that board; they are also in Errors.
+	// address that is bound to no board (not counted in Errors).
 	Refused int64
 	// OverCap counts requests answered "too many transfers" (total or per client).
 	OverCap int64
@@ -682,8 +682,7 @@ func (s *Server) serveRead(ctx context.Context, sock *socket, t *transfer, maxBl
 			s.logUnknown(client, mac, req.name)
 		case errors.Is(err, errNotBound):
 			msg, what = "this address is not the board's", "refused"
-			counter = &s.errs
-			s.refused.Add(1)
+			counter = &s.refused
 			s.seen(mac)
 		case errors.Is(err, fs.ErrNotExist):
 			code, msg, what = errCodeNotFound, "file not found", "missing"
