@@ -124,7 +124,7 @@ type Server struct {
 	resolving chan struct{}
 	maxBlk    int
 	wg        sync.WaitGroup
-	jobs      chan job
+	jobs      chan *transfer // admitted, for the dialers
 	reads     atomic.Int64
 	probes    atomic.Int64
 	missing   atomic.Int64
@@ -176,9 +176,6 @@ type transfer struct {
 	cancel   context.CancelFunc
 	canceled atomic.Bool // superseded by the client's restart
 }
-
-// job hands an admitted transfer to a dialer.
-type job = *transfer
 
 // maxUnknownClients bounds the memory spent remembering strangers.
 const maxUnknownClients = 1024
@@ -247,7 +244,7 @@ func New(cfg Config) (*Server, error) {
 		logs:      ratelog.New(log, logBurst, logEvery),
 		resolving: make(chan struct{}, maxResolving),
 		maxBlk:    cfg.MaxBlockSize,
-		jobs:      make(chan job, cfg.MaxTransfers),
+		jobs:      make(chan *transfer, cfg.MaxTransfers),
 		unknown:   make(map[netip.Addr]struct{}),
 		pacing:    make(map[netip.Addr]backoff),
 		inFlight:  make(map[flight]*transfer),
