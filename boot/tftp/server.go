@@ -689,6 +689,7 @@ func (s *Server) serveRead(ctx context.Context, sock *socket, t *transfer, maxBl
 		}
 		snd.pkt = make([]byte, 5+len(msg))
 		snd.sendError(code, msg)
+		s.land(t) // the client may ask again at once: its slot is free before the logging
 		switch {
 		case board != nil:
 			s.finish(board, client, mac, req.name, what, 0, start, err)
@@ -703,6 +704,7 @@ func (s *Server) serveRead(ctx context.Context, sock *socket, t *transfer, maxBl
 	if req.mode != "octet" && req.mode != "netascii" {
 		snd.pkt = make([]byte, 64)
 		snd.sendError(errCodeIllegal, "mode must be octet or netascii")
+		s.land(t)
 		counter = &s.errs
 		s.finish(board, client, mac, req.name, "error", 0, start, fmt.Errorf("unsupported mode %q", req.mode))
 		return
@@ -722,6 +724,7 @@ func (s *Server) serveRead(ctx context.Context, sock *socket, t *transfer, maxBl
 	snd.ack = make([]byte, 4+defaultBlockSize)
 	snd.pace.backoff = s.recallBackoff(client.Addr())
 	n, err := snd.run(ctx, r, neg)
+	s.land(t)
 	s.keepBackoff(client.Addr(), snd.pace.backoff)
 	s.bytes.Add(n)
 	s.direct.Add(snd.directWaits)
