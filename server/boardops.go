@@ -81,7 +81,8 @@ func syncDir(dir string) error {
 type Change struct {
 	Kind string `json:"kind"` // "A" added, "C" changed, "D" deleted
 	Path string `json:"path"` // absolute path in the board's root
-	Size int64  `json:"size"` // bytes the upper copy takes (0 for D)
+	Size int64  `json:"size"` // the file's size in bytes (regular files and symlinks; 0 for D)
+	Disk int64  `json:"disk"` // disk space the upper copy of a regular file takes (blocks)
 }
 
 // DiffBoard lists what a board changed against its lowers (identity, then image layers),
@@ -91,9 +92,17 @@ func DiffBoard(upper string, lowers []string) ([]Change, error) {
 	if err != nil {
 		return nil, fmt.Errorf("diff: %w", err)
 	}
+	// Never nil: a board with no changes is [] in the API, not null.
 	out := make([]Change, len(changes))
 	for i, c := range changes {
-		out[i] = Change{Kind: c.Kind.String(), Path: c.Path, Size: c.Size}
+		out[i] = Change{Kind: c.Kind.String(), Path: c.Path, Disk: c.Size}
+		// overlay reports the disk space; people read a file's size (a 5-byte file is
+		// "5 B", not the 4 KiB block it takes).
+		var st unix.Stat_t
+		if t := c.Type; (t.IsRegular() || t&fs.ModeSymlink != 0) && c.Kind != overlay.Deleted &&
+			unix.Lstat(filepath.Join(upper, filepath.FromSlash(c.Path)), &st) == nil {
+			out[i].Size = st.Size
+		}
 	}
 	return out, nil
 }

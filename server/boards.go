@@ -155,7 +155,7 @@ func (s *Server) ResetBoard(name string, force bool) error {
 	without[name] = rt
 	s.install(newSnapshot(snap.cfg, snap.serverIP, without))
 	s.timeline.Record(boot.Event{Board: name, Stage: boot.StageReset, What: "reset"})
-	s.log.Info("board reset", "board", name, "mac", b.cfg.MAC, "forced", force)
+	s.log.Info("board reset", "board", name, "mac", b.cfg.MAC.String(), "forced", force)
 	return resetErr
 }
 

@@ -641,9 +641,9 @@ func (s *Server) Reload(force bool) (bool, error) {
 	}
 	for name, b := range snap.boards {
 		if ob, ok := old.boards[name]; !ok {
-			s.log.Info("board added to the fleet", "board", name, "mac", b.cfg.MAC)
+			s.log.Info("board added to the fleet", "board", name, "mac", b.cfg.MAC.String())
 		} else if ob != b {
-			s.log.Info("board changed", "board", name, "mac", b.cfg.MAC)
+			s.log.Info("board changed", "board", name, "mac", b.cfg.MAC.String())
 		}
 	}
 	s.log.Info("fleet.yaml reloaded", "boards", len(snap.boards))

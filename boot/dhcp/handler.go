@@ -199,7 +199,7 @@ func (s *Server) identify(msg *dhcpv4.DHCPv4, typ dhcpv4.MessageType, macStr str
 	}
 	s.clients.learn(macStr, r.kind, r.serial, r.model, typ == dhcpv4.MessageTypeDiscover, at)
 	r.log = reqLog{l: s.log, lines: &s.lines, key: macStr, shared: byMAC == nil,
-		attrs: []any{"board", r.boardName(), "mac", macStr, "serial", r.serial, "xid", msg.TransactionID, "client", r.kind}}
+		attrs: []any{"board", r.boardName(), "mac", macStr, "serial", r.serial, "xid", msg.TransactionID.String(), "client", r.kind.String()}}
 	if claimed != nil && !ok {
 		r.log.Warn("option 97 carries the serial of a board listed with another MAC: not treated as that board",
 			"claimed_board", claimed.Name, "board_mac", claimed.MAC.String())

@@ -233,7 +233,7 @@ func runBoardDiff(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "pifleet board diff", "[-c fleet.yaml] [--stat] NAME",
 		"Lists what the board changed against its image, read from its upper dir:\nA added, C changed, D deleted (like docker diff).")
 	cfgPath := configFlag(fs)
-	stat := fs.Bool("stat", false, "show the disk space each change takes, and a total")
+	stat := fs.Bool("stat", false, "show each changed file's size, and the total size and disk space")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -257,9 +257,14 @@ func runBoardDiff(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	var total int64
+	if len(changes) == 0 {
+		fmt.Fprintf(e.out, "no changes: %s runs its image's pristine state\n", fs.Arg(0))
+		return nil
+	}
+	var size, disk int64
 	for _, c := range changes {
-		total += c.Size
+		size += c.Size
+		disk += c.Disk
 		if *stat {
 			fmt.Fprintf(e.out, "%s %10s %s\n", c.Kind, images.HumanBytes(c.Size), c.Path)
 		} else {
@@ -267,7 +272,7 @@ func runBoardDiff(ctx context.Context, e *env, args []string) error {
 		}
 	}
 	if *stat {
-		fmt.Fprintf(e.out, "%d change(s), %s in the upper dir\n", len(changes), images.HumanBytes(total))
+		fmt.Fprintf(e.out, "%d change(s), %s of files, %s on disk in the upper dir\n", len(changes), images.HumanBytes(size), images.HumanBytes(disk))
 	}
 	return nil
 }

@@ -113,12 +113,21 @@ func TestBoardOffline(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "A /etc/new\n") || !strings.Contains(out, "C /etc/hosts\n") {
 		t.Errorf("board diff: exit %d\n%s%s", code, out, errOut)
 	}
+	// --stat shows each file's size (5 bytes), not the 4 KiB block it takes on disk.
+	code, out, errOut = runCLI("board", "diff", "--stat", "-c", cfg, "pi-01")
+	if code != 0 || !strings.Contains(out, "A        5 B /etc/new\n") || !strings.Contains(out, "3 change(s), 12 B of files, ") {
+		t.Errorf("board diff --stat: exit %d\n%s%s", code, out, errOut)
+	}
 	code, out, errOut = runCLI("board", "reset", "pi-01", "-c", cfg)
 	if code != 0 || out != "reset pi-01\n" {
 		t.Errorf("board reset: exit %d\n%s%s", code, out, errOut)
 	}
 	if _, err := os.Stat(upper); !os.IsNotExist(err) {
 		t.Errorf("upper still there after reset: %v", err)
+	}
+	code, out, errOut = runCLI("board", "diff", "-c", cfg, "pi-01")
+	if code != 0 || out != "no changes: pi-01 runs its image's pristine state\n" {
+		t.Errorf("board diff after reset: exit %d, stdout %q, stderr %q", code, out, errOut)
 	}
 	// --group resets every board of the group, and only those.
 	os.WriteFile(cfg, []byte("server: {state: st, ports: {http: 1}}\nimages: {img: {path: root}}\ndefaults: {image: img}\nboards:\n  - {name: pi-01, serial: '12345678', group: rack-a}\n  - {name: pi-02, serial: '12345679', group: rack-a}\n  - {name: pi-03, serial: '1234567a'}\n"), 0o644)
