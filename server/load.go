@@ -219,11 +219,8 @@ func (l *loader) parse(data []byte) *Config {
 			l.errf(nil, "start from the fleet.yaml in the pifleet repository", "the file is empty")
 			return cfg
 		}
-		line := 1
-		if m := yamlLineRE.FindStringSubmatch(err.Error()); m != nil {
-			fmt.Sscan(m[1], &line)
-		}
-		l.ps = append(l.ps, Problem{Line: line, Col: 1, Msg: "not valid YAML: " + strings.TrimPrefix(err.Error(), "yaml: "),
+		line, col, msg := yamlErrorAt(data, err)
+		l.ps = append(l.ps, Problem{Line: line, Col: col, Msg: "not valid YAML: " + msg,
 			Hint: "check indentation (spaces, not tabs) and quoting"})
 		return cfg
 	}
@@ -548,7 +545,7 @@ var (
 	serialRE      = regexp.MustCompile(`^[0-9a-f]{8}$`)
 	imageNameRE   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 	userNameRE    = regexp.MustCompile(`^[a-z][a-z0-9-]{0,31}$`) // what Pi OS's userconf accepts
-	yamlLineRE    = regexp.MustCompile(`line (\d+)`)
+	yamlLineRE    = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)
 )
 
 func validHostname(s string) bool {
@@ -727,4 +724,48 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// maxYAMLScan bounds the bytes yamlErrorAt parses (all prefixes together) to find a
+// syntax error's line: a few hundred board lines are scanned in full, a huge file only
+// near the line yaml.v3 names.
+const maxYAMLScan = 64 << 20
+
+// yamlErrorAt finds where a YAML syntax error is. yaml.v3 names the line where the
+// enclosing block starts ("line 3: did not find expected key" for a board entry
+// mis-indented on line 6, line 3 being "boards:"); the admin needs the line that broke
+// it. That is the first line whose prefix of the file fails to parse with the same
+// complaint: every line before it parsed as part of the block. A prefix that fails
+// differently (a flow list cut in the middle) is not it. The column is the offending
+// line's indentation, the usual culprit.
+func yamlErrorAt(data []byte, err error) (line, col int, msg string) {
+	line, col, msg = 1, 1, strings.TrimPrefix(err.Error(), "yaml: ")
+	m := yamlLineRE.FindStringSubmatch(err.Error())
+	if m == nil {
+		return line, col, msg
+	}
+	fmt.Sscan(m[1], &line)
+	msg = m[2]
+	lines := bytes.SplitAfter(data, []byte("\n"))
+	at, scanned := line, 0
+	for n := line; n <= len(lines) && scanned < maxYAMLScan; n++ {
+		prefix := bytes.Join(lines[:n], nil)
+		scanned += len(prefix)
+		var doc yaml.Node
+		perr := yaml.Unmarshal(prefix, &doc)
+		if perr == nil {
+			continue
+		}
+		if pm := yamlLineRE.FindStringSubmatch(perr.Error()); pm != nil && pm[2] == msg {
+			at = n
+			break
+		}
+	}
+	if at != line {
+		msg += fmt.Sprintf(" (in the block that starts at line %d)", line)
+	}
+	if at <= len(lines) {
+		col = len(lines[at-1]) - len(bytes.TrimLeft(lines[at-1], " ")) + 1
+	}
+	return at, col, msg
 }

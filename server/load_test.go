@@ -109,7 +109,13 @@ func TestParseProblems(t *testing.T) {
 		{"full without address", "server:\n  dhcp: {mode: full}\n", []string{`2:3: server.dhcp.mode is full but server.address is not set`}},
 		{"no mac no serial", "images: {i: {}}\ndefaults: {image: i}\nboards:\n  - name: a\n", []string{`4:5: board a has neither mac nor serial`}},
 		{"no image", "images: {i: {}}\nboards:\n  - name: a\n    mac: dc:a6:32:01:02:03\n", []string{`3:5: board a has no image`}},
-		{"bad yaml", "server:\n  address: [\n", []string{`2:1: not valid YAML`}},
+		{"bad yaml", "server:\n  address: [\n", []string{`2:3: not valid YAML`}},
+		// yaml.v3 names the line of the enclosing block (boards:); the report names the line that broke it.
+		{"misindented board key", "server:\n  state: st\nboards:\n  - name: a\n    mac: 02:00:00:00:00:01\n   image: x\n",
+			[]string{`6:4: not valid YAML: did not find expected '-' indicator (in the block that starts at line 3)`}},
+		{"misindented board entry", "images:\n  img: {path: r}\nboards:\n  - {name: a, mac: 02:00:00:00:00:01}\n - {name: b}\n",
+			[]string{`5:2: not valid YAML: did not find expected key`}},
+		{"outdented board key", "boards:\n  - name: a\n    mac: 02:00:00:00:00:01\n  image: x\n", []string{`4:3: not valid YAML`}},
 		{"tabs", "server:\n\taddress: 10.0.0.1/24\n", []string{`2:1: not valid YAML`}},
 		{"repeated key", "server:\n  state: /a\n  state: /b\n", []string{`3:3: key "state" repeated in server (first at line 2)`}},
 		{"boards not a list", "boards:\n  name: a\n", []string{`2:3: boards must be a list`}},
@@ -187,6 +193,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("a: &x [*x, *x]\n"))
 	f.Add([]byte("boards:\n  - name: a\n    mac: [1,2]\n    serial: {x: y}\n    ip: !!binary aGVsbG8=\n"))
 	f.Add([]byte("---\n...\n---\n"))
+	f.Add([]byte("boards:\n  - name: a\n    mac: 02:00:00:00:00:01\n   image: x\n"))
 	f.Add([]byte{0xff, 0xfe, 0, 1})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cfg, ps, err := Parse(data, "fleet.yaml")
