@@ -25,8 +25,8 @@ const (
 
 // Cmdline returns the kernel command line board b boots with: the image's own
 // cmdline.txt (read through the board's overlay) without the options that only make
-// sense for an SD card, then the NFS root options, then the board's extras. It is one
-// newline-terminated line, as the Pi firmware expects.
+// sense for an SD card, then the NFS root options, then the board's extras, with repeats
+// removed (see dedupeArgs). It is one newline-terminated line, as the Pi firmware expects.
 func Cmdline(b *boot.Board) (string, error) {
 	if b.NFSRoot == "" {
 		return "", fmt.Errorf("board %s: cmdline: no NFS root configured", b.Name)
@@ -43,7 +43,7 @@ func Cmdline(b *boot.Board) (string, error) {
 	}
 	args = append(args, "root=/dev/nfs", "nfsroot="+b.NFSRoot, "rw", "ip=dhcp", "rootwait")
 	args = append(args, strings.Fields(b.Cmdline)...)
-	return strings.Join(args, " ") + "\n", nil
+	return strings.Join(dedupeArgs(args), " ") + "\n", nil
 }
 
 // sdCardOption reports whether a kernel argument from the image's cmdline.txt must go:
