@@ -369,9 +369,15 @@ func TestImportBrokenImages(t *testing.T) {
 	must(t, err)
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			_, err := st.Import(context.Background(), c.path, "broken", ImportOptions{Logger: quietLog(), Prepare: true})
+			var prog strings.Builder
+			_, err := st.Import(context.Background(), c.path, "broken", ImportOptions{Logger: quietLog(), Prepare: true, Progress: &prog})
 			if err == nil {
 				t.Fatal("import succeeded")
+			}
+			// The progress ends in "failed", never "done" (a truncated .xz is read to its
+			// last byte before xz says it ends early).
+			if out := prog.String(); strings.Contains(out, "done") || out != "" && !strings.Contains(out, "failed after") {
+				t.Errorf("progress of a failed import:\n%s", prog.String())
 			}
 			if !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), filepath.Base(c.path)) {
 				t.Errorf("error %q should mention %q and the file name", err, c.want)

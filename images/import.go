@@ -3,6 +3,7 @@ package images
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -30,6 +31,9 @@ type ImportOptions struct {
 	Prepare bool
 	// Replace allows importing over an existing image of the same name.
 	Replace bool
+	// Source is what `image ls` shows the image was made from; the source file's or
+	// directory's base name when empty.
+	Source string
 }
 
 // source is one way of reading an image: it streams entries, parents before children.
@@ -39,6 +43,10 @@ type source struct {
 	walk   func(ctx context.Context, tw *treeWriter) error
 	close  func() error
 }
+
+// ErrExists is returned by Import when the store already has an image of that name and
+// ImportOptions.Replace is not set.
+var ErrExists = errors.New("already exists")
 
 // Import reads src (.img, .img.xz, a directory, .tar, .tar.gz, .tar.xz) into a new image
 // called name. The image is built in a temp dir and renamed into place, so a failed or
@@ -52,7 +60,7 @@ func (s *Store) Import(ctx context.Context, src, name string, opts ImportOptions
 		log = slog.Default()
 	}
 	if s.Exists(name) && !opts.Replace {
-		return nil, fmt.Errorf("image %s already exists in %s (remove it first or replace it)", name, s.dir)
+		return nil, fmt.Errorf("image %s %w in %s", name, ErrExists, s.dir)
 	}
 	abs, err := filepath.Abs(src)
 	if err != nil {
@@ -77,10 +85,11 @@ func (s *Store) Import(ctx context.Context, src, name string, opts ImportOptions
 	log.Info("importing image", "image", name, "source", abs)
 	prog := newProgress(opts.Progress, name)
 	info, err := s.build(ctx, abs, name, tmp, opts, prog, log)
-	prog.end()
 	if err != nil {
+		prog.fail()
 		return nil, err
 	}
+	prog.end()
 	if err := s.commit(tmp, name, opts.Replace); err != nil {
 		return nil, err
 	}
@@ -113,7 +122,7 @@ func (s *Store) build(ctx context.Context, abs, name, tmp string, opts ImportOpt
 	}
 	info := &Info{
 		Name:     name,
-		Source:   filepath.Base(abs),
+		Source:   cmp.Or(opts.Source, filepath.Base(abs)),
 		Format:   src.format,
 		SHA256:   src.sha256,
 		Files:    int64(len(tw.records)),
@@ -168,7 +177,7 @@ func (s *Store) commit(tmp, name string, replace bool) error {
 	}
 	if err := os.Rename(tmp, dst); err != nil {
 		if errors.Is(err, os.ErrExist) || errors.Is(err, unix.ENOTEMPTY) {
-			return fmt.Errorf("image %s already exists in %s", name, s.dir)
+			return fmt.Errorf("image %s %w in %s", name, ErrExists, s.dir)
 		}
 		return fmt.Errorf("image %s: %w", name, err)
 	}

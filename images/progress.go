@@ -66,6 +66,21 @@ func (p *progress) end() {
 	p.phase = ""
 }
 
+// fail ends the phase that an error stopped. It never says "done" nor a percentage: all of
+// a truncated .xz is read (100% of its bytes) before xz reports that it ends early.
+func (p *progress) fail() {
+	if p == nil || p.w == nil || p.phase == "" {
+		return
+	}
+	s := fmt.Sprintf("image %s: %s failed after %s, %s read", p.image, p.phase,
+		p.now().Sub(p.start).Round(100*time.Millisecond), HumanBytes(p.done))
+	if p.tty {
+		s = "\r\x1b[K" + s
+	}
+	fmt.Fprintln(p.w, s)
+	p.phase = ""
+}
+
 func (p *progress) print(final bool) {
 	fmt.Fprint(p.w, p.line(final))
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -102,6 +103,10 @@ func runImageImport(ctx context.Context, e *env, args []string) error {
 		Progress: e.err, Prepare: !*noPrep, Replace: *replace,
 		Logger: slog.New(slog.NewTextHandler(e.err, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
+	if errors.Is(err, images.ErrExists) {
+		return fmt.Errorf("%w: to replace it run: pifleet image import --replace --name %s %s (or remove it first: pifleet image rm %s)",
+			err, *name, fs.Arg(0), *name)
+	}
 	if err != nil {
 		return err
 	}

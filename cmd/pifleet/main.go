@@ -2,7 +2,8 @@
 // boards) with no SD cards. This package is the CLI only: flags, subcommands and exit
 // codes; the work is done by package server and the packages below it.
 //
-// Exit codes: 0 success, 1 failure, 2 usage error.
+// Exit codes: 0 success, 1 failure, 2 usage error, 128+N when signal N (SIGINT: 130,
+// SIGTERM: 143) stopped a command midway.
 package main
 
 import (
@@ -12,10 +13,8 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"sort"
 	"strings"
-	"syscall"
 )
 
 // usageError marks a mistake in how pifleet was called; it exits 2.
@@ -46,7 +45,7 @@ func commands() map[string]command {
 }
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signalContext()
 	code := run(ctx, &env{out: os.Stdout, err: os.Stderr}, os.Args[1:])
 	stop()
 	os.Exit(code)
@@ -55,6 +54,10 @@ func main() {
 // run dispatches args to a subcommand and maps its error to an exit code.
 func run(ctx context.Context, e *env, args []string) int {
 	err := dispatch(ctx, e, "pifleet", commands(), args)
+	if msg, code, ok := interruption(ctx, err); ok {
+		fmt.Fprintf(e.err, "pifleet: %s\n", msg)
+		return code
+	}
 	var ue usageError
 	switch {
 	case err == nil, errors.Is(err, flag.ErrHelp):
@@ -104,9 +107,7 @@ func newFlags(e *env, name, args, about string) *flag.FlagSet {
 	fs.Usage = func() {
 		fmt.Fprintf(e.out, "Usage: %s %s\n\n%s\n", name, args, about)
 		var flags strings.Builder
-		fs.SetOutput(&flags)
-		fs.PrintDefaults()
-		fs.SetOutput(e.err)
+		printFlags(&flags, fs)
 		if flags.Len() > 0 {
 			fmt.Fprintf(e.out, "\nFlags:\n%s", flags.String())
 		}
@@ -147,7 +148,7 @@ func configFlag(fs *flag.FlagSet) *string {
 		}
 	}
 	p := new(string)
-	fs.StringVar(p, "c", def, "fleet file")
-	fs.StringVar(p, "config", def, "fleet file (same as -c)")
+	fs.StringVar(p, "c", def, "read the fleet from `FILE`")
+	fs.StringVar(p, "config", def, "read the fleet from `FILE`")
 	return p
 }

@@ -17,6 +17,10 @@ func Build(ctx context.Context, store *images.Store, opts Options) (*images.Info
 	if store.Exists(name) {
 		return store.Info(name)
 	}
+	// Say what happens before it happens: asking apt and downloading take a while in silence.
+	opts.logger().Info("demo image: building it once from Debian packages (busybox-static:arm64, the newest "+
+		"linux-image-6.1.0-*-arm64, raspi-firmware): apt check, download to the cache dir, unpack, initramfs, import",
+		"image", name, "cache", opts.CacheDir)
 	if opts.CacheDir == "" {
 		return nil, fmt.Errorf("demo image %s: no cache directory for the downloaded packages", name)
 	}
@@ -31,7 +35,8 @@ func Build(ctx context.Context, store *images.Store, opts Options) (*images.Info
 	}
 	defer os.RemoveAll(tmp)
 	root := filepath.Join(tmp, "root")
-	if _, err := BuildTree(ctx, root, opts); err != nil {
+	tree, err := BuildTree(ctx, root, opts)
+	if err != nil {
 		return nil, fmt.Errorf("demo image %s: %w", name, err)
 	}
 	opts.logger().Info("demo image: importing", "image", name, "from", root)
@@ -39,6 +44,7 @@ func Build(ctx context.Context, store *images.Store, opts Options) (*images.Info
 		// The demo root is made for an NFS root already: no preparation layer.
 		Prepare: false,
 		Logger:  opts.logger(),
+		Source:  "debian: linux-image-" + tree.KernelVersion + ", busybox-static, raspi-firmware",
 	})
 	if err != nil {
 		return nil, fmt.Errorf("demo image %s: import: %w", name, err)

@@ -228,10 +228,18 @@ func TestBuildImportsOnce(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	opts := Options{CacheDir: testCache, Name: "demo-test"}
+	var logs bytes.Buffer
+	opts := Options{CacheDir: testCache, Name: "demo-test", Logger: slog.New(slog.NewTextHandler(&logs, nil))}
 	info, err := Build(ctx, store, opts)
 	if err != nil {
 		t.Fatalf("Build: %v", err)
+	}
+	// The first line says what Build is about to do; image ls shows what it was built from.
+	if first, _, _ := strings.Cut(logs.String(), "\n"); !strings.Contains(first, "demo image: building it once from Debian packages") {
+		t.Errorf("Build's first log line is %q, want what it does", first)
+	}
+	if !strings.HasPrefix(info.Source, "debian: linux-image-6.1.0-") || !strings.Contains(info.Source, "busybox-static") {
+		t.Errorf("demo image source = %q, want the Debian packages it was built from", info.Source)
 	}
 	if info == nil || !store.Exists("demo-test") {
 		t.Fatalf("Build returned %+v but the store has no demo-test", info)
