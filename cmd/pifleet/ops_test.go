@@ -20,10 +20,11 @@ func TestHelpConfigFlagOnce(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "      --log-level string\n") || !strings.Contains(out, "      --log-json\n") {
 		t.Errorf("serve --help: exit %d\n%s", code, out)
 	}
-	// Both spellings still work.
+	// Every spelling still works: the file named is the one read.
+	missing := filepath.Join(t.TempDir(), "other-fleet.yaml")
 	for _, f := range []string{"-c", "--config", "-config"} {
-		if code, _, errOut := runCLI("check", f, filepath.Join("..", "..", "fleet.yaml")); code != 0 {
-			t.Errorf("check %s: exit %d %s", f, code, errOut)
+		if code, _, errOut := runCLI("check", f, missing); code != 1 || !strings.Contains(errOut, missing) {
+			t.Errorf("check %s %s: exit %d %s", f, missing, code, errOut)
 		}
 	}
 }
