@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -68,5 +70,44 @@ func TestImportExistsSaysWhatToRun(t *testing.T) {
 	if code != 1 || !strings.Contains(errOut, "image base already exists") ||
 		!strings.Contains(errOut, "pifleet image import --replace --name base "+src) || !strings.Contains(errOut, "pifleet image rm base") {
 		t.Errorf("second import: exit %d, stderr %q", code, errOut)
+	}
+}
+
+// TestJournalLogs: when stderr is the journal, log lines have no time of their own and
+// start with the syslog priority; elsewhere they keep the time.
+func TestJournalLogs(t *testing.T) {
+	var b bytes.Buffer
+	log := slog.New(logHandler(&b, slog.LevelDebug, false, true)).With("board", "pi-01")
+	log.Info("board reset", "mac", "dc:a6:32:01:02:03")
+	log.WithGroup("nfs").Warn("slow", "ms", 12)
+	log.Debug("detail")
+	want := "<6>level=INFO msg=\"board reset\" board=pi-01 mac=dc:a6:32:01:02:03\n" +
+		"<4>level=WARN msg=slow board=pi-01 nfs.ms=12\n" +
+		"<7>level=DEBUG msg=detail board=pi-01\n"
+	if b.String() != want {
+		t.Errorf("journal lines:\n%s\nwant\n%s", b.String(), want)
+	}
+	b.Reset()
+	slog.New(logHandler(&b, slog.LevelInfo, false, false)).Info("x")
+	if !strings.HasPrefix(b.String(), "time=") {
+		t.Errorf("terminal line %q has no time", b.String())
+	}
+
+	f, err := os.CreateTemp(t.TempDir(), "stderr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	if !journalStream(fmt.Sprintf("%d:%d", st.Dev, st.Ino), f) {
+		t.Error("JOURNAL_STREAM naming the file: not recognised")
+	}
+	for _, env := range []string{"", "1:2", "junk", fmt.Sprintf("%d:%d", st.Dev, st.Ino+1)} {
+		if journalStream(env, f) {
+			t.Errorf("JOURNAL_STREAM=%q taken for this file", env)
+		}
 	}
 }

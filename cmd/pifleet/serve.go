@@ -29,11 +29,7 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	if err := lv.UnmarshalText([]byte(*level)); err != nil {
 		return usagef("--log-level %q: use debug, info, warn or error", *level)
 	}
-	hopts := &slog.HandlerOptions{Level: lv}
-	var h slog.Handler = slog.NewTextHandler(e.err, hopts)
-	if *jsonLog {
-		h = slog.NewJSONHandler(e.err, hopts)
-	}
+	h := logHandler(e.err, lv, *jsonLog, e.err == os.Stderr && journalStream(os.Getenv("JOURNAL_STREAM"), os.Stderr))
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(e.err, "pifleet: warning: not running as root; binding ports 67, 69 and 2049 will fail unless fleet.yaml moves them (run: sudo pifleet serve)")
 	}
