@@ -118,12 +118,16 @@ func runBoardLs(ctx context.Context, e *env, args []string) error {
 		"Lists the fleet's boards. With a running server it also shows the last boot (when, and how\nfar it got: dhcp, tftp, nfs) and whether the board has its root mounted.")
 	cfgPath := configFlag(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
+	names := fs.Bool("names", false, "print only the board names from fleet.yaml, one a line (for scripts and completion)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
 	cfg, err := loadConfig(*cfgPath)
 	if err != nil {
 		return err
+	}
+	if *names {
+		return printBoardNames(e, cfg)
 	}
 	var boards []server.BoardStatus
 	live, err := dialAPI(ctx, cfg)

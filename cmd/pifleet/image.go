@@ -38,6 +38,7 @@ func openStore(cfgPath string) (*server.Config, *images.Store, error) {
 func runImageLs(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "pifleet image ls", "[-c fleet.yaml]", "Lists the images in the state dir and which boards use each.")
 	cfgPath := configFlag(fs)
+	names := fs.Bool("names", false, "print only the image names, one a line (for scripts and completion)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -48,6 +49,9 @@ func runImageLs(ctx context.Context, e *env, args []string) error {
 	list, err := store.List()
 	if err != nil {
 		return err
+	}
+	if *names {
+		return printImageNames(e, list)
 	}
 	sort.Slice(list, func(i, j int) bool { return list[i].Name < list[j].Name })
 	tw := tabwriter.NewWriter(e.out, 0, 4, 2, ' ', 0)

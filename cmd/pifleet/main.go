@@ -41,6 +41,8 @@ func commands() map[string]command {
 		"check": {"validate fleet.yaml and report every problem with its line", runCheck},
 		"board": {"list, reset and diff boards (pifleet board --help)", runBoard},
 		"image": {"list, import, verify and remove base images (pifleet image --help)", runImage},
+		"version":    {"print the version and VCS revision pifleet was built from", runVersion},
+		"completion": {"print a shell completion script (pifleet completion bash)", runCompletion},
 	}
 }
 
@@ -94,7 +96,7 @@ func printCommands(w io.Writer, prog string, cmds map[string]command) {
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		fmt.Fprintf(w, "  %-8s %s\n", n, cmds[n].summary)
+		fmt.Fprintf(w, "  %-10s %s\n", n, cmds[n].summary)
 	}
 	fmt.Fprintf(w, "\nRun '%s <command> --help' for a command's flags.\n", prog)
 }
