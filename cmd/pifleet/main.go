@@ -12,6 +12,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"sort"
 	"strings"
@@ -36,14 +37,14 @@ type env struct {
 }
 
 func commands() map[string]command {
-	return map[string]command{
-		"serve":      {"run the DHCP, TFTP, NFS and HTTP services for the fleet", runServe},
-		"check":      {"validate fleet.yaml and report every problem with its line", runCheck},
-		"board":      {"list, reset and diff boards (pifleet board --help)", runBoard},
-		"image":      {"list, import, verify and remove base images (pifleet image --help)", runImage},
-		"version":    {"print the version and VCS revision pifleet was built from", runVersion},
-		"completion": {"print a shell completion script (pifleet completion bash)", runCompletion},
+	cmds := map[string]command{
+		"serve": {"run the DHCP, TFTP, NFS and HTTP services for the fleet", runServe},
+		"check": {"validate fleet.yaml and report every problem with its line", runCheck},
+		"board": {"list, reset and diff boards (pifleet board --help)", runBoard},
+		"image": {"list, import, verify and remove base images (pifleet image --help)", runImage},
 	}
+	maps.Copy(cmds, installCommands())
+	return cmds
 }
 
 func main() {

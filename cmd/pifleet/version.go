@@ -60,3 +60,11 @@ func runVersion(ctx context.Context, e *env, args []string) error {
 	fmt.Fprintf(e.out, "pifleet %s\nrevision %s\n%s %s/%s\n", ver, rev, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 	return nil
 }
+
+// installCommands are the commands for running pifleet as an installed program.
+func installCommands() map[string]command {
+	return map[string]command{
+		"version":    {"print the version and VCS revision pifleet was built from", runVersion},
+		"completion": {"print a shell completion script (pifleet completion bash)", runCompletion},
+	}
+}
