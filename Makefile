@@ -1,14 +1,67 @@
-# pifleet: `make run` serves the demo fleet, `make test` runs every test.
+# pifleet: `make run` serves the demo fleet, `make test` runs every test,
+# `sudo make install` installs it as a systemd service.
 GO      ?= go
-BIN     := bin/pifleet
+BIN     ?= bin/pifleet
 CONFIG  ?= fleet.yaml
 # Go's default build cache lives in $HOME; keep the same one under sudo.
 export GOFLAGS ?= -buildvcs=false
 
-.PHONY: build run demo test e2e bench fmt vet clean need-root
+# A static binary: it runs on any Linux of its architecture, copied as one file.
+CGO_ENABLED ?= 0
+# -buildvcs=false (above) leaves Go's own VCS stamp out, so git supplies it: the release
+# tag (v1.2.0, or v1.2.0-3-gabc1234 after it) and the commit. Untagged or outside a git
+# checkout they are empty and `pifleet version` says (devel) / unknown.
+VERSION  ?= $(shell git describe --tags --dirty 2>/dev/null)
+REVISION ?= $(shell r=$$(git rev-parse HEAD 2>/dev/null) && { git diff --quiet HEAD 2>/dev/null && echo $$r || echo $$r-dirty; })
+LDFLAGS  := -X main.version=$(VERSION) -X main.revision=$(REVISION)
+
+# make install: PREFIX/DESTDIR as usual (DESTDIR for packaging: nothing is started then).
+PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+SYSCONFDIR ?= /etc
+DESTDIR    ?=
+# START=no installs without enabling and (re)starting the service.
+START      ?= yes
+
+.PHONY: build run demo test e2e bench fmt vet clean need-root install uninstall
 
 build:
-	$(GO) build -o $(BIN) ./cmd/pifleet
+	CGO_ENABLED=$(CGO_ENABLED) $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/pifleet
+
+# The binary in BINDIR, the systemd unit in UNITDIR, fleet.yaml in SYSCONFDIR/pifleet
+# (only if there is none: an admin's file is never overwritten), then systemctl enable
+# and restart when systemd runs this machine.
+install: build
+	install -D -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/pifleet
+	install -d -m 0755 $(DESTDIR)$(UNITDIR)
+	sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' dist/pifleet.service.in > $(DESTDIR)$(UNITDIR)/pifleet.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/pifleet.service
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/pifleet/fleet.yaml ]; then \
+	  echo "kept $(DESTDIR)$(SYSCONFDIR)/pifleet/fleet.yaml"; \
+	else \
+	  install -D -m 0644 dist/fleet.yaml $(DESTDIR)$(SYSCONFDIR)/pifleet/fleet.yaml && \
+	  echo "installed $(DESTDIR)$(SYSCONFDIR)/pifleet/fleet.yaml (no boards yet: edit it)"; \
+	fi
+	@if [ -n "$(DESTDIR)" ] || [ "$(START)" != yes ]; then \
+	  echo "not starting the service (DESTDIR or START=no)"; \
+	elif [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then \
+	  systemctl daemon-reload && systemctl enable pifleet.service && systemctl restart pifleet.service && \
+	  echo "pifleet.service enabled and started: journalctl -u pifleet -f"; \
+	else \
+	  echo "systemd does not run this machine (no /run/systemd/system): nothing started. On a systemd machine run:"; \
+	  echo "  systemctl daemon-reload && systemctl enable --now pifleet.service"; \
+	  echo "or run it in the foreground: $(BINDIR)/pifleet serve -c $(SYSCONFDIR)/pifleet/fleet.yaml"; \
+	fi
+
+# Removes the binary and the unit; keeps SYSCONFDIR/pifleet and the state dir (images,
+# board roots).
+uninstall:
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then \
+	  systemctl disable --now pifleet.service || true; fi
+	rm -f $(DESTDIR)$(BINDIR)/pifleet $(DESTDIR)$(UNITDIR)/pifleet.service
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "kept $(SYSCONFDIR)/pifleet and /var/lib/pifleet"
 
 need-root:
 	@if [ "$$(id -u)" != 0 ]; then \

@@ -17,6 +17,7 @@ apt-get install -y -qq --no-install-recommends \
   qemu-system-arm u-boot-qemu u-boot-tools \
   attr acl e2fsprogs mtools dosfstools fdisk openssh-client \
   klibc-utils \
+  make git systemd \
   >/dev/null
 # rpcinfo (the portmapper tests) comes with rpcbind, mount.nfs (dracut's NFS client) with
 # nfs-common: keep their package scripts from starting a system rpcbind, which would hold

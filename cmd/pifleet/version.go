@@ -11,7 +11,7 @@ import (
 // -buildvcs=false (it runs under sudo, where git may refuse the checkout), so Go's own VCS
 // stamp is absent and git describe/rev-parse supply it instead.
 var (
-	version  string // git describe --tags --always --dirty
+	version  string // git describe --tags --dirty: empty without a tag
 	revision string // git rev-parse HEAD, "-dirty" appended for uncommitted changes
 )
 
