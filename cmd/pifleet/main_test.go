@@ -28,7 +28,7 @@ func TestHelpEverywhere(t *testing.T) {
 	for _, args := range [][]string{
 		{"--help"}, {"serve", "--help"}, {"check", "--help"}, {"board", "--help"}, {"board", "ls", "--help"},
 		{"board", "reset", "--help"}, {"board", "diff", "--help"}, {"image", "--help"}, {"image", "ls", "--help"},
-		{"image", "import", "--help"}, {"image", "verify", "--help"}, {"image", "rm", "--help"}, {"image", "demo", "-h"},
+		{"image", "import", "--help"}, {"image", "verify", "--help"}, {"image", "rm", "--help"}, {"image", "demo", "-h"}, {"version", "--help"}, {"completion", "--help"},
 	} {
 		code, out, errOut := runCLI(args...)
 		if code != 0 || !strings.Contains(out, "Usage: pifleet") {
