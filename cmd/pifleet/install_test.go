@@ -72,6 +72,13 @@ func TestMakeInstall(t *testing.T) {
 			t.Errorf("unit lacks %q", w)
 		}
 	}
+	// These would refuse what board roots do: mknod of devices (the device policy they
+	// imply) and setuid files.
+	for _, bad := range []string{"PrivateDevices=yes", "ProtectClock=yes", "RestrictSUIDSGID=yes", "DeviceAllow="} {
+		if strings.Contains(string(data), "\n"+bad) {
+			t.Errorf("unit sets %s", bad)
+		}
+	}
 	// verify warns about unknown keys without failing: any output is a failure here.
 	if out, err := exec.Command("systemd-analyze", "verify", "--man=no", unit).CombinedOutput(); err != nil || len(out) > 0 {
 		t.Errorf("systemd-analyze verify %s: %v\n%s", unit, err, out)
