@@ -234,15 +234,15 @@ func TestBuildImportsOnce(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Build: %v", err)
 	}
+	if info == nil || !store.Exists("demo-test") {
+		t.Fatalf("Build returned %+v but the store has no demo-test", info)
+	}
 	// The first line says what Build is about to do; image ls shows what it was built from.
 	if first, _, _ := strings.Cut(logs.String(), "\n"); !strings.Contains(first, "demo image: building it once from Debian packages") {
 		t.Errorf("Build's first log line is %q, want what it does", first)
 	}
 	if !strings.HasPrefix(info.Source, "debian: linux-image-6.1.0-") || !strings.Contains(info.Source, "busybox-static") {
 		t.Errorf("demo image source = %q, want the Debian packages it was built from", info.Source)
-	}
-	if info == nil || !store.Exists("demo-test") {
-		t.Fatalf("Build returned %+v but the store has no demo-test", info)
 	}
 	root := store.RootDir("demo-test")
 	fi, err := os.Stat(filepath.Join(root, "usr/local/bin/pifleet-euid"))
