@@ -123,3 +123,47 @@ func TestVersionUnstamped(t *testing.T) {
 		t.Errorf("pifleet version:\n%s", out)
 	}
 }
+
+// TestUnitCapabilitiesSuffice runs the file-system and NFS test suites (board roots over
+// NFS: chown, setuid bits, device nodes, whiteouts, ACLs, file capabilities) as root
+// limited to the unit's CapabilityBoundingSet, so a change that needs one more capability
+// fails here rather than in a sandboxed service.
+func TestUnitCapabilitiesSuffice(t *testing.T) {
+	require.Root(t, "the suites need root's file capabilities, minus those the unit drops")
+	setpriv := require.Tool(t, "setpriv", "util-linux")
+	data, err := os.ReadFile(filepath.Join(repoRoot, "dist", "pifleet.service.in"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var caps []string
+	for _, l := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(l, "CapabilityBoundingSet="); ok {
+			for _, c := range strings.Fields(v) {
+				caps = append(caps, "+"+strings.ToLower(strings.TrimPrefix(c, "CAP_")))
+			}
+		}
+	}
+	if len(caps) == 0 {
+		t.Fatal("the unit has no CapabilityBoundingSet")
+	}
+	for _, pkg := range []struct{ dir, skip string }{
+		{"overlay", "TestDifferentialAgainstKernel"}, // kernel overlayfs as a reference, not pifleet
+		{"nfsroot", "^$"},
+	} {
+		bin := filepath.Join(t.TempDir(), pkg.dir+".test")
+		if out, err := exec.Command("go", "test", "-c", "-o", bin, "./"+filepath.Join(repoRoot, pkg.dir)).CombinedOutput(); err != nil {
+			t.Fatalf("build %s tests: %v\n%s", pkg.dir, err, out)
+		}
+		cmd := exec.Command(setpriv, "--bounding-set=-all,"+strings.Join(caps, ","), bin, "-test.count=1", "-test.skip", pkg.skip)
+		cmd.Dir = filepath.Join(repoRoot, pkg.dir)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			var fails []string
+			for _, l := range strings.Split(string(out), "\n") {
+				if strings.Contains(l, "--- FAIL") || strings.Contains(l, "operation not permitted") {
+					fails = append(fails, l)
+				}
+			}
+			t.Errorf("%s tests with only %s: %v\n%s", pkg.dir, strings.Join(caps, ","), err, strings.Join(fails, "\n"))
+		}
+	}
+}
