@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -176,11 +177,23 @@ func TestPi3Path(t *testing.T) {
 	if err := os.MkdirAll(dl, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	// The Pi's firmware fetches these from the board's own MAC and address: only that
+	// evidence (here the board's fixed ip:) lets pifleet serve the serial's tree. The
+	// firmware stand-in is a namespace on the bridge with the board's MAC and address,
+	// removed before the emulated board takes them over.
+	fw := firmwareHost(t, l.net, pi)
 	for _, f := range []string{"config.txt", "cmdline.txt", "kernel8.img", "initramfs8", "bcm2837-rpi-3-b.dtb", "start.elf", "bootcode.bin"} {
-		out, err := l.net.Command(t.Context(), "busybox", "tftp", "-g", "-b", "1468", "-r", pi.serial+"/"+f, "-l", filepath.Join(dl, f), serverAddr).CombinedOutput()
+		out, err := exec.CommandContext(t.Context(), "ip", "netns", "exec", fw, "busybox", "tftp", "-g", "-b", "1468", "-r", pi.serial+"/"+f, "-l", filepath.Join(dl, f), serverAddr).CombinedOutput()
 		if err != nil {
 			t.Fatalf("TFTP %s/%s from pifleet: %v: %s", pi.serial, f, err, out)
 		}
+	}
+	if out, err := exec.Command("ip", "netns", "del", fw).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns del %s: %v: %s", fw, err, out)
+	}
+	// A host that is not the board gets nothing under its serial.
+	if out, err := l.net.Command(t.Context(), "busybox", "tftp", "-g", "-r", pi.serial+"/config.txt", "-l", filepath.Join(l.dir, "stranger-config.txt"), serverAddr).CombinedOutput(); err == nil {
+		t.Errorf("the server's own namespace (not the board) read %s/config.txt: %s", pi.serial, out)
 	}
 	cfg, _ := os.ReadFile(filepath.Join(dl, "config.txt"))
 	if !strings.Contains(string(cfg), "kernel=kernel8.img") {
@@ -215,4 +228,27 @@ func TestPi3Path(t *testing.T) {
 			t.Fatalf("pi3: %v\nconsole log %s, last output:\n%s", err, qb.LogPath, qb.Console.Tail(4000))
 		}
 	}
+}
+
+// firmwareHost stands in for a Pi's boot firmware on the lab's bridge: a namespace whose
+// veth end has the board's MAC and fixed address. It returns the namespace's name; the
+// test deletes it (and t.Cleanup again, in case the test ends first).
+func firmwareHost(t *testing.T, n *testbed.Net, b testBoard) string {
+	t.Helper()
+	ns := n.Name + "-fw"
+	run := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	run("netns", "add", ns)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	run("-n", n.Name, "link", "add", "fwbr", "type", "veth", "peer", "name", "fw0", "netns", ns)
+	run("-n", n.Name, "link", "set", "fwbr", "master", n.Bridge, "up")
+	run("-n", ns, "link", "set", "fw0", "address", b.mac)
+	run("-n", ns, "addr", "add", b.ip+"/24", "dev", "fw0")
+	run("-n", ns, "link", "set", "fw0", "up")
+	run("-n", ns, "link", "set", "lo", "up")
+	return ns
 }
