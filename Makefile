@@ -79,14 +79,16 @@ run: build need-root demo
 
 # Every test: unit, protocol tests with real clients in private network namespaces,
 # the kernel-overlayfs differential test, and the QEMU end-to-end boot (as root).
-# The e2e runs last and alone: its emulated boards want both cores.
+# The e2e runs last and alone: its emulated boards want both cores. Its timeout covers a cold
+# build of the Debian image TestDistroBookworm boots (~20 min, then cached in
+# /var/cache/pifleet-test).
 test:
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 10m $$($(GO) list ./... | grep -v /test/e2e)
-	$(GO) test -count=1 -timeout 12m ./test/e2e/
+	$(GO) test -count=1 -timeout 55m ./test/e2e/
 
 e2e:
-	$(GO) test -count=1 -timeout 15m -v ./test/e2e/
+	$(GO) test -count=1 -timeout 55m -v ./test/e2e/
 
 # Benchmarks, side by side with peers (dnsmasq, tftpd-hpa, nfs-ganesha) where a
 # package has them; figures go to the terminal.

@@ -18,7 +18,12 @@ apt-get install -y -qq --no-install-recommends \
   attr acl e2fsprogs mtools dosfstools fdisk openssh-client \
   klibc-utils \
   make git systemd \
+  mmdebstrap qemu-user-static binfmt-support arch-test \
   >/dev/null
+# TestDistroBookworm builds a Debian arm64 root with mmdebstrap: arm64 binaries run through
+# qemu-user, which needs binfmt_misc (a container may not have it mounted or enabled).
+[ -e /proc/sys/fs/binfmt_misc/register ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || true
+update-binfmts --enable qemu-aarch64 || true
 # rpcinfo (the portmapper tests) comes with rpcbind, mount.nfs (dracut's NFS client) with
 # nfs-common: keep their package scripts from starting a system rpcbind, which would hold
 # port 111, or rpc.statd.

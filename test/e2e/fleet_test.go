@@ -1,10 +1,16 @@
 // Package e2e is pifleet's end-to-end test: real U-Boot, Linux and QEMU boards boot from a
 // real `pifleet serve` inside a network namespace the test creates, and check from inside.
+// TestFleet and TestPi3Path boot pifleet's busybox demo image; TestDistroBookworm boots a
+// stock Debian bookworm root (systemd, its own initramfs-tools initramfs) imported from a
+// Pi-style disk image that test/e2e/distro/build-bookworm.sh builds from apt packages.
 //
-// Run it with `make e2e` (go test -count=1 -timeout 15m ./test/e2e/) as root. Console and
+// Run it with `make e2e` (go test -count=1 -timeout 55m ./test/e2e/) as root. Console and
 // server logs go to $PIFLEET_E2E_LOGS (default test/e2e/logs/<test>/) and are printed on
 // failure. Needs: qemu-system-arm u-boot-qemu busybox kmod (and apt configured for arm64 +
-// non-free-firmware for the demo image's .debs, cached in /var/cache/pifleet-test).
+// non-free-firmware for the demo image's .debs, cached in /var/cache/pifleet-test), and for
+// the Debian image mmdebstrap qemu-user-static binfmt-support arch-test dosfstools mtools
+// fdisk; the built image is cached in /var/cache/pifleet-test too (a cold build takes ~20
+// minutes).
 package e2e
 
 import (
@@ -104,9 +110,43 @@ func logDirFor(t *testing.T) string {
 	return dir
 }
 
+// fleetImage is the image a lab's boards boot and how it gets into the state dir.
+type fleetImage struct {
+	// name in fleet.yaml's images: and defaults.image.
+	name string
+	// defaults are extra fleet.yaml lines under defaults: (indented two spaces).
+	defaults string
+	// install puts the image into the state dir; fleet.yaml is written by then.
+	install func(t *testing.T, l *lab)
+}
+
+// demoImage is pifleet's busybox demo image, built from .debs into the state dir.
+var demoImage = fleetImage{name: "demo", install: func(t *testing.T, l *lab) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	store, err := images.OpenStore(filepath.Join(l.state, "images"))
+	if err != nil {
+		t.Fatalf("image store: %v", err)
+	}
+	logf, err := os.Create(filepath.Join(l.logDir, "demo-build.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	if _, err := demo.Build(ctx, store, demo.Options{CacheDir: debCache, Logger: slog.New(slog.NewTextHandler(logf, nil))}); err != nil {
+		t.Fatalf("demo image: %v", err)
+	}
+}}
+
 // newLab builds pifleet and the demo image, writes fleet.yaml and creates the namespace
 // with one tap per board. The server is not started yet.
 func newLab(t *testing.T, boards []testBoard) *lab {
+	return newLabWith(t, boards, demoImage)
+}
+
+// newLabWith is newLab for any image: it builds pifleet, writes fleet.yaml with img as every
+// board's image, installs img and creates the namespace.
+func newLabWith(t *testing.T, boards []testBoard, img fleetImage) *lab {
 	t.Helper()
 	testbed.RequireRoot(t)
 	testbed.RequireTools(t, map[string]string{
@@ -133,21 +173,6 @@ func newLab(t *testing.T, boards []testBoard) *lab {
 		t.Fatalf("cannot build pifleet (cmd/pifleet, needed to serve the boards): %v\n%s", err, out)
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	store, err := images.OpenStore(filepath.Join(l.state, "images"))
-	if err != nil {
-		t.Fatalf("image store: %v", err)
-	}
-	logf, err := os.Create(filepath.Join(l.logDir, "demo-build.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	if _, err := demo.Build(ctx, store, demo.Options{CacheDir: debCache, Logger: slog.New(slog.NewTextHandler(logf, nil))}); err != nil {
-		t.Fatalf("demo image: %v", err)
-	}
-
 	var fleet strings.Builder
 	fmt.Fprintf(&fleet, `server:
   interface: %s
@@ -156,10 +181,12 @@ func newLab(t *testing.T, boards []testBoard) *lab {
   dhcp: {mode: full, router: %s, lease: 1h}
   ports: {tftp: 69, nfs: 2049, mount: 20048, http: 8080}
 images:
-  demo: {}
-defaults: {image: demo, cmdline: "console=ttyAMA0,115200"}
-boards:
-`, bridge, serverAddr, l.state, serverAddr)
+  %s: {}
+defaults:
+  image: %s
+  cmdline: "console=ttyAMA0,115200"
+%sboards:
+`, bridge, serverAddr, l.state, serverAddr, img.name, img.name, img.defaults)
 	for _, b := range boards {
 		fmt.Fprintf(&fleet, "  - {name: %s, mac: %q, ip: %s", b.name, b.mac, b.ip)
 		if b.serial != "" {
@@ -171,6 +198,7 @@ boards:
 		t.Fatal(err)
 	}
 	os.WriteFile(filepath.Join(l.logDir, "fleet.yaml"), []byte(fleet.String()), 0o644)
+	img.install(t, l)
 	check := exec.Command(l.bin, "check", "-c", l.cfgPath)
 	if out, err := check.CombinedOutput(); err != nil {
 		t.Fatalf("pifleet check rejects the test's fleet.yaml: %v\n%s", err, out)

@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"regexp"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -20,6 +21,10 @@ type Console struct {
 	change chan struct{} // closed and replaced on every write
 	log    *os.File
 	in     io.Writer
+	// arrivals[i] is when the output up to ends[i] had arrived, for MatchedAt.
+	arrivals []time.Time
+	ends     []int
+	matched  time.Time
 }
 
 // NewConsole starts copying out into the log file at logPath; in is where Send writes.
@@ -41,6 +46,8 @@ func (c *Console) copy(out io.Reader) {
 		if n > 0 {
 			c.buf = append(c.buf, b[:n]...)
 			c.log.Write(b[:n])
+			c.arrivals = append(c.arrivals, time.Now())
+			c.ends = append(c.ends, len(c.buf))
 		}
 		if err != nil {
 			c.closed = true
@@ -84,6 +91,7 @@ func (c *Console) Expect(re *regexp.Regexp, failRe *regexp.Regexp, timeout time.
 		if loc != nil {
 			m := string(rest[loc[0]:loc[1]])
 			c.cursor += loc[1]
+			c.matched = c.arrivalOf(c.cursor)
 			c.mu.Unlock()
 			return m, nil
 		}
@@ -104,6 +112,23 @@ func (c *Console) Expect(re *regexp.Regexp, failRe *regexp.Regexp, timeout time.
 func (c *Console) ExpectString(s string, timeout time.Duration) error {
 	_, err := c.Expect(regexp.MustCompile(regexp.QuoteMeta(s)), nil, timeout)
 	return err
+}
+
+// MatchedAt returns when the end of the last Expect's match arrived on the console: the time
+// the guest printed it, not when the test looked.
+func (c *Console) MatchedAt() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.matched
+}
+
+// arrivalOf returns when byte offset off (exclusive end) of the output arrived. c.mu held.
+func (c *Console) arrivalOf(off int) time.Time {
+	i := sort.SearchInts(c.ends, off)
+	if i == len(c.ends) {
+		return time.Now()
+	}
+	return c.arrivals[i]
 }
 
 // Tail returns the last n bytes of output, for failure messages.

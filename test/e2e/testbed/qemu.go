@@ -22,6 +22,8 @@ type Board struct {
 	Console *Console
 	// LogPath is the console log file.
 	LogPath string
+	// Started is when QEMU started: time zero of the board's boot.
+	Started time.Time
 	cmd     *exec.Cmd
 	done    chan struct{}
 	waitErr error
@@ -88,6 +90,7 @@ func StartBoard(net *Net, cfg BoardConfig) (*Board, error) {
 		return nil, err
 	}
 	fmt.Fprintf(b.Console.log, "\n==== %s: qemu-system-aarch64 %q\n", time.Now().UTC().Format(time.RFC3339), args)
+	b.Started = time.Now()
 	if err := cmd.Start(); err != nil {
 		b.Console.Close()
 		return nil, fmt.Errorf("start QEMU for %s: %w", cfg.Name, err)
