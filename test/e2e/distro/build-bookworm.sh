@@ -6,7 +6,8 @@
 # raspi image-specs do: a FAT partition (label RASPIFIRM) with the kernel, initramfs,
 # config.txt and cmdline.txt that raspi-firmware's hooks write, and an ext4 root (label
 # RASPIROOT, made with mkfs.ext4 -d, POSIX ACLs kept) with systemd, initramfs-tools and
-# linux-image-arm64. Nothing in it knows about pifleet.
+# linux-image-arm64. As in Debian's raspi images, root has an empty password (console login
+# without one; sysconf.txt or the admin sets one). Nothing in it knows about pifleet.
 #
 # Inputs, and so the cache key: this script, mmdebstrap's version and the arm64 candidate
 # versions of the packages below as the host's apt sees them. Building takes about 20
@@ -24,9 +25,8 @@ script=$(readlink -f "$0")
 key=$({
 	sha256sum <"$script"
 	mmdebstrap --version
-	for p in $PACKAGES; do
-		printf '%s %s\n' "$p" "$(apt-cache policy "$p:arm64" | sed -n 's/^ *Candidate: //p')"
-	done
+	# One apt-cache run: each start reads the whole package cache.
+	apt-cache policy $(printf '%s:arm64 ' $PACKAGES) | grep -E '^[^ ]|Candidate:'
 } | sha256sum | cut -c1-16)
 out="$cache/debian-bookworm-arm64-$key.img.xz"
 if [ -s "$out" ]; then
@@ -67,6 +67,7 @@ mmdebstrap --mode=root --arch=arm64 --variant=apt \
 	--customize-hook='printf "ROOTPART=LABEL=RASPIROOT\nCONSOLES=\"ttyS1,115200\"\n" >>"$1/etc/default/raspi-firmware"' \
 	--customize-hook='printf "LABEL=RASPIROOT / ext4 rw 0 1\nLABEL=RASPIFIRM /boot/firmware vfat rw 0 2\n" >"$1/etc/fstab"' \
 	--customize-hook='echo bookworm-pi >"$1/etc/hostname"' \
+	--customize-hook='chroot "$1" passwd --delete root' \
 	--customize-hook='chroot "$1" update-initramfs -c -k all' \
 	bookworm "$root" /etc/apt/sources.list.d/debian.sources >&2
 
