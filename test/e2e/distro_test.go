@@ -40,6 +40,8 @@ var bookwormImage = fleetImage{
 	install:  installBookworm,
 }
 
+// installBookworm gets the image from build-bookworm.sh (which builds it only when the cache
+// has none for the current packages and script) and imports it with `pifleet image import`.
 func installBookworm(t *testing.T, l *lab) {
 	t.Helper()
 	testbed.RequireTools(t, map[string]string{
@@ -64,7 +66,11 @@ func installBookworm(t *testing.T, l *lab) {
 		t.Fatalf("build-bookworm.sh: %v; log %s:\n%s", err, logPath, tail(string(b), 4000))
 	}
 	img := strings.TrimSpace(string(out))
-	t.Logf("bookworm image %s ready in %v (built now or taken from the cache; log %s)", img, time.Since(start).Round(time.Second), logPath)
+	how := "from the cache"
+	if b, _ := os.ReadFile(logPath); strings.Contains(string(b), "build-bookworm: mmdebstrap") {
+		how = "built now"
+	}
+	t.Logf("bookworm image %s ready in %v, %s (log %s)", img, time.Since(start).Round(time.Second), how, logPath)
 
 	start = time.Now()
 	imp := exec.Command(l.bin, "image", "import", "-c", l.cfgPath, "--name", "bookworm", img)
@@ -73,7 +79,8 @@ func installBookworm(t *testing.T, l *lab) {
 	if err != nil {
 		t.Fatalf("pifleet image import %s: %v\n%s", img, err, tail(string(res), 4000))
 	}
-	t.Logf("imported in %v: %s", time.Since(start).Round(time.Second), tail(strings.TrimSpace(string(res)), 300))
+	lines := strings.Split(strings.TrimSpace(string(res)), "\n")
+	t.Logf("imported in %v: %s", time.Since(start).Round(time.Second), lines[len(lines)-1])
 }
 
 // distroStage is one step of a board's boot as its console shows it.
@@ -96,7 +103,6 @@ func distroStages(b testBoard) []distroStage {
 	}
 }
 
-
 // bootDistro waits for board b's boot to reach the login prompt, logs when each stage showed
 // on the console (from QEMU's start) and fails t at the first missing stage.
 func bootDistro(t *testing.T, qb *testbed.Board, b testBoard) {
@@ -113,9 +119,8 @@ func bootDistro(t *testing.T, qb *testbed.Board, b testBoard) {
 
 // distroShell is a login session on a board's serial console.
 type distroShell struct {
-	t  *testing.T
 	qb *testbed.Board
-	n  int
+	n  int // numbers the output markers
 }
 
 // login logs user in on the console (its login prompt has shown); an empty password is
@@ -142,10 +147,10 @@ func login(t *testing.T, qb *testbed.Board, user, password string) (*distroShell
 		}
 		return nil, fmt.Errorf("board %s: login as %s refused", qb.Name, user)
 	}
-	sh := &distroShell{t: t, qb: qb}
+	sh := &distroShell{qb: qb}
 	// No pager, no colours: the console is a terminal, the test reads it as text.
-	sh.must("export PAGER=cat SYSTEMD_PAGER=cat SYSTEMD_COLORS=0")
-	if out, code := sh.run("id -un"); code != 0 || out != user {
+	sh.must(t, "export PAGER=cat SYSTEMD_PAGER=cat SYSTEMD_COLORS=0")
+	if out, code := sh.run(t, "id -un"); code != 0 || out != user {
 		t.Fatalf("board %s: after login as %s, id -un says %q (exit %d)", qb.Name, user, out, code)
 	}
 	return sh, nil
@@ -170,17 +175,17 @@ func loginBoard(t *testing.T, qb *testbed.Board) *distroShell {
 
 // run types cmd into the shell and returns its output and exit status. The markers are
 // written split ("PF""B") so that the echo of the typed line never matches them.
-func (s *distroShell) run(cmd string) (string, int) {
-	s.t.Helper()
+func (s *distroShell) run(t *testing.T, cmd string) (string, int) {
+	t.Helper()
 	s.n++
 	s.qb.Console.Send(fmt.Sprintf(`echo "PF""B%d"; %s; echo "PF""E%d-$?"`, s.n, cmd, s.n))
 	if _, err := s.qb.Console.Expect(regexp.MustCompile(fmt.Sprintf(`PFB%d\r?\n`, s.n)), distroFail, checkTimeout); err != nil {
-		s.t.Fatalf("board %s: %s: %v\n%s", s.qb.Name, cmd, err, s.qb.Console.Tail(3000))
+		t.Fatalf("board %s: %s: %v\n%s", s.qb.Name, cmd, err, s.qb.Console.Tail(3000))
 	}
 	end := regexp.MustCompile(fmt.Sprintf(`(?s)(.*?)PFE%d-([0-9]+)\r?\n`, s.n))
 	m, err := s.qb.Console.Expect(end, distroFail, checkTimeout)
 	if err != nil {
-		s.t.Fatalf("board %s: %s: %v\n%s", s.qb.Name, cmd, err, s.qb.Console.Tail(3000))
+		t.Fatalf("board %s: %s: %v\n%s", s.qb.Name, cmd, err, s.qb.Console.Tail(3000))
 	}
 	sub := end.FindStringSubmatch(m)
 	code, _ := strconv.Atoi(sub[2])
@@ -188,28 +193,28 @@ func (s *distroShell) run(cmd string) (string, int) {
 }
 
 // must is run that fails t unless cmd exits 0.
-func (s *distroShell) must(cmd string) string {
-	s.t.Helper()
-	out, code := s.run(cmd)
+func (s *distroShell) must(t *testing.T, cmd string) string {
+	t.Helper()
+	out, code := s.run(t, cmd)
 	if code != 0 {
-		s.t.Fatalf("board %s: %s: exit %d:\n%s", s.qb.Name, cmd, code, out)
+		t.Fatalf("board %s: %s: exit %d:\n%s", s.qb.Name, cmd, code, out)
 	}
 	return out
 }
 
 // sudo runs cmd as root through sudo with the user's password.
-func (s *distroShell) sudo(cmd string) (string, int) {
-	s.t.Helper()
-	return s.run(fmt.Sprintf(`echo %s | sudo -S -p "" sh -c '%s'`, distroPassword, cmd))
+func (s *distroShell) sudo(t *testing.T, cmd string) (string, int) {
+	t.Helper()
+	return s.run(t, fmt.Sprintf(`echo %s | sudo -S -p "" sh -c '%s'`, distroPassword, cmd))
 }
 
 // shutdown powers the board off from inside (systemd's own shutdown over the NFS root);
 // with -no-reboot QEMU exits, for a reboot as well.
-func (s *distroShell) shutdown(verb string) {
-	s.t.Helper()
+func (s *distroShell) shutdown(t *testing.T, verb string) {
+	t.Helper()
 	s.qb.Console.Send(fmt.Sprintf(`echo %s | sudo -S -p "" systemctl %s`, distroPassword, verb))
 	if err := s.qb.Wait(5 * time.Minute); err != nil {
-		s.t.Fatalf("systemctl %s: %v\n%s", verb, err, s.qb.Console.Tail(3000))
+		t.Fatalf("systemctl %s: %v\n%s", verb, err, s.qb.Console.Tail(3000))
 	}
 	s.qb.Kill()
 }
@@ -261,17 +266,17 @@ func TestDistroBookworm(t *testing.T) {
 			s2 = loginBoard(t, q2)
 		}
 		for _, s := range []*distroShell{s1, s2} {
-			state, _ := s.run("systemctl is-system-running --wait")
-			t.Logf("board %s: %s", s.qb.Name, strings.Join(strings.Fields(s.must("systemd-analyze")), " "))
-			failed, _ := s.run("systemctl --failed --no-legend --plain")
+			state, _ := s.run(t, "systemctl is-system-running --wait")
+			t.Logf("board %s: %s", s.qb.Name, strings.Join(strings.Fields(s.must(t, "systemd-analyze")), " "))
+			failed, _ := s.run(t, "systemctl --failed --no-legend --plain")
 			if failed != "" || !strings.HasSuffix(state, "running") {
-				s.run("systemctl --failed; journalctl -b -p warning --no-pager | tail -n 40")
+				s.run(t, "systemctl --failed; journalctl -b -p warning --no-pager | tail -n 40")
 				t.Errorf("board %s: system is %q, failed units:\n%s\n%s", s.qb.Name, state, failed, s.qb.Console.Tail(6000))
 			}
-			t.Logf("board %s: root %s", s.qb.Name, s.must(`awk '$2 == "/" {print $1, $3, $4}' /proc/mounts`))
+			t.Logf("board %s: root %s", s.qb.Name, s.must(t, `awk '$2 == "/" {print $1, $3, $4}' /proc/mounts`))
 			// systemd's ACLs on the journal made it from the ext4 image through the import
 			// and NFS_ACL to the board.
-			acl := strings.Join(strings.Fields(s.must("getfacl -p /var/log/journal 2>&1 | grep -v '^#'")), " ")
+			acl := strings.Join(strings.Fields(s.must(t, "getfacl -p /var/log/journal 2>&1 | grep -v '^#'")), " ")
 			t.Logf("board %s: getfacl /var/log/journal: %s", s.qb.Name, acl)
 			if !strings.Contains(acl, "group:adm:r-x") || !strings.Contains(acl, "default:group:adm:r-x") {
 				t.Errorf("board %s: /var/log/journal lacks the image's ACL (group:adm:r-x, also as default): %s", s.qb.Name, acl)
@@ -285,38 +290,38 @@ func TestDistroBookworm(t *testing.T) {
 
 	token := fmt.Sprintf("token-%d", time.Now().UnixNano())
 	t.Run("sudo-useradd-write", func(t *testing.T) {
-		if out, code := s1.sudo("id -u"); code != 0 || out != "0" {
+		if out, code := s1.sudo(t, "id -u"); code != 0 || out != "0" {
 			t.Fatalf("sudo id -u: %q, exit %d", out, code)
 		}
-		if out, code := s1.sudo("useradd -m -s /bin/sh e2euser && id -u e2euser && ls -ld /home/e2euser"); code != 0 {
+		if out, code := s1.sudo(t, "useradd -m -s /bin/sh e2euser && id -u e2euser && ls -ld /home/e2euser"); code != 0 {
 			t.Fatalf("useradd: exit %d:\n%s", code, out)
 		}
-		if out, code := s1.sudo("echo " + token + " > /var/lib/pifleet-e2e-token"); code != 0 {
+		if out, code := s1.sudo(t, "echo "+token+" > /var/lib/pifleet-e2e-token"); code != 0 {
 			t.Fatalf("write as root: exit %d:\n%s", code, out)
 		}
-		s1.must("echo " + token + " > ~/token && sync")
+		s1.must(t, "echo "+token+" > ~/token && sync")
 	})
 	t.Run("write-survives-reboot", func(t *testing.T) {
-		s1.shutdown("reboot")
+		s1.shutdown(t, "reboot")
 		q1 = start(board1)
 		bootDistro(t, q1, board1)
 		s1 = loginBoard(t, q1)
 		for _, cmd := range []string{"cat /var/lib/pifleet-e2e-token", "cat ~/token"} {
-			if out := s1.must(cmd); out != token {
+			if out := s1.must(t, cmd); out != token {
 				t.Errorf("board1 after reboot: %s = %q, want %q", cmd, out, token)
 			}
 		}
-		s1.must("id -u e2euser")
+		s1.must(t, "id -u e2euser")
 	})
 	t.Run("other-board-does-not-see-it", func(t *testing.T) {
 		for _, cmd := range []string{"test -e /var/lib/pifleet-e2e-token", "test -e ~/token", "id -u e2euser"} {
-			if out, code := s2.run(cmd); code == 0 {
+			if out, code := s2.run(t, cmd); code == 0 {
 				t.Errorf("board2: %s succeeds (%q): board1's change leaked", cmd, out)
 			}
 		}
 	})
 	t.Run("reset-restores-image", func(t *testing.T) {
-		s1.shutdown("poweroff")
+		s1.shutdown(t, "poweroff")
 		if out, err := l.pifleet("board", "reset", "-c", l.cfgPath, "--force", board1.name); err != nil {
 			t.Fatalf("pifleet board reset %s: %v\n%s", board1.name, err, out)
 		}
@@ -324,11 +329,11 @@ func TestDistroBookworm(t *testing.T) {
 		bootDistro(t, q1, board1)
 		s1 = loginBoard(t, q1)
 		for _, cmd := range []string{"test -e /var/lib/pifleet-e2e-token", "test -e ~/token", "id -u e2euser"} {
-			if out, code := s1.run(cmd); code == 0 {
+			if out, code := s1.run(t, cmd); code == 0 {
 				t.Errorf("board1 after reset: %s succeeds (%q)", cmd, out)
 			}
 		}
-		if out, code := s1.sudo("id -u"); code != 0 || out != "0" {
+		if out, code := s1.sudo(t, "id -u"); code != 0 || out != "0" {
 			t.Errorf("sudo after reset: %q, exit %d", out, code)
 		}
 	})
