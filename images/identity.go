@@ -32,9 +32,10 @@ type Identity struct {
 	Serial string
 	// MAC is the board's Ethernet address, any common spelling.
 	MAC string
-	// User, when set, is the first user, created by Pi OS's userconfig service at first boot
-	// (it renames the image's uid-1000 user, so neither its console prompt nor the desktop
-	// wizard asks for one).
+	// User, when set, is the first user. On Pi OS it is created by Pi OS's userconfig
+	// service at first boot (it renames the image's uid-1000 user, so neither its console
+	// prompt nor the desktop wizard asks for one); on an image without that service (stock
+	// Debian) WriteIdentity adds it to merged copies of the image's account files.
 	User string
 	// PasswordHash is a crypt(3) hash (e.g. from `openssl passwd -6`); empty leaves the
 	// password locked ("*": no password opens it; SSH keys and sudo NOPASSWD still work).
@@ -42,6 +43,10 @@ type Identity struct {
 	// AuthorizedKeys are OpenSSH public key lines that may log in as User; with any, sshd is
 	// switched on (Pi OS ships it off).
 	AuthorizedKeys []string
+	// Image is the board's image layers below the identity layer, topmost first (as overlay
+	// lowers). It tells Pi OS (userconfig service) from other images and is where the
+	// account files, /etc/skel and the shells are read; empty means Pi OS.
+	Image []string
 }
 
 var (
@@ -134,10 +139,17 @@ func WriteIdentity(dir string, id Identity) error {
 		return fail("SSH host keys", err)
 	}
 	// what an earlier fleet.yaml asked for and this one does not goes away
-	if err := l.dropUserFiles(id); err != nil {
+	piOS := hasPiUserconfig(id.Image)
+	if err := l.dropUserFiles(id, piOS); err != nil {
 		return fail("first user", err)
 	}
 	if id.User == "" {
+		return nil
+	}
+	if !piOS {
+		if err := l.writeAccountUser(id); err != nil {
+			return fail("first user "+id.User, err)
+		}
 		return nil
 	}
 	// userconf-service wants a non-empty password field, else it asks on the console
@@ -172,6 +184,11 @@ const lockedPassword = "*"
 type layerWriter struct{ dir string }
 
 func (l layerWriter) write(rel string, data []byte, mode uint32) error {
+	return l.writeAs(rel, data, mode, 0, 0)
+}
+
+// writeAs is write for a file owned by uid:gid.
+func (l layerWriter) writeAs(rel string, data []byte, mode uint32, uid, gid int) error {
 	dst := filepath.Join(l.dir, filepath.FromSlash(rel))
 	if err := l.mkdirs(filepath.Dir(dst)); err != nil {
 		return err
@@ -179,7 +196,7 @@ func (l layerWriter) write(rel string, data []byte, mode uint32) error {
 	// The server calls WriteIdentity on every start: an unchanged file keeps its inode and
 	// mtime, so clients holding it see no change.
 	var st unix.Stat_t
-	if unix.Lstat(dst, &st) == nil && st.Mode == typeReg|mode && st.Uid == 0 && st.Size == int64(len(data)) {
+	if unix.Lstat(dst, &st) == nil && st.Mode == typeReg|mode && int(st.Uid) == uid && int(st.Gid) == gid && st.Size == int64(len(data)) {
 		if old, err := os.ReadFile(dst); err == nil && bytes.Equal(old, data) {
 			return nil
 		}
@@ -187,6 +204,12 @@ func (l layerWriter) write(rel string, data []byte, mode uint32) error {
 	tmp := dst + ".pifleet-tmp"
 	if err := os.WriteFile(tmp, data, 0o600); err != nil {
 		return err
+	}
+	if uid != 0 || gid != 0 { // a new file is root's already (the server runs as root)
+		if err := os.Lchown(tmp, uid, gid); err != nil {
+			os.Remove(tmp)
+			return err
+		}
 	}
 	if err := unix.Chmod(tmp, mode); err != nil {
 		os.Remove(tmp)
@@ -216,18 +239,24 @@ func (l layerWriter) mkdirs(dir string) error {
 
 // dropUserFiles removes the first-user files an earlier call wrote that id no longer wants:
 // the user's files when there is none, the ssh flag and key files when it has no keys, other
-// users' key files.
-func (l layerWriter) dropUserFiles(id Identity) error {
+// users' key files, the files of the other way (Pi OS's userconf.txt or merged account files)
+// than piOS says.
+func (l layerWriter) dropUserFiles(id Identity, piOS bool) error {
 	var stale []string
-	if id.User == "" {
+	if id.User == "" || piOS {
+		if err := l.dropAccountUser(); err != nil {
+			return err
+		}
+	}
+	if id.User == "" || !piOS {
 		stale = append(stale, "boot/firmware/userconf.txt")
 	}
-	if len(id.AuthorizedKeys) == 0 {
+	if len(id.AuthorizedKeys) == 0 || !piOS {
 		stale = append(stale, "boot/firmware/ssh", "etc/ssh/sshd_config.d/pifleet-authorized-keys.conf")
 	}
 	ents, _ := os.ReadDir(filepath.Join(l.dir, authorizedKeysDir))
 	for _, e := range ents {
-		if e.Name() != id.User || len(id.AuthorizedKeys) == 0 {
+		if e.Name() != id.User || len(id.AuthorizedKeys) == 0 || !piOS {
 			stale = append(stale, authorizedKeysDir+"/"+e.Name())
 		}
 	}

@@ -298,7 +298,8 @@ func (s *Server) buildSnapshot(cfg *Config, prev *snapshot) (*snapshot, error) {
 
 // openBoard prepares one board's identity layer and overlay.
 func (s *Server) openBoard(cfg *Config, b Board, lowers []string) (*boardRT, error) {
-	id := images.Identity{Hostname: b.Hostname, Serial: b.Serial}
+	// lowers[0] is the identity layer itself; the image is read for the first user
+	id := images.Identity{Hostname: b.Hostname, Serial: b.Serial, Image: lowers[1:]}
 	if b.MAC != nil {
 		id.MAC = b.MAC.String()
 	}
