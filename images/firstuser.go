@@ -122,9 +122,8 @@ func (db accountDB) bytes() []byte {
 
 // writeAccountUser creates id.User in the identity layer for an image without Pi OS's
 // userconfig service: merged copies of the image's passwd, group, shadow and gshadow with
-// the user (a free uid >= 1000 and its own group, as adduser does; or the image's own entry of
-// that name with only its password set), membership in firstUserGroups, a home dir from the
-// image's /etc/skel and the authorized keys in ~/.ssh.
+// the user (see addAccount), a home dir from the image's /etc/skel and the authorized keys
+// in ~/.ssh.
 func (l layerWriter) writeAccountUser(id Identity) error {
 	img := layerView(id.Image)
 	db := map[string]accountDB{}
@@ -138,64 +137,99 @@ func (l layerWriter) writeAccountUser(id Identity) error {
 		}
 		db[f.rel] = parseAccounts(b)
 	}
-	passwd, group, shadow := db["etc/passwd"], db["etc/group"], db["etc/shadow"]
-	gshadow, hasGshadow := db["etc/gshadow"]
 	hash := id.PasswordHash
 	if hash == "" {
 		hash = lockedPassword
 	}
-	name := id.User
-	var uid, gid int
-	home := "/home/" + name
-	newHome := true
+	shell := "/bin/sh"
+	if img.exists("usr/bin/bash") || img.exists("bin/bash") {
+		shell = "/bin/bash"
+	}
+	a, err := addAccount(db, id.User, hash, shell)
+	if err != nil {
+		return err
+	}
+	for _, f := range accountFiles {
+		out, ok := db[f.rel]
+		if !ok {
+			continue
+		}
+		g := 0
+		if f.shadow {
+			g = a.shadowGID
+		}
+		if err := l.writeAs(f.rel, out.bytes(), f.mode, 0, g); err != nil {
+			return fmt.Errorf("/%s: %w", f.rel, err)
+		}
+	}
+	home := strings.TrimPrefix(a.home, "/")
+	newHome := !a.existing || !img.exists(home)
+	return l.writeHome(id, img, home, newHome, a.uid, a.gid)
+}
+
+// account is the user addAccount added or found.
+type account struct {
+	uid, gid  int
+	home      string // absolute, under /home
+	existing  bool   // the image had the entry
+	shadowGID int    // group of shadow and gshadow
+}
+
+// addAccount adds user name to db (the image's etc/passwd, etc/group, etc/shadow and
+// optionally etc/gshadow) as Debian's adduser does: the first number from 1000 free as both
+// uid and gid, its own group, hash in shadow; or, when the image has an entry of that name with
+// a normal uid, keeps it and sets only its hash. Either way the user joins those of
+// firstUserGroups the image has. Names of system users and groups are refused.
+func addAccount(db map[string]accountDB, name, hash, shell string) (account, error) {
+	passwd, group, shadow := db["etc/passwd"], db["etc/group"], db["etc/shadow"]
+	gshadow, hasGshadow := db["etc/gshadow"]
+	a := account{home: "/home/" + name}
 	if pw := passwd.find(name); pw != nil {
 		if len(pw) < 7 {
-			return fmt.Errorf("image /etc/passwd: entry %q has %d fields", name, len(pw))
+			return a, fmt.Errorf("image /etc/passwd: entry %q has %d fields", name, len(pw))
 		}
 		u, err := strconv.Atoi(pw[2])
 		if err != nil || u < firstUID || u > lastUID {
-			return fmt.Errorf("user %q is a system user of the image (uid %s); choose another name", name, pw[2])
+			return a, fmt.Errorf("user %q is a system user of the image (uid %s); choose another name", name, pw[2])
 		}
 		g, err := strconv.Atoi(pw[3])
-		if err != nil {
-			return fmt.Errorf("image /etc/passwd: entry %q: gid %q", name, pw[3])
+		if err != nil || g < 0 {
+			return a, fmt.Errorf("image /etc/passwd: entry %q: gid %q", name, pw[3])
 		}
-		uid, gid, home = u, g, pw[5]
-		if d, ok := strings.CutPrefix(home, "/home/"); !ok || d == "" || strings.Contains(d, "/") {
-			return fmt.Errorf("image's user %q has its home %q outside /home", name, home)
+		a.uid, a.gid, a.home, a.existing = u, g, pw[5], true
+		if d, ok := strings.CutPrefix(a.home, "/home/"); !ok || d == "" || strings.Contains(d, "/") || d == "." || d == ".." {
+			return a, fmt.Errorf("image's user %q has its home %q outside /home", name, a.home)
 		}
-		newHome = !img.exists(strings.TrimPrefix(home, "/"))
 	} else {
 		if g := group.find(name); g != nil {
 			if len(g) < 4 {
-				return fmt.Errorf("image /etc/group: entry %q has %d fields", name, len(g))
+				return a, fmt.Errorf("image /etc/group: entry %q has %d fields", name, len(g))
 			}
 			if n, err := strconv.Atoi(g[2]); err != nil || n < firstUID || n > lastUID {
-				return fmt.Errorf("%q is a system group of the image; choose another user name", name)
+				return a, fmt.Errorf("%q is a system group of the image; choose another user name", name)
 			}
 		}
 		uids, gids := passwd.ids(2), group.ids(2)
-		for uid = firstUID; uid <= lastUID && (uids[uid] || gids[uid]); uid++ {
+		for a.uid = firstUID; a.uid <= lastUID && (uids[a.uid] || gids[a.uid]); a.uid++ {
 		}
-		if uid > lastUID {
-			return errors.New("image has no free uid for the user")
+		if a.uid > lastUID {
+			return a, errors.New("image has no free uid for the user")
 		}
-		gid = uid
-		shell := "/bin/sh"
-		if img.exists("usr/bin/bash") || img.exists("bin/bash") {
-			shell = "/bin/bash"
-		}
+		a.gid = a.uid
 		if g := group.find(name); g != nil {
-			gid, _ = strconv.Atoi(g[2])
+			a.gid, _ = strconv.Atoi(g[2]) // checked above: 1000..59999
 		} else {
-			group = append(group, []string{name, "x", strconv.Itoa(gid), ""})
+			group = append(group, []string{name, "x", strconv.Itoa(a.gid), ""})
 			if hasGshadow && gshadow.find(name) == nil {
 				gshadow = append(gshadow, []string{name, "!", "", ""})
 			}
 		}
-		passwd = append(passwd, []string{name, "x", strconv.Itoa(uid), strconv.Itoa(gid), ",,,", home, shell})
+		passwd = append(passwd, []string{name, "x", strconv.Itoa(a.uid), strconv.Itoa(a.gid), ",,,", a.home, shell})
 	}
-	if sp := shadow.find(name); sp != nil && len(sp) >= 2 {
+	if sp := shadow.find(name); sp != nil {
+		if len(sp) < 2 {
+			return a, fmt.Errorf("image /etc/shadow: entry %q has no password field", name)
+		}
 		sp[1] = hash
 	} else {
 		// no last-change day: a fixed file, and no password ageing (0 would force a change)
@@ -207,24 +241,16 @@ func (l layerWriter) writeAccountUser(id Identity) error {
 			gshadow.addMember(g, 3, name)
 		}
 	}
-	shadowGID := 0
 	if g := group.find("shadow"); g != nil && len(g) > 2 {
-		shadowGID, _ = strconv.Atoi(g[2])
-	}
-	out := map[string]accountDB{"etc/passwd": passwd, "etc/group": group, "etc/shadow": shadow, "etc/gshadow": gshadow}
-	for _, f := range accountFiles {
-		if f.rel == "etc/gshadow" && !hasGshadow {
-			continue
-		}
-		g := 0
-		if f.shadow {
-			g = shadowGID
-		}
-		if err := l.writeAs(f.rel, out[f.rel].bytes(), f.mode, 0, g); err != nil {
-			return fmt.Errorf("/%s: %w", f.rel, err)
+		if n, err := strconv.Atoi(g[2]); err == nil && n >= 0 {
+			a.shadowGID = n
 		}
 	}
-	return l.writeHome(id, img, strings.TrimPrefix(home, "/"), newHome, uid, gid)
+	db["etc/passwd"], db["etc/group"], db["etc/shadow"] = passwd, group, shadow
+	if hasGshadow {
+		db["etc/gshadow"] = gshadow
+	}
+	return a, nil
 }
 
 // writeHome writes the user's home dir into the layer: /etc/skel's files for a new one, the

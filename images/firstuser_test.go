@@ -286,3 +286,46 @@ func accountsOf(t *testing.T, dir string) string {
 	}
 	return b.String()
 }
+
+// FuzzAddAccount feeds addAccount arbitrary account files (an image's, so untrusted): it
+// must not panic, and what it accepts has the user exactly once in passwd and shadow, with
+// the uid and gid it reports.
+func FuzzAddAccount(f *testing.F) {
+	f.Add("root:x:0:0:root:/root:/bin/bash\n", "root:*::::::\n", "root:x:0:\nsudo:x:27:\nshadow:x:42:\n", "sudo:*::\n", "admin")
+	f.Add("admin:x:1000:1000:,,,:/home/admin:/bin/bash\n", "admin:!:1::::::\n", "admin:x:1000:\nsudo:x:27:x,y\n", "", "admin")
+	f.Add("a\n:::\nadmin\n", "admin\n", "admin:x\nsudo\n", "sudo:::", "admin")
+	f.Add("x:x:1000:1000::/home/x:/bin/sh\n", "", "admin:x:1000:\n", "", "admin")
+	f.Fuzz(func(t *testing.T, passwd, shadow, group, gshadow, name string) {
+		if !userRE.MatchString(name) {
+			return
+		}
+		db := map[string]accountDB{"etc/passwd": parseAccounts([]byte(passwd)), "etc/shadow": parseAccounts([]byte(shadow)),
+			"etc/group": parseAccounts([]byte(group))}
+		if gshadow != "" {
+			db["etc/gshadow"] = parseAccounts([]byte(gshadow))
+		}
+		a, err := addAccount(db, name, "$6$s$h", "/bin/bash")
+		if err != nil {
+			return
+		}
+		pw := parseAccounts(db["etc/passwd"].bytes())
+		n := 0
+		for _, l := range pw {
+			if l[0] == name {
+				n++
+				if len(l) < 7 || l[2] != strconv.Itoa(a.uid) || l[3] != strconv.Itoa(a.gid) || l[5] != a.home {
+					t.Fatalf("passwd entry %q, account %+v", l, a)
+				}
+			}
+		}
+		if n != 1 && !strings.Contains(passwd, "\n"+name+":") && !strings.HasPrefix(passwd, name+":") {
+			t.Fatalf("user %s %d times in passwd:\n%s", name, n, db["etc/passwd"].bytes())
+		}
+		if sp := db["etc/shadow"].find(name); sp == nil || sp[1] != "$6$s$h" {
+			t.Fatalf("shadow entry %q", sp)
+		}
+		if a.uid < firstUID || a.uid > lastUID || a.gid < 0 || !strings.HasPrefix(a.home, "/home/") {
+			t.Fatalf("account %+v", a)
+		}
+	})
+}
