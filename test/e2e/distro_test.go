@@ -158,7 +158,7 @@ func login(t *testing.T, qb *testbed.Board, user, password string) (*distroShell
 
 // loginBoard logs in for the checks: as fleet.yaml's first user when the board has it, else
 // as root (empty password, as Debian ships its raspi images), so that the checks still run
-// where pifleet did not create the user; TestDistroBookworm/first-user-login reports that.
+// when the user cannot log in; TestDistroBookworm/first-user-login reports that.
 func loginBoard(t *testing.T, qb *testbed.Board) *distroShell {
 	t.Helper()
 	sh, err := login(t, qb, distroUser, distroPassword)
@@ -248,7 +248,7 @@ func TestDistroBookworm(t *testing.T) {
 		for _, q := range []*testbed.Board{q1, q2} {
 			sh, err := login(t, q, distroUser, distroPassword)
 			if err != nil {
-				t.Errorf("%v: fleet.yaml's first user (defaults.user %s) does not exist on this Debian image; pifleet hands it only to Raspberry Pi OS's userconf service, which Debian's raspi images do not have", err, distroUser)
+				t.Errorf("%v: fleet.yaml's first user (defaults.user %s) cannot log in on this Debian image; pifleet writes it into the identity layer's /etc/passwd, /etc/shadow, /etc/group (images.WriteIdentity on an image without Pi OS's userconfig)", err, distroUser)
 				continue
 			}
 			if q == q1 {
