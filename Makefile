@@ -24,7 +24,7 @@ DESTDIR    ?=
 # START=no installs without enabling and (re)starting the service.
 START      ?= yes
 
-.PHONY: build run demo test e2e bench fmt vet clean need-root install uninstall
+.PHONY: build run demo test e2e bench bench-scale fmt vet clean need-root install uninstall
 
 build:
 	CGO_ENABLED=$(CGO_ENABLED) $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/pifleet
@@ -95,6 +95,12 @@ e2e:
 bench:
 	bash .ci/setup-apt.sh --bench
 	$(GO) test -count=1 -run '^$$' -bench . -benchmem -timeout 60m ./...
+
+# The fleet simulator (test/scale): 1, 50 and 200 simulated Pi 4 boards boot at once from
+# bin/pifleet in a network namespace, in full and proxy DHCP mode; prints the figures table.
+# PIFLEET_SIM_BOARDS=1,50 and PIFLEET_SIM_MODES=full narrow the run (root).
+bench-scale: build
+	PIFLEET_BIN=$(abspath $(BIN)) $(GO) test -count=1 -run '^$$' -bench Fleet -benchtime 1x -timeout 90m ./test/scale/
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

@@ -1,0 +1,316 @@
+// Package scale is the fleet simulator: N simulated Raspberry Pi 4 boards in a private
+// network namespace boot at once from one `pifleet serve` (DHCP, the TFTP boot set, the
+// NFS root's accesses), then idle; it measures what the server spent.
+//
+// One veth pair joins the server's namespace and the boards' namespace; every board has
+// its own MAC, serial and fixed address (fleet.yaml ip:), binds its sockets to that
+// address, and answers each TFTP block and NFS reply after a think time (Config.Delay),
+// as a real board does. DHCP goes through one shared port-68 socket, demultiplexed by
+// xid. The NFS part replays a synthetic workload (workload.go), not a captured boot.
+package scale
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pifleet/pifleet/test/netns"
+)
+
+// Config is one simulated run.
+type Config struct {
+	Boards    int
+	FullDHCP  bool          // full mode (fixed addresses handed out); else proxy mode beside a router
+	Delay     time.Duration // a board's think time before each TFTP ACK and after each NFS reply
+	RealSizes bool          // the Pi 4 boot set at real sizes and the ~1,500-file tree; else tiny
+	Idle      time.Duration // how long the booted fleet idles before idle RSS is read
+	KeepAlive time.Duration // NULL call period while idle
+	// Serve returns the command that runs `pifleet serve -c cfgPath`; it is started
+	// inside the server namespace with `ip netns exec`.
+	Serve func(cfgPath string) []string
+}
+
+// Fleet is a started simulation: namespaces, image, server process.
+type Fleet struct {
+	t        testing.TB
+	cfg      Config
+	pair     *netns.Pair
+	serverIP netip.Addr
+	boards   []*board
+	work     *Workload
+	sizes    map[string]int64 // boot file -> size
+	dhcp     *dhcpSocket
+	server   *exec.Cmd
+	exited   chan error
+	logPath  string
+}
+
+// firmware sizes: real (bench) and tiny (smoke test).
+var (
+	realFirmware = map[string]int{"start4.elf": 2_228_000, "fixup4.dat": 5_400, "bcm2711-rpi-4-b.dtb": 56_000,
+		"kernel8.img": 8_200_000, "initramfs8": 12_400_000}
+	tinyFirmware = map[string]int{"start4.elf": 20_000, "fixup4.dat": 5_400, "bcm2711-rpi-4-b.dtb": 3_000,
+		"kernel8.img": 30_000, "initramfs8": 40_000}
+)
+
+// Start builds the image and the fleet.yaml, creates the namespaces (removed by
+// t.Cleanup) and starts the server; it returns once the server is serving.
+func Start(t testing.TB, cfg Config) *Fleet {
+	t.Helper()
+	netns.RequireRoot(t, "creates network namespaces and runs pifleet serve in one")
+	if cfg.Boards < 1 || cfg.Boards > 250*250 {
+		t.Fatalf("boards: %d", cfg.Boards)
+	}
+	dir := t.TempDir()
+	f := &Fleet{t: t, cfg: cfg, serverIP: netip.MustParseAddr("10.78.0.1"), sizes: map[string]int64{}}
+	scaleF := 0.1
+	fw := tinyFirmware
+	if cfg.RealSizes {
+		scaleF, fw = 1, realFirmware
+	}
+	f.work = NewWorkload(scaleF)
+	root := filepath.Join(dir, "root")
+	must(t, f.work.WriteTree(root))
+	fwDir := filepath.Join(root, "boot", "firmware")
+	must(t, os.MkdirAll(fwDir, 0o755))
+	rng := rand.NewChaCha8([32]byte{16})
+	for name, size := range fw {
+		data := make([]byte, size)
+		rng.Read(data)
+		must(t, os.WriteFile(filepath.Join(fwDir, name), data, 0o644))
+		f.sizes[name] = int64(size)
+	}
+	must(t, os.WriteFile(filepath.Join(fwDir, "config.txt"), []byte("arm_64bit=1\nkernel=kernel8.img\ninitramfs initramfs8 followkernel\n"), 0o644))
+	must(t, os.WriteFile(filepath.Join(fwDir, "cmdline.txt"), []byte("console=serial0,115200 root=PARTUUID=1234-02 rootfstype=ext4 rootwait\n"), 0o644))
+
+	f.pair = netns.NewPair(t, "pfsim", netip.PrefixFrom(f.serverIP, 16))
+	var batch strings.Builder
+	for i := range cfg.Boards {
+		b := &board{
+			index:  i,
+			name:   fmt.Sprintf("sim-%03d", i),
+			mac:    net.HardwareAddr{0x02, 0x5e, 0, 0, byte(i >> 8), byte(i)},
+			serial: 0x5e000000 | uint32(i),
+			addr:   netip.AddrFrom4([4]byte{10, 78, byte(1 + i/250), byte(1 + i%250)}),
+		}
+		f.boards = append(f.boards, b)
+		fmt.Fprintf(&batch, "addr add %s/16 dev %s\n", b.addr, f.pair.ClientIf)
+	}
+	ipBatch := exec.Command("ip", "-n", f.pair.Client, "-batch", "-")
+	ipBatch.Stdin = strings.NewReader(batch.String())
+	if out, err := ipBatch.CombinedOutput(); err != nil {
+		t.Fatalf("board addresses: %v\n%s", err, out)
+	}
+
+	mode := "proxy"
+	if cfg.FullDHCP {
+		mode = "full"
+	}
+	var y strings.Builder
+	fmt.Fprintf(&y, "server:\n  interface: %s\n  address: %s/16\n  state: %s\n  dhcp: {mode: %s}\n",
+		f.pair.ServerIf, f.serverIP, filepath.Join(dir, "state"), mode)
+	fmt.Fprintf(&y, "images:\n  sim: {path: %s}\ndefaults: {image: sim}\nboards:\n", root)
+	for _, b := range f.boards {
+		fmt.Fprintf(&y, "  - {name: %s, mac: '%s', serial: '%08x', ip: %s}\n", b.name, b.mac, b.serial, b.addr)
+	}
+	cfgPath := filepath.Join(dir, "fleet.yaml")
+	must(t, os.WriteFile(cfgPath, []byte(y.String()), 0o644))
+
+	f.logPath = filepath.Join(dir, "serve.log")
+	logf, err := os.Create(f.logPath)
+	must(t, err)
+	t.Cleanup(func() { logf.Close() })
+	args := append([]string{"netns", "exec", f.pair.Server}, cfg.Serve(cfgPath)...)
+	f.server = exec.Command("ip", args...)
+	f.server.Stdout, f.server.Stderr = logf, logf
+	must(t, f.server.Start())
+	f.exited = make(chan error, 1)
+	go func() { f.exited <- f.server.Wait() }()
+	t.Cleanup(f.stop)
+	for i := 0; !strings.Contains(f.log(), "pifleet serving"); i++ {
+		select {
+		case err := <-f.exited:
+			t.Fatalf("pifleet serve exited: %v\n%s", err, f.log())
+		case <-time.After(100 * time.Millisecond):
+		}
+		if i > 1200 {
+			t.Fatalf("pifleet serve did not start in 2 minutes\n%s", f.log())
+		}
+	}
+	return f
+}
+
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// log returns the server's output so far.
+func (f *Fleet) log() string {
+	b, _ := os.ReadFile(f.logPath)
+	return string(b)
+}
+
+// stop ends the server (SIGTERM, then SIGKILL after 20 s).
+func (f *Fleet) stop() {
+	if f.server == nil || f.server.Process == nil {
+		return
+	}
+	f.server.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-f.exited:
+	case <-time.After(20 * time.Second):
+		f.server.Process.Kill()
+		<-f.exited
+	}
+	f.server = nil
+}
+
+// inClientNS runs fn on a thread in the boards' namespace (sockets it opens stay there).
+func (f *Fleet) inClientNS(fn func() error) error { return netns.Do(f.pair.Client, fn) }
+
+// checkBootFile compares what a TFTP transfer brought with the image's file.
+func (f *Fleet) checkBootFile(bf bootFile, n int64) error {
+	want, ok := f.sizes[bf.name]
+	switch {
+	case !ok: // generated (config.txt, cmdline.txt): only not empty
+		if n == 0 {
+			return fmt.Errorf("%s: empty", bf.name)
+		}
+	case bf.probe:
+		if n != min(want, blksize) {
+			return fmt.Errorf("probe %s: %d bytes, want %d", bf.name, n, min(want, blksize))
+		}
+	case n != want:
+		return fmt.Errorf("%s: %d bytes, want %d", bf.name, n, want)
+	}
+	return nil
+}
+
+// procStat is what the server process has used, from /proc/PID/stat and status.
+type procStat struct {
+	CPU      time.Duration // utime + stime
+	RSS, HWM int64         // bytes
+	Threads  int
+}
+
+// serverStat reads the server's /proc entries. `ip netns exec` execs the command in
+// place, so the child's pid is the server's.
+func (f *Fleet) serverStat() (procStat, error) {
+	var s procStat
+	pid := f.server.Process.Pid
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return s, err
+	}
+	// Fields after the command name (which may hold spaces) start at field 3.
+	rest := string(b)[strings.LastIndexByte(string(b), ')')+2:]
+	fields := strings.Fields(rest)
+	if len(fields) < 13 {
+		return s, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(fields))
+	}
+	ut, _ := strconv.ParseInt(fields[11], 10, 64) // field 14
+	st, _ := strconv.ParseInt(fields[12], 10, 64) // field 15
+	s.CPU = time.Duration(ut+st) * time.Second / 100
+	sf, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return s, err
+	}
+	defer sf.Close()
+	sc := bufio.NewScanner(sf)
+	for sc.Scan() {
+		k, v, _ := strings.Cut(sc.Text(), ":")
+		v = strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB"))
+		n, _ := strconv.ParseInt(v, 10, 64)
+		switch k {
+		case "VmRSS":
+			s.RSS = n << 10
+		case "VmHWM":
+			s.HWM = n << 10
+		case "Threads":
+			s.Threads = int(n)
+		}
+	}
+	return s, nil
+}
+
+// Result is one run's figures.
+type Result struct {
+	Boards      []*BoardResult
+	AllBooted   time.Duration // power-on to the last board booted
+	Start       procStat      // server after start, before the boards
+	Booted      procStat      // when the last board booted
+	Idle        procStat      // after Config.Idle of keep-alives
+	Load        string        // /proc/loadavg at the end of the boot
+	ServerWarns int           // WARN/ERROR lines in the server's log
+}
+
+// Run powers every board on at once, waits for all to boot, idles, and measures.
+func (f *Fleet) Run(ctx context.Context) (*Result, error) {
+	res := &Result{}
+	var err error
+	if res.Start, err = f.serverStat(); err != nil {
+		return nil, err
+	}
+	err = f.inClientNS(func() error {
+		var err error
+		f.dhcp, err = listenDHCP(f.pair.ClientIf)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer f.dhcp.Close()
+
+	idle, stopIdle := context.WithCancel(ctx)
+	defer stopIdle()
+	var wg, bootWG sync.WaitGroup
+	res.Boards = make([]*BoardResult, len(f.boards))
+	start := time.Now()
+	bootWG.Add(len(f.boards))
+	for i, b := range f.boards {
+		wg.Go(func() {
+			res.Boards[i] = b.boot(ctx, idle, f, func(*BoardResult) { bootWG.Done() })
+		})
+	}
+	bootWG.Wait()
+	res.AllBooted = time.Since(start)
+	if res.Booted, err = f.serverStat(); err != nil {
+		stopIdle()
+		wg.Wait()
+		return nil, err
+	}
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		res.Load = strings.Join(strings.Fields(string(b))[:3], " ")
+	}
+	select {
+	case <-time.After(f.cfg.Idle):
+	case <-ctx.Done():
+	}
+	res.Idle, err = f.serverStat()
+	stopIdle()
+	wg.Wait()
+	for _, line := range strings.Split(f.log(), "\n") {
+		if strings.Contains(line, "level=WARN") || strings.Contains(line, "level=ERROR") {
+			res.ServerWarns++
+		}
+	}
+	return res, err
+}
+
+// ServerLog returns the server's output (for failure messages).
+func (f *Fleet) ServerLog() string { return f.log() }

@@ -1,0 +1,92 @@
+package scale
+
+import (
+	"fmt"
+	"io"
+	"slices"
+	"time"
+)
+
+// Summary is a run's figures, reduced for the table.
+type Summary struct {
+	Boards, Booted            int
+	AllBooted                 time.Duration
+	P50, P95, Max             time.Duration    // per board, power-on to booted
+	DHCP, TFTP, NFS           [2]time.Duration // p50, max per stage
+	CPU                       time.Duration    // server CPU from start to all booted
+	PeakRSS, IdleRSS, BaseRSS int64
+	Errors, Retries           int
+	MaxRetries                int // the most retransmissions one exchange needed
+	Ops                       int // NFS calls per board (mean)
+	KeepAlives                int
+	Load                      string
+	ServerWarns               int
+	FirstErr                  error
+}
+
+// Summarize reduces r.
+func Summarize(r *Result) Summary {
+	s := Summary{Boards: len(r.Boards), AllBooted: r.AllBooted, Load: r.Load, ServerWarns: r.ServerWarns,
+		CPU: r.Booted.CPU - r.Start.CPU, PeakRSS: r.Booted.HWM, IdleRSS: r.Idle.RSS, BaseRSS: r.Start.RSS}
+	var total, dhcp, tftp, nfs []time.Duration
+	ops := 0
+	for _, b := range r.Boards {
+		s.Retries += b.Retries
+		s.MaxRetries = max(s.MaxRetries, b.MaxRetries)
+		s.KeepAlives += b.KeepAlives
+		for _, e := range []error{b.Err, b.IdleErr} {
+			if e != nil {
+				s.Errors++
+				if s.FirstErr == nil {
+					s.FirstErr = e
+				}
+			}
+		}
+		if b.Err != nil {
+			continue
+		}
+		s.Booted++
+		total = append(total, b.Total)
+		dhcp = append(dhcp, b.DHCP)
+		tftp = append(tftp, b.TFTP)
+		nfs = append(nfs, b.NFS)
+		for _, n := range b.Ops {
+			ops += n
+		}
+	}
+	if s.Booted > 0 {
+		s.Ops = ops / s.Booted
+	}
+	s.P50, s.P95, s.Max = quantile(total, 0.5), quantile(total, 0.95), quantile(total, 1)
+	s.DHCP = [2]time.Duration{quantile(dhcp, 0.5), quantile(dhcp, 1)}
+	s.TFTP = [2]time.Duration{quantile(tftp, 0.5), quantile(tftp, 1)}
+	s.NFS = [2]time.Duration{quantile(nfs, 0.5), quantile(nfs, 1)}
+	return s
+}
+
+func quantile(d []time.Duration, q float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	d = slices.Clone(d)
+	slices.Sort(d)
+	i := int(q*float64(len(d)-1) + 0.5)
+	return d[i]
+}
+
+// WriteTable prints the summaries as a Markdown table.
+func WriteTable(w io.Writer, mode string, rows []Summary) {
+	fmt.Fprintf(w, "| boards (%s) | all booted | board p50 / p95 / max | DHCP p50 / max | TFTP p50 / max | NFS p50 / max | NFS calls/board | server CPU | RSS start / peak / idle | idle RSS per board | errors | retries (max one exchange) | load avg |\n", mode)
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+	for _, s := range rows {
+		perBoard := float64(s.IdleRSS-s.BaseRSS) / float64(max(s.Booted, 1))
+		fmt.Fprintf(w, "| %d | %s | %s / %s / %s | %s / %s | %s / %s | %s / %s | %d | %s | %s / %s / %s | %s | %d | %d (%d) | %s |\n",
+			s.Boards, sec(s.AllBooted), sec(s.P50), sec(s.P95), sec(s.Max),
+			sec(s.DHCP[0]), sec(s.DHCP[1]), sec(s.TFTP[0]), sec(s.TFTP[1]), sec(s.NFS[0]), sec(s.NFS[1]),
+			s.Ops, sec(s.CPU), mib(s.BaseRSS), mib(s.PeakRSS), mib(s.IdleRSS), mib(int64(perBoard)),
+			s.Errors, s.Retries, s.MaxRetries, s.Load)
+	}
+}
+
+func sec(d time.Duration) string { return fmt.Sprintf("%.2f s", d.Seconds()) }
+func mib(n int64) string         { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
