@@ -180,6 +180,10 @@ func BenchmarkFleet(b *testing.B) {
 					b.ReportMetric(s.AllBooted.Seconds(), "s-all-booted")
 					b.ReportMetric(s.CPU.Seconds(), "server-cpu-s")
 					b.ReportMetric(float64(s.PeakRSS)/(1<<20), "peak-MiB")
+					if br := res.Boards[0]; br.Err == nil {
+						b.Logf("board %s: %d files in the tree, %d workload steps, TFTP %.1f MiB, NFS read %.1f MiB, calls %v",
+							br.Name, f.work.Files(), f.work.Steps(), float64(br.TFTPBytes)/(1<<20), float64(br.NFSBytes)/(1<<20), br.Ops)
+					}
 					if s.FirstErr != nil {
 						b.Logf("first error: %v", s.FirstErr)
 					}
