@@ -73,6 +73,7 @@ func Start(t testing.TB, cfg Config) *Fleet {
 	if cfg.Boards < 1 || cfg.Boards > 250*250 {
 		t.Fatalf("boards: %d", cfg.Boards)
 	}
+	setup := time.Now()
 	dir := t.TempDir()
 	f := &Fleet{t: t, cfg: cfg, serverIP: netip.MustParseAddr("10.78.0.1"), sizes: map[string]int64{}}
 	scaleF := 0.1
@@ -128,6 +129,7 @@ func Start(t testing.TB, cfg Config) *Fleet {
 	cfgPath := filepath.Join(dir, "fleet.yaml")
 	must(t, os.WriteFile(cfgPath, []byte(y.String()), 0o644))
 
+	t.Logf("image, namespaces and %d board addresses ready after %s", cfg.Boards, time.Since(setup).Round(time.Millisecond))
 	f.logPath = filepath.Join(dir, "serve.log")
 	logf, err := os.Create(f.logPath)
 	must(t, err)
@@ -149,6 +151,7 @@ func Start(t testing.TB, cfg Config) *Fleet {
 			t.Fatalf("pifleet serve did not start in 2 minutes\n%s", f.log())
 		}
 	}
+	t.Logf("pifleet serve ready after %s", time.Since(setup).Round(time.Millisecond))
 	return f
 }
 
