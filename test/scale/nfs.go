@@ -221,7 +221,7 @@ func (c *nfsClient) readdir(dir string) (int, error) {
 		return 0, err
 	}
 	var cookie uint64
-	var verf []byte = make([]byte, 8)
+	verf := make([]byte, 8)
 	n := 0
 	for range 10000 {
 		var e enc

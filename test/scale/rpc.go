@@ -110,7 +110,7 @@ func (r *rpcConn) call(prog, vers, proc uint32, args []byte) (*dec, error) {
 // readRecord reads one record-marked message (all its fragments).
 func (r *rpcConn) readRecord() ([]byte, error) {
 	var out []byte
-	for {
+	for range 1024 {
 		var hdr [4]byte
 		if _, err := io.ReadFull(r.br, hdr[:]); err != nil {
 			return nil, err
@@ -129,6 +129,7 @@ func (r *rpcConn) readRecord() ([]byte, error) {
 			return out, nil
 		}
 	}
+	return nil, errors.New("record of more than 1024 fragments")
 }
 
 // enc appends XDR.

@@ -72,7 +72,7 @@ var debianDirs = []dirSpec{
 }
 
 // NewWorkload generates the tree and the boot's steps. scale 1 gives the full ~1,500-file
-// tree (~20 MiB read per board); a smaller scale keeps every directory but fewer files.
+// tree (about 41 MiB read per board); a smaller scale keeps every directory but fewer files.
 func NewWorkload(scale float64) *Workload {
 	rng := rand.New(rand.NewPCG(16, 1))
 	w := &Workload{files: map[string]int{}}
