@@ -184,6 +184,7 @@ func BenchmarkFleet(b *testing.B) {
 						b.Logf("board %s: %d files in the tree, %d workload steps, TFTP %.1f MiB, NFS read %.1f MiB, calls %v",
 							br.Name, f.work.Files(), f.work.Steps(), float64(br.TFTPBytes)/(1<<20), float64(br.NFSBytes)/(1<<20), br.Ops)
 					}
+					b.Logf("server log: %d WARN/ERROR lines; %d keep-alives answered while idle", s.ServerWarns, s.KeepAlives)
 					if s.FirstErr != nil {
 						b.Logf("first error: %v", s.FirstErr)
 					}
