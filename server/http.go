@@ -5,7 +5,6 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
-	"html/template"
 	"io"
 	"log/slog"
 	"net"
@@ -15,16 +14,14 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-
-	"github.com/pifleet/pifleet/images"
 )
 
-// The HTTP side: a status page for people, a JSON API for `pifleet board ...` and
+// The HTTP side: the web UI for people (ui.go), a JSON API for `pifleet board ...` and
 // scripts, and Prometheus metrics. Calls that change state (reset, reload) are accepted
 // only from the server itself, with the API token, and never from a web page (see guarded).
 func (s *Server) handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /{$}", s.handleStatus)
+	s.ui.register(mux)
 	mux.HandleFunc("GET /api/boards", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, s.Boards(r.URL.Query().Get("timeline") != ""))
 	})
@@ -76,6 +73,7 @@ func (s *Server) handler() http.Handler {
 func (s *Server) serveHTTP(ctx context.Context, ls []net.Listener) error {
 	srv := &http.Server{Handler: s.handler(), ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+	srv.RegisterOnShutdown(s.ui.hub.shutdown) // live pages' streams would hold Shutdown up
 	go func() {
 		<-ctx.Done()
 		shut, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -163,43 +161,6 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 
 func writeError(w http.ResponseWriter, code int, msg string) {
 	writeJSON(w, code, map[string]string{"error": msg})
-}
-
-var statusPage = template.Must(template.New("status").Funcs(template.FuncMap{
-	"bytes": images.HumanBytes,
-	"ago": func(t *time.Time) string {
-		if t == nil {
-			return "never"
-		}
-		return time.Since(*t).Round(time.Second).String() + " ago"
-	},
-}).Parse(`<!doctype html>
-<html><head><meta charset="utf-8"><title>pifleet</title>
-<meta http-equiv="refresh" content="5">
-<style>body{font:14px system-ui,sans-serif;margin:2em}table{border-collapse:collapse}td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:left}
-.on{color:#080;font-weight:bold}.mono{font-family:monospace}</style></head><body>
-<h1>pifleet</h1>
-<p>{{.Address}} · DHCP {{.Mode}} · {{len .Boards}} boards · config {{.Config}}</p>
-<table><tr><th>board</th><th>MAC</th><th>serial</th><th>IP</th><th>image</th><th>upper</th><th>last boot</th><th>reached</th><th>root</th></tr>
-{{range .Boards}}<tr><td><a href="/api/boards/{{.Name}}">{{.Name}}</a></td><td class="mono">{{.MAC}}</td><td class="mono">{{.Serial}}</td><td>{{.IP}}</td><td>{{.Image}}</td>
-<td>{{bytes .UpperSize}}</td><td>{{ago .LastBoot}}</td><td>{{.Reached}}</td><td>{{if .Mounted}}<span class="on">mounted</span>{{else}}-{{end}}</td></tr>
-{{end}}</table>
-<h2>Seen, not in fleet</h2>
-{{if .Unknown}}<table><tr><th>MAC</th><th>serial</th><th>model</th><th>last seen</th><th>requests</th></tr>
-{{range .Unknown}}<tr><td class="mono">{{.MAC}}</td><td class="mono">{{.Serial}}</td><td>{{.Model}}</td><td>{{.LastSeen.Format "2006-01-02 15:04:05"}}</td><td>{{.Count}}</td></tr>{{end}}
-</table>{{else}}<p>none</p>{{end}}
-<p><a href="/metrics">metrics</a> · <a href="/api/boards?timeline=1">JSON</a></p>
-</body></html>`))
-
-func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
-	s.mu.Lock()
-	cfg := s.cfg
-	s.mu.Unlock()
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	statusPage.Execute(w, map[string]any{
-		"Address": cfg.Server.Address, "Mode": cfg.Server.DHCP.Mode, "Config": s.cfgPath,
-		"Boards": s.Boards(false), "Unknown": s.timeline.Unknowns(),
-	})
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }

@@ -52,6 +52,7 @@ type Server struct {
 	dhcpSrv  atomic.Pointer[dhcp.Server] // nil until it runs (and with dhcp off)
 	tftpSrv  atomic.Pointer[tftp.Server]
 	sizes    upperSizes // board upper sizes, measured at most every sizeTTL
+	ui       *webUI
 	started  time.Time
 
 	// mu serialises reloads and board operations (reset), which both rebuild boards.
@@ -131,6 +132,7 @@ func newServer(cfg *Config, log *slog.Logger) (*Server, error) {
 		metrics: newMetrics(), started: time.Now(), cfg: cfg}
 	s.timeline.OnEvent = s.onEvent
 	s.fleet.onBind = s.rememberAddress
+	s.ui = newWebUI(s)
 	s.nfs = nfsroot.New(nfsroot.Options{Logger: log.With("service", "nfs"), OnMount: func(board string, client netip.Addr) {
 		s.timeline.Record(boot.Event{Board: board, Client: client, Stage: boot.StageNFS, What: "mount"})
 	}, Observer: s.metrics.observeCall})
@@ -166,6 +168,7 @@ func prepareWorkers(boards int) int {
 // an event's client address is whatever the request came from.)
 func (s *Server) onEvent(e boot.Event) {
 	s.metrics.event(e)
+	s.ui.hub.publish(e)
 }
 
 // rememberAddress persists a new evidence-backed binding, so that after a restart the

@@ -1,0 +1,628 @@
+package server
+
+import (
+	"bytes"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"embed"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"html/template"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pifleet/pifleet/boot"
+	"github.com/pifleet/pifleet/images"
+)
+
+// The web UI: server-rendered pages for people (fleet overview, a page per board, the
+// images), live through one Server-Sent Events stream and complete without JavaScript
+// (the pages reload themselves then). It reads the same state as the JSON API; its one
+// state-changing action, a board reset, is a form with a confirmation step.
+
+//go:embed ui
+var uiFiles embed.FS
+
+// stallAfter is how long a boot may sit at one step before the UI calls it stalled: a
+// Pi's firmware asks its next TFTP file within seconds, and a kernel mounts its NFS
+// root well within a minute of being loaded.
+const stallAfter = 60 * time.Second
+
+// SSE bounds: at most uiMaxSubscribers open streams; each has room for uiSubBuffer
+// events, and one that falls that far behind (its client reads too slowly) is dropped.
+// Its browser reconnects by itself.
+const (
+	uiMaxSubscribers = 64
+	uiSubBuffer      = 64
+	uiRefresh        = 5 * time.Second  // re-render even without events: "stalled for" ages
+	uiWriteTimeout   = 10 * time.Second // a stream write that takes longer ends the stream
+)
+
+// webUI holds the UI's templates, its live-update hub and the key of its CSRF tokens.
+type webUI struct {
+	s     *Server
+	pages map[string]*template.Template
+	hub   *uiHub
+	key   []byte // HMAC key for the forms' CSRF tokens; new on every start
+}
+
+func newWebUI(s *Server) *webUI {
+	u := &webUI{s: s, hub: newUIHub(uiMaxSubscribers, uiSubBuffer), key: make([]byte, 32), pages: map[string]*template.Template{}}
+	rand.Read(u.key)
+	funcs := template.FuncMap{
+		"bytes": images.HumanBytes,
+		"ago": func(t time.Time) string {
+			if t.IsZero() {
+				return "never"
+			}
+			return roundAge(time.Since(t)) + " ago"
+		},
+		"age":   roundAge,
+		"clock": func(t time.Time) string { return t.Format("15:04:05") },
+		"since": func(t, start time.Time) string { return "+" + t.Sub(start).Round(10*time.Millisecond).String() },
+		"dur": func(d time.Duration) string {
+			if d == 0 {
+				return ""
+			}
+			return d.Round(time.Millisecond).String()
+		},
+	}
+	for _, p := range []string{"fleet", "board", "confirm", "images"} {
+		u.pages[p] = template.Must(template.New(p).Funcs(funcs).ParseFS(uiFiles, "ui/layout.html", "ui/"+p+".html"))
+	}
+	return u
+}
+
+// roundAge prints a duration the way an admin reads it: 45s, 3m12s, 2h5m.
+func roundAge(d time.Duration) string {
+	switch {
+	case d < time.Minute:
+		return d.Round(time.Second).String()
+	case d < time.Hour:
+		return d.Round(time.Second).String()
+	default:
+		return strings.TrimSuffix(d.Round(time.Minute).String(), "0s")
+	}
+}
+
+// register adds the UI's routes to mux.
+func (u *webUI) register(mux *http.ServeMux) {
+	mux.HandleFunc("GET /{$}", u.handleFleet)
+	mux.HandleFunc("GET /boards/{name}", u.handleBoard)
+	mux.HandleFunc("POST /boards/{name}/reset", u.handleReset)
+	mux.HandleFunc("GET /images", u.handleImages)
+	mux.HandleFunc("GET /events", u.handleEvents)
+	mux.HandleFunc("GET /ui.js", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/javascript; charset=utf-8")
+		http.ServeFileFS(w, r, uiFiles, "ui/ui.js")
+	})
+}
+
+// BoardState is what a board is doing now, as the UI derives it from its last boot's
+// events and its NFS mount.
+type BoardState struct {
+	Kind string        // "off", "booting", "up" or "stalled"
+	Step string        // the step a booting or stalled board is at, e.g. "TFTP start4.elf"
+	For  time.Duration // how long a stalled board has been at Step
+	Err  string        // the step's error, when it failed
+}
+
+// deriveState reads a board's state from its last boot's events (oldest first) and
+// whether its NFS root is mounted now.
+func deriveState(evs []boot.Event, mounted bool, now time.Time) BoardState {
+	if mounted {
+		return BoardState{Kind: "up", Step: "NFS root mounted"}
+	}
+	if len(evs) == 0 {
+		return BoardState{Kind: "off"}
+	}
+	last := evs[len(evs)-1]
+	switch {
+	case last.Stage == boot.StageReset:
+		return BoardState{Kind: "off", Step: "reset"}
+	case slices.ContainsFunc(evs, func(e boot.Event) bool { return e.Stage == boot.StageNFS }):
+		return BoardState{Kind: "off", Step: "NFS root no longer mounted"}
+	}
+	st := BoardState{Kind: "booting", Step: stepName(last), Err: last.Err}
+	if idle := now.Sub(last.Time.Add(last.Duration)); idle >= stallAfter {
+		st.Kind, st.For = "stalled", idle
+	}
+	return st
+}
+
+// stepName names an event as a boot step: "DHCP ack", "TFTP start4.elf".
+func stepName(e boot.Event) string {
+	switch e.Stage {
+	case boot.StageTFTP:
+		if e.What == "probe" {
+			return "TFTP probe " + e.File
+		}
+		return "TFTP " + e.File
+	case boot.StageDHCP:
+		return "DHCP " + e.What
+	case boot.StageNFS:
+		return "NFS " + e.What
+	}
+	return string(e.Stage) + " " + e.What
+}
+
+// hints says what to check when a boot is stuck or never started, from the pitfalls in
+// PI-BOOT.md (boot order, serial, proxy + U-Boot, missing firmware).
+func hints(st BoardState, evs []boot.Event, proxy bool) []string {
+	if st.Kind == "up" || (st.Kind == "off" && len(evs) > 0) {
+		return nil
+	}
+	var out []string
+	sawDHCP := slices.ContainsFunc(evs, func(e boot.Event) bool { return e.Stage == boot.StageDHCP })
+	sawTFTP := slices.ContainsFunc(evs, func(e boot.Event) bool { return e.Stage == boot.StageTFTP && e.Err == "" })
+	switch {
+	case len(evs) == 0:
+		out = append(out, "No DHCP or TFTP request has named this board. Check the EEPROM boot order: BOOT_ORDER must contain 2 (network), e.g. 0xf21 (rpi-eeprom-config).",
+			"Check the board's MAC and serial in fleet.yaml against what it sends: an unknown client under \"Seen, not in fleet\" with this board's MAC or serial is a typo.")
+	case sawDHCP && !sawTFTP:
+		out = append(out, "DHCP answered but no TFTP file was served. A wrong serial in fleet.yaml makes the Pi ask for another <serial>/ prefix: look for it under \"Seen, not in fleet\".")
+		if proxy {
+			out = append(out, "Proxy mode: U-Boot (and other non-Pi firmware) does not merge proxyDHCP offers and boots from the router's answer; such boards need full DHCP mode.")
+		}
+	}
+	if st.Err != "" && strings.Contains(st.Err, "not") {
+		out = append(out, "A file the firmware asked for is missing: the image's /boot/firmware lacks it (start4.elf and fixup4.dat for a Pi 4, the kernel and .dtb named in config.txt).")
+	}
+	if st.Kind == "stalled" && sawTFTP && !slices.ContainsFunc(evs, func(e boot.Event) bool { return e.Stage == boot.StageNFS }) {
+		out = append(out, "The firmware stopped asking for files and the kernel did not mount its root: check the serial console, the kernel named in config.txt, and that NFS is reachable from the board.")
+	}
+	return out
+}
+
+// addressOf returns the address bound to a board without a fixed IP (on evidence: see
+// liveFleet), or else the one remembered from before a restart and not yet confirmed
+// (confirmed false).
+func (f *liveFleet) addressOf(board string) (ip netip.Addr, confirmed, ok bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for a, n := range f.bound {
+		if n == board {
+			return a, true, true
+		}
+	}
+	for a, n := range f.restored {
+		if n == board {
+			return a, false, true
+		}
+	}
+	return netip.Addr{}, false, false
+}
+
+// uiBoard is one board as the pages show it.
+type uiBoard struct {
+	BoardStatus
+	State       BoardState
+	Learned     bool // IP was learned from its traffic, not set in fleet.yaml
+	Unconfirmed bool // ... before a restart, and not confirmed by the neighbour table since
+	LastSeen    time.Time
+}
+
+func (u *webUI) board(b Board, now time.Time) uiBoard {
+	bs := u.s.boardStatus(b, true)
+	ub := uiBoard{BoardStatus: bs, State: deriveState(bs.Timeline, bs.Mounted, now)}
+	if bs.IP == "" {
+		if a, confirmed, ok := u.s.fleet.addressOf(b.Name); ok {
+			ub.IP, ub.Learned, ub.Unconfirmed = a.String(), true, !confirmed
+		}
+	}
+	if n := len(bs.Timeline); n > 0 {
+		ub.LastSeen = bs.Timeline[n-1].Time
+	}
+	return ub
+}
+
+// fleetView is the data of the overview.
+type fleetView struct {
+	Boards                []uiBoard
+	Up, Booting, Stalled  int
+	UpperBytes, FullBytes int64 // disk the uppers take; what a full image copy per board would take
+	Unknown               []boot.Unknown
+}
+
+func (u *webUI) fleetView(now time.Time) fleetView {
+	cfg := u.s.config()
+	var v fleetView
+	imgBytes := map[string]int64{}
+	for _, b := range cfg.Boards {
+		ub := u.board(b, now)
+		ub.Timeline = nil
+		switch ub.State.Kind {
+		case "up":
+			v.Up++
+		case "booting":
+			v.Booting++
+		case "stalled":
+			v.Stalled++
+		}
+		v.UpperBytes += ub.UpperSize
+		if _, ok := imgBytes[b.Image]; !ok {
+			imgBytes[b.Image] = u.s.imageBytes(cfg, b.Image)
+		}
+		v.FullBytes += imgBytes[b.Image]
+		v.Boards = append(v.Boards, ub)
+	}
+	v.Unknown = u.s.timeline.Unknowns()
+	sort.Slice(v.Unknown, func(i, j int) bool { return v.Unknown[i].LastSeen.After(v.Unknown[j].LastSeen) })
+	return v
+}
+
+// config returns the running config.
+func (s *Server) config() *Config {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cfg
+}
+
+// imageBytes is the size of an image's files: from the store's record for an imported
+// image, measured (and cached like uppers) for a path image.
+func (s *Server) imageBytes(cfg *Config, name string) int64 {
+	if im := cfg.Images[name]; im.Path != "" {
+		return s.sizes.get(im.Path)
+	}
+	if info, err := s.store.Info(name); err == nil {
+		return info.Bytes
+	}
+	return 0
+}
+
+type page struct {
+	Title string
+	Live  string // the /events query that keeps the page's live part current; "" for none
+	Data  any
+}
+
+func (u *webUI) render(w http.ResponseWriter, code int, name string, p page) {
+	var buf bytes.Buffer
+	if err := u.pages[name].ExecuteTemplate(&buf, "layout", p); err != nil {
+		u.s.log.Error("web UI: render", "page", name, "err", err)
+		http.Error(w, "render: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Content-Security-Policy", "default-src 'self'; style-src 'unsafe-inline'; frame-ancestors 'none'")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(code)
+	w.Write(buf.Bytes())
+}
+
+func (u *webUI) handleFleet(w http.ResponseWriter, r *http.Request) {
+	u.render(w, http.StatusOK, "fleet", page{Title: "fleet", Live: "view=fleet", Data: u.fleetView(time.Now())})
+}
+
+// boardView is the data of a board's page.
+type boardView struct {
+	Board   uiBoard
+	Start   time.Time // the first event's time, timeline offsets count from it
+	Failing int       // index of the event to highlight, -1 for none
+	Hints   []string
+	Changes []Change
+	DiffErr string
+	CSRF    string
+	Done    string // a message after an action (reset)
+	Remote  bool   // the viewer is not on the server: its reset form would be refused
+}
+
+func (u *webUI) boardView(r *http.Request, name string, now time.Time) (boardView, bool) {
+	cfg := u.s.config()
+	i := slices.IndexFunc(cfg.Boards, func(b Board) bool { return b.Name == name })
+	if i < 0 {
+		return boardView{}, false
+	}
+	b := cfg.Boards[i]
+	v := boardView{Board: u.board(b, now), Failing: -1, CSRF: u.csrf("/boards/" + name + "/reset"), Remote: !fromThisHost(r)}
+	evs := v.Board.Timeline
+	if len(evs) > 0 {
+		v.Start = evs[0].Time
+	}
+	for i, e := range evs {
+		if e.Err != "" {
+			v.Failing = i
+		}
+	}
+	if v.Board.State.Kind == "stalled" && v.Failing < 0 {
+		v.Failing = len(evs) - 1
+	}
+	v.Hints = hints(v.Board.State, evs, cfg.Server.DHCP.Mode == "proxy")
+	ch, err := u.s.Diff(name)
+	if err != nil {
+		v.DiffErr = err.Error()
+	}
+	v.Changes = ch
+	if r.URL.Query().Get("done") == "reset" {
+		v.Done = "Board " + name + " was reset: its changes are gone and it boots from its image as new."
+	}
+	return v, true
+}
+
+func (u *webUI) handleBoard(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	v, ok := u.boardView(r, name, time.Now())
+	if !ok {
+		u.render(w, http.StatusNotFound, "confirm", page{Title: "not found", Data: confirmView{Board: name, Err: "board " + name + " is not in the fleet"}})
+		return
+	}
+	u.render(w, http.StatusOK, "board", page{Title: name, Live: "board=" + url.QueryEscape(name), Data: v})
+}
+
+// confirmView is the data of the reset confirmation page.
+type confirmView struct {
+	Board     string
+	CSRF      string
+	Changes   int
+	Mounted   bool
+	Err       string
+	NotFound  bool
+	ForceAsks bool // the last attempt was refused because the board is mounted
+}
+
+// handleReset runs the reset form: a POST without confirm=yes answers with the
+// confirmation page; with it, it resets and redirects back to the board's page.
+func (u *webUI) handleReset(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if err := u.checkPost(r); err != nil {
+		u.render(w, http.StatusForbidden, "confirm", page{Title: "refused", Data: confirmView{Board: name, Err: err.Error()}})
+		return
+	}
+	b, ok := u.s.Board(name)
+	if !ok {
+		u.render(w, http.StatusNotFound, "confirm", page{Title: "not found", Data: confirmView{Board: name, Err: "board " + name + " is not in the fleet"}})
+		return
+	}
+	cv := confirmView{Board: name, CSRF: u.csrf(r.URL.Path), Mounted: b.Mounted}
+	if ch, err := u.s.Diff(name); err == nil {
+		cv.Changes = len(ch)
+	}
+	if r.PostFormValue("confirm") != "yes" {
+		u.render(w, http.StatusOK, "confirm", page{Title: "reset " + name, Data: cv})
+		return
+	}
+	err := u.s.ResetBoard(name, r.PostFormValue("force") == "1")
+	switch {
+	case errors.Is(err, ErrMounted):
+		cv.Err, cv.ForceAsks = err.Error(), true
+		u.render(w, http.StatusConflict, "confirm", page{Title: "reset " + name, Data: cv})
+	case err != nil:
+		cv.Err = err.Error()
+		u.render(w, http.StatusInternalServerError, "confirm", page{Title: "reset " + name, Data: cv})
+	default:
+		u.s.log.Info("board reset from the web UI", "board", name, "peer", r.RemoteAddr)
+		http.Redirect(w, r, "/boards/"+name+"?done=reset", http.StatusSeeOther)
+	}
+}
+
+// checkPost admits a form POST of the UI's own pages only: from this host (as the API's
+// guard: a reset is an operator's act on the server, through an SSH tunnel from afar),
+// sent by a page of this origin (Origin or Sec-Fetch-Site says so; a browser sends one
+// of them with every form POST), and carrying the CSRF token the server put in that
+// page. The API token stays with root and the CLI: the page never sees it.
+func (u *webUI) checkPost(r *http.Request) error {
+	if !fromThisHost(r) {
+		return errors.New("a reset is accepted from the server itself only: open the page there or through an SSH tunnel (ssh -L 8080:127.0.0.1:8080 server)")
+	}
+	if crossSite(r) {
+		return errors.New("cross-site request refused")
+	}
+	if r.Header.Get("Origin") == "" && r.Header.Get("Sec-Fetch-Site") != "same-origin" {
+		return errors.New("this form is accepted from a browser showing pifleet's own page only (no Origin)")
+	}
+	if !hmac.Equal([]byte(r.PostFormValue("csrf")), []byte(u.csrf(r.URL.Path))) {
+		return errors.New("the form is out of date (pifleet restarted since the page was loaded): reload the board's page and try again")
+	}
+	return nil
+}
+
+// csrf is the token a form posting to action carries: an HMAC of the action under a key
+// made at start, so no page of another origin can know it and it dies with the server.
+func (u *webUI) csrf(action string) string {
+	m := hmac.New(sha256.New, u.key)
+	m.Write([]byte(action))
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+// imageView is one row of the images page.
+type imageView struct {
+	Name   string
+	Source string
+	Format string
+	Bytes  int64
+	Boards []string
+	Err    string
+}
+
+func (u *webUI) handleImages(w http.ResponseWriter, r *http.Request) {
+	cfg := u.s.config()
+	users := map[string][]string{}
+	for _, b := range cfg.Boards {
+		users[b.Image] = append(users[b.Image], b.Name)
+	}
+	var rows []imageView
+	seen := map[string]bool{}
+	for name, im := range cfg.Images {
+		seen[name] = true
+		row := imageView{Name: name, Boards: users[name]}
+		if im.Path != "" {
+			row.Source, row.Format, row.Bytes = im.Path, "directory (fleet.yaml path)", u.s.sizes.get(im.Path)
+		} else if info, err := u.s.store.Info(name); err != nil {
+			row.Err = err.Error()
+		} else {
+			row.Source, row.Format, row.Bytes = info.Source, info.Format, info.Bytes
+		}
+		rows = append(rows, row)
+	}
+	if infos, err := u.s.store.List(); err == nil {
+		for _, info := range infos {
+			if !seen[info.Name] {
+				rows = append(rows, imageView{Name: info.Name, Source: info.Source, Format: info.Format, Bytes: info.Bytes, Boards: users[info.Name]})
+			}
+		}
+	}
+	sort.Slice(rows, func(i, j int) bool { return rows[i].Name < rows[j].Name })
+	u.render(w, http.StatusOK, "images", page{Title: "images", Data: rows})
+}
+
+// handleEvents streams the live part of a page as Server-Sent Events: after every boot
+// event (coalesced) and every uiRefresh, an "update" event carrying the part's HTML.
+func (u *webUI) handleEvents(w http.ResponseWriter, r *http.Request) {
+	name := r.URL.Query().Get("board")
+	fragment := func() (string, error) {
+		var buf bytes.Buffer
+		now := time.Now()
+		var err error
+		if name != "" {
+			v, ok := u.boardView(r, name, now)
+			if !ok {
+				return "", fmt.Errorf("board %s: not in the fleet", name)
+			}
+			err = u.pages["board"].ExecuteTemplate(&buf, "live", v)
+		} else {
+			err = u.pages["fleet"].ExecuteTemplate(&buf, "live", u.fleetView(now))
+		}
+		return buf.String(), err
+	}
+	if _, err := fragment(); err != nil {
+		http.Error(w, err.Error(), http.StatusNotFound)
+		return
+	}
+	sub, ok := u.hub.subscribe()
+	if !ok {
+		http.Error(w, "too many live pages open; reload later", http.StatusServiceUnavailable)
+		return
+	}
+	defer u.hub.unsubscribe(sub)
+	rc := http.NewResponseController(w)
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	send := func() bool {
+		html, err := fragment()
+		if err != nil {
+			return false
+		}
+		rc.SetWriteDeadline(time.Now().Add(uiWriteTimeout))
+		var b strings.Builder
+		b.WriteString("event: update\n")
+		for _, line := range strings.Split(html, "\n") {
+			b.WriteString("data: " + strings.TrimSuffix(line, "\r") + "\n")
+		}
+		b.WriteString("\n")
+		if _, err := w.Write([]byte(b.String())); err != nil {
+			return false
+		}
+		return rc.Flush() == nil
+	}
+	if _, err := w.Write([]byte("retry: 3000\n\n")); err != nil || rc.Flush() != nil {
+		return
+	}
+	tick := time.NewTicker(uiRefresh)
+	defer tick.Stop()
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-sub.done:
+			return
+		case <-tick.C:
+		case _, open := <-sub.ch:
+			if !open {
+				return // dropped: it fell behind
+			}
+			for drained := false; !drained; { // one render for a burst of events
+				select {
+				case _, open := <-sub.ch:
+					if !open {
+						return
+					}
+				default:
+					drained = true
+				}
+			}
+		}
+		if !send() {
+			return
+		}
+	}
+}
+
+// uiHub fans boot events out to the open event streams. Publishing never blocks: a
+// subscriber whose buffer is full is dropped.
+type uiHub struct {
+	mu     sync.Mutex
+	subs   map[*uiSub]struct{}
+	max    int
+	buffer int
+	closed bool
+}
+
+type uiSub struct {
+	ch   chan boot.Event
+	done chan struct{} // closed when the hub shuts down
+}
+
+func newUIHub(max, buffer int) *uiHub {
+	return &uiHub{subs: map[*uiSub]struct{}{}, max: max, buffer: buffer}
+}
+
+// subscribe opens a stream's subscription; false when uiMaxSubscribers are open.
+func (h *uiHub) subscribe() (*uiSub, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.subs) >= h.max || h.closed {
+		return nil, false
+	}
+	sub := &uiSub{ch: make(chan boot.Event, h.buffer), done: make(chan struct{})}
+	h.subs[sub] = struct{}{}
+	return sub, true
+}
+
+func (h *uiHub) unsubscribe(sub *uiSub) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if _, ok := h.subs[sub]; ok {
+		delete(h.subs, sub)
+		close(sub.ch)
+	}
+}
+
+// publish hands e to every subscriber, dropping those whose buffer is full.
+func (h *uiHub) publish(e boot.Event) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for sub := range h.subs {
+		select {
+		case sub.ch <- e:
+		default:
+			delete(h.subs, sub)
+			close(sub.ch)
+		}
+	}
+}
+
+// count is the number of open subscriptions.
+func (h *uiHub) count() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.subs)
+}
+
+// shutdown ends every stream (the HTTP server is stopping: it would wait for them).
+func (h *uiHub) shutdown() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.closed = true
+	for sub := range h.subs {
+		close(sub.done)
+	}
+}
