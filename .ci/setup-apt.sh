@@ -16,7 +16,7 @@ apt-get install -y -qq --no-install-recommends \
   busybox udhcpc isc-dhcp-client dnsmasq-base tftp-hpa libnfs-utils \
   qemu-system-arm u-boot-qemu u-boot-tools \
   attr acl e2fsprogs mtools dosfstools fdisk openssh-client \
-  klibc-utils \
+  klibc-utils chromium \
   make git systemd \
   mmdebstrap qemu-user-static binfmt-support arch-test \
   >/dev/null

@@ -1,0 +1,119 @@
+package server
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	nfsc "github.com/willscott/go-nfs-client/nfs"
+	"github.com/willscott/go-nfs-client/nfs/rpc"
+
+	"github.com/pifleet/pifleet/overlay"
+	"github.com/pifleet/pifleet/test/browser"
+)
+
+// TestUIInBrowser drives the web UI in headless Chromium: while a scripted board boots
+// (TFTP reads, then an NFS mount), the overview follows it live, without a reload; a
+// hostile client-reported string shows as text; a reset needs its confirmation.
+// PIFLEET_UI_SCREENSHOTS=DIR saves a PNG of each page there.
+func TestUIInBrowser(t *testing.T) {
+	needRoot(t)
+	// alpha's fixed IP is 127.0.0.1, the address the scripted clients send from.
+	ts := startServer(t, "  - {name: alpha, mac: '02:00:00:00:00:01', serial: '000abc00', ip: 127.0.0.1}\n  - {name: beta, mac: '02:00:00:00:00:02', serial: '000abc01', ip: 127.0.0.3}\n")
+	mac, _ := net.ParseMAC("02:00:00:00:00:99")
+	ts.srv.timeline.SeenUnknown(mac, "1234abcd", `<img src=x onerror="window.hacked=1">Raspberry Pi 4`)
+	shots := os.Getenv("PIFLEET_UI_SCREENSHOTS")
+	shot := func(p *browser.Page, name string) {
+		if shots != "" {
+			p.Screenshot(filepath.Join(shots, name+".png"))
+		}
+	}
+
+	p := browser.Start(t)
+	p.Navigate(ts.http + "/")
+	row := func(board string) string {
+		return `((document.querySelector('tr[data-board="` + board + `"] td.st') || {}).innerText || "")`
+	}
+	if got := p.Text(row("alpha")); got != "off" {
+		t.Errorf("alpha before booting: %q, want off", got)
+	}
+	waitFor(t, "the page to subscribe to live updates", func() bool { return ts.srv.ui.hub.count() == 1 })
+	p.Eval(`window.notReloaded = true`)
+
+	// The board's firmware reads its files over TFTP.
+	for _, f := range []string{"config.txt", "start4.elf", "cmdline.txt"} {
+		if out, err := tftpGet(t, ts.tftp, "000abc00/"+f); err != nil {
+			t.Fatalf("tftp %s: %v %s", f, err, out)
+		}
+	}
+	p.WaitFor("alpha to show booting at its last TFTP file", row("alpha")+`.includes("booting") && `+row("alpha")+`.includes("cmdline.txt")`)
+	shot(p, "fleet-booting")
+
+	// Its kernel mounts the NFS root.
+	mc, err := dialMount(ts.srv.cfg.Server.Ports.Mount)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mc.Close()
+	auth := rpc.AuthUnix{Machinename: "alpha", GidLen: 1}
+	v, err := (&nfsc.Mount{Client: mc}).Mount("/boards/alpha", auth.Auth())
+	if err != nil {
+		t.Fatalf("mount: %v", err)
+	}
+	w, err := v.OpenFile("etc/written-by-alpha", 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write([]byte("hello"))
+	w.Close()
+	p.WaitFor("alpha to show up", row("alpha")+` === "up"`)
+	if v, _ := p.Eval(`window.notReloaded === true && document.querySelector('.totals').innerText.includes("1 / 2")`); v != true {
+		t.Errorf("the update came with a reload, or the totals did not follow: %q", p.Text(`document.querySelector('.totals').innerText`))
+	}
+	if v, _ := p.Eval(`window.hacked === undefined && document.getElementById("unknown").innerText.includes('<img src=x onerror="window.hacked=1">Raspberry Pi 4')`); v != true {
+		t.Errorf("a client-reported model was not shown as text: %q", p.Text(`document.getElementById("unknown").innerHTML`))
+	}
+	shot(p, "fleet-up")
+
+	p.Navigate(ts.http + "/boards/alpha")
+	tl := p.Text(`document.getElementById("timeline").innerText`)
+	for _, want := range []string{"tftp read", "000abc00/start4.elf", "nfs mount"} {
+		if !strings.Contains(tl, want) {
+			t.Errorf("alpha's timeline lacks %q:\n%s", want, tl)
+		}
+	}
+	if d := p.Text(`document.getElementById("diff").innerText`); !strings.Contains(d, "/etc/written-by-alpha") {
+		t.Errorf("alpha's diff lacks its file:\n%s", d)
+	}
+	shot(p, "board-alpha")
+
+	// Reset beta (not mounted) from its page: the first click only asks.
+	fs := ts.srv.fleet.cur.Load().boards["beta"].fs
+	mustCreate(t, fs, "/etc/beta-was-here")
+	p.Navigate(ts.http + "/boards/beta")
+	p.Eval(`document.getElementById("reset").click()`)
+	p.WaitFor("the confirmation page", `!!document.getElementById("confirm")`)
+	shot(p, "confirm-reset")
+	if _, err := fs.Stat("/etc/beta-was-here"); err != nil {
+		t.Fatalf("the reset ran before it was confirmed: %v", err)
+	}
+	p.Eval(`document.getElementById("confirm").click()`)
+	p.WaitFor("the reset to be done", `document.body.innerText.includes("beta was reset")`)
+	if _, err := ts.srv.fleet.cur.Load().boards["beta"].fs.Stat("/etc/beta-was-here"); err == nil {
+		t.Error("the confirmed reset kept beta's file")
+	}
+	if d := p.Text(`document.body.innerText`); !strings.Contains(d, "No changes") {
+		t.Errorf("beta's page after the reset:\n%s", d)
+	}
+}
+
+func mustCreate(t *testing.T, fs *overlay.FS, name string) {
+	t.Helper()
+	f, err := fs.Create(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+}
