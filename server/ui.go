@@ -131,11 +131,50 @@ func deriveState(evs []boot.Event, mounted bool, now time.Time) BoardState {
 	case slices.ContainsFunc(evs, func(e boot.Event) bool { return e.Stage == boot.StageNFS }):
 		return BoardState{Kind: "off", Step: "NFS root no longer mounted"}
 	}
-	st := BoardState{Kind: "booting", Step: stepName(last), Err: last.Err}
+	st := BoardState{Kind: "booting", Step: stepName(last)}
 	if idle := now.Sub(last.Time.Add(last.Duration)); idle >= stallAfter {
-		st.Kind, st.For = "stalled", idle
+		st.Kind, st.For, st.Err = "stalled", idle, last.Err
 	}
 	return st
+}
+
+// essentialMissing reports a TFTP read of a file a boot cannot do without that the image
+// lacks. A Pi probes many optional files (bootsig.bin, overlays, pieeprom.upd) that are
+// missing in a good image; these are not.
+func essentialMissing(e boot.Event) bool {
+	if e.Stage != boot.StageTFTP || e.What != "missing" {
+		return false
+	}
+	base := e.File[strings.LastIndexByte(e.File, '/')+1:]
+	switch base {
+	case "start.elf", "start4.elf", "fixup.dat", "fixup4.dat", "config.txt", "cmdline.txt":
+		return true
+	}
+	return strings.HasPrefix(base, "kernel") && strings.HasSuffix(base, ".img")
+}
+
+// failingStep picks the event of a boot to highlight: the last failed transfer, else the
+// last essential file found missing, else the step a stalled boot sits at; -1 for none.
+func failingStep(evs []boot.Event, st BoardState) int {
+	if i := lastIndex(evs, func(e boot.Event) bool { return e.What == "error" }); i >= 0 {
+		return i
+	}
+	if i := lastIndex(evs, essentialMissing); i >= 0 {
+		return i
+	}
+	if st.Kind == "stalled" {
+		return len(evs) - 1
+	}
+	return -1
+}
+
+func lastIndex(evs []boot.Event, f func(boot.Event) bool) int {
+	for i := len(evs) - 1; i >= 0; i-- {
+		if f(evs[i]) {
+			return i
+		}
+	}
+	return -1
 }
 
 // stepName names an event as a boot step: "DHCP ack", "TFTP start4.elf".
@@ -157,7 +196,7 @@ func stepName(e boot.Event) string {
 // hints says what to check when a boot is stuck or never started, from the pitfalls in
 // PI-BOOT.md (boot order, serial, proxy + U-Boot, missing firmware).
 func hints(st BoardState, evs []boot.Event, proxy bool) []string {
-	if st.Kind == "up" || (st.Kind == "off" && len(evs) > 0) {
+	if st.Kind == "up" || (st.Kind == "off" && len(evs) > 0 && !slices.ContainsFunc(evs, essentialMissing)) {
 		return nil
 	}
 	var out []string
@@ -173,8 +212,8 @@ func hints(st BoardState, evs []boot.Event, proxy bool) []string {
 			out = append(out, "Proxy mode: U-Boot (and other non-Pi firmware) does not merge proxyDHCP offers and boots from the router's answer; such boards need full DHCP mode.")
 		}
 	}
-	if st.Err != "" && strings.Contains(st.Err, "not") {
-		out = append(out, "A file the firmware asked for is missing: the image's /boot/firmware lacks it (start4.elf and fixup4.dat for a Pi 4, the kernel and .dtb named in config.txt).")
+	if i := lastIndex(evs, essentialMissing); i >= 0 {
+		out = append(out, "Missing firmware: the board asked for "+evs[i].File+" and the image's /boot/firmware has no such file (a Pi 4 needs start4.elf and fixup4.dat, every Pi the kernel named in config.txt). Import an image with its boot partition, or check kernel= in config.txt.")
 	}
 	if st.Kind == "stalled" && sawTFTP && !slices.ContainsFunc(evs, func(e boot.Event) bool { return e.Stage == boot.StageNFS }) {
 		out = append(out, "The firmware stopped asking for files and the kernel did not mount its root: check the serial console, the kernel named in config.txt, and that NFS is reachable from the board.")
@@ -306,7 +345,7 @@ func (u *webUI) handleFleet(w http.ResponseWriter, r *http.Request) {
 type boardView struct {
 	Board   uiBoard
 	Start   time.Time // the first event's time, timeline offsets count from it
-	Failing int       // index of the event to highlight, -1 for none
+	Failing int       // index of the event to highlight (failingStep), -1 for none
 	Hints   []string
 	Changes []Change
 	DiffErr string
@@ -327,14 +366,7 @@ func (u *webUI) boardView(r *http.Request, name string, now time.Time) (boardVie
 	if len(evs) > 0 {
 		v.Start = evs[0].Time
 	}
-	for i, e := range evs {
-		if e.Err != "" {
-			v.Failing = i
-		}
-	}
-	if v.Board.State.Kind == "stalled" && v.Failing < 0 {
-		v.Failing = len(evs) - 1
-	}
+	v.Failing = failingStep(evs, v.Board.State)
 	v.Hints = hints(v.Board.State, evs, cfg.Server.DHCP.Mode == "proxy")
 	ch, err := u.s.Diff(name)
 	if err != nil {

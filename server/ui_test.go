@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -124,6 +125,14 @@ func TestUIPages(t *testing.T) {
 		return strings.Contains(page, `<span class="state booting">booting</span> <span class="muted">at TFTP 000abc00/config.txt</span>`)
 	})
 
+	// It asks for a kernel the image lacks: the board's page highlights that step and
+	// says what to check.
+	if out, err := tftpGet(t, ts.tftp, "000abc00/kernel8.img"); err == nil {
+		t.Fatalf("tftp of a missing kernel succeeded: %s", out)
+	}
+	waitFor(t, "the missing kernel in alpha's timeline", func() bool {
+		return slices.ContainsFunc(ts.srv.timeline.LastBoot("alpha"), func(e boot.Event) bool { return e.What == "missing" })
+	})
 	fs := ts.srv.fleet.cur.Load().boards["alpha"].fs
 	f, err := fs.Create("/etc/<b>added<b>.conf")
 	if err != nil {
@@ -135,10 +144,14 @@ func TestUIPages(t *testing.T) {
 		t.Fatalf("board page: HTTP %d", code)
 	}
 	for _, want := range []string{"<h1>alpha</h1>", "tftp read", "config.txt", `<td class="kind-A">A</td><td class="mono">/etc/&lt;b&gt;added&lt;b&gt;.conf</td>`,
-		`name="csrf"`, `action="/boards/alpha/reset"`} {
+		`name="csrf"`, `action="/boards/alpha/reset"`,
+		`<div class="hint">Missing firmware: the board asked for 000abc00/kernel8.img`} {
 		if !strings.Contains(page, want) {
 			t.Errorf("board page lacks %q:\n%s", want, page)
 		}
+	}
+	if fail := regexp.MustCompile(`<tr class="fail">.*</tr>`).FindAllString(page, -1); len(fail) != 1 || !strings.Contains(fail[0], "000abc00/kernel8.img") {
+		t.Errorf("highlighted steps: %q, want the missing kernel's only", fail)
 	}
 	if code, _ := getPage(t, ts.http+"/boards/nope"); code != http.StatusNotFound {
 		t.Errorf("page of a board not in the fleet: HTTP %d", code)
