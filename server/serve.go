@@ -53,6 +53,7 @@ type Server struct {
 	tftpSrv  atomic.Pointer[tftp.Server]
 	sizes    upperSizes // board upper sizes, measured at most every sizeTTL
 	ui       *webUI
+	writes   firstWrites // arms each board's "first write" boot step at its mount
 	started  time.Time
 
 	// mu serialises reloads and board operations (reset), which both rebuild boards.
@@ -134,8 +135,9 @@ func newServer(cfg *Config, log *slog.Logger) (*Server, error) {
 	s.fleet.onBind = s.rememberAddress
 	s.ui = newWebUI(s)
 	s.nfs = nfsroot.New(nfsroot.Options{Logger: log.With("service", "nfs"), OnMount: func(board string, client netip.Addr) {
+		s.writes.mounted(board)
 		s.timeline.Record(boot.Event{Board: board, Client: client, Stage: boot.StageNFS, What: "mount"})
-	}, Observer: s.metrics.observeCall})
+	}, Observer: s.observeCall})
 	s.metrics.registerServer(s)
 	if err := finishResets(st, log); err != nil {
 		return nil, err

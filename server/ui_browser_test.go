@@ -79,7 +79,7 @@ func TestUIInBrowser(t *testing.T) {
 
 	p.Navigate(ts.http + "/boards/alpha")
 	tl := p.Text(`document.getElementById("timeline").innerText`)
-	for _, want := range []string{"tftp read", "000abc00/start4.elf", "nfs mount"} {
+	for _, want := range []string{"tftp read", "000abc00/start4.elf", "nfs mount", "nfs first write\tcreate"} {
 		if !strings.Contains(tl, want) {
 			t.Errorf("alpha's timeline lacks %q:\n%s", want, tl)
 		}
