@@ -204,9 +204,9 @@ func hints(st BoardState, evs []boot.Event, proxy bool) []string {
 	sawTFTP := slices.ContainsFunc(evs, func(e boot.Event) bool { return e.Stage == boot.StageTFTP && e.Err == "" })
 	switch {
 	case len(evs) == 0:
-		out = append(out, "No DHCP or TFTP request has named this board. Check the EEPROM boot order: BOOT_ORDER must contain 2 (network), e.g. 0xf21 (rpi-eeprom-config).",
+		out = append(out, "If this board is powered on: no DHCP or TFTP request has named it. Check the EEPROM boot order: BOOT_ORDER must contain 2 (network), e.g. 0xf21 (rpi-eeprom-config).",
 			"Check the board's MAC and serial in fleet.yaml against what it sends: an unknown client under \"Seen, not in fleet\" with this board's MAC or serial is a typo.")
-	case sawDHCP && !sawTFTP:
+	case st.Kind == "stalled" && sawDHCP && !sawTFTP:
 		out = append(out, "DHCP answered but no TFTP file was served. A wrong serial in fleet.yaml makes the Pi ask for another <serial>/ prefix: look for it under \"Seen, not in fleet\".")
 		if proxy {
 			out = append(out, "Proxy mode: U-Boot (and other non-Pi firmware) does not merge proxyDHCP offers and boots from the router's answer; such boards need full DHCP mode.")

@@ -39,7 +39,7 @@ func TestUIInBrowser(t *testing.T) {
 	if got := p.Text(row("alpha")); got != "off" {
 		t.Errorf("alpha before booting: %q, want off", got)
 	}
-	waitFor(t, "the page to subscribe to live updates", func() bool { return ts.srv.ui.hub.count() == 1 })
+	p.WaitFor("the overview to open its live stream", `document.querySelector("main").dataset.stream === "open"`)
 	p.Eval(`window.notReloaded = true`)
 
 	// The board's firmware reads its files over TFTP.
@@ -51,7 +51,15 @@ func TestUIInBrowser(t *testing.T) {
 	p.WaitFor("alpha to show booting at its last TFTP file", row("alpha")+`.includes("booting") && `+row("alpha")+`.includes("cmdline.txt")`)
 	shot(p, "fleet-booting")
 
-	// Its kernel mounts the NFS root.
+	if v, _ := p.Eval(`window.notReloaded === true && window.hacked === undefined && document.getElementById("unknown").innerText.includes('<img src=x onerror="window.hacked=1">Raspberry Pi 4')`); v != true {
+		t.Errorf("a client-reported model was not shown as text: %q", p.Text(`document.getElementById("unknown").innerHTML`))
+	}
+
+	// On alpha's page, its kernel mounts the NFS root and writes: the page follows live.
+	p.Navigate(ts.http + "/boards/alpha")
+	p.WaitFor("alpha's page to open its live stream", `document.querySelector("main").dataset.stream === "open"`)
+	waitFor(t, "the overview's stream to be given back", func() bool { return ts.srv.ui.hub.count() == 1 })
+	p.Eval(`window.notReloaded = true`)
 	mc, err := dialMount(ts.srv.cfg.Server.Ports.Mount)
 	if err != nil {
 		t.Fatal(err)
@@ -68,26 +76,26 @@ func TestUIInBrowser(t *testing.T) {
 	}
 	w.Write([]byte("hello"))
 	w.Close()
-	p.WaitFor("alpha to show up", row("alpha")+` === "up"`)
-	if v, _ := p.Eval(`window.notReloaded === true && document.querySelector('.totals').innerText.includes("1 / 2")`); v != true {
-		t.Errorf("the update came with a reload, or the totals did not follow: %q", p.Text(`document.querySelector('.totals').innerText`))
+	p.WaitFor("alpha's page to show it up, with its first write", `document.getElementById("state").innerText === "up" && document.getElementById("timeline").innerText.includes("nfs first write")`)
+	if v, _ := p.Eval(`window.notReloaded === true`); v != true {
+		t.Error("alpha's page reloaded instead of updating live")
 	}
-	if v, _ := p.Eval(`window.hacked === undefined && document.getElementById("unknown").innerText.includes('<img src=x onerror="window.hacked=1">Raspberry Pi 4')`); v != true {
-		t.Errorf("a client-reported model was not shown as text: %q", p.Text(`document.getElementById("unknown").innerHTML`))
-	}
-	shot(p, "fleet-up")
-
-	p.Navigate(ts.http + "/boards/alpha")
 	tl := p.Text(`document.getElementById("timeline").innerText`)
 	for _, want := range []string{"tftp read", "000abc00/start4.elf", "nfs mount", "nfs first write\tcreate"} {
 		if !strings.Contains(tl, want) {
 			t.Errorf("alpha's timeline lacks %q:\n%s", want, tl)
 		}
 	}
+	p.Navigate(ts.http + "/boards/alpha") // the diff is not live
 	if d := p.Text(`document.getElementById("diff").innerText`); !strings.Contains(d, "/etc/written-by-alpha") {
 		t.Errorf("alpha's diff lacks its file:\n%s", d)
 	}
 	shot(p, "board-alpha")
+	p.Navigate(ts.http + "/")
+	if got := p.Text(row("alpha")); got != "up" || !strings.Contains(p.Text(`document.querySelector('.totals').innerText`), "1 / 2") {
+		t.Errorf("overview after the mount: alpha %q, totals %q", got, p.Text(`document.querySelector('.totals').innerText`))
+	}
+	shot(p, "fleet-up")
 
 	// Reset beta (not mounted) from its page: the first click only asks.
 	fs := ts.srv.fleet.cur.Load().boards["beta"].fs

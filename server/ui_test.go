@@ -47,6 +47,46 @@ func TestDeriveState(t *testing.T) {
 	}
 }
 
+// TestHints: what the board page says to check follows where the boot stopped.
+func TestHints(t *testing.T) {
+	t0 := time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC)
+	dhcp := []boot.Event{{Time: t0, Stage: boot.StageDHCP, What: "offer"}}
+	tftp := append(dhcp, boot.Event{Time: t0.Add(time.Second), Stage: boot.StageTFTP, What: "read", File: "1234abcd/start4.elf"})
+	noKernel := append(tftp, boot.Event{Time: t0.Add(2 * time.Second), Stage: boot.StageTFTP, What: "missing", File: "1234abcd/kernel8.img", Err: "no such file"})
+	probe := append(tftp, boot.Event{Time: t0.Add(2 * time.Second), Stage: boot.StageTFTP, What: "missing", File: "1234abcd/bootsig.bin", Err: "no such file"})
+	later := t0.Add(time.Hour)
+	for _, c := range []struct {
+		name  string
+		evs   []boot.Event
+		proxy bool
+		now   time.Time
+		want  []string // substrings, one per hint, in order
+	}{
+		{"never seen", nil, false, later, []string{"BOOT_ORDER", "MAC and serial"}},
+		{"DHCP, then nothing (proxy)", dhcp, true, later, []string{"wrong serial", "U-Boot"}},
+		{"DHCP, then nothing (full)", dhcp, false, later, []string{"wrong serial"}},
+		{"DHCP just now", dhcp, true, t0.Add(time.Second), nil},
+		{"missing kernel", noKernel, false, t0.Add(3 * time.Second), []string{"Missing firmware: the board asked for 1234abcd/kernel8.img"}},
+		{"an optional file missing", probe, false, t0.Add(3 * time.Second), nil},
+		{"stalled after TFTP", probe, false, later, []string{"did not mount its root"}},
+	} {
+		got := hints(deriveState(c.evs, false, c.now), c.evs, c.proxy)
+		ok := len(got) == len(c.want)
+		for i := 0; ok && i < len(got); i++ {
+			ok = strings.Contains(got[i], c.want[i])
+		}
+		if !ok {
+			t.Errorf("%s: hints %q, want ones saying %q", c.name, got, c.want)
+		}
+	}
+	if i := failingStep(noKernel, deriveState(noKernel, false, later)); i != 2 {
+		t.Errorf("failing step of a boot missing its kernel: %d, want 2", i)
+	}
+	if i := failingStep(probe, deriveState(probe, false, t0.Add(3*time.Second))); i != -1 {
+		t.Errorf("a booting board that probed an optional file has failing step %d, want none", i)
+	}
+}
+
 // TestUIHubBounded: the live-update hub admits a bounded number of streams and drops one
 // whose buffer is full instead of blocking the publisher (the boot services).
 func TestUIHubBounded(t *testing.T) {

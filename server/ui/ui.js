@@ -4,6 +4,15 @@
   var main = document.querySelector("main[data-live]");
   var live = document.getElementById("live");
   if (!main || !live || !window.EventSource) return;
-  var es = new EventSource("/events?" + main.dataset.live);
-  es.addEventListener("update", function (e) { live.innerHTML = e.data; });
+  var es;
+  function connect() {
+    es = new EventSource("/events?" + main.dataset.live);
+    es.addEventListener("open", function () { main.dataset.stream = "open"; });
+    es.addEventListener("update", function (e) { live.innerHTML = e.data; });
+  }
+  // A page left for another (or kept in the back/forward cache) gives its stream back:
+  // the server holds a bounded number of them.
+  window.addEventListener("pagehide", function () { es.close(); main.dataset.stream = "closed"; });
+  window.addEventListener("pageshow", function (e) { if (e.persisted) connect(); });
+  connect();
 })();
