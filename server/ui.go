@@ -42,8 +42,9 @@ const stallAfter = 60 * time.Second
 const (
 	uiMaxSubscribers = 64
 	uiSubBuffer      = 64
-	uiRefresh        = 5 * time.Second  // re-render even without events: "stalled for" ages
-	uiWriteTimeout   = 10 * time.Second // a stream write that takes longer ends the stream
+	uiRefresh        = 5 * time.Second        // re-render even without events: "stalled for" ages
+	uiMinInterval    = 250 * time.Millisecond // between two renders of one stream
+	uiWriteTimeout   = 10 * time.Second       // a stream write that takes longer ends the stream
 )
 
 // webUI holds the UI's templates, its live-update hub and the key of its CSRF tokens.
@@ -505,8 +506,8 @@ func (u *webUI) handleImages(w http.ResponseWriter, r *http.Request) {
 	u.render(w, http.StatusOK, "images", page{Title: "images", Data: rows})
 }
 
-// handleEvents streams the live part of a page as Server-Sent Events: after every boot
-// event (coalesced) and every uiRefresh, an "update" event carrying the part's HTML.
+// handleEvents streams the live part of a page as Server-Sent Events: after boot events
+// (coalesced) and every uiRefresh, an "update" event carrying the part's HTML.
 func (u *webUI) handleEvents(w http.ResponseWriter, r *http.Request) {
 	name := r.URL.Query().Get("board")
 	fragment := func() (string, error) {
@@ -558,32 +559,35 @@ func (u *webUI) handleEvents(w http.ResponseWriter, r *http.Request) {
 	if _, err := w.Write([]byte("retry: 3000\n\n")); err != nil || rc.Flush() != nil {
 		return
 	}
+	// Events only mark the page stale; it is rendered at most every uiMinInterval, so a
+	// burst of events (a fleet powering on) costs one render, and the loop keeps reading
+	// the subscription: only a client that does not take its writes falls behind.
 	tick := time.NewTicker(uiRefresh)
 	defer tick.Stop()
+	var due <-chan time.Time
+	last := time.Now()
 	for {
 		select {
 		case <-r.Context().Done():
 			return
 		case <-sub.done:
 			return
-		case <-tick.C:
 		case _, open := <-sub.ch:
 			if !open {
 				return // dropped: it fell behind
 			}
-			for drained := false; !drained; { // one render for a burst of events
-				select {
-				case _, open := <-sub.ch:
-					if !open {
-						return
-					}
-				default:
-					drained = true
-				}
+			if due == nil {
+				due = time.After(uiMinInterval - time.Since(last))
 			}
-		}
-		if !send() {
-			return
+		case <-tick.C:
+			if due == nil {
+				due = time.After(0)
+			}
+		case <-due:
+			due, last = nil, time.Now()
+			if !send() {
+				return
+			}
 		}
 	}
 }
