@@ -137,7 +137,8 @@ func getPage(t *testing.T, u string) (int, string) {
 // which boards use an image; strings from the network are escaped.
 func TestUIPages(t *testing.T) {
 	needRoot(t)
-	ts := startServer(t, boardYAML("alpha", "beta"))
+	// gamma has no fixed IP (proxy mode): the overview shows the address it boots from.
+	ts := startServer(t, boardYAML("alpha", "beta")+"  - {name: gamma, mac: '02:00:00:00:00:03', serial: '000abc02'}\n")
 	hostile := `<script>alert("x")</script>`
 	mac, _ := net.ParseMAC("02:00:00:00:00:99")
 	ts.srv.timeline.SeenUnknown(mac, `"><img src=x onerror=alert(1)>`, hostile)
@@ -146,11 +147,14 @@ func TestUIPages(t *testing.T) {
 	if code != http.StatusOK {
 		t.Fatalf("GET /: HTTP %d", code)
 	}
-	for _, want := range []string{`href="/boards/alpha"`, `<span class="state off">off</span>`, "0 / 2", "02:00:00:00:00:99",
+	for _, want := range []string{`href="/boards/alpha"`, `<span class="state off">off</span>`, "0 / 3", "02:00:00:00:00:99",
 		"&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;", "&#34;&gt;&lt;img src=x onerror=alert(1)&gt;", `data-live="view=fleet"`, "<noscript>"} {
 		if !strings.Contains(page, want) {
 			t.Errorf("overview lacks %q:\n%s", want, page)
 		}
+	}
+	if v, img := ts.srv.ui.fleetView(time.Now()), ts.srv.imageBytes(ts.srv.config(), "img"); img <= 0 || v.FullBytes != 3*img || v.UpperBytes <= 0 {
+		t.Errorf("totals: uppers %d, full copies %d; want 3 × the image's %d", v.UpperBytes, v.FullBytes, img)
 	}
 	if strings.Contains(page, hostile) || strings.Contains(page, "<img src=x") {
 		t.Errorf("overview carries a client-reported string unescaped:\n%s", page)
@@ -172,6 +176,13 @@ func TestUIPages(t *testing.T) {
 	}
 	waitFor(t, "the missing kernel in alpha's timeline", func() bool {
 		return slices.ContainsFunc(ts.srv.timeline.LastBoot("alpha"), func(e boot.Event) bool { return e.What == "missing" })
+	})
+	if out, err := tftpGet(t, ts.tftp, "000abc02/config.txt"); err != nil {
+		t.Fatalf("tftp: %v %s", err, out)
+	}
+	waitFor(t, "gamma's learned address on the overview", func() bool {
+		_, page = getPage(t, ts.http+"/")
+		return strings.Contains(page, `<td class="mono">127.0.0.1 <span class="muted">(learned)</span></td>`)
 	})
 	fs := ts.srv.fleet.cur.Load().boards["alpha"].fs
 	f, err := fs.Create("/etc/<b>added<b>.conf")
@@ -197,7 +208,7 @@ func TestUIPages(t *testing.T) {
 		t.Errorf("page of a board not in the fleet: HTTP %d", code)
 	}
 	code, page = getPage(t, ts.http+"/images")
-	if code != http.StatusOK || !regexp.MustCompile(`<td>img</td>.*\n.*<a href="/boards/alpha">alpha</a>, <a href="/boards/beta">beta</a>`).MatchString(page) {
+	if code != http.StatusOK || !regexp.MustCompile(`<td>img</td>.*\n.*<a href="/boards/alpha">alpha</a>, <a href="/boards/beta">beta</a>, <a href="/boards/gamma">gamma</a>`).MatchString(page) {
 		t.Errorf("images page: HTTP %d\n%s", code, page)
 	}
 }
