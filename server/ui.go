@@ -36,11 +36,13 @@ var uiFiles embed.FS
 // root well within a minute of being loaded.
 const stallAfter = 60 * time.Second
 
-// SSE bounds: at most uiMaxSubscribers open streams; each has room for uiSubBuffer
-// events, and one that falls that far behind (its client reads too slowly) is dropped.
-// Its browser reconnects by itself.
+// SSE bounds: at most uiMaxSubscribers open streams, uiMaxPerPeer of them from one
+// address (so one host cannot take every slot); each has room for uiSubBuffer events,
+// and one that falls that far behind (its client reads too slowly) is dropped. Its
+// browser reconnects by itself.
 const (
 	uiMaxSubscribers = 64
+	uiMaxPerPeer     = 8
 	uiSubBuffer      = 64
 	uiRefresh        = 5 * time.Second        // re-render even without events: "stalled for" ages
 	uiMinInterval    = 250 * time.Millisecond // between two renders of one stream
@@ -56,7 +58,7 @@ type webUI struct {
 }
 
 func newWebUI(s *Server) *webUI {
-	u := &webUI{s: s, hub: newUIHub(uiMaxSubscribers, uiSubBuffer), key: make([]byte, 32), pages: map[string]*template.Template{}}
+	u := &webUI{s: s, hub: newUIHub(uiMaxSubscribers, uiMaxPerPeer, uiSubBuffer), key: make([]byte, 32), pages: map[string]*template.Template{}}
 	rand.Read(u.key)
 	funcs := template.FuncMap{
 		"bytes": images.HumanBytes,
@@ -529,7 +531,8 @@ func (u *webUI) handleEvents(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusNotFound)
 		return
 	}
-	sub, ok := u.hub.subscribe()
+	peer, _ := netip.ParseAddrPort(r.RemoteAddr)
+	sub, ok := u.hub.subscribe(peer.Addr().Unmap())
 	if !ok {
 		http.Error(w, "too many live pages open; reload later", http.StatusServiceUnavailable)
 		return
@@ -595,41 +598,55 @@ func (u *webUI) handleEvents(w http.ResponseWriter, r *http.Request) {
 // uiHub fans boot events out to the open event streams. Publishing never blocks: a
 // subscriber whose buffer is full is dropped.
 type uiHub struct {
-	mu     sync.Mutex
-	subs   map[*uiSub]struct{}
-	max    int
-	buffer int
-	closed bool
+	mu      sync.Mutex
+	subs    map[*uiSub]struct{}
+	perPeer map[netip.Addr]int
+	max     int
+	maxPeer int
+	buffer  int
+	closed  bool
 }
 
 type uiSub struct {
+	peer netip.Addr
 	ch   chan boot.Event
 	done chan struct{} // closed when the hub shuts down
 }
 
-func newUIHub(max, buffer int) *uiHub {
-	return &uiHub{subs: map[*uiSub]struct{}{}, max: max, buffer: buffer}
+func newUIHub(max, maxPeer, buffer int) *uiHub {
+	return &uiHub{subs: map[*uiSub]struct{}{}, perPeer: map[netip.Addr]int{}, max: max, maxPeer: maxPeer, buffer: buffer}
 }
 
-// subscribe opens a stream's subscription; false when uiMaxSubscribers are open.
-func (h *uiHub) subscribe() (*uiSub, bool) {
+// subscribe opens a stream's subscription for a client at peer; false when the hub
+// holds its maximum in total or for that address.
+func (h *uiHub) subscribe(peer netip.Addr) (*uiSub, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if len(h.subs) >= h.max || h.closed {
+	if len(h.subs) >= h.max || h.perPeer[peer] >= h.maxPeer || h.closed {
 		return nil, false
 	}
-	sub := &uiSub{ch: make(chan boot.Event, h.buffer), done: make(chan struct{})}
+	sub := &uiSub{peer: peer, ch: make(chan boot.Event, h.buffer), done: make(chan struct{})}
 	h.subs[sub] = struct{}{}
+	h.perPeer[peer]++
 	return sub, true
 }
 
 func (h *uiHub) unsubscribe(sub *uiSub) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if _, ok := h.subs[sub]; ok {
-		delete(h.subs, sub)
-		close(sub.ch)
+	h.dropLocked(sub)
+}
+
+// dropLocked ends a subscription (closing its channel tells its stream); h.mu is held.
+func (h *uiHub) dropLocked(sub *uiSub) {
+	if _, ok := h.subs[sub]; !ok {
+		return
 	}
+	delete(h.subs, sub)
+	if h.perPeer[sub.peer]--; h.perPeer[sub.peer] <= 0 {
+		delete(h.perPeer, sub.peer)
+	}
+	close(sub.ch)
 }
 
 // publish hands e to every subscriber, dropping those whose buffer is full.
@@ -640,8 +657,7 @@ func (h *uiHub) publish(e boot.Event) {
 		select {
 		case sub.ch <- e:
 		default:
-			delete(h.subs, sub)
-			close(sub.ch)
+			h.dropLocked(sub)
 		}
 	}
 }

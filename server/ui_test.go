@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"regexp"
 	"slices"
@@ -90,12 +91,21 @@ func TestHints(t *testing.T) {
 // TestUIHubBounded: the live-update hub admits a bounded number of streams and drops one
 // whose buffer is full instead of blocking the publisher (the boot services).
 func TestUIHubBounded(t *testing.T) {
-	h := newUIHub(2, 3)
-	a, ok1 := h.subscribe()
-	b, ok2 := h.subscribe()
-	if _, ok := h.subscribe(); !ok1 || !ok2 || ok {
-		t.Fatalf("subscribe: %v %v, third %v; want two admitted, the third refused", ok1, ok2, ok)
+	h := newUIHub(3, 2, 3)
+	one, other := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
+	a, ok1 := h.subscribe(one)
+	b, ok2 := h.subscribe(one)
+	if _, ok := h.subscribe(one); !ok1 || !ok2 || ok {
+		t.Fatalf("subscribe from one address: %v %v, third %v; want two admitted, the third refused", ok1, ok2, ok)
 	}
+	c, ok := h.subscribe(other)
+	if !ok {
+		t.Fatal("another address refused")
+	}
+	if _, ok := h.subscribe(netip.MustParseAddr("192.0.2.3")); ok {
+		t.Fatal("a fourth stream admitted past the total bound")
+	}
+	h.unsubscribe(c)
 	for i := 0; i < 3; i++ {
 		h.publish(boot.Event{What: "x"})
 		<-a.ch // a keeps up, b does not
@@ -111,12 +121,12 @@ func TestUIHubBounded(t *testing.T) {
 	if n != 3 {
 		t.Errorf("b got %d buffered events before the close, want 3", n)
 	}
-	if _, ok := h.subscribe(); !ok {
+	if _, ok := h.subscribe(one); !ok {
 		t.Error("a dropped subscriber's slot is not free again")
 	}
 	h.unsubscribe(a)
 	h.shutdown()
-	if _, ok := h.subscribe(); ok {
+	if _, ok := h.subscribe(other); ok {
 		t.Error("subscribe after shutdown succeeded")
 	}
 }
@@ -307,13 +317,26 @@ func TestUIEventsLive(t *testing.T) {
 	t.Fatalf("no update showed alpha booting: %v", sc.Err())
 }
 
-// TestUIEventsRefusesBeyondBound: past uiMaxSubscribers open streams a new one is refused.
+// TestUIEventsRefusesBeyondBound: past uiMaxPerPeer streams from one address, or
+// uiMaxSubscribers in all, a new one is refused.
 func TestUIEventsRefusesBeyondBound(t *testing.T) {
 	needRoot(t)
 	ts := startServer(t, boardYAML("alpha"))
 	var subs []*uiSub
-	for range uiMaxSubscribers {
-		s, ok := ts.srv.ui.hub.subscribe()
+	for i := range uiMaxPerPeer {
+		s, ok := ts.srv.ui.hub.subscribe(netip.MustParseAddr("127.0.0.1"))
+		if !ok {
+			t.Fatalf("stream %d of one address refused", i)
+		}
+		subs = append(subs, s)
+	}
+	if code, _ := getPage(t, ts.http+"/events?view=fleet"); code != http.StatusServiceUnavailable {
+		t.Errorf("stream past the bound per address: HTTP %d, want 503", code)
+	}
+	ts.srv.ui.hub.unsubscribe(subs[0]) // 127.0.0.1 may open one again, but for the total
+	subs = subs[1:]
+	for i := 0; ts.srv.ui.hub.count() < uiMaxSubscribers; i++ {
+		s, ok := ts.srv.ui.hub.subscribe(netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}))
 		if !ok {
 			t.Fatal("hub full before its bound")
 		}
