@@ -44,7 +44,7 @@ func TestUIInBrowser(t *testing.T) {
 
 	// The board's firmware reads its files over TFTP.
 	for _, f := range []string{"config.txt", "start4.elf", "cmdline.txt"} {
-		if out, err := tftpGet(t, ts.tftp, "000abc00/"+f); err != nil {
+		if out, err := tftpGet(t, "127.0.0.1", ts.tftp, "000abc00/"+f); err != nil {
 			t.Fatalf("tftp %s: %v %s", f, err, out)
 		}
 	}
