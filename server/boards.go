@@ -20,8 +20,24 @@ type BoardStatus struct {
 	UpperSize int64        `json:"upper_bytes"`
 	Mounted   bool         `json:"mounted"`
 	LastBoot  *time.Time   `json:"last_boot,omitempty"`
-	Reached   boot.Stage   `json:"reached,omitempty"` // how far the last boot got
-	Timeline  []boot.Event `json:"timeline,omitempty"`
+	Reached   boot.Stage   `json:"reached,omitempty"`  // how far the last boot got
+	Boots     int          `json:"boots"`              // boots remembered (at most boot.MaxBoots)
+	Timeline  []boot.Event `json:"timeline,omitempty"` // the last boot's events
+	Events    []boot.Event `json:"events,omitempty"`   // board events (resets), oldest first
+}
+
+// reached is how far a boot got: the furthest stage among its events.
+func reached(evs []boot.Event) boot.Stage {
+	var r boot.Stage
+	for _, e := range evs {
+		switch {
+		case e.Stage == boot.StageNFS:
+			return boot.StageNFS
+		case e.Stage == boot.StageTFTP, r == "":
+			r = e.Stage
+		}
+	}
+	return r
 }
 
 func statusOf(b Board, upperSize int64) BoardStatus {
@@ -63,19 +79,19 @@ func (s *Server) Board(name string) (BoardStatus, bool) {
 func (s *Server) boardStatus(b Board, withTimeline bool) BoardStatus {
 	bs := statusOf(b, s.sizes.get(s.state.Upper(b.Name)))
 	bs.Mounted = s.nfs.Mounted(b.Name)
-	evs := s.timeline.LastBoot(b.Name)
-	if len(evs) > 0 {
-		t := evs[0].Time
+	h := s.timeline.History(b.Name)
+	bs.Boots = len(h.Boots)
+	var evs []boot.Event
+	if len(h.Boots) > 0 {
+		last := h.Boots[len(h.Boots)-1]
+		evs = last.Events
+		t := last.Start
 		bs.LastBoot = &t
-		bs.Reached = evs[len(evs)-1].Stage
-		for _, e := range evs {
-			if e.Stage == boot.StageNFS {
-				bs.Reached = boot.StageNFS
-			}
-		}
+		bs.Reached = reached(evs)
 	}
 	if withTimeline {
 		bs.Timeline = evs
+		bs.Events = h.Events
 	}
 	return bs
 }
@@ -154,7 +170,8 @@ func (s *Server) ResetBoard(name string, force bool) error {
 	}
 	without[name] = rt
 	s.install(newSnapshot(snap.cfg, snap.serverIP, without))
-	s.timeline.Record(boot.Event{Board: name, Stage: boot.StageReset, What: "reset"})
+	s.timeline.Record(boot.Event{Board: name, MAC: macString(b.cfg), Serial: b.cfg.Serial, Stage: boot.StageReset, What: "reset"})
+	s.flushHistory() // an admin's action: on disk at once, not at the next flush
 	s.log.Info("board reset", "board", name, "mac", b.cfg.MAC.String(), "forced", force)
 	return resetErr
 }
@@ -194,8 +211,27 @@ func OfflineReset(cfg *Config, name string) error {
 	if err := finishResets(st, discardLogger()); err != nil {
 		return err
 	}
-	_, err = resetBoardDir(st, name, false)
-	return err
+	if _, err = resetBoardDir(st, name, false); err != nil {
+		return err
+	}
+	b, _ := boardByName(cfg, name)
+	return recordOffline(st, boot.Event{Board: name, MAC: macString(b), Serial: b.Serial, Stage: boot.StageReset, What: "reset"}, discardLogger())
+}
+
+func boardByName(cfg *Config, name string) (Board, bool) {
+	for _, b := range cfg.Boards {
+		if b.Name == name {
+			return b, true
+		}
+	}
+	return Board{}, false
+}
+
+func macString(b Board) string {
+	if b.MAC == nil {
+		return ""
+	}
+	return b.MAC.String()
 }
 
 // OfflineDiff lists a board's changes from the state dir alone.

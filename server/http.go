@@ -35,6 +35,16 @@ func (s *Server) handler() http.Handler {
 		}
 		writeError(w, http.StatusNotFound, "board "+r.PathValue("name")+": not in the fleet")
 	})
+	mux.HandleFunc("GET /api/boards/{name}/history", func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		ok := hasBoard(s.cfg, r.PathValue("name"))
+		s.mu.Unlock()
+		if !ok {
+			writeError(w, http.StatusNotFound, "board "+r.PathValue("name")+": not in the fleet")
+			return
+		}
+		writeJSON(w, http.StatusOK, s.timeline.History(r.PathValue("name")))
+	})
 	mux.HandleFunc("GET /api/boards/{name}/diff", func(w http.ResponseWriter, r *http.Request) {
 		ch, err := s.Diff(r.PathValue("name"))
 		if err != nil {

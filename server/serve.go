@@ -142,6 +142,7 @@ func newServer(cfg *Config, log *slog.Logger) (*Server, error) {
 	if err := finishResets(st, log); err != nil {
 		return nil, err
 	}
+	s.loadHistory(cfg)
 	return s, nil
 }
 
@@ -415,6 +416,7 @@ func (s *Server) serve(ctx context.Context, ls *listeners, ready func(*Server)) 
 		start("dhcp", dsrv.Serve)
 	}
 	start("reload", s.watch)
+	start("history", s.keepHistory)
 
 	s.log.Info("pifleet serving", "address", cfg.Server.Address, "interface", cfg.Server.Interface,
 		"dhcp", cfg.Server.DHCP.Mode, "tftp", ls.tftp.Addr().String(), "nfs", ls.nfs.Addr().String(),
@@ -435,6 +437,7 @@ func (s *Server) serve(ctx context.Context, ls *listeners, ready func(*Server)) 
 	if s.fleet.neigh != nil {
 		s.fleet.neigh.Close()
 	}
+	s.flushHistory() // what the last events changed
 	s.log.Info("pifleet stopped")
 	return runErr
 }
@@ -647,6 +650,9 @@ func (s *Server) Reload(force bool) (bool, error) {
 	}
 	for name, b := range snap.boards {
 		if ob, ok := old.boards[name]; !ok {
+			if b.cfg.MAC != nil {
+				s.timeline.ForgetUnknown(b.cfg.MAC) // no longer a stranger
+			}
 			s.log.Info("board added to the fleet", "board", name, "mac", b.cfg.MAC.String())
 		} else if ob != b {
 			s.log.Info("board changed", "board", name, "mac", b.cfg.MAC.String())

@@ -15,6 +15,8 @@ import (
 //	boards/<board>/identity/     per-board identity layer: hostname, machine-id, SSH keys
 //	boards/<board>/address       learned address of a board without a fixed IP
 //	boards/.trash/               board dirs moved aside by a reset, deleted next
+//	history/boards/<board>.jsonl recent boots and board events (resets), kept across resets (history.go)
+//	history/unknown.jsonl        clients seen that are not in the fleet
 //	dhcp/leases.json             full-mode DHCP leases
 //	cache/                       downloaded .debs for the demo image
 //	lock                         flock held by the one server (or offline command) using the dir (lock.go)
@@ -52,6 +54,21 @@ func (s State) Address(name string) string { return filepath.Join(s.Board(name),
 
 // Trash holds board dirs that a reset moved aside and has not finished deleting.
 func (s State) Trash() string { return filepath.Join(s.Boards(), ".trash") }
+
+// historyExt ends the name of a board's history file.
+const historyExt = ".jsonl"
+
+// Histories is the directory of the boards' history files. It lies outside boards/ so
+// that a reset, which moves the board's dir aside, keeps the board's history.
+func (s State) Histories() string { return filepath.Join(s.Dir, "history", "boards") }
+
+// BoardHistory is one board's history file: its recent boots and board events.
+func (s State) BoardHistory(name string) string {
+	return filepath.Join(s.Histories(), name+historyExt)
+}
+
+// UnknownClients is the file of the clients seen that are not in the fleet.
+func (s State) UnknownClients() string { return filepath.Join(s.Dir, "history", "unknown.jsonl") }
 
 // Leases is the full-mode DHCP lease file.
 func (s State) Leases() string { return filepath.Join(s.Dir, "dhcp", "leases.json") }

@@ -221,7 +221,7 @@ func (s *Server) record(r *request, what string, attrs ...any) {
 	r.log.Info("dhcp "+what, append(attrs, "duration", d)...)
 	s.events.Record(boot.Event{
 		Board: r.board.Name, MAC: r.macStr, Serial: r.serial,
-		Client: r.client, Stage: boot.StageDHCP, What: what, Duration: d,
+		Client: r.client, Stage: boot.StageDHCP, What: what, Agent: r.kind.String(), Duration: d,
 	})
 }
 

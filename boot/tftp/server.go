@@ -26,6 +26,7 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -680,7 +681,9 @@ func (s *Server) serveRead(ctx context.Context, sock *socket, t *transfer, maxBl
 		case errors.Is(err, errNotBound):
 			msg, what = "this address is not the board's", "refused"
 			counter = &s.refused
-			s.seen(mac)
+			if len(mac) > 0 { // a host that is no board's typed a board's prefix
+				s.seen(client.Addr(), mac, "")
+			}
 		case errors.Is(err, fs.ErrNotExist):
 			code, msg, what = errCodeNotFound, "file not found", "missing"
 			counter = &s.missing
@@ -793,15 +796,18 @@ func (s *Server) finish(b *boot.Board, client netip.AddrPort, neighMAC net.Hardw
 	s.cfg.Events.Record(ev)
 }
 
-// seen lists a client's MAC among the clients not in the fleet, when its neighbour
-// entry named one that is no board's.
-func (s *Server) seen(mac net.HardwareAddr) {
-	if s.cfg.Events == nil || len(mac) == 0 {
+// seen lists a client among the clients not in the fleet: by its MAC when its
+// neighbour entry named one (that is no board's), else by its address.
+func (s *Server) seen(client netip.Addr, mac net.HardwareAddr, serial string) {
+	if s.cfg.Events == nil {
 		return
 	}
-	if _, ok := s.cfg.Fleet.BoardByMAC(mac); !ok {
-		s.cfg.Events.SeenUnknown(mac, "", "")
+	if len(mac) > 0 {
+		if _, ok := s.cfg.Fleet.BoardByMAC(mac); ok {
+			return
+		}
 	}
+	s.cfg.Events.Seen(boot.Sighting{Via: "tftp", MAC: mac, IP: client.Unmap(), Serial: serial})
 }
 
 // recallBackoff returns the direct-wait back-off the client's last transfer ended with.
@@ -821,10 +827,14 @@ func (s *Server) keepBackoff(client netip.Addr, b backoff) {
 	s.pacing[client] = b
 }
 
-// logUnknown logs a client that is not in the fleet, once per address, and lists its
-// MAC (from the neighbour table) among the clients seen.
+// logUnknown logs a client that is not in the fleet, once per address, and lists it
+// among the clients seen.
 func (s *Server) logUnknown(client netip.AddrPort, mac net.HardwareAddr, name string) {
-	s.seen(mac)
+	serial := ""
+	if first, _, ok := strings.Cut(name, "/"); ok && isSerial(first) {
+		serial = strings.ToLower(first) // what it says, not evidence
+	}
+	s.seen(client.Addr(), mac, serial)
 	s.mu.Lock()
 	_, seen := s.unknown[client.Addr()]
 	if !seen {
