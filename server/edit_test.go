@@ -162,3 +162,26 @@ func TestAddBoardStyles(t *testing.T) {
 		t.Errorf("broken file: %v", err)
 	}
 }
+
+func TestStateDirOf(t *testing.T) {
+	for _, c := range []struct{ text, want string }{
+		{"server:\n  state: ./st   # here\nboards: []\n", "st"},
+		{"server:\n  dhcp: {mode: off\n  state: 'my state'\nboards:\n - name: [\n", "my state"},
+		{"server:\n\tstate: /abs\n  state: \"/srv/pf\"\n", "/abs"},
+		{"images: {}\n  state: nope\n", DefaultState},
+		{"server: {state: /x}\n", "/x"},
+		{"server: {address: 1.2.3.4/24, state: 'st 2', dhcp: {mode: off}}\nboards: [\n", "st 2"},
+		{"server: {dhcp: {mode: off}, state: st3}\nboards: [\n", "st3"},
+	} {
+		p := filepath.Join(t.TempDir(), "fleet.yaml")
+		os.WriteFile(p, []byte(c.text), 0o644)
+		got, err := StateDirOf(p)
+		want := c.want
+		if !filepath.IsAbs(want) {
+			want = filepath.Join(filepath.Dir(p), want)
+		}
+		if err != nil || got != want {
+			t.Errorf("%q: %q %v, want %q", c.text, got, err, want)
+		}
+	}
+}

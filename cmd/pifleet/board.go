@@ -22,6 +22,7 @@ func runBoard(ctx context.Context, e *env, args []string) error {
 		"ls":    {"list boards: MAC, serial, IP, image, upper size, last boot, mounted", runBoardLs},
 		"reset": {"wipe boards' upper dirs so they boot the image's pristine state", runBoardReset},
 		"diff":  {"show what a board changed against its image (A/C/D)", runBoardDiff},
+		"add":   {"add a board to fleet.yaml, keeping its comments and layout", runBoardAdd},
 	}, args)
 }
 
@@ -38,7 +39,12 @@ type api struct {
 // serve means its API, at the addresses it recorded in <state>/serve.json; anything
 // else is an error, so a command never works offline under a live server.
 func dialAPI(ctx context.Context, cfg *server.Config) (*api, error) {
-	held, err := server.StateHolder(cfg.Server.State)
+	return dialState(ctx, cfg.Server.State)
+}
+
+// dialState is dialAPI for a state dir.
+func dialState(ctx context.Context, stateDir string) (*api, error) {
+	held, err := server.StateHolder(stateDir)
 	if err != nil || held == nil {
 		return nil, err
 	}
@@ -122,7 +128,7 @@ func runBoardLs(ctx context.Context, e *env, args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	cfg, err := loadConfig(*cfgPath)
+	cfg, live, err := readOnly(ctx, e, *cfgPath)
 	if err != nil {
 		return err
 	}
@@ -130,10 +136,6 @@ func runBoardLs(ctx context.Context, e *env, args []string) error {
 		return printBoardNames(e, cfg)
 	}
 	var boards []server.BoardStatus
-	live, err := dialAPI(ctx, cfg)
-	if err != nil {
-		return err
-	}
 	if live != nil {
 		if err := live.call(ctx, "GET", "/api/boards", &boards); err != nil {
 			return err
@@ -244,15 +246,11 @@ func runBoardDiff(ctx context.Context, e *env, args []string) error {
 	if fs.NArg() != 1 {
 		return usagef("board diff needs one board name")
 	}
-	cfg, err := loadConfig(*cfgPath)
+	cfg, live, err := readOnly(ctx, e, *cfgPath)
 	if err != nil {
 		return err
 	}
 	var changes []server.Change
-	live, err := dialAPI(ctx, cfg)
-	if err != nil {
-		return err
-	}
 	if live != nil {
 		err = live.call(ctx, "GET", "/api/boards/"+url.PathEscape(fs.Arg(0))+"/diff", &changes)
 	} else {
