@@ -171,4 +171,3 @@ func FuzzHistoryDecode(f *testing.F) {
 		}
 	})
 }
-
