@@ -258,6 +258,9 @@ func spliceBoard(data []byte, b BoardSpec) ([]byte, error) {
 	if len(doc.Content) == 0 || doc.Content[0].Kind != yaml.MappingNode {
 		return nil, errors.New("the file is not a fleet.yaml mapping")
 	}
+	if doc.Content[0].Style&yaml.FlowStyle != 0 {
+		return nil, errors.New("the file is one {...} mapping; add the board by hand")
+	}
 	eol := "\n"
 	if bytes.Contains(data, []byte("\r\n")) {
 		eol = "\r\n"

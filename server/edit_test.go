@@ -185,3 +185,28 @@ func TestStateDirOf(t *testing.T) {
 		}
 	}
 }
+
+// FuzzSpliceBoard: whatever fleet.yaml holds, adding a board never panics, and when it
+// succeeds on a valid file the result still has every board as it was, then the new one.
+func FuzzSpliceBoard(f *testing.F) {
+	f.Add([]byte(oddFleet))
+	f.Add([]byte("images: {img: {path: /x}}\ndefaults: {image: img}\nboards:\n  - {name: a, mac: '02:00:00:00:00:01'}\n"))
+	f.Add([]byte("boards:\n- name: a\n  serial: '12345678'\n  image: i\nimages: {i: {}}\n"))
+	f.Add([]byte("server:\n\tstate: x\nboards: [\n"))
+	spec := BoardSpec{Name: "zz-new", MAC: "02:00:00:00:00:fe", Serial: "fedcba98"}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		stateKey(data)
+		cur, _, err := Parse(data, "fleet.yaml")
+		if err != nil || refuseDuplicate(cur, spec) != nil {
+			return
+		}
+		out, err := spliceBoard(data, spec)
+		if err != nil {
+			return
+		}
+		next, _, err := Parse(out, "fleet.yaml")
+		if err == nil && !keptBoards(cur, next, spec.Name) {
+			t.Fatalf("boards changed:\n%s\n---\n%s", data, out)
+		}
+	})
+}
