@@ -69,6 +69,15 @@ func (b *Boot) Mounted() bool {
 	return false
 }
 
+func (b *Boot) has(st Stage) bool {
+	for _, e := range b.Events {
+		if e.Stage == st {
+			return true
+		}
+	}
+	return false
+}
+
 func (b *Boot) last() time.Time {
 	if len(b.Events) == 0 {
 		return b.Start
@@ -108,8 +117,9 @@ const MaxUnknown = 1024
 //
 // A boot starts with the board's first event; with a DHCP DISCOVER from the board's
 // bootloader (Pi firmware, U-Boot), unless it is the kernel's own DHCP (Agent "plain")
-// within a boot that has not mounted its root yet; or with a TFTP request after BootGap
-// of silence or once the boot has mounted its root. NFS mounts and DHCP renewals belong
+// or the bootloader retrying before any TFTP, within BootGap in a boot that has not
+// mounted its root yet; or with a TFTP request after BootGap of silence or once the
+// boot has mounted its root. NFS mounts and DHCP renewals belong
 // to the running boot. A reset is a board event, never a boot.
 type Timeline struct {
 	mu     sync.Mutex
@@ -138,8 +148,13 @@ func startsBoot(cur *Boot, e Event) bool {
 		if e.What != "discover" {
 			return false
 		}
-		if e.Agent == AgentOS && !cur.Mounted() && e.Time.Sub(cur.last()) < BootGap {
-			return false // the kernel's ip=dhcp between loading the kernel and mounting root
+		if !cur.Mounted() && e.Time.Sub(cur.last()) < BootGap {
+			if e.Agent == AgentOS {
+				return false // the kernel's ip=dhcp between loading the kernel and mounting root
+			}
+			if !cur.has(StageTFTP) {
+				return false // the bootloader retrying DHCP: the same attempt
+			}
 		}
 		return true
 	case StageTFTP:
@@ -221,6 +236,20 @@ func (t *Timeline) LastBoot(board string) []Event {
 		return nil
 	}
 	return slices.Clone(h.Boots[len(h.Boots)-1].Events)
+}
+
+// Last returns a copy of the board's last boot and how many boots are remembered
+// (0: none, and last is the zero Boot).
+func (t *Timeline) Last(board string) (last Boot, boots int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	h := t.boards[board]
+	if h == nil || len(h.Boots) == 0 {
+		return Boot{}, 0
+	}
+	last = h.Boots[len(h.Boots)-1]
+	last.Events = slices.Clone(last.Events)
+	return last, len(h.Boots)
 }
 
 // History returns a deep copy of the board's history.

@@ -13,6 +13,14 @@ func TestTimelineOrderAndBoots(t *testing.T) {
 	var seen []Event
 	tl.OnEvent = func(e Event) { seen = append(seen, e) }
 	t0 := time.Date(2026, 12, 4, 10, 0, 0, 0, time.UTC)
+	tl.Record(Event{Board: "pi", Stage: StageDHCP, What: "discover", Agent: AgentPi, Time: t0.Add(-5 * time.Second)})
+	// The bootloader retrying DHCP is the same boot.
+	tl.Record(Event{Board: "pi", Stage: StageDHCP, What: "discover", Agent: AgentPi, Time: t0})
+	if h := tl.History("pi"); len(h.Boots) != 1 {
+		t.Fatalf("a DHCP retry started a boot: %+v", h.Boots)
+	}
+	tl.Forget("pi")
+	seen = nil
 	tl.Record(Event{Board: "pi", Stage: StageDHCP, What: "discover", Agent: AgentPi, Time: t0})
 	tl.Record(Event{Board: "pi", Stage: StageTFTP, What: "read", File: "kernel8.img", Time: t0.Add(2 * time.Second)})
 	// Started earlier, finished later: recorded second, listed first.
@@ -60,7 +68,7 @@ func TestTimelineOrderAndBoots(t *testing.T) {
 		t.Errorf("a cut boot lost its first event: %v", last.Events[0].Time)
 	}
 	for i := 0; i < 3*MaxBoots; i++ {
-		tl.Record(Event{Board: "pi", Stage: StageDHCP, What: "discover", Agent: AgentPi, Time: t0.Add(2*time.Hour + time.Duration(i)*time.Minute)})
+		tl.Record(Event{Board: "pi", Stage: StageDHCP, What: "discover", Agent: AgentPi, Time: t0.Add(2*time.Hour + time.Duration(i)*2*BootGap)})
 	}
 	h = tl.History("pi")
 	if len(h.Boots) != MaxBoots {

@@ -79,19 +79,16 @@ func (s *Server) Board(name string) (BoardStatus, bool) {
 func (s *Server) boardStatus(b Board, withTimeline bool) BoardStatus {
 	bs := statusOf(b, s.sizes.get(s.state.Upper(b.Name)))
 	bs.Mounted = s.nfs.Mounted(b.Name)
-	h := s.timeline.History(b.Name)
-	bs.Boots = len(h.Boots)
-	var evs []boot.Event
-	if len(h.Boots) > 0 {
-		last := h.Boots[len(h.Boots)-1]
-		evs = last.Events
+	last, boots := s.timeline.Last(b.Name)
+	bs.Boots = boots
+	if boots > 0 {
 		t := last.Start
 		bs.LastBoot = &t
-		bs.Reached = reached(evs)
+		bs.Reached = reached(last.Events)
 	}
 	if withTimeline {
-		bs.Timeline = evs
-		bs.Events = h.Events
+		bs.Timeline = last.Events
+		bs.Events = s.timeline.History(b.Name).Events
 	}
 	return bs
 }
