@@ -219,6 +219,8 @@ func readHistory(path string) (boot.History, int, error) {
 // flushHistory writes what changed since the last flush. A failed write is logged and
 // retried at the next flush.
 func (s *Server) flushHistory() {
+	s.histMu.Lock()
+	defer s.histMu.Unlock()
 	boards, unknown := s.timeline.TakeDirty()
 	var failed []string
 	for _, b := range boards {
@@ -242,6 +244,7 @@ func (s *Server) flushHistory() {
 			s.log.Warn("cannot save the unknown clients; will retry", "err", err)
 		} else {
 			unknown = false
+			syncDir(filepath.Dir(s.state.UnknownClients()))
 		}
 	}
 	if len(boards) > 0 {

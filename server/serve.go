@@ -54,6 +54,7 @@ type Server struct {
 	sizes    upperSizes // board upper sizes, measured at most every sizeTTL
 	ui       *webUI
 	writes   firstWrites // arms each board's "first write" boot step at its mount
+	histMu   sync.Mutex  // one flushHistory at a time, so an older write never lands last
 	started  time.Time
 
 	// mu serialises reloads and board operations (reset), which both rebuild boards.
