@@ -179,11 +179,13 @@ func (s *Server) loadHistory(cfg *Config) {
 			s.timeline.Restore(b.Name, h)
 		}
 	}
-	if ents, err := os.ReadDir(s.state.Histories()); err == nil {
+	for _, dir := range []string{s.state.Histories(), filepath.Dir(s.state.UnknownClients())} {
+		ents, _ := os.ReadDir(dir)
 		for _, e := range ents {
 			name, ok := strings.CutSuffix(e.Name(), historyExt)
-			if ok && !inFleet[name] {
-				os.Remove(filepath.Join(s.state.Histories(), e.Name()))
+			// A removed board's history goes; so does a temporary file a crash left.
+			if (ok && dir == s.state.Histories() && !inFleet[name]) || strings.HasPrefix(e.Name(), ".tmp-") {
+				os.Remove(filepath.Join(dir, e.Name()))
 			}
 		}
 	}

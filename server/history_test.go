@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -67,6 +68,14 @@ func TestHistorySurvivesRestart(t *testing.T) {
 	if err := os.WriteFile(ts.srv.state.BoardHistory("alpha"), []byte(damaged), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// A crash mid-write leaves a temporary file; a board gone from the fleet leaves its history.
+	tmp := filepath.Join(ts.srv.state.Histories(), ".tmp-alpha.jsonl123")
+	gone := ts.srv.state.BoardHistory("gone")
+	for _, p := range []string{tmp, gone} {
+		if err := os.WriteFile(p, []byte(lines[0]), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	ts.start()
 	after = boot.History{}
 	ts.getJSON("/api/boards/alpha/history", &after)
@@ -75,6 +84,11 @@ func TestHistorySurvivesRestart(t *testing.T) {
 	}
 	if !strings.Contains(ts.logs.String(), "board history damaged; kept what could be read") {
 		t.Errorf("damage not logged:\n%s", ts.logs.String())
+	}
+	for _, p := range []string{tmp, gone} {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("%s left in the history dir: %v", p, err)
+		}
 	}
 }
 
