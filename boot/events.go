@@ -366,10 +366,11 @@ func (s Sighting) key() string {
 	return "ip " + s.IP.String()
 }
 
-// SeenUnknown remembers a DHCP client that is not in the fleet. It reports whether this
-// MAC is new, so callers log it once per MAC rather than once per packet.
+// SeenUnknown remembers a client that is not in the fleet by its MAC, without saying
+// which protocol saw it (see Seen). It reports whether this MAC is new, so callers log
+// it once per MAC rather than once per packet.
 func (t *Timeline) SeenUnknown(mac net.HardwareAddr, serial, model string) (first bool) {
-	return t.Seen(Sighting{Via: "dhcp", MAC: mac, Serial: serial, Model: model})
+	return t.Seen(Sighting{MAC: mac, Serial: serial, Model: model})
 }
 
 // Seen remembers a client that is not in the fleet and reports whether it is new. A

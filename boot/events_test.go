@@ -98,7 +98,7 @@ func TestSeenUnknownOncePerMAC(t *testing.T) {
 	if !tl.SeenUnknown(mac, "", "") {
 		t.Fatal("first sighting not reported as first")
 	}
-	if tl.SeenUnknown(mac, "9ffefdef", "Raspberry Pi 4") {
+	if tl.Seen(Sighting{Via: "dhcp", MAC: mac, Serial: "9ffefdef", Model: "Raspberry Pi 4"}) {
 		t.Fatal("second sighting reported as first")
 	}
 	u := tl.Unknowns()

@@ -157,7 +157,7 @@ func TestFullPoolPersistsAcrossRestart(t *testing.T) {
 	if got, ok := srv.srv.LeaseHolder(ipA); !ok || got.String() != a.String() {
 		t.Errorf("LeaseHolder(%v) = %v, %v; want %v", ipA, got, ok, a)
 	}
-	if got := srv.cfg.Events.Unknowns(); len(got) != 1 || got[0].MAC != a.String() {
+	if got := srv.cfg.Events.Unknowns(); len(got) != 1 || got[0].MAC != a.String() || len(got[0].Via) != 1 || got[0].Via[0] != "dhcp" {
 		t.Errorf("pool client not listed as seen, not in fleet: %+v", got)
 	}
 	srv.stop(t)

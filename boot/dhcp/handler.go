@@ -227,7 +227,7 @@ func (s *Server) record(r *request, what string, attrs ...any) {
 
 // unknown remembers a client that is not in the fleet, logging it once per MAC.
 func (s *Server) unknown(r *request, answered bool) {
-	if s.events.SeenUnknown(r.mac, r.serial, r.model) {
+	if s.events.Seen(boot.Sighting{Via: "dhcp", MAC: r.mac, IP: r.client, Serial: r.serial, Model: r.model}) {
 		vc := string(r.msg.Options.Get(dhcpv4.OptionClassIdentifier))
 		msg := "client not in fleet: ignored (add its mac or serial to fleet.yaml to boot it)"
 		if answered {
