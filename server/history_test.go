@@ -2,7 +2,9 @@ package server
 
 import (
 	"bytes"
+	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -59,6 +61,15 @@ func TestHistorySurvivesRestart(t *testing.T) {
 	ts.getJSON("/api/unknown", &unknown)
 	if len(unknown) != 1 || unknown[0].Serial != "deadbeef" || !unknown[0].IP.IsValid() || strings.Join(unknown[0].Via, ",") != "tftp" {
 		t.Errorf("unknown clients after restart: %+v", unknown)
+	}
+	resp, err := http.Get(ts.http + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(page), `<td class="mono">deadbeef</td>`) || !strings.Contains(string(page), "<td>tftp</td>") {
+		t.Errorf("status page does not list the TFTP-only client:\n%s", page)
 	}
 	ts.stop()
 
