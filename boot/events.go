@@ -252,6 +252,17 @@ func (t *Timeline) Last(board string) (last Boot, boots int) {
 	return last, len(h.Boots)
 }
 
+// BoardEvents returns a copy of the board's events that are not boot steps (resets),
+// oldest first.
+func (t *Timeline) BoardEvents(board string) []Event {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if h := t.boards[board]; h != nil {
+		return slices.Clone(h.Events)
+	}
+	return nil
+}
+
 // History returns a deep copy of the board's history.
 func (t *Timeline) History(board string) History {
 	t.mu.Lock()

@@ -2,6 +2,7 @@ package server
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -24,6 +25,20 @@ type BoardStatus struct {
 	Boots     int          `json:"boots"`              // boots remembered (at most boot.MaxBoots)
 	Timeline  []boot.Event `json:"timeline,omitempty"` // the last boot's events
 	Events    []boot.Event `json:"events,omitempty"`   // board events (resets), oldest first
+}
+
+// lastBootEvents is the board's last boot followed by the resets since it started, in
+// time order: what the boot-stage metric reads (a reset ends what the boot reached).
+func (s *Server) lastBootEvents(board string) []boot.Event {
+	last, boots := s.timeline.Last(board)
+	evs := last.Events
+	for _, e := range s.timeline.BoardEvents(board) {
+		if boots == 0 || !e.Time.Before(last.Start) {
+			evs = append(evs, e)
+		}
+	}
+	slices.SortStableFunc(evs, func(a, b boot.Event) int { return a.Time.Compare(b.Time) })
+	return evs
 }
 
 // reached is how far a boot got: the furthest stage among its events.
@@ -88,7 +103,7 @@ func (s *Server) boardStatus(b Board, withTimeline bool) BoardStatus {
 	}
 	if withTimeline {
 		bs.Timeline = last.Events
-		bs.Events = s.timeline.History(b.Name).Events
+		bs.Events = s.timeline.BoardEvents(b.Name)
 	}
 	return bs
 }

@@ -196,3 +196,23 @@ func FuzzHistoryDecode(f *testing.F) {
 		}
 	})
 }
+
+// TestResetEndsBootStage: a reset is a board event, not part of a boot, yet the boot
+// stage metric reads it: after a reset the board has reached nothing until it boots.
+func TestResetEndsBootStage(t *testing.T) {
+	s := &Server{timeline: boot.NewTimeline()}
+	t0 := time.Date(2026, 12, 4, 10, 0, 0, 0, time.UTC)
+	s.timeline.Record(boot.Event{Board: "a", Time: t0, Stage: boot.StageReset, What: "reset"})
+	s.timeline.Record(boot.Event{Board: "a", Time: t0.Add(time.Minute), Stage: boot.StageTFTP, What: "read"})
+	s.timeline.Record(boot.Event{Board: "a", Time: t0.Add(2 * time.Minute), Stage: boot.StageNFS, What: "mount"})
+	if stage, _, took := lastBoot(s.lastBootEvents("a")); stage != stageNFS || took != time.Minute {
+		t.Errorf("before the reset: stage %d took %v", stage, took)
+	}
+	s.timeline.Record(boot.Event{Board: "a", Time: t0.Add(time.Hour), Stage: boot.StageReset, What: "reset"})
+	if stage, _, _ := lastBoot(s.lastBootEvents("a")); stage != stageNone {
+		t.Errorf("after the reset: stage %d", stage)
+	}
+	if h := s.timeline.History("a"); len(h.Boots) != 1 || len(h.Events) != 2 {
+		t.Errorf("history: %+v", h)
+	}
+}

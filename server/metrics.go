@@ -335,7 +335,7 @@ func (c *fleetCollector) Collect(ch chan<- prometheus.Metric) {
 		gaugeOf(descBoardInfo, 1, b.Name, b.Image)
 		gaugeOf(descBoardMounted, b2f(m), b.Name)
 		gaugeOf(descBoardUpper, float64(s.sizes.getMaxAge(s.state.Upper(b.Name), metricsSizeTTL)), b.Name)
-		stage, started, took := lastBoot(s.timeline.LastBoot(b.Name))
+		stage, started, took := lastBoot(s.lastBootEvents(b.Name))
 		gaugeOf(descBoardStage, float64(stage), b.Name)
 		if !started.IsZero() {
 			gaugeOf(descBoardLastBoot, float64(started.UnixNano())/1e9, b.Name)
