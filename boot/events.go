@@ -457,7 +457,7 @@ func (t *Timeline) Unknowns() []Unknown {
 	out := make([]Unknown, 0, len(t.seen))
 	for _, u := range t.seen {
 		c := *u
-		c.Via = slices.Clone(u.Via)
+		c.Via = append([]string{}, u.Via...)
 		out = append(out, c)
 	}
 	sort.Slice(out, func(i, j int) bool {
