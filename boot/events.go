@@ -94,7 +94,7 @@ type History struct {
 
 // Bounds of a board's history. A Pi 4 boot is ~40 events (DHCP, ~30 TFTP reads, the
 // kernel's DHCP, the mount), so a boot keeps that whole plus retries; older boots are
-// cut shorter, which keeps a board's history under half a MB whatever it sends.
+// cut shorter: at most 1472 events, under a MB, whatever a board sends.
 const (
 	MaxBoots            = 20  // boots kept per board
 	MaxEventsPerBoot    = 256 // events of the running boot
@@ -119,12 +119,12 @@ const MaxUnknown = 1024
 // bootloader (Pi firmware, U-Boot), unless it is the kernel's own DHCP (Agent "plain")
 // or the bootloader retrying before any TFTP, within BootGap in a boot that has not
 // mounted its root yet; or with a TFTP request after BootGap of silence or once the
-// boot has mounted its root. NFS mounts and DHCP renewals belong
-// to the running boot. A reset is a board event, never a boot.
+// boot has mounted its root. NFS mounts and DHCP renewals belong to the running boot.
+// A reset is a board event, never a boot.
 type Timeline struct {
 	mu     sync.Mutex
 	boards map[string]*History
-	seen   map[string]*Unknown // by unknownKey
+	seen   map[string]*Unknown // by Sighting.key
 
 	dirty        map[string]bool // boards changed since TakeDirty
 	unknownDirty bool
