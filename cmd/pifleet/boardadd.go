@@ -13,7 +13,8 @@ import (
 // readOnly gets what a read-only board command needs: the fleet from fleet.yaml and the
 // running server's API, if one holds the state dir. When fleet.yaml has errors, the
 // command still works against a running server (which runs the last good config): the
-// state dir is then found by a lenient read of server.state, and cfg is nil.
+// state dir is then found by a lenient read of server.state, and cfg is empty (no
+// boards, no images): the fleet is the server's.
 func readOnly(ctx context.Context, e *env, path string) (*server.Config, *api, error) {
 	cfg, loadErr := loadConfig(path)
 	if loadErr == nil {
@@ -32,7 +33,7 @@ func readOnly(ctx context.Context, e *env, path string) (*server.Config, *api, e
 		return nil, nil, loadErr
 	}
 	fmt.Fprintf(e.err, "pifleet: warning: %s has errors (see pifleet check -c %s); showing the running server's fleet\n", path, path)
-	return nil, live, nil
+	return &server.Config{Path: path, Images: map[string]server.Image{}}, live, nil
 }
 
 func runBoardAdd(ctx context.Context, e *env, args []string) error {
