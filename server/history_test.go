@@ -21,11 +21,11 @@ import (
 func TestHistorySurvivesRestart(t *testing.T) {
 	needRoot(t)
 	ts := startServer(t, boardYAML("alpha", "beta"))
-	if out, err := tftpGet(t, ts.tftp, "000abc00/config.txt"); err != nil {
+	if out, err := tftpGet(t, "127.0.0.2", ts.tftp, "000abc00/config.txt"); err != nil {
 		t.Fatalf("tftp: %v: %s", err, out)
 	}
 	// A Pi that is not in the fleet, seen over TFTP only (no DHCP here: mode off).
-	tftpGet(t, ts.tftp, "deadbeef/start4.elf")
+	tftpGet(t, "127.0.0.9", ts.tftp, "deadbeef/start4.elf")
 	r, err := ts.post("/api/boards/alpha/reset", nil)
 	if err != nil || r.StatusCode != 200 {
 		t.Fatalf("reset: %v %v", err, r)

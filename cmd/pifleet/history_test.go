@@ -63,7 +63,7 @@ func TestHistorySurvivesKill(t *testing.T) {
 	}
 	cfg := filepath.Join(dir, "fleet.yaml")
 	os.WriteFile(cfg, []byte(fmt.Sprintf("server: {address: 127.0.0.100/8, state: st, dhcp: {mode: off}, ports: {tftp: %d, nfs: %d, mount: %d, http: %d, portmap: 0}}\n"+
-		"images: {img: {path: root}}\ndefaults: {image: img}\nboards:\n  - {name: pi-01, serial: '12345678'}\n", ports[0], ports[1], ports[2], ports[3])), 0o644)
+		"images: {img: {path: root}}\ndefaults: {image: img}\nboards:\n  - {name: pi-01, serial: '12345678', ip: 127.0.0.5}\n", ports[0], ports[1], ports[2], ports[3])), 0o644)
 	state := filepath.Join(dir, "st")
 
 	start := func() (*exec.Cmd, string) {
@@ -106,7 +106,7 @@ func TestHistorySurvivesKill(t *testing.T) {
 	}
 
 	cmd, base := start()
-	out, err := exec.Command("curl", "-sS", "--max-time", "20", fmt.Sprintf("tftp://127.0.0.100:%d/12345678/config.txt", ports[0])).CombinedOutput()
+	out, err := exec.Command("curl", "-sS", "--max-time", "20", "--interface", "127.0.0.5", fmt.Sprintf("tftp://127.0.0.100:%d/12345678/config.txt", ports[0])).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "arm_64bit=1") {
 		t.Fatalf("tftp: %v %s", err, out)
 	}
