@@ -128,12 +128,16 @@ func runBoardLs(ctx context.Context, e *env, args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	if *names { // the file's names, at once: completion calls this on every tab
+		cfg, err := loadConfig(*cfgPath)
+		if err != nil {
+			return err
+		}
+		return printBoardNames(e, cfg)
+	}
 	cfg, live, err := readOnly(ctx, e, *cfgPath)
 	if err != nil {
 		return err
-	}
-	if *names {
-		return printBoardNames(e, cfg)
 	}
 	var boards []server.BoardStatus
 	if live != nil {
