@@ -23,12 +23,13 @@ type BoardStatus struct {
 	LastBoot  *time.Time   `json:"last_boot,omitempty"`
 	Reached   boot.Stage   `json:"reached,omitempty"`  // how far the last boot got
 	Boots     int          `json:"boots"`              // boots remembered (at most boot.MaxBoots)
-	Timeline  []boot.Event `json:"timeline,omitempty"` // the last boot's events
+	Timeline  []boot.Event `json:"timeline,omitempty"` // the last boot's events, and the resets since it started
 	Events    []boot.Event `json:"events,omitempty"`   // board events (resets), oldest first
 }
 
-// lastBootEvents is the board's last boot followed by the resets since it started, in
-// time order: what the boot-stage metric reads (a reset ends what the boot reached).
+// lastBootEvents is the board's last boot with the resets since it started, in time
+// order: the board's timeline in the API and what the boot-stage metric reads (a reset
+// ends what the boot reached, without being a boot).
 func (s *Server) lastBootEvents(board string) []boot.Event {
 	last, boots := s.timeline.Last(board)
 	evs := last.Events
@@ -102,7 +103,7 @@ func (s *Server) boardStatus(b Board, withTimeline bool) BoardStatus {
 		bs.Reached = reached(last.Events)
 	}
 	if withTimeline {
-		bs.Timeline = last.Events
+		bs.Timeline = s.lastBootEvents(b.Name)
 		bs.Events = s.timeline.BoardEvents(b.Name)
 	}
 	return bs

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pifleet/pifleet/boot"
 	"github.com/pifleet/pifleet/test/netns"
 	"github.com/pifleet/pifleet/test/require"
 )
@@ -398,8 +399,8 @@ func TestServeStatusAndReset(t *testing.T) {
 		t.Errorf("ping: HTTP %d %v", code, ping)
 	}
 	var one BoardStatus
-	if code := ts.getJSON("/api/boards/alpha", &one); code != http.StatusOK || one.Name != "alpha" || len(one.Events) != 1 || one.Boots != 0 {
-		t.Errorf("board alpha: HTTP %d %+v (want the reset as a board event, no boot)", code, one)
+	if code := ts.getJSON("/api/boards/alpha", &one); code != http.StatusOK || one.Name != "alpha" || len(one.Events) != 1 || one.Boots != 0 || len(one.Timeline) != 1 || one.Timeline[0].Stage != boot.StageReset {
+		t.Errorf("board alpha: HTTP %d %+v (want the reset in its timeline and as a board event, no boot)", code, one)
 	}
 	if code := ts.getJSON("/api/boards/nope/diff", nil); code != http.StatusNotFound {
 		t.Errorf("diff of an unknown board: HTTP %d", code)
