@@ -68,7 +68,7 @@ func TestHistorySurvivesRestart(t *testing.T) {
 	}
 	page, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if !strings.Contains(string(page), `<td class="mono">deadbeef</td>`) || !strings.Contains(string(page), "<td>tftp</td>") {
+	if !strings.Contains(string(page), `<td class="mono">deadbeef</td>`) || !strings.Contains(string(page), "<td>tftp</td>") || !strings.Contains(string(page), `<td class="mono">127.0.0.9</td>`) {
 		t.Errorf("status page does not list the TFTP-only client:\n%s", page)
 	}
 	ts.stop()
