@@ -78,7 +78,7 @@ func newWebUI(s *Server) *webUI {
 			return d.Round(time.Millisecond).String()
 		},
 	}
-	for _, p := range []string{"fleet", "board", "confirm", "images"} {
+	for _, p := range []string{"fleet", "board", "confirm", "images", "adopt"} {
 		u.pages[p] = template.Must(template.New(p).Funcs(funcs).ParseFS(uiFiles, "ui/layout.html", "ui/"+p+".html"))
 	}
 	return u
@@ -102,6 +102,7 @@ func (u *webUI) register(mux *http.ServeMux) {
 	mux.HandleFunc("GET /boards/{name}", u.handleBoard)
 	mux.HandleFunc("POST /boards/{name}/reset", u.handleReset)
 	mux.HandleFunc("GET /images", u.handleImages)
+	mux.HandleFunc("POST /adopt", u.handleAdopt)
 	mux.HandleFunc("GET /events", u.handleEvents)
 	mux.HandleFunc("GET /ui.js", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/javascript; charset=utf-8")
@@ -272,11 +273,12 @@ type fleetView struct {
 	Up, Booting, Stalled  int
 	UpperBytes, FullBytes int64 // disk the uppers take; what a full image copy per board would take
 	Unknown               []boot.Unknown
+	AdoptCSRF             string // the token of the adopt forms
 }
 
 func (u *webUI) fleetView(now time.Time) fleetView {
 	cfg := u.s.config()
-	var v fleetView
+	v := fleetView{AdoptCSRF: u.csrf("/adopt")}
 	imgBytes := map[string]int64{}
 	for _, b := range cfg.Boards {
 		ub := u.board(b, now)
@@ -376,8 +378,11 @@ func (u *webUI) boardView(r *http.Request, name string, now time.Time) (boardVie
 		v.DiffErr = err.Error()
 	}
 	v.Changes = ch
-	if r.URL.Query().Get("done") == "reset" {
+	switch r.URL.Query().Get("done") {
+	case "reset":
 		v.Done = "Board " + name + " was reset: its changes are gone and it boots from its image as new."
+	case "adopted":
+		v.Done = "Board " + name + " was added to " + u.s.cfgPath + " and is served from now on."
 	}
 	return v, true
 }
@@ -439,13 +444,14 @@ func (u *webUI) handleReset(w http.ResponseWriter, r *http.Request) {
 }
 
 // checkPost admits a form POST of the UI's own pages only: from this host (as the API's
-// guard: a reset is an operator's act on the server, through an SSH tunnel from afar),
+// guard: a reset or an adopt is an operator's act on the server, through an SSH tunnel
+// from afar),
 // sent by a page of this origin (Origin or Sec-Fetch-Site says so; a browser sends one
 // of them with every form POST), and carrying the CSRF token the server put in that
 // page. The API token stays with root and the CLI: the page never sees it.
 func (u *webUI) checkPost(r *http.Request) error {
 	if !fromThisHost(r) {
-		return errors.New("a reset is accepted from the server itself only: open the page there or through an SSH tunnel (ssh -L 8080:127.0.0.1:8080 server)")
+		return errors.New("this action is accepted from the server itself only: open the page there or through an SSH tunnel (ssh -L 8080:127.0.0.1:8080 server)")
 	}
 	if crossSite(r) {
 		return errors.New("cross-site request refused")

@@ -115,6 +115,43 @@ func TestUIInBrowser(t *testing.T) {
 	if d := p.Text(`document.body.innerText`); !strings.Contains(d, "No changes") {
 		t.Errorf("beta's page after the reset:\n%s", d)
 	}
+
+	// Adopt the unknown Pi: fleet.yaml gains it, comments kept, and passes the check.
+	before, err := os.ReadFile(ts.cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(ts.cfgPath, append([]byte("# the lab's boards\n"), before...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p.Navigate(ts.http + "/")
+	p.Eval(`document.querySelector("#unknown button.adopt").click()`)
+	p.WaitFor("the adopt form", `!!document.getElementById("adopt")`)
+	if name := p.Text(`document.getElementById("name").value`); name != "pi-1234abcd" {
+		t.Errorf("suggested name %q, want pi-1234abcd", name)
+	}
+	shot(p, "adopt")
+	p.Eval(`document.getElementById("name").value = "gamma"; document.getElementById("adopt").click()`)
+	p.WaitFor("gamma's page", `document.body.innerText.includes("gamma was added")`)
+	if v, _ := p.Eval(`window.hacked === undefined`); v != true {
+		t.Error("the client-reported model ran as HTML on the way through the adopt form")
+	}
+	y, err := os.ReadFile(ts.cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(string(y), "# the lab's boards\n") || !strings.Contains(string(y), "gamma") || !strings.Contains(string(y), "02:00:00:00:00:99") || !strings.Contains(string(y), "1234abcd") {
+		t.Errorf("fleet.yaml after adopt:\n%s", y)
+	}
+	if _, problems, err := Load(ts.cfgPath); err != nil || problems.Errors() > 0 {
+		t.Errorf("fleet.yaml after adopt does not pass the check: %v %v", err, problems)
+	}
+	if _, ok := ts.srv.Board("gamma"); !ok {
+		t.Error("the running server does not serve the adopted board")
+	}
+	if strings.Contains(p.Text(`document.body.innerText`), "not in the fleet") {
+		t.Error("gamma's page says it is not in the fleet")
+	}
 }
 
 func mustCreate(t *testing.T, fs *overlay.FS, name string) {

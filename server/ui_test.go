@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"os"
 	"regexp"
 	"slices"
 	"strings"
@@ -350,5 +351,52 @@ func TestUIEventsRefusesBeyondBound(t *testing.T) {
 	}
 	for _, s := range subs {
 		ts.srv.ui.hub.unsubscribe(s)
+	}
+}
+
+// TestUIAdoptForm: the adopt form refuses what `pifleet check` would (a name already in
+// the fleet, a bad MAC) with the reason, leaving fleet.yaml alone, and echoes what it
+// was sent escaped.
+func TestUIAdoptForm(t *testing.T) {
+	needRoot(t)
+	ts := startServer(t, boardYAML("alpha"))
+	before, _ := os.ReadFile(ts.cfgPath)
+	post := func(form url.Values, hdr map[string]string) (int, string) {
+		t.Helper()
+		form.Set("csrf", ts.srv.ui.csrf("/adopt"))
+		req, _ := http.NewRequest("POST", ts.http+"/adopt", strings.NewReader(form.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		for k, v := range hdr {
+			req.Header.Set(k, v)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	same := map[string]string{"Origin": ts.http}
+	if code, _ := post(url.Values{"name": {"gamma"}, "mac": {"02:00:00:00:00:09"}, "confirm": {"yes"}}, nil); code != http.StatusForbidden {
+		t.Errorf("adopt without Origin: HTTP %d, want 403", code)
+	}
+	code, body := post(url.Values{"mac": {`"><script>x</script>`}, "serial": {"1234abcd"}}, same)
+	if code != http.StatusOK || !strings.Contains(body, `value="pi-1234abcd"`) || !strings.Contains(body, `value="&#34;&gt;&lt;script&gt;x&lt;/script&gt;"`) {
+		t.Errorf("adopt form: HTTP %d\n%s", code, body)
+	}
+	for _, c := range []struct{ name, mac, want string }{
+		{"alpha", "02:00:00:00:00:09", "alpha"},
+		{"gamma", "02:00:00:00:00:01", "02:00:00:00:00:01"},
+		{"gamma", "zz", "not a MAC address"},
+		{"Not_A_Name", "02:00:00:00:00:09", "not a valid hostname"},
+	} {
+		code, body := post(url.Values{"name": {c.name}, "mac": {c.mac}, "confirm": {"yes"}}, same)
+		if code != http.StatusUnprocessableEntity || !strings.Contains(body, `<div class="err">`) || !strings.Contains(body, c.want) {
+			t.Errorf("adopt %s %s: HTTP %d, want 422 saying %q\n%s", c.name, c.mac, code, c.want, body)
+		}
+	}
+	if after, _ := os.ReadFile(ts.cfgPath); string(after) != string(before) {
+		t.Errorf("refused adopts changed fleet.yaml:\n%s", after)
 	}
 }
