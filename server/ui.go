@@ -255,7 +255,8 @@ type uiBoard struct {
 
 func (u *webUI) board(b Board, now time.Time) uiBoard {
 	bs := u.s.boardStatus(b, true)
-	ub := uiBoard{BoardStatus: bs, State: deriveState(bs.Timeline, bs.Mounted, now)}
+	// The state reads the last boot and the resets since: a reset ends what it reached.
+	ub := uiBoard{BoardStatus: bs, State: deriveState(u.s.lastBootEvents(b.Name), bs.Mounted, now)}
 	if bs.IP == "" {
 		if a, confirmed, ok := u.s.fleet.addressOf(b.Name); ok {
 			ub.IP, ub.Learned, ub.Unconfirmed = a.String(), true, !confirmed
@@ -346,11 +347,21 @@ func (u *webUI) handleFleet(w http.ResponseWriter, r *http.Request) {
 	u.render(w, http.StatusOK, "fleet", page{Title: "fleet", Live: "view=fleet", Data: u.fleetView(time.Now())})
 }
 
+// bootView is one boot as the board page shows it.
+type bootView struct {
+	Start   time.Time // timeline offsets count from it
+	Events  []boot.Event
+	Failing int // index of the event to highlight (failingStep), -1 for none
+	Dropped int // events left out to keep the boot bounded
+	Reached string
+	Latest  bool // the board's last boot (its table is the page's live #timeline)
+}
+
 // boardView is the data of a board's page.
 type boardView struct {
 	Board   uiBoard
-	Start   time.Time // the first event's time, timeline offsets count from it
-	Failing int       // index of the event to highlight (failingStep), -1 for none
+	Last    bootView
+	Earlier []bootView // the boots before the last, latest first
 	Hints   []string
 	Changes []Change
 	DiffErr string
@@ -366,12 +377,22 @@ func (u *webUI) boardView(r *http.Request, name string, now time.Time) (boardVie
 		return boardView{}, false
 	}
 	b := cfg.Boards[i]
-	v := boardView{Board: u.board(b, now), Failing: -1, CSRF: u.csrf("/boards/" + name + "/reset"), Remote: !fromThisHost(r)}
+	v := boardView{Board: u.board(b, now), Last: bootView{Failing: -1}, CSRF: u.csrf("/boards/" + name + "/reset"), Remote: !fromThisHost(r)}
 	evs := v.Board.Timeline
-	if len(evs) > 0 {
-		v.Start = evs[0].Time
+	h := u.s.timeline.History(name)
+	if n := len(h.Boots); n > 0 {
+		v.Last = bootView{Latest: true, Start: h.Boots[n-1].Start, Events: evs, Dropped: h.Boots[n-1].Dropped, Failing: failingStep(evs, v.Board.State)}
+		for i := n - 2; i >= 0; i-- {
+			b := h.Boots[i]
+			// An earlier boot is over: it stalled where it ended unless it mounted.
+			st := BoardState{Kind: "stalled"}
+			if b.Mounted() {
+				st.Kind = "off"
+			}
+			v.Earlier = append(v.Earlier, bootView{Start: b.Start, Events: b.Events, Dropped: b.Dropped,
+				Failing: failingStep(b.Events, st), Reached: string(reached(b.Events))})
+		}
 	}
-	v.Failing = failingStep(evs, v.Board.State)
 	v.Hints = hints(v.Board.State, evs, cfg.Server.DHCP.Mode == "proxy")
 	ch, err := u.s.Diff(name)
 	if err != nil {

@@ -218,6 +218,12 @@ func TestUIPages(t *testing.T) {
 	if fail := regexp.MustCompile(`<tr class="fail">.*</tr>`).FindAllString(page, -1); len(fail) != 1 || !strings.Contains(fail[0], "000abc00/kernel8.img") {
 		t.Errorf("highlighted steps: %q, want the missing kernel's only", fail)
 	}
+	// It powers on again: the failed boot is an earlier one, summarised with its failure.
+	ts.srv.timeline.Record(boot.Event{Board: "alpha", Stage: boot.StageDHCP, What: "discover", Agent: boot.AgentPi})
+	_, page = getPage(t, ts.http+"/boards/alpha")
+	if !regexp.MustCompile(`<h2>Earlier boots</h2>\n<details><summary>[^<]* · 2 steps · reached tftp · <span class="kind-D">failed at tftp 000abc00/kernel8.img</span></summary>`).MatchString(page) {
+		t.Errorf("board page after a second boot lacks the earlier, failed one:\n%s", page)
+	}
 	if code, _ := getPage(t, ts.http+"/boards/nope"); code != http.StatusNotFound {
 		t.Errorf("page of a board not in the fleet: HTTP %d", code)
 	}
