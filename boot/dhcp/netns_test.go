@@ -116,6 +116,7 @@ func waitListening(t testing.TB, ns string, port int, done chan error) {
 	for range 100 {
 		select {
 		case err := <-done:
+			done <- err // the caller's cleanup waits on it too (done has room for one)
 			t.Fatalf("Serve returned early: %v", err)
 		default:
 		}
