@@ -82,11 +82,15 @@ func AddBoard(path string, b BoardSpec) error {
 	if err := replaceFile(real, out, mode); err != nil {
 		return fmt.Errorf("fleet file %s: %w", path, err)
 	}
+	if err := syncDir(filepath.Dir(real)); err != nil {
+		return fmt.Errorf("fleet file %s: %w", path, err)
+	}
 	return nil
 }
 
 // replaceFile replaces path with data and mode so that a crash leaves the old or the
-// new file: a temporary file in the same dir, fsync, rename, fsync of the dir.
+// new file: a temporary file in the same dir, fsync, rename. The caller fsyncs the dir
+// (once for a batch of files) when the rename itself must survive a crash.
 func replaceFile(path string, data []byte, mode os.FileMode) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path))
 	if err != nil {
@@ -107,9 +111,8 @@ func replaceFile(path string, data []byte, mode os.FileMode) error {
 	}
 	if err != nil {
 		os.Remove(tmp.Name())
-		return err
 	}
-	return syncDir(filepath.Dir(path))
+	return err
 }
 
 func readFleetFile(path string) ([]byte, os.FileMode, error) {

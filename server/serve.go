@@ -218,29 +218,13 @@ func (s *Server) relearn(snap *snapshot) {
 	s.fleet.confirmRestored()
 }
 
-// writeFileAtomic replaces path with data so a crash leaves the old or the new file.
+// writeFileAtomic replaces path (mode 0600, its dir made if missing) with data so a crash
+// leaves the old or the new file (see replaceFile; the dir is not fsynced).
 func writeFileAtomic(path string, data []byte) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path))
-	if err != nil {
-		return err
-	}
-	_, err = tmp.Write(data)
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
-	}
-	return err
+	return replaceFile(path, data, 0o600)
 }
 
 // imageLayers returns the lower dirs of an image, topmost first.
