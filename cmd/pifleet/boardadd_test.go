@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -32,22 +30,7 @@ func TestBoardAddAndBrokenFleet(t *testing.T) {
 	root := filepath.Join(dir, "root")
 	os.MkdirAll(filepath.Join(root, "boot", "firmware"), 0o755)
 	os.WriteFile(filepath.Join(root, "boot", "firmware", "config.txt"), []byte("arm_64bit=1\n"), 0o644)
-	var ports []int
-	var held []io.Closer
-	for len(ports) < 4 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		held = append(held, l)
-		if u, err := net.ListenPacket("udp", l.Addr().String()); err == nil {
-			held = append(held, u)
-			ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-		}
-	}
-	for _, c := range held {
-		c.Close()
-	}
+	ports := freePorts(t, 4)
 	fleet := fmt.Sprintf("# the lab fleet\nserver: {address: 127.0.0.100/8, state: st, dhcp: {mode: off}, ports: {tftp: %d, nfs: %d, mount: %d, http: %d, portmap: 0}}\n"+
 		"images: {img: {path: root}}   # one image\ndefaults: {image: img}\n\nboards:\n   # racked\n   - name: pi-01\n     serial: '12345678'   # first\n\n# end\n", ports[0], ports[1], ports[2], ports[3])
 	cfg := filepath.Join(dir, "fleet.yaml")

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	mathrand "math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -189,31 +191,13 @@ func TestBoardCommandsFollowTheLock(t *testing.T) {
 	root := filepath.Join(dir, "root")
 	os.MkdirAll(filepath.Join(root, "boot", "firmware"), 0o755)
 	os.WriteFile(filepath.Join(root, "boot", "firmware", "config.txt"), []byte("arm_64bit=1\n"), 0o644)
-	var ports []int
-	var held []io.Closer
-	for len(ports) < 5 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		held = append(held, l)
-		if u, err := net.ListenPacket("udp", l.Addr().String()); err == nil {
-			held = append(held, u)
-			ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-		}
-	}
-	closePorts := func() {
-		for _, c := range held {
-			c.Close()
-		}
-	}
+	ports := freePorts(t, 5)
 	fleet := func(http int) string {
 		return fmt.Sprintf("server: {address: 127.0.0.100/8, state: st, dhcp: {mode: off}, ports: {tftp: %d, nfs: %d, mount: %d, http: %d, portmap: 0}}\n"+
 			"images: {img: {path: root}}\ndefaults: {image: img}\nboards:\n  - {name: pi-01, serial: '12345678'}\n", ports[0], ports[1], ports[2], http)
 	}
 	cfg := filepath.Join(dir, "fleet.yaml")
 	os.WriteFile(cfg, []byte(fleet(ports[3])), 0o644)
-	closePorts()
 	logs := &bytes.Buffer{}
 	var mu sync.Mutex
 	ctx, cancel := context.WithCancel(context.Background())
@@ -268,4 +252,40 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+// freePorts returns n distinct ports free for TCP and UDP on 127.0.0.100, where the test
+// servers bind. They are picked below the kernel's ephemeral range (32768-60999 by
+// default), so a port another test's ":0" socket gets can never take one between this
+// check and the server's bind.
+func freePorts(t *testing.T, n int) []int {
+	t.Helper()
+	var out []int
+	var held []io.Closer
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	for tries := 0; len(out) < n; tries++ {
+		if tries > 1000 {
+			t.Fatal("no free TCP+UDP port pair in 20000-32767 after 1000 tries")
+		}
+		p := 20000 + mathrand.IntN(12768)
+		if slices.Contains(out, p) {
+			continue
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.100:%d", p))
+		if err != nil {
+			continue
+		}
+		held = append(held, l)
+		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.100:%d", p))
+		if err != nil {
+			continue
+		}
+		held = append(held, u)
+		out = append(out, p)
+	}
+	return out
 }
