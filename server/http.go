@@ -81,7 +81,8 @@ func (s *Server) handler() http.Handler {
 
 // serveHTTP serves the API on every listener until ctx ends or one fails.
 func (s *Server) serveHTTP(ctx context.Context, ls []net.Listener) error {
-	srv := &http.Server{Handler: s.handler(), ReadHeaderTimeout: 10 * time.Second,
+	// Idle keep-alive connections close after a while; open ones are bounded (httplimit.go).
+	srv := &http.Server{Handler: s.handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
 	srv.RegisterOnShutdown(s.ui.hub.shutdown) // live pages' streams would hold Shutdown up
 	go func() {
@@ -91,8 +92,9 @@ func (s *Server) serveHTTP(ctx context.Context, ls []net.Listener) error {
 		srv.Shutdown(shut)
 	}()
 	errc := make(chan error, len(ls))
+	limits := newConnLimiter()
 	for _, l := range ls {
-		go func() { errc <- srv.Serve(l) }()
+		go func() { errc <- srv.Serve(limits.wrap(l)) }()
 	}
 	var first error
 	for range ls {

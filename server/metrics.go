@@ -148,7 +148,7 @@ type statsSource struct {
 	fields map[string]statField
 }
 
-var (
+const (
 	counter = prometheus.CounterValue
 	gauge   = prometheus.GaugeValue
 )
