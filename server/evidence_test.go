@@ -139,6 +139,30 @@ boards:
 	if got, _ := os.ReadFile(filepath.Join(state, "boards", "pi4", "address")); strings.TrimSpace(string(got)) != "198.18.0.104" {
 		t.Errorf("remembered address %q, want the board's 198.18.0.104", got)
 	}
+	// The board leaves and another host takes its address (its gratuitous ARP puts its own
+	// MAC in the server's neighbour table): the binding goes with the evidence.
+	p.SetClientMAC(t, "02:00:00:00:00:99")
+	netns.Run(t, "ip", "-n", p.Server, "neigh", "replace", "198.18.0.104", "lladdr", "02:00:00:00:00:99", "dev", p.ServerIf, "nud", "reachable")
+	refused := false
+	for range 50 { // the bound address is looked up again at most every recheckRestored
+		if err := mount(); err != nil {
+			refused = true
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !refused {
+		t.Fatal("a host with another MAC that took the board's address kept mounting the board's root")
+	}
+	// The board comes back: its next boot binds it again.
+	p.SetClientMAC(t, "02:00:00:00:00:04")
+	netns.Run(t, "ip", "-n", p.Server, "neigh", "replace", "198.18.0.104", "lladdr", "02:00:00:00:00:04", "dev", p.ServerIf, "nud", "reachable")
+	if err := tftpRead("000abd00/config.txt"); err != nil {
+		t.Fatalf("the returning board's read: %v\n%s", err, logs)
+	}
+	if err := mount(); err != nil {
+		t.Fatalf("the returning board cannot mount its root: %v\n%s", err, logs)
+	}
 	// A restart: the remembered address is confirmed by the neighbour table again.
 	stop()
 	stop = start()

@@ -75,8 +75,9 @@ type liveFleet struct {
 // leaseSource wraps a boot.Leases for atomic.Pointer.
 type leaseSource struct{ boot.Leases }
 
-// recheckRestored is how often a remembered address that the neighbour table did not
-// confirm is looked up again when its board's NFS client calls from it.
+// recheckRestored is how often an address is looked up in the neighbour table again when
+// its board's NFS client calls from it: a remembered one not yet confirmed, and one bound
+// on neighbour evidence (to see that it still shows the board's MAC).
 const recheckRestored = time.Second
 
 func newLiveFleet() *liveFleet {
@@ -247,13 +248,34 @@ func (f *liveFleet) allows(board string, client netip.Addr) bool {
 	}
 	f.mu.Lock()
 	name, isBound := f.bound[client]
-	recheck := !isBound && f.restored[client] == board && time.Since(f.checked[client]) >= recheckRestored
-	if recheck {
+	due := time.Since(f.checked[client]) >= recheckRestored
+	recheck := !isBound && f.restored[client] == board && due
+	reverify := isBound && name == board && due
+	if recheck || reverify {
 		f.checked[client] = time.Now()
 	}
 	f.mu.Unlock()
+	if reverify {
+		return f.stillThere(board, client)
+	}
 	if isBound {
 		return name == board
 	}
 	return recheck && f.confirm(board, client)
+}
+
+// stillThere re-reads the neighbour entry of an address bound to board on that evidence:
+// when it now shows another MAC (the board left, another host took the address), the
+// binding goes and so does the export. No entry, or no answer, keeps the binding: a
+// running board whose entry aged out must not lose its root.
+func (f *liveFleet) stillThere(board string, ip netip.Addr) bool {
+	if f.neigh == nil {
+		return true
+	}
+	mac, ok, err := f.neigh.Lookup(f.ifIndex, ip)
+	if err != nil || !ok {
+		return true
+	}
+	got, bound := f.Bind(ip, mac)
+	return bound && got.Name == board
 }
