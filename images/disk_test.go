@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -286,9 +287,11 @@ func TestImportPiImageXZ(t *testing.T) {
 	}
 	checkPrepLayer(t, st, "pios")
 	// nothing of the temp work remains (disk.img in particular)
-	ents, _ := os.ReadDir(st.Dir())
-	if len(ents) != 1 {
-		t.Errorf("store holds %v", ents)
+	if got := storeNames(t, st); !slices.Equal(got, []string{layersDirName, "pios"}) {
+		t.Errorf("store holds %v", got)
+	}
+	if ls, _ := st.AllLayers(); len(ls) != 2 {
+		t.Errorf("store has %d layers, want root and prep", len(ls))
 	}
 	if _, err := os.Stat(filepath.Join(st.Dir(), "pios", "disk.img")); err == nil {
 		t.Error("decompressed disk.img left in the image dir")
@@ -307,7 +310,7 @@ func TestImportPiImagePlain(t *testing.T) {
 	if info.Format != "img" || !strings.HasPrefix(run(t, "sha256sum", pi.img), info.SHA256+" ") {
 		t.Errorf("info: %+v", info)
 	}
-	if _, err := os.Stat(filepath.Join(st.Dir(), "plain", prepDirName)); err == nil {
+	if len(info.Layers) != 1 || info.Prepared {
 		t.Error("prep layer written without Prepare")
 	}
 	// the same image gzipped, under a name that says nothing: content decides
@@ -391,7 +394,9 @@ func checkPrepLayer(t *testing.T, st *Store, name string) {
 	t.Helper()
 	layers, err := st.Layers(name)
 	must(t, err)
-	if len(layers) != 2 || filepath.Base(layers[0]) != prepDirName {
+	info, err := st.Info(name)
+	must(t, err)
+	if len(layers) != 2 || layers[0] != st.LayerTree(info.Layers[1]) || layers[1] != st.RootDir(name) {
 		t.Fatalf("layers %v", layers)
 	}
 	prep := layers[0]
@@ -429,7 +434,7 @@ func checkPrepLayer(t *testing.T, st *Store, name string) {
 	if a.Mode != b.Mode || a.Uid != b.Uid || a.Mtim != b.Mtim {
 		t.Errorf("prep/etc %o %d %v, root/etc %o %d %v", a.Mode, a.Uid, a.Mtim, b.Mode, b.Uid, b.Mtim)
 	}
-	info, _ := st.Info(name)
+	info, _ = st.Info(name)
 	if !info.Prepared || len(info.Changes) < 4 {
 		t.Errorf("image.yaml changes: %v", info.Changes)
 	}

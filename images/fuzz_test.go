@@ -19,6 +19,8 @@ func FuzzParseManifest(f *testing.F) {
 		{Path: "odd\tname\n", Mode: typeLnk | 0o777, Size: 6, Data: "target"},
 		{Path: "dev/console", Mode: typeChr | 0o600, Data: "5:1"},
 		{Path: "dev/initctl", Mode: typeFifo | 0o600},
+		{Path: "etc/gone", Mode: typeChr, Data: whiteoutDev},
+		{Path: "var/cache", Mode: typeDir | 0o755, Opaque: true, Xattrs: strings.Repeat("e", 64)},
 	}
 	if err := writeManifest(&good, recs); err != nil {
 		f.Fatal(err)
@@ -29,6 +31,7 @@ func FuzzParseManifest(f *testing.F) {
 	f.Add([]byte(manifestHeader + "\nf\t644\t0\t0\t0\t0\tzz\t-\t\"a\"\n"))
 	f.Add([]byte(manifestHeader + "\nh\t0\t0\t0\t0\t0\t\"../x\"\t-\t\"a\"\n"))
 	f.Add([]byte(manifestHeader + "\nd\t755\t0\t0\t0\t0\t-\t-\t\"a\"\nd\t755\t0\t0\t0\t0\t-\t-\t\"a\"\n"))
+	f.Add([]byte(manifestHeaderV1 + "\nc\t0\t0\t0\t0\t0\t0:0\t-\t\"a\"\nw\t0\t0\t0\t0\t0\t1:2\t-\t\"b\"\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		recs, err := parseManifest(bytes.NewReader(b))
 		if err != nil {
@@ -45,6 +48,15 @@ func FuzzParseManifest(f *testing.F) {
 		}
 		if len(again) != len(recs) {
 			t.Fatalf("round trip: %d records, then %d", len(recs), len(again))
+		}
+		byPath := map[string]record{}
+		for _, r := range again {
+			byPath[r.Path] = r
+		}
+		for _, r := range recs {
+			if byPath[r.Path] != r {
+				t.Fatalf("round trip changed %+v into %+v", r, byPath[r.Path])
+			}
 		}
 		for _, r := range recs {
 			if strings.HasPrefix(r.Path, "/") || strings.Contains("/"+r.Path+"/", "/../") {
@@ -91,19 +103,50 @@ func TestManifestRoundTrip(t *testing.T) {
 
 func FuzzParseInfo(f *testing.F) {
 	f.Add([]byte("name: x\nsource: a.img.xz\nformat: img.xz\nsha256: abc\nfiles: 3\nbytes: 10\nimported: 2024-11-19T10:00:00Z\nprepared: true\nchanges: [a, b]\n"))
+	f.Add([]byte("name: k\nbase: x\nlayers: [" + strings.Repeat("a", 64) + ", " + strings.Repeat("b", 64) + "]\nsource: board pi-01\nfiles: 3\nbytes: 10\nimported: 2024-11-19T10:00:00Z\n"))
+	f.Add([]byte("layers: [" + strings.Repeat("a", 64) + ", " + strings.Repeat("a", 64) + "]\n"))
 	f.Add([]byte("files: -1\n"))
 	f.Add([]byte("unknown: 1\n"))
 	f.Add([]byte("{"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		info, err := parseInfo(b)
-		if err == nil && (info.Files < 0 || info.Bytes < 0) {
+		if err != nil {
+			return
+		}
+		if info.Files < 0 || info.Bytes < 0 {
 			t.Fatalf("negative counts accepted: %+v", info)
+		}
+		if len(info.Layers) == 0 || firstDup(info.Layers) != "" {
+			t.Fatalf("bad stack accepted: %v", info.Layers)
+		}
+		for _, d := range info.Layers {
+			if CheckDigest(d) != nil {
+				t.Fatalf("bad digest accepted: %q", d)
+			}
+		}
+		if info.Base != "" && CheckName(info.Base) != nil {
+			t.Fatalf("bad base accepted: %q", info.Base)
+		}
+	})
+}
+
+// FuzzParseLayerMeta fuzzes layer.yaml parsing: anyone with access to the state dir can edit it.
+func FuzzParseLayerMeta(f *testing.F) {
+	f.Add([]byte("files: 3\nbytes: 10\ncreated: 2024-11-19T10:00:00Z\ncomment: root of x.img\n"))
+	f.Add([]byte("files: 0\n"))
+	f.Add([]byte("digest: x\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := parseLayerMeta(b)
+		if err == nil && (m.Files < 1 || m.Bytes < 0) {
+			t.Fatalf("bad counts accepted: %+v", m)
 		}
 	})
 }
 
 func TestParseInfoRejects(t *testing.T) {
-	for _, bad := range []string{"files: -1\n", "unknown_field: 1\n", "{", "files: [1]\n", strings.Repeat("#", maxInfoSize+1)} {
+	d := strings.Repeat("a", 64)
+	for _, bad := range []string{"layers: [" + d + ", " + d + "]\n", "layers: []\n", "layers: [abc]\n",
+		"layers: [" + d + "]\nbase: ../x\n", "files: -1\n", "unknown_field: 1\n", "{", "files: [1]\n", strings.Repeat("#", maxInfoSize+1)} {
 		if _, err := parseInfo([]byte(bad)); err == nil {
 			t.Errorf("parseInfo accepted %.40q", bad)
 		}

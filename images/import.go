@@ -2,7 +2,6 @@ package images
 
 import (
 	"bufio"
-	"bytes"
 	"cmp"
 	"context"
 	"crypto/sha256"
@@ -14,9 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"time"
-
-	"golang.org/x/sys/unix"
-	"gopkg.in/yaml.v3"
 )
 
 // ImportOptions tunes Store.Import.
@@ -66,21 +62,15 @@ func (s *Store) Import(ctx context.Context, src, name string, opts ImportOptions
 	if err != nil {
 		return nil, fmt.Errorf("image %s: source %s: %w", name, src, err)
 	}
-	tmp, err := os.MkdirTemp(s.dir, tmpPrefix+"import-"+name+"-")
+	tmp, err := s.TempDir("import-" + name)
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", name, err)
 	}
-	ok := false
 	defer func() {
-		if !ok {
-			if err := os.RemoveAll(tmp); err != nil {
-				log.Warn("could not clean up failed import", "image", name, "dir", tmp, "err", err)
-			}
+		if err := os.RemoveAll(tmp); err != nil {
+			log.Warn("could not clean up after import", "image", name, "dir", tmp, "err", err)
 		}
 	}()
-	if err := os.Chmod(tmp, 0o755); err != nil {
-		return nil, fmt.Errorf("image %s: %w", name, err)
-	}
 	start := time.Now()
 	log.Info("importing image", "image", name, "source", abs)
 	prog := newProgress(opts.Progress, name)
@@ -90,15 +80,13 @@ func (s *Store) Import(ctx context.Context, src, name string, opts ImportOptions
 		return nil, err
 	}
 	prog.end()
-	if err := s.commit(tmp, name, opts.Replace); err != nil {
-		return nil, err
-	}
-	ok = true
-	log.Info("imported image", "image", name, "files", info.Files, "bytes", info.Bytes, "took", time.Since(start).Round(time.Millisecond))
+	log.Info("imported image", "image", name, "files", info.Files, "bytes", info.Bytes, "layers", len(info.Layers),
+		"took", time.Since(start).Round(time.Millisecond))
 	return info, nil
 }
 
-// build fills tmp with root/, prep/, manifest and image.yaml.
+// build reads the source into tmp/root and prepares tmp/prep, makes them the image's
+// layers (root, then prep on top) and the image.
 func (s *Store) build(ctx context.Context, abs, name, tmp string, opts ImportOptions, prog *progress, log *slog.Logger) (*Info, error) {
 	src, err := openSource(ctx, abs, name, tmp, prog, log)
 	if err != nil {
@@ -120,68 +108,41 @@ func (s *Store) build(ctx context.Context, abs, name, tmp string, opts ImportOpt
 	if err := tw.finish(); err != nil {
 		return nil, err
 	}
-	info := &Info{
-		Name:     name,
-		Source:   cmp.Or(opts.Source, filepath.Base(abs)),
-		Format:   src.format,
-		SHA256:   src.sha256,
-		Files:    int64(len(tw.records)),
-		Bytes:    tw.bytes,
-		Imported: time.Now().UTC().Truncate(time.Second),
-	}
+	source := cmp.Or(opts.Source, filepath.Base(abs))
+	meta := ImageMeta{Source: source, Format: src.format, SHA256: src.sha256, Replace: opts.Replace}
+	prep := filepath.Join(tmp, prepDirName)
 	if opts.Prepare {
-		changes, err := prepare(ctx, name, root, filepath.Join(tmp, prepDirName), log)
+		changes, err := prepare(ctx, name, root, prep, log)
 		if err != nil {
 			return nil, err
 		}
-		info.Prepared, info.Changes = len(changes) > 0, changes
+		meta.Prepared, meta.Changes = len(changes) > 0, changes
 	}
-	var mf bytes.Buffer
-	if err := writeManifest(&mf, tw.records); err != nil {
-		return nil, fmt.Errorf("image %s: manifest: %w", name, err)
+	var prepRecs []record
+	if meta.Prepared {
+		if prepRecs, err = scanTree(ctx, prep); err != nil {
+			return nil, fmt.Errorf("image %s: prep layer: %w", name, err)
+		}
 	}
-	sum := sha256.Sum256(mf.Bytes())
-	info.ManifestSHA256 = hex.EncodeToString(sum[:])
-	if err := os.WriteFile(filepath.Join(tmp, manifestName), mf.Bytes(), 0o644); err != nil {
-		return nil, fmt.Errorf("image %s: manifest: %w", name, err)
+	if err := ctx.Err(); err != nil {
+		return nil, err
 	}
-	y, err := yaml.Marshal(info)
+	rootLayer, err := s.addLayer(root, tw.records, "root of "+source)
 	if err != nil {
-		return nil, fmt.Errorf("image %s: image.yaml: %w", name, err)
+		return nil, fmt.Errorf("image %s: %w", name, err)
 	}
-	if err := os.WriteFile(filepath.Join(tmp, infoFileName), y, 0o644); err != nil {
-		return nil, fmt.Errorf("image %s: image.yaml: %w", name, err)
-	}
-	// One syncfs instead of an fsync per file: the rename that publishes the image must not
-	// reach the disk before the files it publishes.
-	if fd, err := unix.Open(tmp, unix.O_RDONLY|unix.O_DIRECTORY, 0); err == nil {
-		_ = unix.Syncfs(fd)
-		unix.Close(fd)
-	}
-	return info, nil
-}
-
-// commit renames the finished temp dir into place, moving an image it replaces out first.
-func (s *Store) commit(tmp, name string, replace bool) error {
-	dst := s.imageDir(name)
-	if replace && s.Exists(name) {
-		old := tmp + "-replaced"
-		if err := os.Rename(dst, old); err != nil {
-			return fmt.Errorf("image %s: replace: %w", name, err)
+	layers := []string{rootLayer.Digest}
+	if meta.Prepared {
+		prepLayer, err := s.addLayer(prep, prepRecs, "NFS-root preparation of "+source)
+		if err != nil {
+			return nil, fmt.Errorf("image %s: %w", name, err)
 		}
-		if err := os.Rename(tmp, dst); err != nil {
-			_ = os.Rename(old, dst)
-			return fmt.Errorf("image %s: replace: %w", name, err)
-		}
-		return os.RemoveAll(old)
+		layers = append(layers, prepLayer.Digest)
 	}
-	if err := os.Rename(tmp, dst); err != nil {
-		if errors.Is(err, os.ErrExist) || errors.Is(err, unix.ENOTEMPTY) {
-			return fmt.Errorf("image %s %w in %s", name, ErrExists, s.dir)
-		}
-		return fmt.Errorf("image %s: %w", name, err)
+	if err := s.CreateImage(name, "", layers, meta); err != nil {
+		return nil, err
 	}
-	return nil
+	return s.Info(name)
 }
 
 // openSource decides from the file itself (not its name) how to read it.

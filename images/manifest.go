@@ -11,8 +11,13 @@ import (
 	"strings"
 )
 
-// manifestHeader starts every manifest so that a stray file is never read as one.
-const manifestHeader = "# pifleet manifest v1"
+// manifestHeader starts every manifest so that a stray file is never read as one. Version 2
+// (layers) adds two type letters: 'w' a whiteout (char device 0/0) and 'o' an opaque dir
+// (xattr trusted.overlay.opaque=y); version 1 (an image's root before layers) is still read.
+const (
+	manifestHeader   = "# pifleet manifest v2"
+	manifestHeaderV1 = "# pifleet manifest v1"
+)
 
 // maxManifestLine bounds one record: a path and a symlink target of PATH_MAX each, quoted
 // (up to 4 bytes per input byte), fit well inside it.
@@ -30,7 +35,15 @@ type record struct {
 	Data   string // file: sha256 hex; symlink: target; device: "major:minor"
 	Xattrs string // xattrDigest, "" when none
 	Link   string
+	// Opaque marks a dir that hides the layers below it (trusted.overlay.opaque=y).
+	Opaque bool
 }
+
+// whiteoutDev is the device number of an overlayfs whiteout (a char device 0/0).
+const whiteoutDev = "0:0"
+
+// isWhiteout reports whether the record is an overlayfs whiteout.
+func (r record) isWhiteout() bool { return r.Mode&typeMask == typeChr && r.Data == whiteoutDev }
 
 var typeLetters = []struct {
 	t uint32
@@ -78,7 +91,14 @@ func writeManifest(w io.Writer, recs []record) error {
 		if r.Mode&typeMask == typeLnk {
 			data = strconv.Quote(r.Data)
 		}
-		fmt.Fprintf(bw, "%c\t%o\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", typeLetter(r.Mode), r.Mode&0o7777,
+		letter := typeLetter(r.Mode)
+		switch {
+		case r.isWhiteout():
+			letter, data = 'w', "-"
+		case r.Opaque && r.Mode&typeMask == typeDir:
+			letter = 'o'
+		}
+		fmt.Fprintf(bw, "%c\t%o\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", letter, r.Mode&0o7777,
 			r.UID, r.GID, r.Mtime, r.Size, data, dash(r.Xattrs), strconv.Quote(r.Path))
 	}
 	return bw.Flush()
@@ -95,7 +115,7 @@ func parseManifest(r io.Reader) ([]record, error) {
 		}
 		return nil, errors.New("manifest: empty")
 	}
-	if strings.TrimRight(sc.Text(), "\r") != manifestHeader {
+	if h := strings.TrimRight(sc.Text(), "\r"); h != manifestHeader && h != manifestHeaderV1 {
 		return nil, errors.New("manifest: missing header line")
 	}
 	var recs []record
@@ -136,6 +156,14 @@ func parseRecord(b []byte) (record, error) {
 		return rec, nil
 	}
 	t, ok := letterType(string(f[0]))
+	switch string(f[0]) {
+	case "w":
+		t, ok = typeChr, true
+		rec.Data = whiteoutDev
+	case "o":
+		t, ok = typeDir, true
+		rec.Opaque = true
+	}
 	if !ok {
 		return record{}, fmt.Errorf("unknown type %q", f[0])
 	}
@@ -157,17 +185,21 @@ func parseRecord(b []byte) (record, error) {
 		return record{}, fmt.Errorf("size %q", f[5])
 	}
 	data := string(f[6])
-	switch t {
-	case typeLnk:
+	switch {
+	case rec.Data == whiteoutDev: // 'w'
+		if data != "-" {
+			return record{}, fmt.Errorf("unexpected data %q for a whiteout", data)
+		}
+	case t == typeLnk:
 		if rec.Data, err = strconv.Unquote(data); err != nil {
 			return record{}, fmt.Errorf("symlink target %q", data)
 		}
-	case typeReg:
+	case t == typeReg:
 		if len(data) != 64 || strings.Trim(data, "0123456789abcdef") != "" {
 			return record{}, fmt.Errorf("sha256 %q", data)
 		}
 		rec.Data = data
-	case typeChr, typeBlk:
+	case t == typeChr || t == typeBlk:
 		var maj, minr uint32
 		if _, err := fmt.Sscanf(data, "%d:%d", &maj, &minr); err != nil || fmt.Sprintf("%d:%d", maj, minr) != data {
 			return record{}, fmt.Errorf("device %q", data)

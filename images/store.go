@@ -13,40 +13,65 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"gopkg.in/yaml.v3"
 )
 
-// Store is the images/ directory of the state dir: one subdirectory per imported image.
+// Store is the images/ directory of the state dir (layout 2): immutable content-addressed
+// layers under layers/<digest>/ and one directory per image holding its image.yaml, which
+// names the image's layers. See README.md.
 type Store struct {
 	dir string
 }
 
-// Info is what image.yaml records about an imported image.
+// Info is what image.yaml records about an image.
 type Info struct {
 	// Name is the image's name, its directory under the store.
 	Name string `yaml:"name"`
-	// Source is the base name of what was imported (file or directory).
+	// Base is the image this one was made on top of ("" for an imported one).
+	Base string `yaml:"base,omitempty"`
+	// Layers is the image's whole stack, bottom to top, as layer digests: the base's
+	// layers (as they were when this image was made) and then the image's own.
+	Layers []string `yaml:"layers"`
+	// Source is the base name of what was imported (file or directory), or what the image
+	// was made from (a board commit, a shell command).
 	Source string `yaml:"source"`
-	// Format is how the source was read: img, img.xz, dir, tar, tar.gz, tar.xz.
-	Format string `yaml:"format"`
+	// Format is how the source was read: img, img.xz, dir, tar, tar.gz, tar.xz, oci, ...
+	Format string `yaml:"format,omitempty"`
 	// SHA256 is the checksum of the source file; empty for a directory.
 	SHA256 string `yaml:"sha256,omitempty"`
-	// Files counts every path of the root tree, directories and links included.
+	// Files counts the paths of the image's own layers (those above its base).
 	Files int64 `yaml:"files"`
-	// Bytes is the sum of regular file sizes (hard links counted once).
+	// Bytes is the sum of regular file sizes of the image's own layers.
 	Bytes int64 `yaml:"bytes"`
-	// Imported is when the import finished (UTC, whole seconds).
+	// Imported is when the image was made (UTC, whole seconds).
 	Imported time.Time `yaml:"imported"`
-	// ManifestSHA256 is the checksum of the manifest file, so verify notices an edited manifest.
-	ManifestSHA256 string `yaml:"manifest_sha256"`
-	// Prepared is true when the NFS-root preparation layer (prep/) was written.
-	Prepared bool `yaml:"prepared"`
-	// Changes lists what the prep layer changes relative to root, one line each.
+	// Prepared is true when the image has an NFS-root preparation layer.
+	Prepared bool `yaml:"prepared,omitempty"`
+	// Changes lists what the prep layer changes relative to the root, one line each.
 	Changes []string `yaml:"changes,omitempty"`
+	// Comment is free text: what was done to make the image.
+	Comment string `yaml:"comment,omitempty"`
+}
+
+// ImageMeta is what CreateImage records besides the layers.
+type ImageMeta struct {
+	// Source, Format, SHA256, Prepared, Changes and Comment go to Info as they are.
+	Source   string
+	Format   string
+	SHA256   string
+	Prepared bool
+	Changes  []string
+	Comment  string
+	// Replace allows replacing an existing image of that name (not one another image is
+	// based on). Its layers no other image uses are removed.
+	Replace bool
 }
 
 // File and directory names inside one image directory.
 const (
+	// rootDirName, prepDirName: the trees of an import while it is built (and of an image in
+	// layout 1, see migrate.go).
 	rootDirName  = "root"
 	prepDirName  = "prep"
 	infoFileName = "image.yaml"
@@ -63,6 +88,9 @@ var validName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 func CheckName(name string) error {
 	if !validName.MatchString(name) {
 		return fmt.Errorf("image name %q: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit", name)
+	}
+	if name == layersDirName {
+		return fmt.Errorf("image name %q is reserved (the store's layer directory)", name)
 	}
 	return nil
 }
@@ -85,12 +113,23 @@ func OpenStore(dir string) (*Store, error) {
 }
 
 // sweep removes temp dirs older than a day: an import killed mid-way leaves one behind, and a
-// young one may belong to an import running right now in another process.
+// young one may belong to an import running right now in another process. Layers no image
+// has used for a day go too, unless another process holds the store lock.
 func (s *Store) sweep() {
 	ents, err := os.ReadDir(s.dir)
 	if err != nil {
 		return
 	}
+	defer func() {
+		f, err := os.OpenFile(filepath.Join(s.dir, lockFileName), os.O_RDWR|os.O_CREATE, 0o600)
+		if err != nil {
+			return
+		}
+		defer f.Close()
+		if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) == nil {
+			_, _ = s.collect(nil)
+		}
+	}()
 	for _, e := range ents {
 		if !strings.HasPrefix(e.Name(), tmpPrefix) {
 			continue
@@ -106,10 +145,17 @@ func (s *Store) Dir() string { return s.dir }
 
 func (s *Store) imageDir(name string) string { return filepath.Join(s.dir, name) }
 
-// RootDir returns the pristine root tree of an image.
-func (s *Store) RootDir(name string) string { return filepath.Join(s.dir, name, rootDirName) }
+// RootDir returns the tree of the image's bottom layer (an imported image's pristine root),
+// or "" when the image cannot be read.
+func (s *Store) RootDir(name string) string {
+	info, err := s.Info(name)
+	if err != nil || len(info.Layers) == 0 {
+		return ""
+	}
+	return s.LayerTree(info.Layers[0])
+}
 
-// Exists reports whether an image of that name has been imported.
+// Exists reports whether an image of that name is in the store.
 func (s *Store) Exists(name string) bool {
 	if CheckName(name) != nil {
 		return false
@@ -122,20 +168,22 @@ func (s *Store) notFound(name string) error {
 	return fmt.Errorf("image %s not found in %s (import it with: pifleet image import FILE --name %s)", name, s.dir, name)
 }
 
-// Layers returns the lower dirs a board running this image stacks, topmost first: the prep
-// layer when the image has one, then the pristine root.
+// Layers returns the lower dirs a board running this image stacks, topmost first: the
+// image's layers top to bottom, then its base's. Every layer must be in the store.
 func (s *Store) Layers(name string) ([]string, error) {
-	if err := CheckName(name); err != nil {
+	info, err := s.Info(name)
+	if err != nil {
 		return nil, err
 	}
-	if !s.Exists(name) {
-		return nil, s.notFound(name)
+	out := make([]string, 0, len(info.Layers))
+	for i := len(info.Layers) - 1; i >= 0; i-- {
+		d := info.Layers[i]
+		if _, err := os.Stat(filepath.Join(s.layerDir(d), layerInfoName)); err != nil {
+			return nil, fmt.Errorf("image %s: layer %s is missing from %s (restore the state dir from a backup, or import the image again)", name, short(d), s.layersDir())
+		}
+		out = append(out, s.LayerTree(d))
 	}
-	var layers []string
-	if fi, err := os.Stat(filepath.Join(s.imageDir(name), prepDirName)); err == nil && fi.IsDir() {
-		layers = append(layers, filepath.Join(s.imageDir(name), prepDirName))
-	}
-	return append(layers, s.RootDir(name)), nil
+	return out, nil
 }
 
 // Info reads one image's image.yaml.
@@ -143,7 +191,8 @@ func (s *Store) Info(name string) (*Info, error) {
 	if err := CheckName(name); err != nil {
 		return nil, err
 	}
-	b, err := os.ReadFile(filepath.Join(s.imageDir(name), infoFileName))
+	p := filepath.Join(s.imageDir(name), infoFileName)
+	b, err := os.ReadFile(p)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, s.notFound(name)
 	}
@@ -152,7 +201,11 @@ func (s *Store) Info(name string) (*Info, error) {
 	}
 	info, err := parseInfo(b)
 	if err != nil {
-		return nil, fmt.Errorf("image %s: %s: %w", name, filepath.Join(s.imageDir(name), infoFileName), err)
+		if isV1Image(s.imageDir(name)) {
+			return nil, fmt.Errorf("image %s: %s is in the layout of an older pifleet (root/ and manifest, no layers): "+
+				"run `pifleet serve` or any `pifleet image` command of this version once to migrate the state dir", name, s.imageDir(name))
+		}
+		return nil, fmt.Errorf("image %s: %s: %w", name, p, err)
 	}
 	info.Name = name // the directory name wins: an image dir may have been copied and renamed
 	return info, nil
@@ -174,11 +227,32 @@ func parseInfo(b []byte) (*Info, error) {
 	if info.Files < 0 || info.Bytes < 0 {
 		return nil, errors.New("negative file count or byte count")
 	}
+	if len(info.Layers) == 0 {
+		return nil, errors.New("no layers")
+	}
+	if len(info.Layers) > maxStack {
+		return nil, fmt.Errorf("%d layers, more than %d", len(info.Layers), maxStack)
+	}
+	seen := map[string]bool{}
+	for _, d := range info.Layers {
+		if err := CheckDigest(d); err != nil {
+			return nil, err
+		}
+		if seen[d] {
+			return nil, fmt.Errorf("layer %s twice in the stack", short(d))
+		}
+		seen[d] = true
+	}
+	if info.Base != "" {
+		if err := CheckName(info.Base); err != nil {
+			return nil, fmt.Errorf("base: %w", err)
+		}
+	}
 	return &info, nil
 }
 
-// List returns every imported image, sorted by name. An image dir with an unreadable
-// image.yaml is reported as an error rather than skipped, so it gets noticed.
+// List returns every image, sorted by name. An image dir with an unreadable image.yaml is
+// reported as an error rather than skipped, so it gets noticed.
 func (s *Store) List() ([]Info, error) {
 	ents, err := os.ReadDir(s.dir)
 	if err != nil {
@@ -204,29 +278,180 @@ func (s *Store) List() ([]Info, error) {
 	return out, errors.Join(errs...)
 }
 
-// Remove deletes an image. It refuses while boards use it (usedBy names them, as the caller
-// knows from fleet.yaml). The image disappears at once by rename, then its files are deleted.
-func (s *Store) Remove(name string, usedBy []string) error {
+// CreateImage makes image name from base's stack (none when base is "") and layers on top
+// of it (digests, bottom to top, each already in the store). image.yaml appears at once
+// (link or rename of a complete file). An existing name is refused unless meta.Replace.
+func (s *Store) CreateImage(name, base string, layers []string, meta ImageMeta) error {
 	if err := CheckName(name); err != nil {
 		return err
 	}
-	if len(usedBy) > 0 {
-		return fmt.Errorf("image %s is used by board(s) %s: point them at another image in fleet.yaml first", name, strings.Join(usedBy, ", "))
-	}
-	if !s.Exists(name) {
-		return s.notFound(name)
-	}
-	tmp, err := os.MkdirTemp(s.dir, tmpPrefix+"rm-"+name+"-")
+	l, err := s.lock()
 	if err != nil {
-		return fmt.Errorf("image %s: remove: %w", name, err)
+		return err
 	}
-	gone := filepath.Join(tmp, name)
-	if err := os.Rename(s.imageDir(name), gone); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("image %s: remove: %w", name, err)
+	defer l.release()
+	info := Info{Name: name, Base: base, Source: meta.Source, Format: meta.Format, SHA256: meta.SHA256,
+		Prepared: meta.Prepared, Changes: meta.Changes, Comment: meta.Comment,
+		Imported: time.Now().UTC().Truncate(time.Second)}
+	if base != "" {
+		bi, err := s.Info(base)
+		if err != nil {
+			return fmt.Errorf("image %s: base: %w", name, err)
+		}
+		for b := bi; b != nil; {
+			if b.Name == name {
+				return fmt.Errorf("image %s: its base %s is (made from) %s itself", name, base, name)
+			}
+			if b.Base == "" {
+				break
+			}
+			if b, err = s.Info(b.Base); err != nil {
+				break
+			}
+		}
+		info.Layers = append(info.Layers, bi.Layers...)
 	}
-	if err := os.RemoveAll(tmp); err != nil {
-		return fmt.Errorf("image %s: removed, but deleting its files in %s failed: %w", name, tmp, err)
+	if len(layers) == 0 && base == "" {
+		return fmt.Errorf("image %s: no layers", name)
+	}
+	for _, d := range layers {
+		ly, err := s.Layer(d)
+		if err != nil {
+			return fmt.Errorf("image %s: %w", name, err)
+		}
+		info.Files += ly.Files
+		info.Bytes += ly.Bytes
+	}
+	info.Layers = append(info.Layers, layers...)
+	if len(info.Layers) > maxStack {
+		return fmt.Errorf("image %s: %d layers, more than %d", name, len(info.Layers), maxStack)
+	}
+	if d := firstDup(info.Layers); d != "" {
+		return fmt.Errorf("image %s: layer %s would be twice in the stack", name, short(d))
+	}
+	var old *Info
+	if s.Exists(name) {
+		if !meta.Replace {
+			return fmt.Errorf("image %s %w in %s", name, ErrExists, s.dir)
+		}
+		if old, err = s.Info(name); err != nil {
+			return fmt.Errorf("image %s: replace: %w", name, err)
+		}
+		if kids := s.derived(name); len(kids) > 0 {
+			return fmt.Errorf("image %s is the base of %s: make a new image instead of replacing it", name, strings.Join(kids, ", "))
+		}
+	}
+	y, err := yaml.Marshal(&info)
+	if err != nil {
+		return fmt.Errorf("image %s: image.yaml: %w", name, err)
+	}
+	if err := os.MkdirAll(s.imageDir(name), 0o755); err != nil {
+		return fmt.Errorf("image %s: %w", name, err)
+	}
+	final := filepath.Join(s.imageDir(name), infoFileName)
+	tmp := filepath.Join(s.imageDir(name), tmpPrefix+infoFileName)
+	if err := writeSynced(tmp, y); err != nil {
+		return fmt.Errorf("image %s: %w", name, err)
+	}
+	defer os.Remove(tmp)
+	if old != nil {
+		err = os.Rename(tmp, final)
+	} else if err = os.Link(tmp, final); errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("image %s %w in %s", name, ErrExists, s.dir)
+	}
+	if err != nil {
+		return fmt.Errorf("image %s: %w", name, err)
+	}
+	syncDir(s.imageDir(name))
+	if old != nil {
+		now := map[string]bool{}
+		for _, d := range old.Layers {
+			now[d] = true
+		}
+		_, err := s.collect(now)
+		return err
 	}
 	return nil
+}
+
+func firstDup(ds []string) string {
+	seen := map[string]bool{}
+	for _, d := range ds {
+		if seen[d] {
+			return d
+		}
+		seen[d] = true
+	}
+	return ""
+}
+
+// writeSynced writes a file and fsyncs it.
+func writeSynced(p string, data []byte) error {
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// derived names the images whose base is name.
+func (s *Store) derived(name string) []string {
+	infos, _ := s.List()
+	var out []string
+	for _, im := range infos {
+		if im.Base == name {
+			out = append(out, im.Name)
+		}
+	}
+	return out
+}
+
+// Remove deletes an image and then the layers no other image uses. It refuses while boards
+// use it (usedBy names them, as the caller knows from fleet.yaml) or another image is based
+// on it. The image disappears at once by rename, then its files are deleted.
+func (s *Store) Remove(name string, usedBy []string) error {
+	_, err := s.RemoveImage(name, usedBy)
+	return err
+}
+
+// RemoveImage is Remove, returning the layers it removed with the image.
+func (s *Store) RemoveImage(name string, usedBy []string) ([]Layer, error) {
+	if err := CheckName(name); err != nil {
+		return nil, err
+	}
+	if len(usedBy) > 0 {
+		return nil, fmt.Errorf("image %s is used by board(s) %s: point them at another image in fleet.yaml first", name, strings.Join(usedBy, ", "))
+	}
+	l, err := s.lock()
+	if err != nil {
+		return nil, err
+	}
+	defer l.release()
+	info, err := s.Info(name)
+	if err != nil {
+		return nil, err
+	}
+	if kids := s.derived(name); len(kids) > 0 {
+		return nil, fmt.Errorf("image %s is the base of image(s) %s: remove them first", name, strings.Join(kids, ", "))
+	}
+	if err := s.removeDir(s.imageDir(name), name); err != nil {
+		return nil, fmt.Errorf("image %s: %w", name, err)
+	}
+	now := map[string]bool{}
+	for _, d := range info.Layers {
+		now[d] = true
+	}
+	gone, err := s.collect(now)
+	if err != nil {
+		return gone, fmt.Errorf("image %s removed; %w", name, err)
+	}
+	return gone, nil
 }

@@ -52,10 +52,12 @@ func TestImportDirKeepsEverything(t *testing.T) {
 	if !strings.Contains(prog.String(), "image demo: copy") {
 		t.Errorf("progress output %q", prog.String())
 	}
-	// nothing but the image is left in the store
-	ents, _ := os.ReadDir(st.Dir())
-	if len(ents) != 1 || ents[0].Name() != "demo" {
-		t.Errorf("store holds %v", ents)
+	// nothing but the image and its one layer is left in the store
+	if got := storeNames(t, st); !slices.Equal(got, []string{"demo", layersDirName}) {
+		t.Errorf("store holds %v", got)
+	}
+	if ls, _ := st.AllLayers(); len(ls) != 1 || ls[0].Dir != root || ls[0].Files != info.Files || ls[0].Bytes != info.Bytes {
+		t.Errorf("layers %+v, root %s, info %+v", ls, root, info)
 	}
 	problems, err := st.Verify(context.Background(), "demo")
 	if err != nil || len(problems) > 0 {
@@ -104,13 +106,17 @@ func TestStoreListLayersRemove(t *testing.T) {
 	if !slices.Equal(names, []string{"a-image", "b-image"}) {
 		t.Errorf("List names = %v", names)
 	}
+	// the same tree imported twice is one layer: a-image is b-image's root plus a prep layer
 	l, err := st.Layers("b-image")
-	if err != nil || !slices.Equal(l, []string{filepath.Join(st.Dir(), "b-image/root")}) {
+	bi, _ := st.Info("b-image")
+	if err != nil || len(bi.Layers) != 1 || !slices.Equal(l, []string{st.LayerTree(bi.Layers[0])}) {
 		t.Errorf("Layers(b-image) = %v, %v", l, err)
 	}
 	l, err = st.Layers("a-image")
-	if err != nil || !slices.Equal(l, []string{filepath.Join(st.Dir(), "a-image/prep"), filepath.Join(st.Dir(), "a-image/root")}) {
-		t.Errorf("Layers(a-image) = %v, %v", l, err)
+	ai, _ := st.Info("a-image")
+	if err != nil || len(ai.Layers) != 2 || ai.Layers[0] != bi.Layers[0] ||
+		!slices.Equal(l, []string{st.LayerTree(ai.Layers[1]), st.LayerTree(bi.Layers[0])}) {
+		t.Errorf("Layers(a-image) = %v, %v; info %+v", l, err, ai)
 	}
 	// replace works and keeps one image
 	if _, err := st.Import(ctx, src, "b-image", ImportOptions{Replace: true}); err != nil {
@@ -128,9 +134,12 @@ func TestStoreListLayersRemove(t *testing.T) {
 	if st.Exists("a-image") {
 		t.Error("a-image still exists")
 	}
-	ents, _ := os.ReadDir(st.Dir())
-	if len(ents) != 1 || ents[0].Name() != "b-image" {
-		t.Errorf("store holds %v after remove", ents)
+	if got := storeNames(t, st); !slices.Equal(got, []string{"b-image", layersDirName}) {
+		t.Errorf("store holds %v after remove", got)
+	}
+	// a-image's prep layer went with it; the root layer b-image uses stays
+	if ls, _ := st.AllLayers(); len(ls) != 1 || ls[0].Digest != bi.Layers[0] {
+		t.Errorf("layers after remove: %+v", ls)
 	}
 	if err := st.Remove("a-image", nil); err == nil {
 		t.Error("removing a missing image succeeded")
@@ -171,8 +180,32 @@ func assertEmptyStore(t testing.TB, st *Store) {
 		t.Fatal(err)
 	}
 	for _, e := range ents {
+		if e.Name() == lockFileName {
+			continue
+		}
+		if e.Name() == layersDirName {
+			if ls, _ := os.ReadDir(filepath.Join(st.Dir(), layersDirName)); len(ls) == 0 {
+				continue
+			}
+		}
 		t.Errorf("left behind in the store: %s", e.Name())
 	}
+}
+
+// storeNames lists the store's entries but the lock file.
+func storeNames(t testing.TB, st *Store) []string {
+	t.Helper()
+	ents, err := os.ReadDir(st.Dir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range ents {
+		if e.Name() != lockFileName {
+			out = append(out, e.Name())
+		}
+	}
+	return out
 }
 
 func TestImportCancelledLeavesNothing(t *testing.T) {

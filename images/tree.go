@@ -165,7 +165,7 @@ func (w *treeWriter) add(ctx context.Context, e *entry) error {
 	if err != nil {
 		return fmt.Errorf("image %s: /%s: %w", w.image, p, err)
 	}
-	rec := record{Path: p, Mode: e.Mode, UID: e.UID, GID: e.GID, Mtime: e.Mtime.UnixNano(), Xattrs: xattrDigest(e.Xattrs)}
+	rec := record{Path: p, Mode: e.Mode, UID: e.UID, GID: e.GID, Mtime: e.Mtime.UnixNano(), Xattrs: xattrDigest(e.Xattrs), Opaque: isOpaque(e)}
 	switch e.Mode & typeMask {
 	case typeDir:
 		if _, ok := w.dirTimes[p]; !ok && p != "" {

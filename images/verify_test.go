@@ -53,7 +53,9 @@ func TestVerifyFindsChanges(t *testing.T) {
 		}
 	}
 	// an edited manifest is noticed too
-	mf := filepath.Join(st.Dir(), "v", manifestName)
+	vi, err := st.Info("v")
+	must(t, err)
+	mf := filepath.Join(st.layerDir(vi.Layers[0]), manifestName)
 	b, _ := os.ReadFile(mf)
 	must(t, os.WriteFile(mf, append(b, []byte("d\t755\t0\t0\t0\t0\t-\t-\t\"zzz\"\n")...), 0o644))
 	problems, err = st.Verify(context.Background(), "v")

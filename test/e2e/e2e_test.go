@@ -23,7 +23,7 @@ var (
 // isolation, reset, Unix permissions, a server crash under load, and an untouched image.
 func TestFleet(t *testing.T) {
 	l := newLab(t, []testBoard{board1, board2})
-	imageRoot := filepath.Join(l.state, "images", "demo")
+	imageRoot := filepath.Join(l.state, "images", "layers") // every layer of every image
 	before := treeDigest(t, imageRoot)
 	l.startServer(t)
 
