@@ -16,6 +16,9 @@ type Call struct {
 	Accept   int32  // the RPC accept_stat (0 = SUCCESS); -1 when the call was denied
 	Board    string // the board whose export the call used; "" if none (e.g. MOUNT, strangers' bad handles)
 	Duration time.Duration
+	// Args and Reply are the call's XDR arguments and its whole reply record, for a
+	// tracer. They alias the server's buffers: valid only while the Observer runs.
+	Args, Reply []byte
 }
 
 // ProgramName names the call's program: "nfs", "mount", "nfsacl" or "other".
@@ -89,7 +92,7 @@ func (c Call) StatusName() string {
 // mark, xid, REPLY, reply_stat, then verifier and accept_stat when accepted, then the
 // procedure's result, whose first word is its status for the procedures that have one).
 func callOf(h *rpcCallHdr, rec []byte, d time.Duration) Call {
-	c := Call{Program: h.prog, Proc: h.proc, Duration: d}
+	c := Call{Program: h.prog, Proc: h.proc, Duration: d, Args: h.args, Reply: rec}
 	if len(h.held) > 0 {
 		c.Board = h.held[0].Board
 	}

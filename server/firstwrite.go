@@ -38,6 +38,9 @@ func (f *firstWrites) wrote(c nfsroot.Call) bool {
 // first write after its mount.
 func (s *Server) observeCall(c nfsroot.Call) {
 	s.metrics.observeCall(c)
+	if s.nfsTrace != nil {
+		s.nfsTrace.record(c)
+	}
 	if s.writes.wrote(c) {
 		s.timeline.Record(boot.Event{Board: c.Board, Stage: boot.StageNFS, What: "first write", File: c.ProcName()})
 	}

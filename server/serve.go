@@ -48,6 +48,7 @@ type Server struct {
 	fleet    *liveFleet
 	timeline *boot.Timeline
 	nfs      *nfsroot.Server
+	nfsTrace *nfsTrace // nil unless PIFLEET_NFS_TRACE names a file
 	metrics  *metrics
 	dhcpSrv  atomic.Pointer[dhcp.Server] // nil until it runs (and with dhcp off)
 	tftpSrv  atomic.Pointer[tftp.Server]
@@ -139,6 +140,9 @@ func newServer(cfg *Config, log *slog.Logger) (*Server, error) {
 		s.writes.mounted(board)
 		s.timeline.Record(boot.Event{Board: board, Client: client, Stage: boot.StageNFS, What: "mount"})
 	}, Observer: s.observeCall})
+	if s.nfsTrace, err = openNFSTrace(); err != nil {
+		return nil, err
+	}
 	s.metrics.registerServer(s)
 	if err := finishResets(st, log); err != nil {
 		return nil, err

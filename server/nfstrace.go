@@ -1,0 +1,69 @@
+package server
+
+import (
+	"encoding/binary"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/pifleet/pifleet/nfsroot"
+)
+
+// nfsTraceEnv names a file to which the server appends every answered NFS and MOUNT
+// call (a debugging and capture aid: test/scale's boot trace is made from it; see
+// test/scale/README.md). Unset, nothing is traced.
+const nfsTraceEnv = "PIFLEET_NFS_TRACE"
+
+// nfsTrace writes one binary record per call: u32 length of the rest, i64 Unix
+// nanoseconds, u32 program, u32 procedure, then board name, arguments and reply record
+// as u32-length-prefixed bytes. WRITE data and READ data are cut (the sizes stay in the
+// headers), so the file grows with the number of calls, not the bytes moved.
+type nfsTrace struct {
+	mu  sync.Mutex
+	f   *os.File
+	buf []byte
+}
+
+// openNFSTrace opens the trace named by PIFLEET_NFS_TRACE, or returns nil if unset.
+func openNFSTrace() (*nfsTrace, error) {
+	p := os.Getenv(nfsTraceEnv)
+	if p == "" {
+		return nil, nil
+	}
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", nfsTraceEnv, err)
+	}
+	return &nfsTrace{f: f}, nil
+}
+
+// record appends c; a write error ends the trace (the server goes on).
+func (t *nfsTrace) record(c nfsroot.Call) {
+	args, reply := c.Args, c.Reply
+	if c.Program == 100003 && c.Proc == 7 { // WRITE: fh, offset, count, stable, data
+		args = args[:min(len(args), 256)]
+	}
+	if c.Program == 100003 && c.Proc == 6 { // READ: status, attributes, count, eof, data
+		reply = reply[:min(len(reply), 160)]
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.f == nil {
+		return
+	}
+	b := binary.BigEndian.AppendUint32(t.buf[:0], 0)
+	b = binary.BigEndian.AppendUint64(b, uint64(time.Now().UnixNano()))
+	b = binary.BigEndian.AppendUint32(b, c.Program)
+	b = binary.BigEndian.AppendUint32(b, c.Proc)
+	for _, s := range [][]byte{[]byte(c.Board), args, reply} {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(s)))
+		b = append(b, s...)
+	}
+	binary.BigEndian.PutUint32(b, uint32(len(b)-4))
+	t.buf = b
+	if _, err := t.f.Write(b); err != nil {
+		t.f.Close()
+		t.f = nil
+	}
+}
