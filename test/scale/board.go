@@ -25,11 +25,13 @@ type BoardResult struct {
 	TFTPBytes       int64
 	NFSBytes        int64 // read over NFS
 	Ops             map[string]int
-	Retries         int   // retransmissions (DHCP and TFTP) in all
-	MaxRetries      int   // the most retransmissions any one exchange (a DHCP step, a file) needed
-	KeepAlives      int   // NULL calls answered while idle
-	Err             error // the first failure; the boot stopped there
-	IdleErr         error // a keep-alive that failed
+	Retries         int    // retransmissions (DHCP and TFTP) in all
+	MaxRetries      int    // the most retransmissions any one exchange (a DHCP step, a file) needed
+	KeepAlives      int    // NULL calls answered while idle
+	Diverged        int    // replayed NFS calls answered otherwise than in the capture
+	FirstDiverge    string // the first of them
+	Err             error  // the first failure; the boot stopped there
+	IdleErr         error  // a keep-alive that failed
 }
 
 // bootFile is one TFTP request of the Pi 4 boot set.
@@ -100,6 +102,7 @@ func (b *board) boot(ctx, idle context.Context, f *Fleet, booted func(*BoardResu
 	if err == nil {
 		defer c.rpc.Close()
 		r.NFSBytes, err = f.work.run(c)
+		r.Diverged, r.FirstDiverge = c.diverged, c.firstDiverge
 	}
 	r.NFS = time.Since(t)
 	if err != nil {

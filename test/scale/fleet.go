@@ -6,7 +6,8 @@
 // its own MAC, serial and fixed address (fleet.yaml ip:), binds its sockets to that
 // address, and answers each TFTP block and NFS reply after a think time (Config.Delay),
 // as a real board does. DHCP goes through one shared port-68 socket, demultiplexed by
-// xid. The NFS part replays a synthetic workload (workload.go), not a captured boot.
+// xid. The NFS part replays a captured Debian boot (trace.go) on a tree made from the
+// capture's metadata.
 package scale
 
 import (
@@ -34,7 +35,7 @@ type Config struct {
 	Boards    int
 	FullDHCP  bool          // full mode (fixed addresses handed out); else proxy mode beside a router
 	Delay     time.Duration // a board's think time before each TFTP ACK and after each NFS reply
-	RealSizes bool          // the Pi 4 boot set at real sizes and the ~1,500-file tree; else tiny
+	RealSizes bool          // the Pi 4 boot set at real sizes; else tiny (the NFS trace is the same)
 	Idle      time.Duration // how long the booted fleet idles before idle RSS is read
 	KeepAlive time.Duration // NULL call period while idle
 	// Serve returns the command that runs `pifleet serve -c cfgPath`; it is started
@@ -49,7 +50,7 @@ type Fleet struct {
 	pair     *netns.Pair
 	serverIP netip.Addr
 	boards   []*board
-	work     *Workload
+	work     *Trace
 	sizes    map[string]int64 // boot file -> size
 	dhcp     *dhcpSocket
 	server   *exec.Cmd
@@ -76,12 +77,14 @@ func Start(t testing.TB, cfg Config) *Fleet {
 	setup := time.Now()
 	dir := t.TempDir()
 	f := &Fleet{t: t, cfg: cfg, serverIP: netip.MustParseAddr("10.78.0.1"), sizes: map[string]int64{}}
-	scaleF := 0.1
 	fw := tinyFirmware
 	if cfg.RealSizes {
-		scaleF, fw = 1, realFirmware
+		fw = realFirmware
 	}
-	f.work = NewWorkload(scaleF)
+	var err error
+	if f.work, err = LoadTrace(traceFile); err != nil {
+		t.Fatal(err)
+	}
 	root := filepath.Join(dir, "root")
 	must(t, f.work.WriteTree(root))
 	fwDir := filepath.Join(root, "boot", "firmware")

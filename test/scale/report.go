@@ -19,6 +19,8 @@ type Summary struct {
 	Errors, Retries           int
 	MaxRetries                int // the most retransmissions one exchange needed
 	Ops                       int // NFS calls per board (mean)
+	Diverged                  int // replayed calls answered otherwise than captured (all boards)
+	FirstDiverge              string
 	KeepAlives                int
 	Load                      string
 	ServerWarns               int
@@ -35,6 +37,10 @@ func Summarize(r *Result) Summary {
 		s.Retries += b.Retries
 		s.MaxRetries = max(s.MaxRetries, b.MaxRetries)
 		s.KeepAlives += b.KeepAlives
+		s.Diverged += b.Diverged
+		if s.FirstDiverge == "" {
+			s.FirstDiverge = b.FirstDiverge
+		}
 		for _, e := range []error{b.Err, b.IdleErr} {
 			if e != nil {
 				s.Errors++
@@ -77,15 +83,15 @@ func quantile(d []time.Duration, q float64) time.Duration {
 
 // WriteTable prints the summaries as a Markdown table.
 func WriteTable(w io.Writer, mode string, rows []Summary) {
-	fmt.Fprintf(w, "| boards (%s) | all booted | board p50 / p95 / max | DHCP p50 / max | TFTP p50 / max | NFS p50 / max | NFS calls/board | server CPU (simulator CPU) | RSS start / peak / idle | idle RSS per board | errors | retries (max one exchange) | load avg |\n", mode)
+	fmt.Fprintf(w, "| boards (%s) | all booted | board p50 / p95 / max | DHCP p50 / max | TFTP p50 / max | NFS p50 / max | NFS calls/board | server CPU (simulator CPU) | RSS start / peak / idle | idle RSS per board | errors (diverged calls) | retries (max one exchange) | load avg |\n", mode)
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, s := range rows {
 		perBoard := float64(s.IdleRSS-s.BaseRSS) / float64(max(s.Booted, 1))
-		fmt.Fprintf(w, "| %d | %s | %s / %s / %s | %s / %s | %s / %s | %s / %s | %d | %s (%s) | %s / %s / %s | %s | %d | %d (%d) | %s |\n",
+		fmt.Fprintf(w, "| %d | %s | %s / %s / %s | %s / %s | %s / %s | %s / %s | %d | %s (%s) | %s / %s / %s | %s | %d (%d) | %d (%d) | %s |\n",
 			s.Boards, sec(s.AllBooted), sec(s.P50), sec(s.P95), sec(s.Max),
 			sec(s.DHCP[0]), sec(s.DHCP[1]), sec(s.TFTP[0]), sec(s.TFTP[1]), sec(s.NFS[0]), sec(s.NFS[1]),
 			s.Ops, sec(s.CPU), sec(s.SimCPU), mib(s.BaseRSS), mib(s.PeakRSS), mib(s.IdleRSS), mib(int64(perBoard)),
-			s.Errors, s.Retries, s.MaxRetries, s.Load)
+			s.Errors, s.Diverged, s.Retries, s.MaxRetries, s.Load)
 	}
 }
 

@@ -84,9 +84,10 @@ func config(t testing.TB, n int, full, real bool) Config {
 	return cfg
 }
 
-// TestFleetSmoke boots three boards with tiny files in full and proxy mode: every board
-// must get its offer, its boot set and its NFS boot, and idle with keep-alives, with no
-// error and no retransmission.
+// TestFleetSmoke boots three boards with a tiny boot set and the captured Debian boot's
+// NFS calls in full and proxy mode: every board must get its offer, its boot set and
+// every NFS reply as captured, and idle with keep-alives, with no error and at most two
+// retransmissions of any exchange.
 func TestFleetSmoke(t *testing.T) {
 	for _, full := range []bool{true, false} {
 		mode := map[bool]string{true: "full", false: "proxy"}[full]
@@ -109,6 +110,9 @@ func TestFleetSmoke(t *testing.T) {
 			for _, br := range res.Boards {
 				if br.Ops["READ"] == 0 || br.Ops["READDIRPLUS"] == 0 || br.Ops["WRITE"] == 0 || br.Ops["COMMIT"] == 0 || br.Ops["LOOKUP"] == 0 {
 					t.Errorf("board %s made calls %v; want LOOKUP, READ, READDIRPLUS, WRITE and COMMIT", br.Name, br.Ops)
+				}
+				if br.Diverged != 0 {
+					t.Errorf("board %s: %d replayed calls answered otherwise than captured; first: %s", br.Name, br.Diverged, br.FirstDiverge)
 				}
 				if br.KeepAlives == 0 {
 					t.Errorf("board %s: no keep-alive answered while idle", br.Name)
