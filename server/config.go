@@ -89,8 +89,13 @@ type Image struct {
 	// Path is an existing root tree to use as the image's only layer; "" means the
 	// image lives in the state dir (imported with `pifleet image import`).
 	Path string
+	// Base, when set, is the store image this one must be stacked on (at any depth, with
+	// the base's current layers): `pifleet check` and serve refuse the image otherwise.
+	Base string
 	// Line and Col locate the image's key in fleet.yaml, for messages.
 	Line, Col int
+	// BaseLine and BaseCol locate its base: value.
+	BaseLine, BaseCol int
 }
 
 // User is an optional first user created on a board (its identity layer).

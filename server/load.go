@@ -28,7 +28,7 @@ var (
 	serverKeys  = []string{"interface", "address", "state", "dhcp", "ports", "http"}
 	dhcpKeys    = []string{"mode", "range", "router", "dns", "lease", "proxy_pxe"}
 	portKeys    = []string{"dhcp", "tftp", "nfs", "mount", "http", "portmap"}
-	imageKeys   = []string{"path"}
+	imageKeys   = []string{"path", "base"}
 	defaultKeys = []string{"image", "cmdline", "config", "root_squash", "user"}
 	boardKeys   = []string{"name", "mac", "serial", "ip", "image", "hostname", "cmdline", "config", "root_squash", "user", "group"}
 	userKeys    = []string{"name", "password_hash", "ssh_keys"}
@@ -421,7 +421,24 @@ func (l *loader) images(n *yaml.Node, cfg *Config) {
 			continue
 		}
 		m := l.mapping(v, "image "+name, imageKeys)
-		cfg.Images[name] = Image{Name: name, Path: l.str(m["path"], "images."+name+".path"), Line: k.Line, Col: k.Column}
+		im := Image{Name: name, Path: l.str(m["path"], "images."+name+".path"), Line: k.Line, Col: k.Column,
+			Base: l.str(m["base"], "images."+name+".base"), BaseLine: k.Line, BaseCol: k.Column}
+		if b := m["base"]; b != nil {
+			im.BaseLine, im.BaseCol = b.Line, b.Column
+			switch {
+			case im.Base == "":
+			case im.Path != "":
+				l.errf(b, "an image is either a root tree (path:) or a store image stacked on a base (base:)", "image %s has both path and base", name)
+				im.Base = ""
+			case !validImageName(im.Base):
+				l.errf(b, "letters, digits, '.', '_' and '-', starting with a letter or digit", "image %s: base %q is not a valid image name", name, im.Base)
+				im.Base = ""
+			case im.Base == name:
+				l.errf(b, "", "image %s cannot be its own base", name)
+				im.Base = ""
+			}
+		}
+		cfg.Images[name] = im
 	}
 }
 

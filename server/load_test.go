@@ -125,6 +125,9 @@ func TestParseProblems(t *testing.T) {
 		{"repeated http address", "server:\n  ports: {http: 81}\n  http: [127.0.0.1, '127.0.0.1:81']\n", []string{`3:21: server.http lists 127.0.0.1:81 twice`}},
 		{"empty http list", "server:\n  http: []\n", []string{`2:9: server.http is an empty list`}},
 		{"http mapping", "server:\n  http: {a: b}\n", []string{`2:9: server.http must be a list of addresses`}},
+		{"base and path", "images:\n  k: {path: /r, base: b}\n", []string{`2:23: image k has both path and base`}},
+		{"own base", "images:\n  k:\n    base: k\n", []string{`3:11: image k cannot be its own base`}},
+		{"bad base", "images:\n  k: {base: ../b}\n", []string{`2:13: image k: base "../b" is not a valid image name`}},
 		{"all problems at once", "server:\n  adress: x\n  dhcp: {mode: nope}\nimages: {i: {}}\nboards:\n  - name: A\n    mac: zz\n    image: j\n",
 			[]string{`2:3: unknown key "adress"`, `3:16: server.dhcp.mode "nope"`, `6:11: board name "A"`, `7:10: board A: mac "zz"`, `8:12: unknown image "j"`}},
 	}

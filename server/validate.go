@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 
 	"github.com/pifleet/pifleet/images"
 )
@@ -43,7 +44,55 @@ func imageLayers(cfg *Config, store *images.Store, name string) ([]string, error
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w (%s)", name, err, hint)
 	}
+	if im.Base != "" {
+		if err := checkBase(store, name, im.Base); err != nil {
+			return nil, &baseError{err}
+		}
+	}
 	return layers, nil
+}
+
+// baseError is an image whose store stack does not sit on the base fleet.yaml names; it is
+// reported at the base: line.
+type baseError struct{ error }
+
+func (e *baseError) Unwrap() error { return e.error }
+
+// checkBase returns an error unless store image name is stacked on base: base is in its
+// chain of bases and base's current layers are the bottom of its stack.
+func checkBase(store *images.Store, name, base string) error {
+	info, err := store.Info(name)
+	if err != nil {
+		return err
+	}
+	bi, err := store.Info(base)
+	if err != nil {
+		return fmt.Errorf("image %s: its base %w", name, err)
+	}
+	chain := []string{}
+	for cur := info; cur.Base != "" && len(chain) < 64; {
+		chain = append(chain, cur.Base)
+		if cur.Base == base {
+			break
+		}
+		next, err := store.Info(cur.Base)
+		if err != nil {
+			break
+		}
+		cur = next
+	}
+	if !slices.Contains(chain, base) {
+		made := "was imported, not made on an image"
+		if len(chain) > 0 {
+			made = "is stacked on " + strings.Join(chain, " <- ")
+		}
+		return fmt.Errorf("image %s is not stacked on %s: in the state dir it %s (make it from %s, e.g. `pifleet image shell %s --as %s`, or drop base:)",
+			name, base, made, base, base, name)
+	}
+	if len(bi.Layers) > len(info.Layers) || !slices.Equal(bi.Layers, info.Layers[:len(bi.Layers)]) {
+		return fmt.Errorf("image %s was made on an earlier %s: %s has other layers now (make %s again from the current %s)", name, base, base, name, base)
+	}
+	return nil
 }
 
 func unwrapPath(err error) error {
@@ -74,6 +123,10 @@ func checkImages(cfg *Config, store *images.Store) Problems {
 	for name, im := range cfg.Images {
 		if _, err := imageLayers(cfg, store, name); err != nil {
 			p := Problem{Line: im.Line, Col: im.Col, Msg: err.Error(), Warning: !used[name]}
+			var be *baseError
+			if errors.As(err, &be) {
+				p.Line, p.Col = im.BaseLine, im.BaseCol
+			}
 			if p.Warning {
 				p.Msg += "; no board uses it yet"
 			}
