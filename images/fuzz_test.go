@@ -406,3 +406,21 @@ func FuzzACL(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParsePlan fuzzes the migration plan and layout 1's image.yaml, both read from disk.
+func FuzzParsePlan(f *testing.F) {
+	d := strings.Repeat("a", 64)
+	f.Add([]byte("info:\n  name: x\n  layers: [" + d + "]\n  source: s\n  files: 1\n  bytes: 0\n  imported: 2024-11-19T10:00:00Z\nroot: " + d + "\n"))
+	f.Add([]byte("root: " + d + "\nprep: " + d + "\n"))
+	f.Add([]byte("name: x\nsource: a.img.xz\nformat: img.xz\nfiles: 3\nbytes: 10\nimported: 2024-11-19T10:00:00Z\nmanifest_sha256: abc\nprepared: true\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if p, err := parsePlan(b); err == nil {
+			if CheckDigest(p.Root) != nil || p.Info.Layers[0] != p.Root || firstDup(p.Info.Layers) != "" {
+				t.Fatalf("bad plan accepted: %+v", p)
+			}
+		}
+		if v, err := parseV1Info(b); err == nil && (v.Files < 0 || v.Bytes < 0) {
+			t.Fatalf("negative counts accepted: %+v", v)
+		}
+	})
+}

@@ -75,13 +75,23 @@ func dash(s string) string {
 	return s
 }
 
-// writeManifest writes records sorted by path: one tab-separated line each, with the free-form
+// writeManifest writes records sorted by path; see writeManifestNote.
+func writeManifest(w io.Writer, recs []record) error { return writeManifestNote(w, "", recs) }
+
+// writeManifestNote writes records sorted by path: one tab-separated line each, with the free-form
 // strings (path, symlink target) Go-quoted so tabs and newlines in names stay unambiguous.
-func writeManifest(w io.Writer, recs []record) error {
+// A note (one line, no newline) follows the header as a "# " line: it changes the digest.
+func writeManifestNote(w io.Writer, note string, recs []record) error {
+	if strings.ContainsAny(note, "\n\r") {
+		return errors.New("manifest note has a line break")
+	}
 	sorted := append([]record(nil), recs...)
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Path < sorted[j].Path })
 	bw := bufio.NewWriterSize(w, 1<<16)
 	fmt.Fprintln(bw, manifestHeader)
+	if note != "" {
+		fmt.Fprintln(bw, "# "+note)
+	}
 	for _, r := range sorted {
 		if r.Link != "" {
 			fmt.Fprintf(bw, "h\t0\t0\t0\t0\t0\t%s\t-\t%s\n", strconv.Quote(r.Link), strconv.Quote(r.Path))
@@ -123,6 +133,9 @@ func parseManifest(r io.Reader) ([]record, error) {
 	line := 1
 	for sc.Scan() {
 		line++
+		if bytes.HasPrefix(sc.Bytes(), []byte("#")) {
+			continue // a note (a migrated layer says where it came from)
+		}
 		rec, err := parseRecord(sc.Bytes())
 		if err != nil {
 			return nil, fmt.Errorf("manifest line %d: %w", line, err)
