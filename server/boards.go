@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/pifleet/pifleet/boot"
-	"github.com/pifleet/pifleet/images"
 )
 
 // BoardStatus is one row of `pifleet board ls` and of the status page.
@@ -263,7 +262,7 @@ func OfflineDiff(cfg *Config, name string) ([]Change, error) {
 	if im := cfg.Images[b.Image]; im.Path != "" {
 		lowers = append(lowers, im.Path)
 	} else {
-		store, err := images.OpenStore(st.Images())
+		store, err := OpenStore(st.Dir, nil, nil)
 		if err != nil {
 			return nil, err
 		}

@@ -91,7 +91,7 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	defer lock.Release()
-	s, err := newServer(cfg, log)
+	s, err := newServer(cfg, lock, log)
 	if err != nil {
 		return err
 	}
@@ -117,7 +117,7 @@ func Run(ctx context.Context, opts Options) error {
 	return s.serve(ctx, ls, opts.Ready)
 }
 
-func newServer(cfg *Config, log *slog.Logger) (*Server, error) {
+func newServer(cfg *Config, lock *StateLock, log *slog.Logger) (*Server, error) {
 	addr, iface, err := serverAddress(cfg.Server)
 	if err != nil {
 		return nil, err
@@ -127,9 +127,9 @@ func newServer(cfg *Config, log *slog.Logger) (*Server, error) {
 	if err := os.MkdirAll(st.Boards(), 0o755); err != nil {
 		return nil, fmt.Errorf("state dir: %w", err)
 	}
-	store, err := images.OpenStore(st.Images())
+	store, err := OpenStore(st.Dir, lock, log)
 	if err != nil {
-		return nil, fmt.Errorf("state dir: %w", err)
+		return nil, err
 	}
 	s := &Server{log: log, state: st, store: store, fleet: newLiveFleet(), timeline: boot.NewTimeline(),
 		metrics: newMetrics(), started: time.Now(), cfg: cfg}

@@ -8,7 +8,9 @@ import (
 // State is the on-disk layout of the state dir (fleet.yaml's server.state). It is the
 // one place that knows where things live:
 //
-//	images/<image>/...           base images (package images owns the inside)
+//	layout                       the layout version of the state dir ("pifleet state layout 2", statedir.go)
+//	images/layers/<sha256>/      immutable image layers (package images owns the inside)
+//	images/<image>/image.yaml    an image: its stack of layers, its base
 //	boards/<board>/upper/        the board's writes, in overlayfs format
 //	boards/<board>/work/         scratch for crash-safe copy-up (same file system as upper)
 //	boards/<board>/nfs/          NFS handle table and instance id (package nfsroot)
@@ -29,6 +31,9 @@ type State struct {
 
 // Images is the image store's directory.
 func (s State) Images() string { return filepath.Join(s.Dir, "images") }
+
+// LayoutFile records the state dir's layout version (UpgradeState).
+func (s State) LayoutFile() string { return filepath.Join(s.Dir, "layout") }
 
 // Boards is the directory holding every board's dir.
 func (s State) Boards() string { return filepath.Join(s.Dir, "boards") }

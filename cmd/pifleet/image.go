@@ -31,7 +31,7 @@ func openStore(cfgPath string) (*server.Config, *images.Store, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	store, err := images.OpenStore(server.State{Dir: cfg.Server.State}.Images())
+	store, err := server.OpenStore(cfg.Server.State, nil, slog.New(slog.NewTextHandler(os.Stderr, nil)))
 	return cfg, store, err
 }
 
