@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -26,23 +28,34 @@ func runImage(ctx context.Context, e *env, args []string) error {
 	}, args)
 }
 
+// openStore loads fleet.yaml and opens its state dir's image store, upgrading a state dir
+// of an older pifleet first (its log lines go to stderr).
 func openStore(cfgPath string) (*server.Config, *images.Store, error) {
+	return openStoreLog(os.Stderr, cfgPath)
+}
+
+// openStoreLog is openStore logging to w.
+func openStoreLog(w io.Writer, cfgPath string) (*server.Config, *images.Store, error) {
 	cfg, err := loadConfig(cfgPath)
 	if err != nil {
 		return nil, nil, err
 	}
-	store, err := server.OpenStore(cfg.Server.State, nil, slog.New(slog.NewTextHandler(os.Stderr, nil)))
+	store, err := server.OpenStore(cfg.Server.State, nil, slog.New(slog.NewTextHandler(w, nil)))
 	return cfg, store, err
 }
 
 func runImageLs(ctx context.Context, e *env, args []string) error {
-	fs := newFlags(e, "pifleet image ls", "[-c fleet.yaml]", "Lists the images in the state dir and which boards use each.")
+	fs := newFlags(e, "pifleet image ls", "[-c fleet.yaml] [--names]",
+		"Lists the images in the state dir as a tree: each base, then the images made on it. Under\n"+
+			"each image, its own layers (those above its base). SIZE is an image's whole stack or a\n"+
+			"layer's files; OWN what no other image uses (removing the image frees it), SHARED the rest.\n"+
+			"USED BY names the boards (fleet.yaml) of an image and the images of a layer.")
 	cfgPath := configFlag(fs)
 	names := fs.Bool("names", false, "print only the image names, one a line (for scripts and completion)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	cfg, store, err := openStore(*cfgPath)
+	cfg, store, err := openStoreLog(e.err, *cfgPath)
 	if err != nil {
 		return err
 	}
@@ -53,14 +66,111 @@ func runImageLs(ctx context.Context, e *env, args []string) error {
 	if *names {
 		return printImageNames(e, list)
 	}
-	sort.Slice(list, func(i, j int) bool { return list[i].Name < list[j].Name })
-	tw := tabwriter.NewWriter(e.out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tSOURCE\tFILES\tSIZE\tIMPORTED\tPREPARED\tBOARDS")
-	for _, im := range list {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%v\t%d\n", im.Name, im.Source, im.Files, images.HumanBytes(im.Bytes),
-			im.Imported.Local().Format("2006-01-02 15:04"), im.Prepared, len(usedBy(cfg, im.Name)))
+	all, err := store.AllLayers()
+	if err != nil {
+		return err
 	}
-	return tw.Flush()
+	return printImageTree(e.out, cfg, list, all)
+}
+
+// printImageTree writes `image ls`: images as a tree of bases, each with its own layers.
+func printImageTree(w io.Writer, cfg *server.Config, list []images.Info, all []images.Layer) error {
+	layers := map[string]images.Layer{}
+	for _, l := range all {
+		layers[l.Digest] = l
+	}
+	users := map[string][]string{} // layer digest -> images
+	byName := map[string]images.Info{}
+	kids := map[string][]string{}
+	for _, im := range list {
+		byName[im.Name] = im
+		for _, d := range im.Layers {
+			users[d] = append(users[d], im.Name)
+		}
+	}
+	var roots []string
+	for _, im := range list {
+		if _, ok := byName[im.Base]; im.Base != "" && ok {
+			kids[im.Base] = append(kids[im.Base], im.Name)
+		} else {
+			roots = append(roots, im.Name)
+		}
+	}
+	dash := func(n int64) string {
+		if n == 0 {
+			return "-"
+		}
+		return images.HumanBytes(n)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tSIZE\tOWN\tSHARED\tUSED BY\tFROM")
+	var onDisk, copies int64
+	for _, l := range all {
+		onDisk += l.Bytes
+	}
+	var walk func(name, indent string)
+	walk = func(name, indent string) {
+		im := byName[name]
+		var size, own int64
+		for _, d := range im.Layers {
+			size += layers[d].Bytes
+			if len(users[d]) == 1 {
+				own += layers[d].Bytes
+			}
+		}
+		copies += size
+		boards := usedBy(cfg, name)
+		by := "-"
+		if len(boards) > 0 {
+			by = "boards " + strings.Join(boards, ", ")
+		}
+		from := im.Source
+		if im.Comment != "" {
+			from += ": " + im.Comment
+		}
+		fmt.Fprintf(tw, "%s%s\t%s\t%s\t%s\t%s\t%s\n", indent, name, images.HumanBytes(size), dash(own), dash(size-own), by, from)
+		ownStart := 0
+		if b, ok := byName[im.Base]; ok && len(b.Layers) <= len(im.Layers) && slices.Equal(b.Layers, im.Layers[:len(b.Layers)]) {
+			ownStart = len(b.Layers)
+		}
+		for i := len(im.Layers) - 1; i >= ownStart; i-- {
+			d := im.Layers[i]
+			l, ok := layers[d]
+			comment := l.Comment
+			if !ok {
+				comment = "MISSING from the store"
+			}
+			var lown, lshared int64
+			if len(users[d]) == 1 {
+				lown = l.Bytes
+			} else {
+				lshared = l.Bytes
+			}
+			fmt.Fprintf(tw, "%s  layer %s\t%s\t%s\t%s\timages %s\t%s\n", indent, d[:12], images.HumanBytes(l.Bytes), dash(lown), dash(lshared),
+				strings.Join(users[d], ", "), comment)
+		}
+		for _, k := range kids[name] {
+			walk(k, indent+"  ")
+		}
+	}
+	for _, r := range roots {
+		walk(r, "")
+	}
+	var unused []string
+	for _, l := range all {
+		if len(users[l.Digest]) == 0 {
+			unused = append(unused, l.Digest[:12])
+		}
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "%d image(s), %d layer(s): %s of files on disk (%s if each image had its own copy)\n",
+		len(list), len(all), images.HumanBytes(onDisk), images.HumanBytes(copies))
+	if len(unused) > 0 {
+		fmt.Fprintf(w, "unused layers (removed a day after their last use): %s\n", strings.Join(unused, ", "))
+	}
+	return nil
 }
 
 func usedBy(cfg *server.Config, image string) []string {
@@ -88,7 +198,7 @@ func runImageImport(ctx context.Context, e *env, args []string) error {
 	if fs.NArg() != 1 || *name == "" {
 		return usagef("image import needs FILE and --name NAME")
 	}
-	cfg, store, err := openStore(*cfgPath)
+	cfg, store, err := openStoreLog(e.err, *cfgPath)
 	if err != nil {
 		return err
 	}
@@ -119,7 +229,10 @@ func runImageImport(ctx context.Context, e *env, args []string) error {
 }
 
 func runImageVerify(ctx context.Context, e *env, args []string) error {
-	fs := newFlags(e, "pifleet image verify", "[-c fleet.yaml] NAME", "Re-checks an image's files against the manifest written at import.")
+	fs := newFlags(e, "pifleet image verify", "[-c fleet.yaml] NAME",
+		"Re-checks every layer of an image (its base's included) against the layer's manifest:\n"+
+			"the manifest against the layer's digest, then every file, link, device, whiteout,\n"+
+			"opaque dir, owner, mode, time, content and xattr.")
 	cfgPath := configFlag(fs)
 	if err := parse(fs, args); err != nil {
 		return err
@@ -127,7 +240,11 @@ func runImageVerify(ctx context.Context, e *env, args []string) error {
 	if fs.NArg() != 1 {
 		return usagef("image verify needs one image name")
 	}
-	_, store, err := openStore(*cfgPath)
+	_, store, err := openStoreLog(e.err, *cfgPath)
+	if err != nil {
+		return err
+	}
+	info, err := store.Info(fs.Arg(0))
 	if err != nil {
 		return err
 	}
@@ -141,12 +258,14 @@ func runImageVerify(ctx context.Context, e *env, args []string) error {
 	if len(problems) > 0 {
 		return fmt.Errorf("image %s: %d problem(s)", fs.Arg(0), len(problems))
 	}
-	fmt.Fprintf(e.out, "image %s: ok\n", fs.Arg(0))
+	fmt.Fprintf(e.out, "image %s: ok (%d layers)\n", fs.Arg(0), len(info.Layers))
 	return nil
 }
 
 func runImageRm(ctx context.Context, e *env, args []string) error {
-	fs := newFlags(e, "pifleet image rm", "[-c fleet.yaml] NAME", "Removes an image; refused while a board in fleet.yaml uses it.")
+	fs := newFlags(e, "pifleet image rm", "[-c fleet.yaml] NAME",
+		"Removes an image, and the layers no other image uses. Refused while a board in fleet.yaml\n"+
+			"or another image (made on it) uses it.")
 	cfgPath := configFlag(fs)
 	if err := parse(fs, args); err != nil {
 		return err
@@ -154,7 +273,7 @@ func runImageRm(ctx context.Context, e *env, args []string) error {
 	if fs.NArg() != 1 {
 		return usagef("image rm needs one image name")
 	}
-	cfg, store, err := openStore(*cfgPath)
+	cfg, store, err := openStoreLog(e.err, *cfgPath)
 	if err != nil {
 		return err
 	}
@@ -163,10 +282,25 @@ func runImageRm(ctx context.Context, e *env, args []string) error {
 		return fmt.Errorf("image rm: %w", err)
 	}
 	defer lock.Release()
-	if err := store.Remove(fs.Arg(0), usedBy(cfg, fs.Arg(0))); err != nil {
+	var bases []string
+	for _, im := range cfg.Images {
+		if im.Base == fs.Arg(0) {
+			bases = append(bases, im.Name)
+		}
+	}
+	if len(bases) > 0 {
+		sort.Strings(bases)
+		return fmt.Errorf("image %s is the base of %s in %s: change those first", fs.Arg(0), strings.Join(bases, ", "), cfg.Path)
+	}
+	gone, err := store.RemoveImage(fs.Arg(0), usedBy(cfg, fs.Arg(0)))
+	if err != nil {
 		return err
 	}
-	fmt.Fprintf(e.out, "removed %s\n", fs.Arg(0))
+	var freed int64
+	for _, l := range gone {
+		freed += l.Bytes
+	}
+	fmt.Fprintf(e.out, "removed %s and %d layer(s) no other image uses (%s)\n", fs.Arg(0), len(gone), images.HumanBytes(freed))
 	return nil
 }
 
@@ -181,7 +315,7 @@ func runImageDemo(ctx context.Context, e *env, args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	cfg, store, err := openStore(*cfgPath)
+	cfg, store, err := openStoreLog(e.err, *cfgPath)
 	if err != nil {
 		return err
 	}
