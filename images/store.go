@@ -298,7 +298,7 @@ func (s *Store) CreateImage(name, base string, layers []string, meta ImageMeta) 
 		if err != nil {
 			return fmt.Errorf("image %s: base: %w", name, err)
 		}
-		for b := bi; b != nil; {
+		for b, depth := bi, 0; b != nil && depth <= maxStack; depth++ {
 			if b.Name == name {
 				return fmt.Errorf("image %s: its base %s is (made from) %s itself", name, base, name)
 			}
@@ -337,8 +337,12 @@ func (s *Store) CreateImage(name, base string, layers []string, meta ImageMeta) 
 		if old, err = s.Info(name); err != nil {
 			return fmt.Errorf("image %s: replace: %w", name, err)
 		}
-		if kids := s.derived(name); len(kids) > 0 {
+		kids, err := s.derived(name)
+		if len(kids) > 0 {
 			return fmt.Errorf("image %s is the base of %s: make a new image instead of replacing it", name, strings.Join(kids, ", "))
+		}
+		if err != nil {
+			return fmt.Errorf("image %s: replace: %w", name, err)
 		}
 	}
 	y, err := yaml.Marshal(&info)
@@ -402,16 +406,20 @@ func writeSynced(p string, data []byte) error {
 	return f.Close()
 }
 
-// derived names the images whose base is name.
-func (s *Store) derived(name string) []string {
-	infos, _ := s.List()
+// derived names the images whose base is name. An unreadable image.yaml is an error: it
+// may name name as its base.
+func (s *Store) derived(name string) ([]string, error) {
+	infos, err := s.List()
 	var out []string
 	for _, im := range infos {
 		if im.Base == name {
 			out = append(out, im.Name)
 		}
 	}
-	return out
+	if err != nil {
+		return out, fmt.Errorf("cannot tell which images are made on %s: %w", name, err)
+	}
+	return out, nil
 }
 
 // Remove deletes an image and then the layers no other image uses. It refuses while boards
@@ -439,8 +447,12 @@ func (s *Store) RemoveImage(name string, usedBy []string) ([]Layer, error) {
 	if err != nil {
 		return nil, err
 	}
-	if kids := s.derived(name); len(kids) > 0 {
+	kids, err := s.derived(name)
+	if len(kids) > 0 {
 		return nil, fmt.Errorf("image %s is the base of image(s) %s: remove them first", name, strings.Join(kids, ", "))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("image %s: not removed: %w", name, err)
 	}
 	if err := s.removeDir(s.imageDir(name), name); err != nil {
 		return nil, fmt.Errorf("image %s: %w", name, err)
