@@ -203,3 +203,16 @@ func TestCreateImageStacksAndCollects(t *testing.T) {
 	must(t, st.Remove("bookworm", nil))
 	assertEmptyStore(t, st)
 }
+
+func TestImageSize(t *testing.T) {
+	needRoot(t)
+	st, err := OpenStore(filepath.Join(t.TempDir(), "images"))
+	must(t, err)
+	a, b := newLayer(t, st, "aaaa"), newLayer(t, st, "bb")
+	must(t, st.CreateImage("base", "", []string{a.Digest}, ImageMeta{}))
+	must(t, st.CreateImage("top", "base", []string{b.Digest}, ImageMeta{}))
+	info, _ := st.Info("top")
+	if n, err := st.Size("top"); err != nil || n != 6 || info.Bytes != 2 {
+		t.Errorf("Size(top) = %d, %v; own bytes %d", n, err, info.Bytes)
+	}
+}

@@ -186,6 +186,24 @@ func (s *Store) Layers(name string) ([]string, error) {
 	return out, nil
 }
 
+// Size returns the bytes of regular files of an image's whole stack (its base's layers
+// included), what a full copy of the image would hold.
+func (s *Store) Size(name string) (int64, error) {
+	info, err := s.Info(name)
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	for _, d := range info.Layers {
+		l, err := s.Layer(d)
+		if err != nil {
+			return 0, fmt.Errorf("image %s: %w", name, err)
+		}
+		n += l.Bytes
+	}
+	return n, nil
+}
+
 // Info reads one image's image.yaml.
 func (s *Store) Info(name string) (*Info, error) {
 	if err := CheckName(name); err != nil {

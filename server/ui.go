@@ -311,16 +311,14 @@ func (s *Server) config() *Config {
 	return s.cfg
 }
 
-// imageBytes is the size of an image's files: from the store's record for an imported
-// image, measured (and cached like uppers) for a path image.
+// imageBytes is the size of an image's files: from the store's records of its layers for a
+// store image, measured (and cached like uppers) for a path image.
 func (s *Server) imageBytes(cfg *Config, name string) int64 {
 	if im := cfg.Images[name]; im.Path != "" {
 		return s.sizes.get(im.Path)
 	}
-	if info, err := s.store.Info(name); err == nil {
-		return info.Bytes
-	}
-	return 0
+	n, _ := s.store.Size(name) // the whole stack: what a copy per board would hold
+	return n
 }
 
 type page struct {
@@ -520,14 +518,16 @@ func (u *webUI) handleImages(w http.ResponseWriter, r *http.Request) {
 		} else if info, err := u.s.store.Info(name); err != nil {
 			row.Err = err.Error()
 		} else {
-			row.Source, row.Format, row.Bytes = info.Source, info.Format, info.Bytes
+			row.Source, row.Format = info.Source, info.Format
+			row.Bytes, _ = u.s.store.Size(name)
 		}
 		rows = append(rows, row)
 	}
 	if infos, err := u.s.store.List(); err == nil {
 		for _, info := range infos {
 			if !seen[info.Name] {
-				rows = append(rows, imageView{Name: info.Name, Source: info.Source, Format: info.Format, Bytes: info.Bytes, Boards: users[info.Name]})
+				size, _ := u.s.store.Size(info.Name)
+				rows = append(rows, imageView{Name: info.Name, Source: info.Source, Format: info.Format, Bytes: size, Boards: users[info.Name]})
 			}
 		}
 	}
