@@ -92,6 +92,12 @@ func isV1Image(dir string) bool {
 	return err == nil
 }
 
+// IsLayout1Image reports whether image name of the store dir is in store layout 1 (or half
+// migrated): MigrateLayout1 has yet to convert it.
+func IsLayout1Image(dir, name string) bool {
+	return CheckName(name) == nil && isV1Image(filepath.Join(dir, name))
+}
+
 // Layout1Images lists the images of the store dir that are in store layout 1 (or half
 // migrated), sorted.
 func Layout1Images(dir string) ([]string, error) {

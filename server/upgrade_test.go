@@ -118,6 +118,15 @@ func TestUpgradeLayout1(t *testing.T) {
 		t.Fatalf("the layout 1 fixture has no prep layer: %v", err)
 	}
 
+	// check, like serve, accepts the layout 1 image (serve upgrades it), with a warning
+	cfg, _, err := Parse([]byte("server: {state: "+st.Dir+"}\nimages: {img: {}}\ndefaults: {image: img}\nboards:\n  - {name: alpha, serial: '000abc00'}\n"), "fleet.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ps := CheckImages(cfg); ps.Errors() > 0 || len(ps) != 1 || !strings.Contains(ps[0].Msg, "layout of an older pifleet") {
+		t.Errorf("check on a layout 1 state dir: %s", ps.Format("fleet.yaml"))
+	}
+
 	// The board runs on the layout 1 state dir: it writes a file and looks up some.
 	mountPort, stop := serveLayout1(t, st)
 	auth := rpc.AuthUnix{Machinename: "alpha", GidLen: 1}

@@ -121,6 +121,17 @@ func checkImages(cfg *Config, store *images.Store) Problems {
 	}
 	var ps Problems
 	for name, im := range cfg.Images {
+		if store != nil && im.Path == "" && images.IsLayout1Image(store.Dir(), name) {
+			// serve upgrades it at start (UpgradeState): as an imported image, on no base
+			p := Problem{Line: im.Line, Col: im.Col, Warning: true,
+				Msg: fmt.Sprintf("image %s is in the state dir layout of an older pifleet: `pifleet serve` (or any `pifleet image` command) upgrades it by renames", name)}
+			if im.Base != "" {
+				p = Problem{Line: im.BaseLine, Col: im.BaseCol,
+					Msg: fmt.Sprintf("image %s is not stacked on %s: in the state dir it was imported (by an older pifleet), not made on an image", name, im.Base)}
+			}
+			ps = append(ps, p)
+			continue
+		}
 		if _, err := imageLayers(cfg, store, name); err != nil {
 			p := Problem{Line: im.Line, Col: im.Col, Msg: err.Error(), Warning: !used[name]}
 			var be *baseError
