@@ -64,7 +64,8 @@ type ImageMeta struct {
 	Changes  []string
 	Comment  string
 	// Replace allows replacing an existing image of that name (not one another image is
-	// based on). Its layers no other image uses are removed.
+	// based on). Its layers no other image uses are kept for a day (a board running it may
+	// still have them mounted), then swept by OpenStore.
 	Replace bool
 }
 
@@ -386,12 +387,11 @@ func (s *Store) CreateImage(name, base string, layers []string, meta ImageMeta) 
 	}
 	syncDir(s.imageDir(name))
 	if old != nil {
-		now := map[string]bool{}
+		// A running board may still stack the old layers until it unmounts: they are left
+		// to the sweep of unused layers, a day from now.
 		for _, d := range old.Layers {
-			now[d] = true
+			s.touchLayer(d)
 		}
-		_, err := s.collect(now)
-		return err
 	}
 	return nil
 }
