@@ -184,22 +184,29 @@ func TestCreateImageStacksAndCollects(t *testing.T) {
 		t.Error(err)
 	}
 
-	// a layer no image uses is kept for a day (its image may be on the way), then swept
+	// a layer no image uses is kept for a day (its image may be on the way), then removed
+	// with the next image removed; opening the store never removes layers (a running server
+	// may stack them)
 	orphan := newLayer(t, st, "orphan\n")
-	if _, err := OpenStore(st.Dir()); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(orphan.Dir); err != nil {
-		t.Errorf("young orphan swept: %v", err)
-	}
+	young := newLayer(t, st, "young orphan\n")
+	must(t, st.CreateImage("other", "", []string{newLayer(t, st, "other\n").Digest}, ImageMeta{}))
 	old := time.Now().Add(-orphanGrace - time.Hour)
 	must(t, os.Chtimes(st.layerDir(orphan.Digest), old, old))
 	if _, err := OpenStore(st.Dir()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(orphan.Dir); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("old orphan kept: %v", err)
+	if _, err := os.Stat(orphan.Dir); err != nil {
+		t.Errorf("OpenStore removed an unused layer: %v", err)
 	}
+	gone, err = st.RemoveImage("other", nil)
+	must(t, err)
+	if len(gone) != 2 || !slices.ContainsFunc(gone, func(l Layer) bool { return l.Digest == orphan.Digest }) {
+		t.Errorf("removing other removed %+v, want its layer and the old orphan", gone)
+	}
+	if _, err := os.Stat(young.Dir); err != nil {
+		t.Errorf("young orphan removed: %v", err)
+	}
+	must(t, os.Chtimes(st.layerDir(young.Digest), old, old))
 	must(t, st.Remove("bookworm", nil))
 	assertEmptyStore(t, st)
 }

@@ -13,7 +13,6 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
 	"gopkg.in/yaml.v3"
 )
 
@@ -114,23 +113,14 @@ func OpenStore(dir string) (*Store, error) {
 }
 
 // sweep removes temp dirs older than a day: an import killed mid-way leaves one behind, and a
-// young one may belong to an import running right now in another process. Layers no image
-// has used for a day go too, unless another process holds the store lock.
+// young one may belong to an import running right now in another process. Unused layers are
+// not swept here: a running server may stack one (a board keeps the stack it mounted), so
+// they go only with RemoveImage, which runs with no server.
 func (s *Store) sweep() {
 	ents, err := os.ReadDir(s.dir)
 	if err != nil {
 		return
 	}
-	defer func() {
-		f, err := os.OpenFile(filepath.Join(s.dir, lockFileName), os.O_RDWR|os.O_CREATE, 0o600)
-		if err != nil {
-			return
-		}
-		defer f.Close()
-		if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) == nil {
-			_, _ = s.collect(nil)
-		}
-	}()
 	for _, e := range ents {
 		if !strings.HasPrefix(e.Name(), tmpPrefix) {
 			continue
@@ -448,7 +438,10 @@ func (s *Store) Remove(name string, usedBy []string) error {
 	return err
 }
 
-// RemoveImage is Remove, returning the layers it removed with the image.
+// RemoveImage is Remove, returning the layers it removed: the image's layers no other
+// image uses, and any other layer no image has used for a day (an abandoned AddLayer, the
+// layers of a replaced image). No server may run on the state dir meanwhile (`image rm`
+// holds its lock): a board may stack layers no image names any more.
 func (s *Store) RemoveImage(name string, usedBy []string) ([]Layer, error) {
 	if err := CheckName(name); err != nil {
 		return nil, err

@@ -168,7 +168,7 @@ func printImageTree(w io.Writer, cfg *server.Config, list []images.Info, all []i
 	fmt.Fprintf(w, "%d image(s), %d layer(s): %s of files on disk (%s if each image had its own copy)\n",
 		len(list), len(all), images.HumanBytes(onDisk), images.HumanBytes(copies))
 	if len(unused) > 0 {
-		fmt.Fprintf(w, "unused layers (removed a day after their last use): %s\n", strings.Join(unused, ", "))
+		fmt.Fprintf(w, "unused layers (the first `pifleet image rm` a day after their last use removes them): %s\n", strings.Join(unused, ", "))
 	}
 	return nil
 }
