@@ -64,7 +64,7 @@ type ImageMeta struct {
 	Comment  string
 	// Replace allows replacing an existing image of that name (not one another image is
 	// based on). Its layers no other image uses are kept for a day (a board running it may
-	// still have them mounted), then swept by OpenStore.
+	// still have them mounted); the next RemoveImage after that removes them.
 	Replace bool
 }
 
@@ -378,7 +378,7 @@ func (s *Store) CreateImage(name, base string, layers []string, meta ImageMeta) 
 	syncDir(s.imageDir(name))
 	if old != nil {
 		// A running board may still stack the old layers until it unmounts: they are left
-		// to the sweep of unused layers, a day from now.
+		// to RemoveImage's collection of unused layers, a day from now.
 		for _, d := range old.Layers {
 			s.touchLayer(d)
 		}
