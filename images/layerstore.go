@@ -253,8 +253,8 @@ func (s *Store) sameFS(dir string) error {
 	return nil
 }
 
-// touchLayer marks a layer as just used, so that the collection of unused layers leaves it to the image
-// about to be made with it.
+// touchLayer marks a layer as just used, so that the collection of unused layers leaves
+// it to the image about to be made with it.
 func (s *Store) touchLayer(digest string) {
 	now := time.Now()
 	_ = os.Chtimes(s.layerDir(digest), now, now)
