@@ -4,15 +4,16 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"sort"
 	"strings"
 	"testing"
@@ -23,67 +24,107 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// BenchmarkVsGanesha runs the same client against pifleet and nfs-ganesha 4.3 side by side,
-// both serving an overlay of one lower tree with a fresh upper (ganesha: a kernel overlayfs
-// mount), both on loopback, server and client pinned to CPU 0 (see BENCH-PEERS.md).
-// Ganesha and its rpcbind run in a network namespace the benchmark creates and deletes.
-// Needs root and the Debian packages nfs-ganesha nfs-ganesha-vfs rpcbind.
+// BenchmarkVsGanesha runs the same clients against three servers side by side in one run:
+// pifleet serving its overlay of a lower tree with a fresh upper, nfs-ganesha 4.3 serving
+// a kernel overlayfs mount of the same lower with a fresh upper, and the same ganesha
+// serving a plain copy of the lower directory. Each server and every client are pinned to
+// CPU 0 (see BENCH-PEERS.md); pifleet runs in its own process, as ganesha does. Everything
+// runs in a network namespace the benchmark creates and deletes.
+//
+// Needs root and the Debian packages nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils.
+// NFSROOT_BENCH_ROUNDS sets the rounds (default 5), NFSROOT_BENCH_ROWS keeps the rows
+// whose name contains one of its comma-separated words, NFSROOT_BENCH_CPUPROFILE writes
+// pifleet's CPU profile to that file.
 func BenchmarkVsGanesha(b *testing.B) {
 	needRoot(b)
 	require.Tools(b, map[string]string{"ganesha.nfsd": "nfs-ganesha nfs-ganesha-vfs", "rpcbind": "rpcbind",
-		"ip": "iproute2", "unshare": "util-linux", "taskset": "util-linux"})
+		"ip": "iproute2", "unshare": "util-linux", "taskset": "util-linux", "nfs-ls": "libnfs-utils"})
 	bb := newBenchBed(b)
 	restore := pinProcess(b, 0)
 	defer restore()
-	if la, err := os.ReadFile("/proc/loadavg"); err == nil {
-		b.Logf("load average: %s", strings.TrimSpace(string(la)))
-	}
-	servers := []struct {
-		name string
-		dial func() (*client, []byte)
-	}{{"pifleet", bb.dialPifleet}, {"ganesha", bb.dialGanesha}}
+	loadBefore := loadavg()
 	rows := []struct {
 		name string
-		run  func(b *testing.B, c *client, root []byte)
+		run  func(b *testing.B, sc *benchConn)
 	}{
-		{"read-256MiB", bb.seqRead},
-		{"write-64MiB-unstable+commit", bb.write},
-		{"readdirplus-10000", bb.list},
-		{"lookup+getattr+read-2000-small", bb.smallFiles},
+		{"read 256 MiB, 1 MiB READs, 1 in flight", bb.seqRead},
+		{"read 256 MiB, 128 KiB READs, 8 in flight", bb.readAhead},
+		{"write 64 MiB, 1 MiB, 1 in flight + COMMIT", func(b *testing.B, sc *benchConn) { bb.write(b, sc, 1) }},
+		{"write 64 MiB, 1 MiB, 8 in flight + COMMIT", func(b *testing.B, sc *benchConn) { bb.write(b, sc, 8) }},
+		{"READDIRPLUS 10,000 entries (Go client)", bb.list},
+		{"READDIRPLUS 10,000 entries (libnfs nfs-ls)", bb.nfsLs},
+		{"LOOKUP+GETATTR+READ 2,000 small files", bb.smallFiles},
 	}
-	// Rounds alternate the servers (and which goes first), and each cell is the median of
-	// its rounds: on a shared 2-CPU machine load comes in bursts, and back-to-back blocks
-	// per server would compare bursts, not servers.
+	// Rounds rotate the order of the servers, and each cell is the median of its rounds:
+	// on a shared machine load comes in bursts, and back-to-back blocks per server would
+	// compare bursts, not servers.
 	rounds := benchRounds()
-	conns := map[string]*client{}
-	roots := map[string][]byte{}
-	for _, srv := range servers {
-		conns[srv.name], roots[srv.name] = srv.dial()
-		defer conns[srv.name].c.Close()
+	conns := make([]*benchConn, len(bb.servers))
+	for i, srv := range bb.servers {
+		conns[i] = bb.dial(srv)
+		defer conns[i].c.c.Close()
 	}
 	var t strings.Builder
-	fmt.Fprintf(&t, "\nmedian of %d alternating rounds, server and client pinned to CPU 0\n", rounds)
-	fmt.Fprintf(&t, "| row | pifleet | ganesha | pifleet speed vs ganesha |\n|---|---|---|---|\n")
+	fmt.Fprintf(&t, "\nmedian (min-max) of %d rounds rotating the servers; each server and the clients pinned to CPU 0\n", rounds)
+	fmt.Fprintf(&t, "load average before: %s\n", loadBefore)
+	fmt.Fprintf(&t, "| row | pifleet | ganesha on overlayfs | ganesha on plain dir | pifleet time / overlayfs | / plain dir |\n|---|---|---|---|---|---|\n")
 	for _, row := range rows {
-		times := map[string][]time.Duration{}
+		if !rowWanted(row.name) {
+			continue
+		}
+		times := make([][]time.Duration, len(bb.servers))
 		for r := range rounds {
-			for k := range servers {
-				srv := servers[(k+r)%len(servers)]
+			for k := range bb.servers {
+				i := (k + r) % len(bb.servers)
 				start := time.Now()
-				row.run(b, conns[srv.name], roots[srv.name])
-				times[srv.name] = append(times[srv.name], time.Since(start))
+				row.run(b, conns[i])
+				times[i] = append(times[i], time.Since(start))
+				bb.cleanRound(b, conns[i])
 			}
 		}
-		p, g := median(times["pifleet"]), median(times["ganesha"])
-		b.ReportMetric(float64(p.Microseconds())/1000, row.name+"-pifleet-ms")
-		b.ReportMetric(float64(g.Microseconds())/1000, row.name+"-ganesha-ms")
-		fmt.Fprintf(&t, "| %s | %v | %v | %.2fx |\n", row.name, p.Round(time.Microsecond), g.Round(time.Microsecond), float64(g)/float64(p))
+		meds := make([]time.Duration, len(times))
+		fmt.Fprintf(&t, "| %s |", row.name)
+		for i, ts := range times {
+			meds[i] = median(ts)
+			lo, hi := spread(ts)
+			fmt.Fprintf(&t, " %s (%s-%s) |", fmtDur(meds[i]), fmtDur(lo), fmtDur(hi))
+			b.ReportMetric(float64(meds[i].Microseconds())/1000, strings.ReplaceAll(bb.servers[i].name+"/"+row.name, " ", "_")+"-ms")
+		}
+		fmt.Fprintf(&t, " %.2f | %.2f |\n", float64(meds[0])/float64(meds[1]), float64(meds[0])/float64(meds[2]))
 	}
-	if la, err := os.ReadFile("/proc/loadavg"); err == nil {
-		fmt.Fprintf(&t, "load average after: %s\n", strings.TrimSpace(string(la)))
-	}
+	fmt.Fprintf(&t, "load average after: %s\n", loadavg())
 	// Printed, not logged: the table is the point of `make bench`.
 	fmt.Print(t.String())
+}
+
+func loadavg() string {
+	la, _ := os.ReadFile("/proc/loadavg")
+	return strings.TrimSpace(string(la))
+}
+
+// rowWanted applies NFSROOT_BENCH_ROWS.
+func rowWanted(name string) bool {
+	v := os.Getenv("NFSROOT_BENCH_ROWS")
+	if v == "" {
+		return true
+	}
+	for w := range strings.SplitSeq(v, ",") {
+		if w != "" && strings.Contains(strings.ToLower(name), strings.ToLower(w)) {
+			return true
+		}
+	}
+	return false
+}
+
+func fmtDur(d time.Duration) string {
+	switch {
+	case d >= time.Second:
+		return fmt.Sprintf("%.2f s", d.Seconds())
+	case d >= 10*time.Millisecond:
+		return fmt.Sprintf("%.0f ms", float64(d.Microseconds())/1000)
+	default:
+		return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000)
+	}
 }
 
 // benchRounds is 5, or NFSROOT_BENCH_ROUNDS.
@@ -104,24 +145,53 @@ func median(d []time.Duration) time.Duration {
 	return s[len(s)/2]
 }
 
+func spread(d []time.Duration) (lo, hi time.Duration) {
+	if len(d) == 0 {
+		return 0, 0
+	}
+	lo, hi = d[0], d[0]
+	for _, x := range d {
+		lo, hi = min(lo, x), max(hi, x)
+	}
+	return lo, hi
+}
+
+// benchServer is one server under test, as reached inside the benchmark's namespace.
+type benchServer struct {
+	name      string
+	nfsPort   int
+	mountPort int
+	export    string // the MOUNT path
+}
+
+// benchConn is the benchmark's connection to one server, with its root handle.
+type benchConn struct {
+	srv  benchServer
+	c    *client
+	root []byte
+}
+
 type benchBed struct {
 	b        testing.TB
 	dir      string
 	lower    string
-	srvAddr  netip.AddrPort
 	ns       string
-	smallRel []string // paths of the small files, relative to the root
+	servers  []benchServer // pifleet, ganesha on overlayfs, ganesha on the plain dir
+	smallRel []string      // paths of the small files, relative to the root
+	written  []string      // files the last round wrote, removed after it
 }
 
 const (
 	ganeshaNFSPort   = 20490
 	ganeshaMountPort = 20048
+	pifleetBenchPort = 20491
 )
 
 func newBenchBed(b *testing.B) *benchBed {
 	bb := &benchBed{b: b, dir: b.TempDir(), ns: fmt.Sprintf("pfnfs-bench-%d", os.Getpid())}
 	bb.lower = filepath.Join(bb.dir, "lower")
 	bb.makeLower()
+	bb.makeNetns()
 	bb.startPifleet()
 	bb.startGanesha()
 	return bb
@@ -170,28 +240,16 @@ func (bb *benchBed) makeLower() {
 		bb.smallRel = append(bb.smallRel, rel)
 	}
 	sort.Strings(bb.smallRel)
+	// The plain directory ganesha exports: a copy, so that its writes do not land in the
+	// lower the overlays share.
+	if out, err := exec.Command("cp", "-a", bb.lower, filepath.Join(bb.dir, "plain")).CombinedOutput(); err != nil {
+		b.Fatalf("cp -a: %v\n%s", err, out)
+	}
 	unix.Sync()
 }
 
-func (bb *benchBed) startPifleet() {
-	b := bb.b
-	ofs, err := overlay.New(overlay.Options{Upper: filepath.Join(bb.dir, "pf-upper"), Work: filepath.Join(bb.dir, "pf-work"), Lowers: []string{bb.lower}})
-	must(b, err)
-	s := New(Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	s.SetExports([]Export{{Board: "bench", Path: "/bench", FS: ofs, StateDir: filepath.Join(bb.dir, "pf-state"),
-		Allow: func(a netip.Addr) bool { return a.IsLoopback() }}})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	must(b, err)
-	bb.srvAddr = netip.MustParseAddrPort(ln.Addr().String())
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = s.ServeNFS(ctx, ln) }()
-	b.Cleanup(func() { cancel(); <-done; s.SetExports(nil) })
-}
-
-// startGanesha runs rpcbind and ganesha in a fresh network namespace with only lo, and a
-// private /run, exporting a kernel overlayfs mount of the same lower with a fresh upper.
-func (bb *benchBed) startGanesha() {
+// makeNetns makes the benchmark's network namespace, with only lo up.
+func (bb *benchBed) makeNetns() {
 	b := bb.b
 	run := func(args ...string) {
 		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
@@ -203,18 +261,112 @@ func (bb *benchBed) startGanesha() {
 	run("ip", "netns", "exec", bb.ns, "ip", "link", "set", "lo", "up")
 	// glibc does not treat 127.0.0.1 as configured when only lo is up (BENCH-PEERS.md).
 	run("ip", "netns", "exec", bb.ns, "ip", "addr", "add", "127.0.0.2/8", "dev", "lo")
+}
+
+// TestHelperBenchServer is not a test: run by BenchmarkVsGanesha as a separate process,
+// pinned like ganesha, it serves an overlay of NFSROOT_BENCH_DIR/lower as /bench on
+// 127.0.0.1:NFSROOT_BENCH_PORT until SIGTERM.
+func TestHelperBenchServer(t *testing.T) {
+	dir := os.Getenv("NFSROOT_BENCH_DIR")
+	if dir == "" {
+		t.Skip("helper process for BenchmarkVsGanesha")
+	}
+	ofs, err := overlay.New(overlay.Options{Upper: filepath.Join(dir, "pf-upper"), Work: filepath.Join(dir, "pf-work"),
+		Lowers: []string{filepath.Join(dir, "lower")}})
+	must(t, err)
+	s := New(Options{Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	s.SetExports([]Export{{Board: "bench", Path: "/bench", FS: ofs, StateDir: filepath.Join(dir, "pf-state"),
+		Allow: func(a netip.Addr) bool { return a.IsLoopback() }}})
+	ln, err := net.Listen("tcp", "127.0.0.1:"+os.Getenv("NFSROOT_BENCH_PORT"))
+	must(t, err)
+	if p := os.Getenv("NFSROOT_BENCH_CPUPROFILE"); p != "" {
+		f, err := os.Create(p)
+		must(t, err)
+		must(t, pprof.StartCPUProfile(f))
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), unix.SIGTERM)
+	defer stop()
+	fmt.Printf("READY %s\n", ln.Addr())
+	_ = s.ServeNFS(ctx, ln)
+}
+
+// inNetns runs f on a thread switched into the benchmark's namespace: sockets it makes
+// and processes it starts live there. The thread is never given back to Go.
+func (bb *benchBed) inNetns(f func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // not unlocked: the thread dies with this goroutine
+		ns, err := os.Open("/var/run/netns/" + bb.ns)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer ns.Close()
+		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+			errc <- err
+			return
+		}
+		errc <- f()
+	}()
+	return <-errc
+}
+
+// startPifleet runs TestHelperBenchServer in the namespace, pinned to CPU 0.
+func (bb *benchBed) startPifleet() {
+	b := bb.b
+	cmd := exec.Command("taskset", "-c", "0", os.Args[0], "-test.run=^TestHelperBenchServer$", "-test.timeout=120m")
+	cmd.Env = append(os.Environ(), "NFSROOT_BENCH_DIR="+bb.dir, fmt.Sprintf("NFSROOT_BENCH_PORT=%d", pifleetBenchPort))
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	must(b, err)
+	must(b, bb.inNetns(cmd.Start))
+	ready := make(chan bool, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if strings.HasPrefix(sc.Text(), "READY ") {
+				ready <- true
+			}
+		}
+		close(ready)
+	}()
+	b.Cleanup(func() {
+		_ = cmd.Process.Signal(unix.SIGTERM)
+		_ = cmd.Wait()
+	})
+	select {
+	case ok := <-ready:
+		if !ok {
+			b.Fatal("pifleet bench server exited before it was ready")
+		}
+	case <-time.After(60 * time.Second):
+		b.Fatal("pifleet bench server did not start")
+	}
+	bb.servers = append(bb.servers, benchServer{name: "pifleet", nfsPort: pifleetBenchPort, mountPort: pifleetBenchPort, export: "/bench"})
+}
+
+// startGanesha runs rpcbind and ganesha in the namespace with a private /run. Ganesha
+// exports a kernel overlayfs mount of the same lower with a fresh upper, and the plain
+// copy of the lower.
+func (bb *benchBed) startGanesha() {
+	b := bb.b
 	m := filepath.Join(bb.dir, "ganesha-root")
+	plain := filepath.Join(bb.dir, "plain")
 	for _, d := range []string{m, filepath.Join(bb.dir, "g-upper"), filepath.Join(bb.dir, "g-work")} {
 		must(b, os.MkdirAll(d, 0o755))
 	}
 	// index and nfs_export make overlayfs file handles work, which FSAL_VFS needs.
-	run("mount", "-t", "overlay", "overlay", "-o", fmt.Sprintf("lowerdir=%s,upperdir=%s/g-upper,workdir=%s/g-work,index=on,nfs_export=on", bb.lower, bb.dir, bb.dir), m)
+	if out, err := exec.Command("mount", "-t", "overlay", "overlay", "-o", fmt.Sprintf("lowerdir=%s,upperdir=%s/g-upper,workdir=%s/g-work,index=on,nfs_export=on", bb.lower, bb.dir, bb.dir), m).CombinedOutput(); err != nil {
+		b.Fatalf("mount overlay: %v\n%s", err, out)
+	}
 	b.Cleanup(func() { _ = exec.Command("umount", m).Run() })
 	conf := filepath.Join(bb.dir, "ganesha.conf")
 	must(b, os.WriteFile(conf, []byte(fmt.Sprintf(`NFS_CORE_PARAM { Protocols = 3; NFS_Port = %d; MNT_Port = %d; Enable_NLM = false; Enable_RQUOTA = false; Enable_UDP = false; Bind_addr = 127.0.0.1; }
 NFSV4 { Graceless = true; }
 EXPORT { Export_Id = 1; Path = %s; Pseudo = /bench; Access_Type = RW; Squash = No_Root_Squash; Protocols = 3; Transports = TCP; FSAL { Name = VFS; } }
-`, ganeshaNFSPort, ganeshaMountPort, m)), 0o644))
+EXPORT { Export_Id = 2; Path = %s; Pseudo = /plain; Access_Type = RW; Squash = No_Root_Squash; Protocols = 3; Transports = TCP; FSAL { Name = VFS; } }
+`, ganeshaNFSPort, ganeshaMountPort, m, plain)), 0o644))
 	script := fmt.Sprintf("mount -t tmpfs tmpfs /run && mkdir -p /run/rpcbind && { rpcbind -f -w & echo $! > %s/rpcbind.pid; } && sleep 0.3 && exec taskset -c 0 ganesha.nfsd -F -L %s/ganesha.log -f %s -p %s/ganesha.pid -N NIV_EVENT",
 		bb.dir, bb.dir, conf, bb.dir)
 	cmd := exec.Command("ip", "netns", "exec", bb.ns, "unshare", "-m", "sh", "-c", script)
@@ -235,6 +387,9 @@ EXPORT { Export_Id = 1; Path = %s; Pseudo = /bench; Access_Type = RW; Squash = N
 	for range 300 {
 		if c, err := bb.dialNetns(ganeshaMountPort); err == nil {
 			c.Close()
+			bb.servers = append(bb.servers,
+				benchServer{name: "ganesha on overlayfs", nfsPort: ganeshaNFSPort, mountPort: ganeshaMountPort, export: m},
+				benchServer{name: "ganesha on plain dir", nfsPort: ganeshaNFSPort, mountPort: ganeshaMountPort, export: plain})
 			return
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -243,55 +398,29 @@ EXPORT { Export_Id = 1; Path = %s; Pseudo = /bench; Access_Type = RW; Squash = N
 	b.Fatalf("ganesha did not start:\n%s", log)
 }
 
-// dialNetns connects to 127.0.0.1:port inside the benchmark's namespace. The socket is
-// made on a thread switched into the namespace; that thread is never given back to Go.
+// dialNetns connects to 127.0.0.1:port inside the benchmark's namespace.
 func (bb *benchBed) dialNetns(port int) (net.Conn, error) {
-	type res struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan res, 1)
-	go func() {
-		runtime.LockOSThread() // not unlocked: the thread dies with this goroutine
-		f, err := os.Open("/var/run/netns/" + bb.ns)
-		if err != nil {
-			ch <- res{err: err}
-			return
-		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			ch <- res{err: err}
-			return
-		}
-		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 5*time.Second)
-		ch <- res{c, err}
-	}()
-	r := <-ch
-	return r.c, r.err
+	var c net.Conn
+	err := bb.inNetns(func() (err error) {
+		c, err = net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 5*time.Second)
+		return err
+	})
+	return c, err
 }
 
-func (bb *benchBed) mountWith(c *client, path string) []byte {
-	st, fh := c.mnt(path)
-	if st != 0 {
-		bb.b.Fatalf("mount %s: status %d", path, st)
-	}
-	return fh
-}
-
-func (bb *benchBed) dialPifleet() (*client, []byte) {
-	c := dialFrom(bb.b, netip.MustParseAddr("127.0.0.1"), bb.srvAddr)
-	return c, bb.mountWith(c, "/bench")
-}
-
-func (bb *benchBed) dialGanesha() (*client, []byte) {
-	mc, err := bb.dialNetns(ganeshaMountPort)
+// dial mounts srv's export and opens the connection the rows use.
+func (bb *benchBed) dial(srv benchServer) *benchConn {
+	mc, err := bb.dialNetns(srv.mountPort)
 	must(bb.b, err)
 	m := &client{t: bb.b, c: mc, br: bufio.NewReader(mc), xid: 100}
-	root := bb.mountWith(m, filepath.Join(bb.dir, "ganesha-root"))
+	st, root := m.mnt(srv.export)
+	if st != 0 {
+		bb.b.Fatalf("%s: mount %s: status %d", srv.name, srv.export, st)
+	}
 	mc.Close()
-	nc, err := bb.dialNetns(ganeshaNFSPort)
+	nc, err := bb.dialNetns(srv.nfsPort)
 	must(bb.b, err)
-	return &client{t: bb.b, c: nc, br: bufio.NewReader(nc), xid: 100}, root
+	return &benchConn{srv: srv, c: &client{t: bb.b, c: nc, br: bufio.NewReader(nc), xid: 100}, root: root}
 }
 
 const benchIO = 1 << 20
@@ -318,15 +447,8 @@ func skipPostOpAttr(r *xdrReader) {
 	}
 }
 
-// fastRead reads one chunk and returns its length.
-func (c *client) fastRead(b *testing.B, fh []byte, off uint64, n uint32) int {
-	w := fhArgs(fh)
-	w.u64(off)
-	w.u32(n)
-	st, r := c.rawNFS(6, w.b)
-	if st != 0 {
-		b.Fatalf("read at %d: %d", off, st)
-	}
+// readData decodes a READ result after its status and returns the data's length.
+func readData(b *testing.B, r *xdrReader) int {
 	skipPostOpAttr(r)
 	r.u32()
 	r.bool()
@@ -337,12 +459,86 @@ func (c *client) fastRead(b *testing.B, fh []byte, off uint64, n uint32) int {
 	return len(data)
 }
 
-func (bb *benchBed) seqRead(b *testing.B, c *client, root []byte) {
-	fh := c.fastLookup(b, root, "big")
-	var total int
-	for off := uint64(0); off < 256<<20; off += benchIO {
-		total += c.fastRead(b, fh, off, benchIO)
+// fastRead reads one chunk and returns its length.
+func (c *client) fastRead(b *testing.B, fh []byte, off uint64, n uint32) int {
+	w := fhArgs(fh)
+	w.u64(off)
+	w.u32(n)
+	st, r := c.rawNFS(6, w.b)
+	if st != 0 {
+		b.Fatalf("read at %d: %d", off, st)
 	}
+	return readData(b, r)
+}
+
+// pipeline makes n NFS calls of procedure proc with depth of them in flight (as a kernel
+// client's readahead or writeback does), and hands each result after its NFS status,
+// which must be OK, to check.
+func (c *client) pipeline(b *testing.B, proc uint32, n, depth int, args func(i int) []byte, check func(r *xdrReader)) {
+	_ = c.c.SetDeadline(time.Now().Add(2 * time.Minute))
+	sent := 0
+	send := func() {
+		if _, err := c.c.Write(c.callMsg(progNFS, 3, proc, rawArgs(args(sent)))); err != nil {
+			b.Fatal(err)
+		}
+		sent++
+	}
+	for sent < min(depth, n) {
+		send()
+	}
+	var buf []byte
+	for range n {
+		rec, err := readRecord(c.br, buf, 1<<30)
+		if err != nil {
+			b.Fatal(err)
+		}
+		buf = rec
+		r := &xdrReader{b: rec}
+		r.u32() // xid: replies come in any order, each is checked alike
+		if r.u32() != rpcReply || r.u32() != msgAccepted {
+			b.Fatalf("proc %d: not an accepted reply", proc)
+		}
+		r.u32()
+		r.opaque(maxAuthBody)
+		if st := r.u32(); st != acceptSuccess {
+			b.Fatalf("proc %d: accept_stat %d", proc, st)
+		}
+		if st := r.u32(); st != 0 || r.err != nil {
+			b.Fatalf("proc %d: status %d %v", proc, st, r.err)
+		}
+		check(r)
+		if sent < n {
+			send()
+		}
+	}
+}
+
+func (bb *benchBed) seqRead(b *testing.B, sc *benchConn) {
+	fh := sc.c.fastLookup(b, sc.root, "big")
+	var total int
+	sc.c.pipeline(b, 6, 256<<20/benchIO, 1, func(i int) []byte {
+		w := fhArgs(fh)
+		w.u64(uint64(i) * benchIO)
+		w.u32(benchIO)
+		return w.b
+	}, func(r *xdrReader) { total += readData(b, r) })
+	if total != 256<<20 {
+		b.Fatalf("read %d bytes", total)
+	}
+}
+
+// readAhead reads the big file as the Linux client's readahead does: 128 KiB READs, 8 in
+// flight.
+func (bb *benchBed) readAhead(b *testing.B, sc *benchConn) {
+	const chunk = 128 << 10
+	fh := sc.c.fastLookup(b, sc.root, "big")
+	var total int
+	sc.c.pipeline(b, 6, 256<<20/chunk, 8, func(i int) []byte {
+		w := fhArgs(fh)
+		w.u64(uint64(i) * chunk)
+		w.u32(chunk)
+		return w.b
+	}, func(r *xdrReader) { total += readData(b, r) })
 	if total != 256<<20 {
 		b.Fatalf("read %d bytes", total)
 	}
@@ -350,10 +546,13 @@ func (bb *benchBed) seqRead(b *testing.B, c *client, root []byte) {
 
 var benchSeq int
 
-func (bb *benchBed) write(b *testing.B, c *client, root []byte) {
+// write creates a file and writes 64 MiB to it in 1 MiB UNSTABLE WRITEs, depth of them
+// in flight, then COMMITs.
+func (bb *benchBed) write(b *testing.B, sc *benchConn, depth int) {
+	c := sc.c
 	benchSeq++
 	name := fmt.Sprintf("w%d", benchSeq)
-	w := fhArgs(root)
+	w := fhArgs(sc.root)
 	w.str(name)
 	w.u32(createUnchecked)
 	w.b = append(w.b, make([]byte, 6*4)...) // empty sattr3
@@ -363,15 +562,20 @@ func (bb *benchBed) write(b *testing.B, c *client, root []byte) {
 	}
 	fh := r.opaque(maxFHSize)
 	data := make([]byte, benchIO)
-	for off := uint64(0); off < 64<<20; off += benchIO {
+	written := 0
+	c.pipeline(b, 7, 64<<20/benchIO, depth, func(i int) []byte {
 		w := fhArgs(fh)
-		w.u64(off)
+		w.u64(uint64(i) * benchIO)
 		w.u32(benchIO)
 		w.u32(unstable)
 		w.opaque(data)
-		if st, _ := c.rawNFS(7, w.b); st != 0 {
-			b.Fatalf("write: %d", st)
-		}
+		return w.b
+	}, func(r *xdrReader) {
+		skipWcc(r)
+		written += int(r.u32())
+	})
+	if written != 64<<20 {
+		b.Fatalf("wrote %d bytes", written)
 	}
 	w = fhArgs(fh)
 	w.u64(0)
@@ -379,11 +583,31 @@ func (bb *benchBed) write(b *testing.B, c *client, root []byte) {
 	if st, _ := c.rawNFS(21, w.b); st != 0 {
 		b.Fatalf("commit: %d", st)
 	}
-	// Not removed here: removal would be timed too; the temp dir goes at the end.
+	bb.written = append(bb.written, name)
 }
 
-func (bb *benchBed) list(b *testing.B, c *client, root []byte) {
-	dir := c.fastLookup(b, root, "dir10k")
+func skipWcc(r *xdrReader) {
+	if r.bool() {
+		r.fixed(24)
+	}
+	skipPostOpAttr(r)
+}
+
+// cleanRound removes what a round wrote, untimed, so the disk does not fill up.
+func (bb *benchBed) cleanRound(b *testing.B, sc *benchConn) {
+	for _, name := range bb.written {
+		w := fhArgs(sc.root)
+		w.str(name)
+		if st, _ := sc.c.rawNFS(12, w.b); st != 0 {
+			b.Fatalf("remove %s: %d", name, st)
+		}
+	}
+	bb.written = nil
+}
+
+func (bb *benchBed) list(b *testing.B, sc *benchConn) {
+	c := sc.c
+	dir := c.fastLookup(b, sc.root, "dir10k")
 	n := 0
 	cookie := uint64(0)
 	var verf []byte = make([]byte, 8)
@@ -421,8 +645,25 @@ func (bb *benchBed) list(b *testing.B, c *client, root []byte) {
 	}
 }
 
-func (bb *benchBed) smallFiles(b *testing.B, c *client, root []byte) {
-	dirs := map[string][]byte{".": root}
+// nfsLs lists the 10,000-entry directory with libnfs's nfs-ls (READDIRPLUS), pinned to
+// CPU 0 like the server; process start is part of the time, alike for every server.
+func (bb *benchBed) nfsLs(b *testing.B, sc *benchConn) {
+	url := fmt.Sprintf("nfs://127.0.0.1%s/dir10k?version=3&nfsport=%d&mountport=%d&auto-traverse-mounts=0",
+		sc.srv.export, sc.srv.nfsPort, sc.srv.mountPort)
+	cmd := exec.Command("taskset", "-c", "0", "nfs-ls", url)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := bb.inNetns(cmd.Run); err != nil {
+		b.Fatalf("nfs-ls %s: %v\n%s", url, err, out.String())
+	}
+	if n := strings.Count(out.String(), "entry-"); n != 10000 {
+		b.Fatalf("nfs-ls listed %d entries:\n%.2000s", n, out.String())
+	}
+}
+
+func (bb *benchBed) smallFiles(b *testing.B, sc *benchConn) {
+	c := sc.c
+	dirs := map[string][]byte{".": sc.root}
 	var dirOf func(string) []byte
 	dirOf = func(d string) []byte {
 		if fh, ok := dirs[d]; ok {
