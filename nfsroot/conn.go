@@ -81,23 +81,21 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, addr netip.Addr, p *
 			cc.closing(ctx, err)
 			return
 		}
-		bp := s.records.Get().(*[]byte)
-		rec, err := readRecord(br, *bp, limit)
+		rec, err := readRecordGrow(br, s.bufs.get(0), limit, &s.bufs)
 		if err != nil {
-			s.putRecord(bp, nil)
 			cc.closing(ctx, err)
 			return
 		}
 		h, cerr := parseCall(rec)
 		if h == nil {
-			s.putRecord(bp, rec) // a reply or junk without an xid: nothing to answer
+			s.bufs.put(rec) // a reply or junk without an xid: nothing to answer
 			continue
 		}
 		// Hold the call's bytes before running it: with the budget spent (replies the
 		// peer does not read, calls that wait on the disk) the socket is not read.
 		cost := callCost(h, rec)
 		if err := cc.reserve(ctx, cost); err != nil {
-			s.putRecord(bp, rec)
+			s.bufs.put(rec)
 			return
 		}
 		// With nothing else waiting on the socket, answer on this goroutine: handing a
@@ -105,8 +103,8 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, addr netip.Addr, p *
 		// loaded machine is most of a small call's latency. Pipelined requests, and calls
 		// that may wait on the disk, get their own goroutines so they run side by side.
 		if br.Buffered() == 0 && !mayBlock(h) {
-			reply := s.dispatch(cc, h, cerr, cost)
-			s.putRecord(bp, rec)
+			reply := s.dispatch(cc, h, cerr)
+			s.bufs.put(rec)
 			cc.write(reply, cost)
 			continue
 		}
@@ -117,8 +115,8 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, addr netip.Addr, p *
 				<-sem
 				wg.Done()
 			}()
-			reply := s.dispatch(cc, h, cerr, cost)
-			s.putRecord(bp, rec)
+			reply := s.dispatch(cc, h, cerr)
+			s.bufs.put(rec)
 			cc.write(reply, cost)
 		}()
 	}
@@ -139,21 +137,6 @@ func (cc *conn) closing(ctx context.Context, err error) {
 		cc.warn("closing connection", "err", err)
 	}
 }
-
-// putRecord keeps a record's buffer for the next one unless it grew big.
-func (s *Server) putRecord(bp *[]byte, rec []byte) {
-	if rec != nil {
-		*bp = rec
-	}
-	if cap(*bp) > maxPooled {
-		return
-	}
-	*bp = (*bp)[:0]
-	s.records.Put(bp)
-}
-
-// maxPooled is the largest buffer kept for reuse.
-const maxPooled = 64 << 10
 
 // mayBlock reports calls that can wait on an fsync: COMMIT and stable WRITEs.
 func mayBlock(h *rpcCallHdr) bool {
@@ -217,28 +200,8 @@ func (cc *conn) write(rec []byte, cost int64) {
 		}
 		cc.c.Close()
 	}
-	cc.s.putReply(rec)
+	cc.s.bufs.put(rec)
 	cc.unreserve(cost)
-}
-
-// getReply returns a buffer for a reply of about size bytes.
-func (s *Server) getReply(size int64) []byte {
-	if size > maxPooled {
-		return make([]byte, 0, size+512)
-	}
-	if b, ok := s.replies.Get().(*[]byte); ok {
-		return (*b)[:0]
-	}
-	return make([]byte, 0, 8<<10)
-}
-
-// putReply keeps a sent reply's buffer for the next one unless it is big.
-func (s *Server) putReply(b []byte) {
-	if cap(b) > maxPooled {
-		return
-	}
-	b = b[:0]
-	s.replies.Put(&b)
 }
 
 // errGarbage makes dispatch answer GARBAGE_ARGS.
@@ -246,20 +209,20 @@ var errGarbage = errors.New("garbage arguments")
 
 // dispatch answers one call and returns the reply record. With an Observer, it times
 // the call (one time.Now pair, nothing allocated) and reports it once answered.
-func (s *Server) dispatch(cc *conn, h *rpcCallHdr, cerr *callError, size int64) []byte {
+func (s *Server) dispatch(cc *conn, h *rpcCallHdr, cerr *callError) []byte {
 	defer h.release() // before the reply is sent: a reset waits for calls, not for peers
 	if s.observe == nil {
-		return s.answer(cc, h, cerr, size)
+		return s.answer(cc, h, cerr)
 	}
 	start := time.Now()
-	rec := s.answer(cc, h, cerr, size)
+	rec := s.answer(cc, h, cerr)
 	s.observe(callOf(h, rec, time.Since(start)))
 	return rec
 }
 
 // answer runs one call's procedure and returns the reply record.
-func (s *Server) answer(cc *conn, h *rpcCallHdr, cerr *callError, size int64) []byte {
-	w := replyBuf(s.getReply(size), h.xid)
+func (s *Server) answer(cc *conn, h *rpcCallHdr, cerr *callError) []byte {
+	w := replyBuf(s.bufs.get(replySize(h)), h.xid)
 	if cerr != nil {
 		cc.warn("refusing call", "prog", h.prog, "vers", h.vers, "proc", h.proc, "err", cerr.err)
 		w.callError(cerr, 0, 0)

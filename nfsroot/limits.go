@@ -219,13 +219,18 @@ func (cc *conn) unreserve(n int64) {
 	cc.s.bytes.release(n)
 }
 
-// callCost is what a call may hold until its reply is sent: its record and its reply,
-// estimated from the arguments (READ and READDIR(PLUS) say how much they want).
+// callCost is what a call may hold until its reply is sent: its record's buffer and the
+// buffer its reply is built in (replySize, rounded up as the pool does).
 func callCost(h *rpcCallHdr, rec []byte) int64 {
+	return int64(cap(rec) + bufCap(replySize(h)))
+}
+
+// replySize estimates a call's reply from its arguments: READ and READDIR(PLUS) say how
+// much they want, everything else is small.
+func replySize(h *rpcCallHdr) int {
 	const small = 1 << 10
-	n := int64(cap(rec)) + small
 	if h == nil || h.prog != progNFS || h.vers != 3 {
-		return n
+		return small
 	}
 	r := xdrReader{b: h.args}
 	r.opaque(maxFHSize)
@@ -245,7 +250,7 @@ func callCost(h *rpcCallHdr, rec []byte) int64 {
 		want = r.u32()
 	}
 	if r.err != nil {
-		return n
+		return small
 	}
-	return n + int64(min(want, maxIO))
+	return small + int(min(want, maxIO))
 }

@@ -61,6 +61,13 @@ var errRecordTooLong = errors.New("rpc: record longer than the server accepts")
 // bytes into buf, growing it only as fragments actually arrive so a declared length costs
 // nothing until sent.
 func readRecord(r io.Reader, buf []byte, limit int) ([]byte, error) {
+	return readRecordGrow(r, buf, limit, nil)
+}
+
+// readRecordGrow is readRecord with buffers from pool: a record that outgrows buf moves
+// to a bigger one and buf goes back to the pool. The caller puts back only the record
+// returned, never buf (it may be back in the pool already); after an error, nothing.
+func readRecordGrow(r io.Reader, buf []byte, limit int, pool *bufPool) ([]byte, error) {
 	buf = buf[:0]
 	var hdr [4]byte
 	for frag := 0; ; frag++ {
@@ -84,7 +91,14 @@ func readRecord(r io.Reader, buf []byte, limit int) ([]byte, error) {
 		for n > 0 {
 			step := min(n, 64<<10)
 			start := len(buf)
-			buf = slices.Grow(buf, step)[:start+step] // a pooled buffer is reused as is
+			if cap(buf)-start < step {
+				if pool != nil {
+					buf = pool.grow(buf, start+step)
+				} else {
+					buf = slices.Grow(buf, step)
+				}
+			}
+			buf = buf[:start+step] // a reused buffer is reused as is
 			if _, err := io.ReadFull(r, buf[start:]); err != nil {
 				if errors.Is(err, io.EOF) {
 					err = io.ErrUnexpectedEOF

@@ -39,10 +39,8 @@ type Server struct {
 	exports atomic.Pointer[exportSet]
 	setMu   sync.Mutex
 
-	// Small buffers of received records and of replies, reused across calls. Big ones
-	// (a 1 MiB READ or WRITE) are not kept: an idle server holds no megabytes.
-	records sync.Pool
-	replies sync.Pool
+	// Buffers of received records and of replies, reused across calls (bufpool.go).
+	bufs bufPool
 
 	lim        limits
 	bytes      *budget // bytes all calls and queued replies hold (limits.totalBytes)
@@ -117,7 +115,6 @@ func New(opts Options) *Server {
 	s := &Server{log: log, onMount: opts.OnMount, observe: opts.Observer, peers: make(map[netip.Addr]*peer),
 		rl: ratelog.New(log, logBurst, logEvery), lim: defaultLimits()}
 	s.bytes = newBudget(s.lim.totalBytes)
-	s.records.New = func() any { b := make([]byte, 0, 64<<10); return &b }
 	_, _ = rand.Read(s.verf[:])
 	s.exports.Store(&exportSet{byID: map[uint64]*export{}, byPath: map[string]*export{}})
 	return s
