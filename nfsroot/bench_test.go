@@ -80,11 +80,11 @@ func BenchmarkVsGanesha(b *testing.B) {
 		for r := range rounds {
 			for k := range bb.servers {
 				i := (k + r) % len(bb.servers)
-				cpu0 := cpuTime(bb.servers[i].pid)
+				cpu0 := cpuTimes(bb.servers[i].pid)
 				start := time.Now()
 				row.run(b, conns[i])
 				times[i] = append(times[i], time.Since(start))
-				cpus[i] = append(cpus[i], cpuTime(bb.servers[i].pid)-cpu0)
+				cpus[i] = append(cpus[i], cpuSince(bb.servers[i].pid, cpu0))
 				bb.cleanRound(b, conns[i])
 			}
 		}
@@ -115,13 +115,11 @@ func tableRow(name string, ds [][]time.Duration) string {
 	return t.String()
 }
 
-// cpuTime is the CPU time the process has used, summed over its threads from their
-// schedstat (nanoseconds; /proc/PID/stat counts clock ticks, too coarse for a 50 ms row).
-// Threads that exited are not counted: ganesha's and Go's threads live as long as the
-// process.
-func cpuTime(pid int) time.Duration {
+// cpuTimes is the CPU time each thread of the process has used so far (nanoseconds, from
+// its schedstat: /proc/PID/stat counts clock ticks, too coarse for a 50 ms row).
+func cpuTimes(pid int) map[string]int64 {
 	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
-	var sum int64
+	m := make(map[string]int64, len(tasks))
 	for _, task := range tasks {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/schedstat", pid, task.Name()))
 		if err != nil {
@@ -129,8 +127,19 @@ func cpuTime(pid int) time.Duration {
 		}
 		var ns int64
 		if _, err := fmt.Sscan(string(b), &ns); err == nil {
-			sum += ns
+			m[task.Name()] = ns
 		}
+	}
+	return m
+}
+
+// cpuSince is the CPU time the process's threads used since before was taken. A thread
+// that exited meanwhile is not counted (ganesha ends idle worker threads now and then, so
+// its figure may be a little low; pifleet's threads live as long as the process).
+func cpuSince(pid int, before map[string]int64) time.Duration {
+	var sum int64
+	for tid, ns := range cpuTimes(pid) {
+		sum += ns - before[tid]
 	}
 	return time.Duration(sum)
 }
