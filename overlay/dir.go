@@ -223,34 +223,65 @@ func (o *FS) merged(d *mdir, firstOnly bool) ([]*node, error) {
 	}
 	var out []*node
 	for i, p := range d.parts {
-		names, err := readNames(p.real)
-		if err != nil {
-			return nil, err
-		}
-		for _, name := range names {
+		err := statNames(p.real, func(name string, st *unix.Stat_t) bool {
 			if seen != nil {
 				if seen[name] {
-					continue
+					return true
 				}
 				seen[name] = true
 			}
-			n := &node{parent: d, name: name, part: i, layer: p.layer, real: p.real + "/" + name}
-			if err := unix.Lstat(n.real, &n.st); err != nil {
-				if err == unix.ENOENT {
-					continue
-				}
-				return nil, err
+			if isWhiteout(st) {
+				return true
 			}
-			if isWhiteout(&n.st) {
-				continue
-			}
-			out = append(out, n)
-			if firstOnly {
-				return out, nil
-			}
+			out = append(out, &node{parent: d, name: name, part: i, layer: p.layer, real: p.real + "/" + name, st: *st})
+			return !firstOnly
+		})
+		if err != nil {
+			return nil, err
+		}
+		if firstOnly && len(out) > 0 {
+			return out, nil
 		}
 	}
 	return out, nil
+}
+
+// statNames calls f with each entry of dir and its lstat, until f returns false. Entries
+// are stat'ed relative to the open directory (fstatat), not by their full path: a big
+// directory costs one path walk, not one per entry. Entries gone meanwhile are skipped.
+func statNames(dir string, f func(name string, st *unix.Stat_t) bool) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return underlying(err)
+	}
+	defer d.Close()
+	names, err := d.Readdirnames(-1)
+	if err != nil {
+		return underlying(err)
+	}
+	rc, err := d.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		var st unix.Stat_t
+		for _, name := range names {
+			if err := unix.Fstatat(int(fd), name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+				if err == unix.ENOENT {
+					continue
+				}
+				serr = err
+				return
+			}
+			if !f(name, &st) {
+				return
+			}
+		}
+	}); err != nil {
+		return err
+	}
+	return serr
 }
 
 func readNames(dir string) ([]string, error) {
