@@ -146,15 +146,25 @@ type dirCache struct {
 }
 
 type dirList struct {
-	verf    uint64
-	ents    []fs.FileInfo
-	at      time.Time
-	changes uint64 // export.changes when read; 0 if a change was in flight
+	verf     uint64
+	ents     []fs.FileInfo
+	at       time.Time
+	changes  uint64 // export.changes when read
+	reusable bool   // false if a change ran while it was read
+	// The directory's mtime and ctime before it was read, and whether they were at least
+	// dirSettle older than the read: then a later stat showing the same times says no
+	// entry was added, removed or renamed since (see fresh).
+	mtime, ctime time.Time
+	settled      bool
 }
 
 const (
 	maxDirLists = 8
 	dirListTTL  = 30 * time.Second
+	// dirSettle is how long a directory must have been unchanged when it is read for its
+	// listing to be checked by its times alone: a change in the same clock tick as the
+	// read would leave the times as they were.
+	dirSettle = time.Second
 )
 
 func (c *dirCache) get(dir, verf uint64) *dirList {
@@ -167,24 +177,43 @@ func (c *dirCache) get(dir, verf uint64) *dirList {
 	return l
 }
 
-// fresh returns the listing of dir if it was read after the last change in the export.
-func (c *dirCache) fresh(dir, changes uint64) *dirList {
+// fresh returns the listing of dir if it was read after the last change in the export and
+// still shows the directory as it is now (st, its status now).
+func (c *dirCache) fresh(dir, changes uint64, st *fstat) *dirList {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	l := c.m[dir]
-	// A new listing may reuse one only briefly (resolvedTTL): continuing a listing with its
-	// verifier may take dirListTTL, starting one shows the directory as it is now.
-	if l == nil || l.changes == 0 || l.changes != changes || time.Since(l.at) > resolvedTTL {
+	if l == nil || !l.reusable || l.changes != changes {
 		return nil
 	}
-	return l
+	// Every change through NFS moves the export's count; what the count cannot see (a
+	// change behind NFS) a new listing trusts for resolvedTTL, like every other cached
+	// status, or for as long as a listing may be continued (dirListTTL) if the directory
+	// shows the times it had when it was read: an entry added, removed or renamed moves
+	// them.
+	age := time.Since(l.at)
+	if age <= resolvedTTL {
+		return l
+	}
+	if l.settled && age <= dirListTTL && st != nil && st.mtime.Equal(l.mtime) && st.ctime.Equal(l.ctime) {
+		return l
+	}
+	return nil
 }
 
-func (c *dirCache) put(dir uint64, ents []fs.FileInfo, changes uint64) *dirList {
+// put keeps the listing ents of dir, read with the export's change count at changes, and
+// reusable unless a change ran meanwhile; st is the directory's status taken before the
+// read.
+func (c *dirCache) put(dir uint64, ents []fs.FileInfo, changes uint64, reusable bool, st *fstat) *dirList {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.next++
-	l := &dirList{verf: c.next | uint64(time.Now().UnixNano())<<20, ents: ents, at: time.Now(), changes: changes}
+	now := time.Now()
+	l := &dirList{verf: c.next | uint64(now.UnixNano())<<20, ents: ents, at: now, changes: changes, reusable: reusable}
+	if st != nil {
+		l.mtime, l.ctime = st.mtime, st.ctime
+		l.settled = now.Sub(st.mtime) > dirSettle && now.Sub(st.ctime) > dirSettle
+	}
 	if len(c.m) >= maxDirLists {
 		for k, v := range c.m {
 			if time.Since(v.at) > dirListTTL || len(c.m) >= maxDirLists {

@@ -90,7 +90,7 @@ func (q *req) lookup(dirID uint64, dirPath string, dirSt *fstat, name string) (u
 
 // listing returns the directory entries for a READDIR(PLUS) starting at cookie. A cookie is
 // the index after the entry it follows in the listing named by the verifier.
-func (q *req) listing(dirID uint64, dirPath string, cookie, verf uint64) (*dirList, nfs.NFSStatus) {
+func (q *req) listing(dirID uint64, dirPath string, dirSt *fstat, cookie, verf uint64) (*dirList, nfs.NFSStatus) {
 	if cookie != 0 {
 		if l := q.e.dirs.get(dirID, verf); l != nil {
 			return l, nfs.NFSStatusOk
@@ -98,7 +98,7 @@ func (q *req) listing(dirID uint64, dirPath string, cookie, verf uint64) (*dirLi
 	}
 	before := q.e.changes.Load()
 	if q.e.changing.Load() == 0 {
-		if l := q.e.dirs.fresh(dirID, before); l != nil {
+		if l := q.e.dirs.fresh(dirID, before, dirSt); l != nil {
 			return l, nfs.NFSStatusOk
 		}
 	}
@@ -106,12 +106,11 @@ func (q *req) listing(dirID uint64, dirPath string, cookie, verf uint64) (*dirLi
 	if err != nil {
 		return nil, q.fail("readdir", dirPath, err)
 	}
-	if q.e.changing.Load() != 0 || q.e.changes.Load() != before {
-		before = 0 // something changed while reading: serve it, never reuse it
-	}
+	// Something changed while reading: serve it, never reuse it.
+	reusable := q.e.changing.Load() == 0 && q.e.changes.Load() == before
 	// A client continuing an expired listing gets a fresh one read from the same index on:
 	// entries may shift if the directory changed, as on any server without stable cookies.
-	return q.e.dirs.put(dirID, ents, before), nfs.NFSStatusOk
+	return q.e.dirs.put(dirID, ents, before, reusable, dirSt), nfs.NFSStatusOk
 }
 
 func (s *Server) onReaddir(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) error {
@@ -147,7 +146,7 @@ func (s *Server) readdir(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter, pl
 	}
 	var l *dirList
 	if status == nfs.NFSStatusOk {
-		l, status = q.listing(dirID, dirPath, cookie, verf)
+		l, status = q.listing(dirID, dirPath, dirSt, cookie, verf)
 	}
 	// Positions 0 and 1 are "." and "..", as knfsd and ganesha list them (some clients,
 	// go-nfs-client among them, need "."); the entry at position i has cookie i+1.
