@@ -152,11 +152,28 @@ func (o *FS) openNode(name string, n *node, flag int) (*File, error) {
 	default:
 		return nil, pathErr("open", name, unix.ENXIO)
 	}
-	f, err := os.OpenFile(n.real, flag|unix.O_NOFOLLOW, 0)
+	f, err := openReal(n.real, flag|unix.O_NOFOLLOW)
 	if err != nil {
 		return nil, pathErr("open", name, err)
 	}
 	return &File{name: name, f: f, layer: n.layer}, nil
+}
+
+// openReal opens an existing real file or directory like os.OpenFile, but does not offer
+// the descriptor to the netpoller: os.OpenFile does for every file (fcntl twice, epoll_ctl,
+// which a regular file or directory refuses, and fcntl twice again), five syscalls that
+// were a third of those of a small file's NFS READ.
+func openReal(p string, flag int) (*os.File, error) {
+	for {
+		fd, err := unix.Open(p, flag|unix.O_CLOEXEC, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, &fs.PathError{Op: "open", Path: p, Err: err}
+		}
+		return os.NewFile(uintptr(fd), p), nil
+	}
 }
 
 // Getxattr returns the value of attr on the open file, wherever its name now is (or after
