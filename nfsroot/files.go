@@ -51,10 +51,10 @@ func (o *openFiles) get(fsys FileSystem, id uint64, path string, write bool) (*o
 		return nil, err
 	}
 	f := &openFile{f: bf, id: id, rw: write, refs: 1}
+	var done [2]*openFile // to close once unlocked, on this goroutine
 	o.mu.Lock()
-	defer o.mu.Unlock()
 	if old := o.m[id]; old != nil {
-		o.dropLocked(old)
+		done[0] = o.dropLocked(old)
 	}
 	o.tick++
 	f.used, f.at = o.tick, time.Now()
@@ -67,7 +67,13 @@ func (o *openFiles) get(fsys FileSystem, id uint64, path string, write bool) (*o
 			}
 		}
 		if victim != nil {
-			o.dropLocked(victim)
+			done[1] = o.dropLocked(victim)
+		}
+	}
+	o.mu.Unlock()
+	for _, d := range done {
+		if d != nil {
+			d.f.Close()
 		}
 	}
 	return f, nil
@@ -94,15 +100,26 @@ func (o *openFiles) put(f *openFile) {
 	}
 }
 
-func (o *openFiles) dropLocked(f *openFile) {
+// dropLocked takes f out of the cache; the last user to put it closes it. It returns f if
+// nobody holds it: the caller closes it once unlocked (a close may flush to disk).
+func (o *openFiles) dropLocked(f *openFile) *openFile {
 	if o.m[f.id] == f {
 		delete(o.m, f.id)
 	}
 	if !f.dead {
 		f.dead = true
 		if f.refs == 0 {
-			go f.f.Close() // may flush to disk: not under the lock
+			return f
 		}
+	}
+	return nil
+}
+
+// dropLockedAsync is dropLocked for callers that drop many files at once: the closes run
+// on their own goroutine, not under the lock.
+func (o *openFiles) dropLockedAsync(f *openFile) {
+	if c := o.dropLocked(f); c != nil {
+		go c.f.Close()
 	}
 }
 
@@ -112,7 +129,7 @@ func (o *openFiles) forget(id uint64) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if f := o.m[id]; f != nil && !f.rw {
-		o.dropLocked(f)
+		o.dropLockedAsync(f)
 	}
 }
 
@@ -122,7 +139,7 @@ func (o *openFiles) closeIdle(idle time.Duration) {
 	defer o.mu.Unlock()
 	for _, f := range o.m {
 		if f.refs == 0 && time.Since(f.at) > idle {
-			o.dropLocked(f)
+			o.dropLockedAsync(f)
 		}
 	}
 }
@@ -131,7 +148,7 @@ func (o *openFiles) closeAll() {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	for _, f := range o.m {
-		o.dropLocked(f)
+		o.dropLockedAsync(f)
 	}
 }
 
