@@ -111,3 +111,42 @@ func TestListingReusedWhileDirUnchanged(t *testing.T) {
 		t.Fatalf("after a create: %d entries (want %d), %d reads (want 3)", got, n+2, cfs.reads.Load())
 	}
 }
+
+// statCountingFS counts the Lstat calls of one path.
+type statCountingFS struct {
+	FileSystem
+	path  string
+	stats atomic.Int32
+}
+
+func (c *statCountingFS) Lstat(name string) (fs.FileInfo, error) {
+	if name == c.path {
+		c.stats.Add(1)
+	}
+	return c.FileSystem.Lstat(name)
+}
+
+// A GETATTR right after the LOOKUP that found a file does not stat it again.
+func TestLookupThenGetattrStatsOnce(t *testing.T) {
+	f := newFixture(t)
+	cfs := &statCountingFS{path: "/etc/hostname"}
+	exps := append([]Export(nil), f.exps...)
+	for i := range exps {
+		if exps[i].Board == "pi-a" {
+			cfs.FileSystem = exps[i].FS
+			exps[i].FS = cfs
+		}
+	}
+	f.srv.SetExports(exps)
+	c, root := f.client("pi-a")
+	st, fh, _ := c.lookup(c.walk(root, "etc"), "hostname")
+	wantStatus(t, "lookup", st, 0)
+	st, attr := c.getattr(fh)
+	wantStatus(t, "getattr", st, 0)
+	if attr.Filesize != 5 {
+		t.Fatalf("getattr: size %d", attr.Filesize)
+	}
+	if n := cfs.stats.Load(); n != 1 {
+		t.Fatalf("LOOKUP+GETATTR stat'ed the file %d times, want 1", n)
+	}
+}

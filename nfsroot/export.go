@@ -176,13 +176,19 @@ func (e *export) resolve(fileID uint64) (string, *fstat, nfs.NFSStatus) {
 			continue
 		}
 		if st, ok := statOf(fi); ok && st.fileID == fileID {
-			if quiet && e.changing.Load() == 0 && e.changes.Load() == before {
-				e.resolved.put(fileID, p, st, before)
-			}
+			e.remember(fileID, p, &st, before, quiet)
 			return p, &st, nfs.NFSStatusOk
 		}
 	}
 	return "", nil, nfs.NFSStatusStale
+}
+
+// remember caches that fileID is at p with status st, found with the change count at
+// before and no change running (quiet), unless a change has run since.
+func (e *export) remember(fileID uint64, p string, st *fstat, before uint64, quiet bool) {
+	if quiet && e.changing.Load() == 0 && e.changes.Load() == before {
+		e.resolved.put(fileID, p, *st, before)
+	}
 }
 
 // resolvedCache remembers what resolve found, valid only while the export's change count

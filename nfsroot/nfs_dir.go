@@ -77,10 +77,14 @@ func (q *req) lookup(dirID uint64, dirPath string, dirSt *fstat, name string) (u
 		_, st, status := q.e.resolve(ls[0].parent)
 		return ls[0].parent, st, status
 	}
-	st, status := q.lstat(joinPath(dirPath, name))
+	p := joinPath(dirPath, name)
+	before, quiet := q.e.changes.Load(), q.e.changing.Load() == 0
+	st, status := q.lstat(p)
 	if status != nfs.NFSStatusOk {
 		return 0, nil, status
 	}
+	// The GETATTR, ACCESS or READ that usually follows finds the file without a path walk.
+	q.e.remember(st.fileID, p, st, before, quiet)
 	if err := q.e.tbl.sync(q.e.learn(dirID, name, st)); err != nil {
 		q.logger().Error("recording handle", "path", joinPath(dirPath, name), "err", err)
 		return 0, nil, nfs.NFSStatusServerFault
