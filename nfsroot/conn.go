@@ -21,17 +21,23 @@ const (
 	// writeTimeout closes a connection whose peer stopped reading replies, so its stuck
 	// writers give their memory back instead of waiting forever.
 	writeTimeout = 2 * time.Minute
+	// deadlineSlack: a deadline is moved only when it would move by more than its
+	// timeout/deadlineSlack, not on every call (each move costs a runtime timer update); a
+	// timeout may so end up to 1/64 early.
+	deadlineSlack = 64
 )
 
 // conn is one client connection.
 type conn struct {
-	s     *Server
-	c     net.Conn
-	addr  netip.Addr
-	log   *slog.Logger
-	wmu   sync.Mutex
-	peer  *peer   // its address's share of the limits
-	bytes *budget // its own: calls in flight and replies not yet sent
+	s    *Server
+	c    net.Conn
+	addr netip.Addr
+	log  *slog.Logger
+	wmu  sync.Mutex
+	// writeDeadline is the socket's write deadline as last set (under wmu).
+	writeDeadline time.Time
+	peer          *peer   // its address's share of the limits
+	bytes         *budget // its own: calls in flight and replies not yet sent
 }
 
 // warn logs a warning about what the peer sent, rate-limited per client address.
@@ -61,6 +67,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, addr netip.Addr, p *
 	sem := make(chan struct{}, s.lim.inFlightPerConn)
 	known := !stranger
 	connected := time.Now()
+	var readDeadline time.Time // as last set
 	for {
 		// Checked until the address turns out to belong to a board (its IP may be learned
 		// after it connected), then trusted for the connection's life: calls are still
@@ -76,7 +83,10 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, addr netip.Addr, p *
 		}
 		// Wait for the next call holding no record buffer: an idle connection costs its
 		// read buffer and nothing more.
-		_ = c.SetReadDeadline(deadline)
+		if deadline.Sub(readDeadline) > s.lim.idleBoard/deadlineSlack || deadline.Before(readDeadline) {
+			readDeadline = deadline
+			_ = c.SetReadDeadline(deadline)
+		}
 		if _, err := br.Peek(1); err != nil {
 			cc.closing(ctx, err)
 			return
@@ -191,7 +201,10 @@ func (s *Server) known(a netip.Addr) bool { return s.boardFor(a) != "unknown" }
 // write sends a reply and gives back the bytes its call held.
 func (cc *conn) write(rec []byte, cost int64) {
 	cc.wmu.Lock()
-	_ = cc.c.SetWriteDeadline(time.Now().Add(writeTimeout))
+	if d := time.Now().Add(writeTimeout); d.Sub(cc.writeDeadline) > writeTimeout/deadlineSlack {
+		cc.writeDeadline = d
+		_ = cc.c.SetWriteDeadline(d)
+	}
 	_, err := cc.c.Write(rec)
 	cc.wmu.Unlock()
 	if err != nil {
