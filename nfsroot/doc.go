@@ -36,8 +36,9 @@
 // before it runs until its reply is sent, against three byte budgets: 4 MiB per connection,
 // 16 MiB per address, 96 MiB in all. A spent budget stops the reading of that connection
 // (backpressure): a peer that does not read its replies gets no more calls read, and what it
-// holds is bounded. Connections wait for a call holding a 4 KiB read buffer and nothing else;
-// only buffers up to 64 KiB are pooled. An Accept error such as EMFILE is retried with
+// holds is bounded. Connections wait for a call holding a 4 KiB read buffer and nothing else.
+// Records and replies are built in pooled buffers (bufpool.go, size classes of 8 KiB to 1 MiB);
+// a call's cost is the capacity of both, so the budgets bound the pool too. An Accept error such as EMFILE is retried with
 // back-off (5 ms doubling to 1 s), counted (Stats) and logged; a listener that dies ends
 // ServeNFS/ServeMount with an error. Log lines about a client are rate-limited per address
 // (internal/ratelog: 5, then 1 a minute, and a "suppressed log lines" summary).
@@ -59,8 +60,8 @@
 // table (go-nfs's handles live in an in-memory LRU) or bounded decoding (go-nfs-client's xdr
 // allocates what a request declares). The few left (NULL, FSSTAT, FSINFO, PATHCONF) would
 // have needed a second handle translation and an in-process pipe for a few lines each, so
-// they are answered here too. Replies are encoded by hand into byte slices (pooled up to
-// 64 KiB) because reflection-based xdr.Write costs more than the file system call on the hot
+// they are answered here too. Replies are encoded by hand into byte slices (pooled)
+// because reflection-based xdr.Write costs more than the file system call on the hot
 // path.
 //
 // # File handles (handle.go, table.go)
@@ -86,8 +87,10 @@
 // Per export: up to 32 open files (READ and WRITE through an open descriptor need no path
 // walk, and a file removed while open stays readable through its handle); resolved handles
 // and directory listings, reused only while the export's change count stands still (every
-// mutating NFS call bumps it before and after, a reload bumps it) and for 2 s at most;
-// listings being walked with a cookie verifier live 30 s. Idle boards drop all of it.
+// mutating NFS call bumps it before and after, a reload bumps it) and for 2 s at most (a
+// listing: 30 s while its directory's mtime and ctime have not moved, which they do when an
+// entry is added, removed or renamed behind NFS); listings being walked with a cookie
+// verifier live 30 s. Idle boards drop all of it.
 //
 // # Unix semantics
 //
