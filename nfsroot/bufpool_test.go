@@ -44,3 +44,14 @@ func TestBufPool(t *testing.T) {
 		t.Fatalf("reply of a 128 KiB READ: size %d in a %d buffer", replySize(h), bufCap(replySize(h)))
 	}
 }
+
+// A GETACL with the largest ACLs the server stores fits the buffer its cost was charged for.
+func TestGetACLReplyFits(t *testing.T) {
+	h := &rpcCallHdr{prog: progNFSACL, vers: 3, proc: 1}
+	// Two ACLs of maxACLEntries entries (type, id, perm), with their counts, attributes and
+	// the RPC header.
+	worst := 2*(maxACLEntries*12+8) + 4 + 88 + 4 + 64
+	if bufCap(replySize(h)) < worst {
+		t.Fatalf("GETACL reply buffer %d bytes, the largest reply %d", bufCap(replySize(h)), worst)
+	}
+}

@@ -226,9 +226,12 @@ func callCost(h *rpcCallHdr, rec []byte) int64 {
 }
 
 // replySize estimates a call's reply from its arguments: READ and READDIR(PLUS) say how
-// much they want, everything else is small.
+// much they want, GETACL may carry two ACLs of maxACLEntries, everything else is small.
 func replySize(h *rpcCallHdr) int {
 	const small = 1 << 10
+	if h != nil && h.prog == progNFSACL && h.proc == 1 {
+		return small + 2*maxACLEntries*12 // GETACL: an access and a default ACL
+	}
 	if h == nil || h.prog != progNFS || h.vers != 3 {
 		return small
 	}
