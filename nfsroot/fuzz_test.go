@@ -16,13 +16,22 @@ func FuzzReadRecord(f *testing.F) {
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff})
 	f.Add([]byte{0, 0, 0, 0, 0, 0, 0, 0, 0x80, 0, 0, 0})
 	f.Add([]byte{0x80, 0x10, 0, 0, 1})
+	f.Add(append([]byte{0x80, 0x01, 0x00, 0x00}, make([]byte, 64<<10)...)) // grows past a pooled buffer
 	f.Fuzz(func(t *testing.T, data []byte) {
-		r := bytes.NewReader(data)
+		// The pooled reader (as connections use it, reusing each record's buffer for the
+		// next) reads the same records as the plain one.
+		var pool bufPool
+		r, pr := bytes.NewReader(data), bytes.NewReader(data)
 		for range 100 { // every call consumes input or fails
 			rec, err := readRecord(r, nil, maxRecord)
+			prec, perr := readRecordGrow(pr, pool.get(0), maxRecord, &pool)
+			if (err == nil) != (perr == nil) || !bytes.Equal(rec, prec) {
+				t.Fatalf("pooled reader: %d bytes, %v; plain: %d bytes, %v", len(prec), perr, len(rec), err)
+			}
 			if err != nil {
 				return
 			}
+			pool.put(prec)
 			if len(rec) > maxRecord {
 				t.Fatalf("record of %d bytes accepted", len(rec))
 			}
