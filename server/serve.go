@@ -161,6 +161,7 @@ func (s *Server) prepare() error {
 		return err
 	}
 	s.install(snap)
+	s.recordImages(snap)
 	s.relearn(snap)
 	s.log.Info("boards prepared", "boards", len(snap.boards), "took", time.Since(start).Round(time.Millisecond))
 	return nil
@@ -175,6 +176,7 @@ func prepareWorkers(boards int) int {
 // onEvent counts the event. (Addresses are bound on evidence only, by liveFleet.Bind:
 // an event's client address is whatever the request came from.)
 func (s *Server) onEvent(e boot.Event) {
+	s.switchAtBootloaderDHCP(e) // before the offer goes out
 	s.metrics.event(e)
 	s.ui.hub.publish(e)
 }
@@ -243,24 +245,33 @@ func (s *Server) buildSnapshot(cfg *Config, prev *snapshot) (*snapshot, error) {
 	boards := map[string]*boardRT{}
 	errs := make([]error, len(cfg.Boards))
 	type job struct {
-		i      int
-		lowers []string
+		i        int
+		run      imageStack
+		pending  *imageStack
+		restored bool
 	}
 	var jobs []job
 	for i, b := range cfg.Boards {
-		lowers, err := s.imageLayers(cfg, b.Image)
+		layers, err := s.imageLayers(cfg, b.Image)
 		if err != nil {
 			errs[i] = fmt.Errorf("board %s: %w", b.Name, err)
 			continue
 		}
-		lowers = append([]string{s.state.Identity(b.Name)}, lowers...)
+		run, pending, restored := s.runningStack(b.Name, imageStack{Image: b.Image, Layers: layers}, prev)
 		if prev != nil && prev.serverIP == serverIP && prev.cfg.Server.Ports == cfg.Server.Ports {
-			if old, ok := prev.boards[b.Name]; ok && sameBoard(old.cfg, b) && slices.Equal(old.lowers, lowers) {
-				boards[b.Name] = old
+			if old, ok := prev.boards[b.Name]; ok && sameBoardBut(old.cfg, b) && old.run.same(run) {
+				if sameBoard(old.cfg, b) && samePending(old.pending, pending) && old.restored == restored {
+					boards[b.Name] = old
+					continue
+				}
+				// Unchanged but for a pending image: the same overlay, so the same export.
+				rt := *old
+				rt.cfg, rt.run, rt.pending, rt.restored = b, run, pending, restored
+				boards[b.Name] = &rt
 				continue
 			}
 		}
-		jobs = append(jobs, job{i, lowers})
+		jobs = append(jobs, job{i, run, pending, restored})
 	}
 	// Open the new and changed boards in parallel: a first start generates SSH host keys.
 	opened := make([]*boardRT, len(cfg.Boards))
@@ -271,7 +282,10 @@ func (s *Server) buildSnapshot(cfg *Config, prev *snapshot) (*snapshot, error) {
 		go func() {
 			defer wg.Done()
 			for j := range next {
-				opened[j.i], errs[j.i] = s.openBoard(cfg, cfg.Boards[j.i], j.lowers)
+				opened[j.i], errs[j.i] = s.openBoard(cfg, cfg.Boards[j.i], j.run)
+				if opened[j.i] != nil {
+					opened[j.i].pending, opened[j.i].restored = j.pending, j.restored
+				}
 			}
 		}()
 	}
@@ -291,8 +305,9 @@ func (s *Server) buildSnapshot(cfg *Config, prev *snapshot) (*snapshot, error) {
 	return newSnapshot(cfg, serverIP, boards), nil
 }
 
-// openBoard prepares one board's identity layer and overlay.
-func (s *Server) openBoard(cfg *Config, b Board, lowers []string) (*boardRT, error) {
+// openBoard prepares one board's identity layer and overlay over the image run.
+func (s *Server) openBoard(cfg *Config, b Board, run imageStack) (*boardRT, error) {
+	lowers := append([]string{s.state.Identity(b.Name)}, run.Layers...)
 	// lowers[0] is the identity layer itself; the image is read for the first user
 	id := images.Identity{Hostname: b.Hostname, Serial: b.Serial, Image: lowers[1:]}
 	if b.MAC != nil {
@@ -310,11 +325,11 @@ func (s *Server) openBoard(cfg *Config, b Board, lowers []string) (*boardRT, err
 	}
 	bb := &boot.Board{
 		Name: b.Name, MAC: b.MAC, Serial: b.Serial, IP: b.IP, Hostname: b.Hostname,
-		Firmware: fs.IOFS("boot/firmware"),
+		Firmware: &firmwareFS{s: s, board: b.Name, own: fs.IOFS("boot/firmware")},
 		NFSRoot:  NFSRoot(cfg.Server.Address.Addr().String(), b.Name, cfg.Server.Ports),
 		Cmdline:  b.Cmdline, Config: b.Config,
 	}
-	return &boardRT{cfg: b, lowers: lowers, fs: fs, boot: bb}, nil
+	return &boardRT{cfg: b, run: run, lowers: lowers, fs: fs, boot: bb}, nil
 }
 
 // install makes snap the live fleet: boot sees it at once, NFS gets the new export table.
@@ -341,6 +356,20 @@ func cmpString(a, b string) int {
 		return 1
 	}
 	return 0
+}
+
+func samePending(a, b *imageStack) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Image == b.Image && a.same(*b)
+}
+
+// sameBoardBut is sameBoard but for the image: whether a board's stack changes is
+// decided on its layers (runningStack).
+func sameBoardBut(a, b Board) bool {
+	a.Image = b.Image
+	return sameBoard(a, b)
 }
 
 func sameBoard(a, b Board) bool {
@@ -566,6 +595,7 @@ func (s *Server) watch(ctx context.Context) error {
 			s.Reload(true)
 		case <-tick.C:
 			s.Reload(false)
+			s.switchUnmounted()
 		}
 	}
 }
@@ -628,6 +658,7 @@ func (s *Server) Reload(force bool) (bool, error) {
 	}
 	old := s.fleet.cur.Load()
 	s.install(snap)
+	s.recordImages(snap)
 	s.cfg = cfg
 	s.metrics.reloaded()
 	for name := range old.boards {
@@ -643,7 +674,14 @@ func (s *Server) Reload(force bool) (bool, error) {
 				s.timeline.ForgetUnknown(b.cfg.MAC) // no longer a stranger
 			}
 			s.log.Info("board added to the fleet", "board", name, "mac", b.cfg.MAC.String())
-		} else if ob != b {
+		} else if b.pending != nil && (ob.pending == nil || !ob.pending.same(*b.pending)) {
+			s.log.Info("board keeps its image until its next boot: its root is mounted", "board", name,
+				"mac", b.cfg.MAC.String(), "image", b.run.Image, "pending", b.pending.Image)
+		} else if ob.pending != nil && b.pending == nil && ob.run.same(b.run) {
+			s.log.Info("board's pending image withdrawn: it keeps the one it runs", "board", name, "mac", b.cfg.MAC.String(), "image", b.run.Image)
+		} else if ob != b && !ob.run.same(b.run) {
+			s.log.Info("board switched image", "board", name, "mac", b.cfg.MAC.String(), "image", b.run.Image, "was", ob.run.Image, "at", "reload (not mounted)")
+		} else if ob.fs != b.fs {
 			s.log.Info("board changed", "board", name, "mac", b.cfg.MAC.String())
 		}
 	}

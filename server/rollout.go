@@ -1,0 +1,266 @@
+package server
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"maps"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/pifleet/pifleet/boot"
+)
+
+// Rolling an image out (and back): a board's image changes in fleet.yaml (its own image:,
+// its group's, or the defaults'), and the board takes the new stack of lowers at its next
+// boot, never under a mounted root. Its upper stays: its changes shadow the new image
+// like a rebased container layer.
+//
+// On a reload, a board whose lowers change switches at once unless it has its root
+// mounted (nfsroot.Server.Mounted, the check a reset makes). A mounted board keeps its
+// running stack and is pending; it switches at the first of:
+//   - a DHCP DISCOVER from its bootloader (Pi firmware, U-Boot: not the kernel's or the
+//     OS's DHCP), recorded before the offer goes out: the board's system is gone, and
+//     everything it fetches next (firmware, kernel, root) comes from the new image;
+//   - a TFTP read of its firmware that starts a new boot as the timeline counts boots
+//     (its last boot mounted its root, or it was silent for boot.BootGap): for boards
+//     whose DHCP pifleet does not see (dhcp mode off, a router pointing at pifleet);
+//     the switch happens before the file is opened;
+//   - it no longer counts as mounted (it unmounted, or it has been silent for five
+//     minutes: powered off).
+//
+// An NFS MOUNT is not a switch point: by then the board's kernel and config.txt came
+// from the stack it runs, and a MOUNT may come from a board that is running.
+// The switch replaces the board's export; nfsroot fences it, so the calls running on
+// the old stack finish before the new one is in place (as a reset does). Handles stay
+// valid: they live in the board's NFS state dir, not in the stack.
+//
+// The stack a board runs is recorded in boards/<board>/image.json with the one it ran
+// before its last switch: `board diff --conflicts` compares them, and a restarted server
+// opens a board on the stack it ran (pending the new one) rather than switching it under
+// a system that may have kept running across the restart.
+
+// imageStack is an image by name and the dirs of its layers, topmost first (without the
+// board's identity layer, which tops every board's lowers).
+type imageStack struct {
+	Image  string   `json:"image"`
+	Layers []string `json:"layers"`
+}
+
+func (a imageStack) same(b imageStack) bool { return slices.Equal(a.Layers, b.Layers) }
+
+// imageRecord is boards/<board>/image.json.
+type imageRecord struct {
+	imageStack
+	// Previous is what the board ran before its last switch (nil: it never switched).
+	Previous *imageStack `json:"previous,omitempty"`
+	Switched time.Time   `json:"switched,omitzero"`
+}
+
+// restartGrace is how long after a start a board that was pending before the restart
+// keeps its stack although it shows no sign of a mount: a board that kept running
+// across the restart has not called yet. It matches nfsroot's idle time for a mount.
+const restartGrace = 5 * time.Minute
+
+func readImageRecord(st State, board string) (imageRecord, bool) {
+	var r imageRecord
+	data, err := os.ReadFile(st.ImageRecord(board))
+	if err != nil || json.Unmarshal(data, &r) != nil || len(r.Layers) == 0 {
+		return imageRecord{}, false
+	}
+	return r, true
+}
+
+// layersExist reports whether every layer dir is still there (an image removed from
+// the store while a board ran it is not brought back).
+func layersExist(layers []string) bool {
+	for _, l := range layers {
+		if fi, err := os.Stat(l); err != nil || !fi.IsDir() {
+			return false
+		}
+	}
+	return len(layers) > 0
+}
+
+// recordImages writes the image record of every board of snap whose running stack is
+// not the one recorded: the previous one becomes Previous.
+func (s *Server) recordImages(snap *snapshot) {
+	for name, rt := range snap.boards {
+		rec, ok := readImageRecord(s.state, name)
+		if ok && rec.same(rt.run) {
+			continue
+		}
+		next := imageRecord{imageStack: rt.run}
+		if ok {
+			prev := rec.imageStack
+			next.Previous, next.Switched = &prev, time.Now().UTC()
+		}
+		data, _ := json.MarshalIndent(next, "", "  ")
+		if err := writeFileAtomic(s.state.ImageRecord(name), append(data, '\n')); err != nil {
+			s.log.Warn("cannot record the board's image (board diff --conflicts needs it)", "board", name, "image", rt.run.Image, "err", err)
+		}
+	}
+}
+
+// runningStack decides which stack a board of a new snapshot runs: want (fleet.yaml's)
+// unless the board has its root mounted on another stack, which it then keeps, with
+// want pending. At start (no previous snapshot) the stack recorded for the board counts
+// as the one it runs.
+func (s *Server) runningStack(name string, want imageStack, prev *snapshot) (run imageStack, pending *imageStack, restored bool) {
+	if prev != nil {
+		old, ok := prev.boards[name]
+		if !ok || old.run.same(want) || !s.nfs.Mounted(name) {
+			return want, nil, false
+		}
+		return old.run, &want, old.restored
+	}
+	rec, ok := readImageRecord(s.state, name)
+	if !ok || rec.same(want) || !layersExist(rec.Layers) {
+		return want, nil, false
+	}
+	return rec.imageStack, &want, true
+}
+
+// switchPending moves a pending board to the stack fleet.yaml gives it. why says what
+// made it safe (for the log).
+func (s *Server) switchPending(name, why string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	snap := s.fleet.cur.Load()
+	rt, ok := snap.boards[name]
+	if !ok || rt.pending == nil {
+		return
+	}
+	nrt, err := s.openBoard(snap.cfg, rt.cfg, *rt.pending)
+	if err != nil {
+		s.log.Error("board keeps its image: cannot open the new one", "board", name, "mac", macString(rt.cfg),
+			"image", rt.run.Image, "pending", rt.pending.Image, "err", err)
+		return
+	}
+	boards := maps.Clone(snap.boards)
+	boards[name] = nrt
+	next := newSnapshot(snap.cfg, snap.serverIP, boards)
+	s.install(next) // fences the old export: no call runs on the old stack after this
+	s.recordImages(next)
+	s.log.Info("board switched image", "board", name, "mac", macString(rt.cfg), "image", nrt.run.Image,
+		"was", rt.run.Image, "at", why)
+}
+
+// switchAtBootloaderDHCP switches a pending board when its bootloader asks for an address
+// (see the comment at the top). Called from the timeline's OnEvent, before the offer.
+func (s *Server) switchAtBootloaderDHCP(e boot.Event) {
+	if e.Stage != boot.StageDHCP || e.What != "discover" {
+		return
+	}
+	switch e.Agent {
+	case boot.AgentPi, boot.AgentPiROM, boot.AgentPXE:
+	default:
+		return // the kernel's ip=dhcp or the running system
+	}
+	if rt, ok := s.fleet.cur.Load().boards[e.Board]; ok && rt.pending != nil {
+		s.switchPending(e.Board, "boot (DHCP from its bootloader)")
+	}
+}
+
+// switchAtTFTPBoot switches a pending board whose TFTP read starts a new boot (see the
+// comment at the top).
+func (s *Server) switchAtTFTPBoot(name string) {
+	rt, ok := s.fleet.cur.Load().boards[name]
+	if !ok || rt.pending == nil {
+		return
+	}
+	last, boots := s.timeline.Last(name)
+	if boots > 0 && !last.Mounted() {
+		at := last.Start
+		if n := len(last.Events); n > 0 {
+			at = last.Events[n-1].Time
+		}
+		if time.Since(at) <= boot.BootGap {
+			return // a boot under way that has not mounted yet: it started on the stack it runs
+		}
+	}
+	s.switchPending(name, "boot (TFTP read of its firmware)")
+}
+
+// switchUnmounted switches the pending boards that no longer count as mounted. The
+// server's housekeeping calls it every second.
+func (s *Server) switchUnmounted() {
+	for name, rt := range s.fleet.cur.Load().boards {
+		if rt.pending == nil || s.nfs.Mounted(name) || (rt.restored && time.Since(s.started) < restartGrace) {
+			continue
+		}
+		s.switchPending(name, "not mounted")
+	}
+}
+
+// firmwareFS is a board's /boot/firmware for TFTP: a read that starts a new boot
+// switches a pending board first, and every file comes from the stack the board runs
+// at that moment.
+type firmwareFS struct {
+	s     *Server
+	board string
+	own   fs.FS // the firmware of the boardRT it was made for
+}
+
+// Open implements fs.FS.
+func (f *firmwareFS) Open(name string) (fs.File, error) {
+	f.s.switchAtTFTPBoot(f.board)
+	if rt, ok := f.s.fleet.cur.Load().boards[f.board]; ok {
+		return rt.fs.IOFS("boot/firmware").Open(name)
+	}
+	return f.own.Open(name)
+}
+
+// stacks returns the stacks `board diff --conflicts` compares for a board: old is what
+// it runs (pending a switch) or ran before its last switch; new is what it will run or
+// runs now.
+func (s *Server) stacks(name string) (old, new imageStack, pending bool, err error) {
+	rt, ok := s.fleet.cur.Load().boards[name]
+	if !ok {
+		return old, new, false, fmt.Errorf("board %s: not in the fleet", name)
+	}
+	if rt.pending != nil {
+		return rt.run, *rt.pending, true, nil
+	}
+	rec, ok := readImageRecord(s.state, name)
+	if !ok || rec.Previous == nil || !rec.same(rt.run) {
+		return old, new, false, fmt.Errorf("board %s: %w: it runs image %s", name, ErrNoSwitch, rt.run.Image)
+	}
+	return *rec.Previous, rt.run, false, nil
+}
+
+// ErrNoSwitch: `board diff --conflicts` of a board that has no image switch pending
+// and never switched.
+var ErrNoSwitch = errors.New("no image switch to compare (change its image in fleet.yaml first)")
+
+// Conflicts lists what the board changed that its image changed too, between the stack
+// it ran and the one it runs (or, pending, between the one it runs and the one it will
+// run): see ImageConflicts.
+func (s *Server) Conflicts(name string) (Conflict, error) {
+	old, new, pending, err := s.stacks(name)
+	if err != nil {
+		return Conflict{}, err
+	}
+	c, err := boardConflicts(s.state, name, old, new)
+	c.Pending = pending
+	return c, err
+}
+
+// Conflict is the answer of `board diff --conflicts`.
+type Conflict struct {
+	From    string   `json:"from"`    // the image the board ran (or runs, pending)
+	To      string   `json:"to"`      // the image it runs (or will run)
+	Pending bool     `json:"pending"` // the switch has not happened yet
+	Changes []Change `json:"changes"` // the board's changes that the image changed too
+}
+
+func boardConflicts(st State, name string, old, new imageStack) (Conflict, error) {
+	id := st.Identity(name)
+	ch, err := ImageConflicts(st.Upper(name), append([]string{id}, old.Layers...), append([]string{id}, new.Layers...))
+	if err != nil {
+		return Conflict{}, fmt.Errorf("board %s: conflicts %s -> %s: %w", name, old.Image, new.Image, err)
+	}
+	return Conflict{From: old.Image, To: new.Image, Changes: ch}, nil
+}
