@@ -330,3 +330,32 @@ func grepLines(text, sub string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// TestRolloutSwitchAtBootloaderDHCP: a pending board switches when its bootloader's DHCP
+// DISCOVER arrives (before the offer, so its TFTP reads already come from the new image).
+func TestRolloutSwitchAtBootloaderDHCP(t *testing.T) {
+	needRoot(t)
+	dhcpPort := freePorts(t, 1)[0]
+	ts, _, _ := startRollout(t, "  - {name: alpha, mac: '02:00:00:00:00:01', serial: '000abc00', ip: 127.0.0.1, group: lab}\n", dhcpPort)
+	v, unmount := mountAs(t, ts, "alpha")
+	defer unmount()
+	nfsWrite(t, v, "etc/mine", "board's own")
+	ts.setGroupImage("v2")
+	if a := ts.status("alpha"); a.Image != "v1" || a.Pending != "v2" {
+		t.Fatalf("alpha (mounted): image %q pending %q, want v1 pending v2", a.Image, a.Pending)
+	}
+	sendDHCP(t, dhcpPort, "02:00:00:00:00:01", 0x000abc00)
+	waitFor(t, "alpha to switch at its bootloader's DHCP", func() bool { return ts.status("alpha").Image == "v2" })
+	if !strings.Contains(ts.logs.String(), `msg="board switched image" board=alpha`) || !strings.Contains(ts.logs.String(), "DHCP from its bootloader") {
+		t.Errorf("no log line for the switch:\n%s", grepLines(ts.logs.String(), "alpha"))
+	}
+	unmount()
+	v, unmount = mountAs(t, ts, "alpha")
+	defer unmount()
+	if got := nfsRead(t, v, "etc/v2only"); got != "new in v2" {
+		t.Errorf("alpha on v2 reads etc/v2only %q", got)
+	}
+	if got := nfsRead(t, v, "etc/mine"); got != "board's own" {
+		t.Errorf("alpha lost its own file in the switch: %q", got)
+	}
+}
