@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/pifleet/pifleet/overlay"
 	"github.com/pifleet/pifleet/test/netns"
 	nfsc "github.com/willscott/go-nfs-client/nfs"
 	"github.com/willscott/go-nfs-client/nfs/rpc"
@@ -357,5 +358,53 @@ func TestRolloutSwitchAtBootloaderDHCP(t *testing.T) {
 	}
 	if got := nfsRead(t, v, "etc/mine"); got != "board's own" {
 		t.Errorf("alpha lost its own file in the switch: %q", got)
+	}
+}
+
+// TestImageConflictsOpaqueDir: a dir the board removed and made again (opaque) hides the
+// whole dir of the new image: a file the new image changed or added in it conflicts, the
+// dir itself (same attributes) and the board's own new file do not.
+func TestImageConflictsOpaqueDir(t *testing.T) {
+	needRoot(t)
+	v1, v2 := t.TempDir(), t.TempDir()
+	writeTree(t, v1, map[string]string{"opt/d/f": "d1", "opt/d/same": "s", "etc/x": "x"})
+	writeTree(t, v2, map[string]string{"opt/d/f": "d2", "opt/d/same": "s", "opt/d/h": "new", "etc/x": "x"})
+	board := t.TempDir()
+	upper := filepath.Join(board, "upper")
+	fs, err := overlay.New(overlay.Options{Upper: upper, Work: filepath.Join(board, "work"), Lowers: []string{v1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"opt/d/f", "opt/d/same", "opt/d"} {
+		if err := fs.Remove(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := fs.Mkdir("opt/d", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	mustCreate(t, fs, "opt/d/g")
+	got, err := ImageConflicts(upper, []string{v1}, []string{v2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var paths []string
+	for _, c := range got {
+		paths = append(paths, c.Kind+" "+c.Path)
+	}
+	if want := []string{"D /opt/d/f", "D /opt/d/h"}; !slices.Equal(paths, want) {
+		t.Errorf("conflicts = %q, want %q", paths, want)
+	}
+	// Rolling the same board back: v1 has no h, its f differs.
+	got, err = ImageConflicts(upper, []string{v2}, []string{v1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	paths = paths[:0]
+	for _, c := range got {
+		paths = append(paths, c.Kind+" "+c.Path)
+	}
+	if want := []string{"D /opt/d/f"}; !slices.Equal(paths, want) {
+		t.Errorf("conflicts back = %q, want %q", paths, want)
 	}
 }
