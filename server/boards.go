@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/pifleet/pifleet/boot"
-	"github.com/pifleet/pifleet/images"
 )
 
 // BoardStatus is one row of `pifleet board ls` and of the status page.
@@ -228,15 +227,17 @@ func OfflineBoards(cfg *Config) []BoardStatus {
 // ran last (its record), and fleet.yaml's when that differs.
 func offlineStacks(cfg *Config, b Board) (run imageStack, pending *imageStack, err error) {
 	st := State{Dir: cfg.Server.State}
-	var store *images.Store
-	if im := cfg.Images[b.Image]; im.Path == "" {
-		if store, err = OpenStore(st.Dir, nil, nil); err != nil {
+	var layers []string
+	if im := cfg.Images[b.Image]; im.Path != "" {
+		layers = []string{im.Path} // as it is: a diff needs no boot/firmware
+	} else {
+		store, err := OpenStore(st.Dir, nil, nil)
+		if err != nil {
 			return run, nil, err
 		}
-	}
-	layers, err := imageLayers(cfg, store, b.Image)
-	if err != nil {
-		return run, nil, fmt.Errorf("board %s: %w", b.Name, err)
+		if layers, err = store.Layers(b.Image); err != nil {
+			return run, nil, fmt.Errorf("board %s: %w", b.Name, err)
+		}
 	}
 	want := imageStack{Image: b.Image, Layers: layers}
 	rec, ok := readImageRecord(st, b.Name)
@@ -296,7 +297,11 @@ func OfflineDiff(cfg *Config, name string) ([]Change, error) {
 		return nil, err
 	}
 	st := State{Dir: cfg.Server.State}
-	return DiffBoard(st.Upper(name), append([]string{st.Identity(name)}, run.Layers...))
+	lowers := run.Layers
+	if layersExist([]string{st.Identity(name)}) { // made at the board's first start
+		lowers = append([]string{st.Identity(name)}, lowers...)
+	}
+	return DiffBoard(st.Upper(name), lowers)
 }
 
 // OfflineConflicts is Server.Conflicts from the state dir alone.

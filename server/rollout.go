@@ -257,8 +257,11 @@ type Conflict struct {
 }
 
 func boardConflicts(st State, name string, old, new imageStack) (Conflict, error) {
-	id := st.Identity(name)
-	ch, err := ImageConflicts(st.Upper(name), append([]string{id}, old.Layers...), append([]string{id}, new.Layers...))
+	oldLowers, newLowers := old.Layers, new.Layers
+	if id := st.Identity(name); layersExist([]string{id}) { // made at the board's first start
+		oldLowers, newLowers = append([]string{id}, oldLowers...), append([]string{id}, newLowers...)
+	}
+	ch, err := ImageConflicts(st.Upper(name), oldLowers, newLowers)
 	if err != nil {
 		return Conflict{}, fmt.Errorf("board %s: conflicts %s -> %s: %w", name, old.Image, new.Image, err)
 	}
