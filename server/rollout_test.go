@@ -240,8 +240,9 @@ func TestRolloutGroupMountedBoard(t *testing.T) {
 	if page := ts.getRaw("/"); !strings.Contains(page, "pending image v2") {
 		t.Error("the status page does not show alpha's pending image")
 	}
-	if page := ts.getRaw("/boards/alpha"); !strings.Contains(page, "pending image v2") {
-		t.Error("alpha's page does not show its pending image")
+	if page := ts.getRaw("/boards/alpha"); !strings.Contains(page, "pending image v2") || !strings.Contains(page, "Conflicts with image v2") ||
+		!strings.Contains(page, `<td class="mono">/etc/app.conf</td>`) || strings.Contains(page, `<td class="mono">/etc/keep</td></tr>`) {
+		t.Errorf("alpha's page does not show its pending image and its conflicts:\n%s", page)
 	}
 	m := ts.scrape()
 	if !strings.Contains(m, `pifleet_board_image_pending{board="alpha",image="v2"} 1`) ||
