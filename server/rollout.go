@@ -228,6 +228,9 @@ func (s *Server) stacks(name string) (old, new imageStack, pending bool, err err
 	if !ok || rec.Previous == nil || !rec.same(rt.run) {
 		return old, new, false, fmt.Errorf("board %s: %w: it runs image %s", name, ErrNoSwitch, rt.run.Image)
 	}
+	if !layersExist(rec.Previous.Layers) {
+		return old, new, false, fmt.Errorf("board %s: the image it ran before, %s, is no longer there (removed from the store?): nothing to compare", name, rec.Previous.Image)
+	}
 	return *rec.Previous, rt.run, false, nil
 }
 

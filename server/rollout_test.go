@@ -10,10 +10,12 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/pifleet/pifleet/images"
 	"github.com/pifleet/pifleet/overlay"
 	"github.com/pifleet/pifleet/test/netns"
 	nfsc "github.com/willscott/go-nfs-client/nfs"
 	"github.com/willscott/go-nfs-client/nfs/rpc"
+	"golang.org/x/sys/unix"
 )
 
 // writeTree adds files (path -> contents) to root; a path ending in "/" is a dir.
@@ -36,34 +38,87 @@ func writeTree(t *testing.T, root string, files map[string]string) {
 	}
 }
 
-// rolloutImages makes two path images: v2 is v1 with some files changed, one added,
-// one removed (a release of the same system).
-func rolloutImages(t *testing.T) (v1, v2 string) {
+// The files of the test images: v2 is v1 with some files changed, one added, one removed
+// (a release of the same system).
+var (
+	rolloutV1 = map[string]string{"etc/keep": "keep", "etc/same-change": "same",
+		"etc/app.conf": "v1", "etc/gone": "gone-v1", "etc/both-del": "x", "opt/d/f": "d1"}
+	rolloutV2Delta = map[string]string{"etc/app.conf": "v2", "etc/gone": "gone-v2", "opt/d/f": "d2",
+		"etc/v2only": "new in v2", "etc/added-both": "image", "boot/firmware/config.txt": "arm_64bit=1\nkernel=kernel8.img\n# v2\n"}
+	rolloutV2Deleted = "etc/both-del"
+)
+
+// rolloutImages makes images v1 and v2. Without a store they are two path images (two
+// full trees); with one, v1 is one layer and v2 is v1 plus a layer holding only the
+// delta (the removed file as a whiteout), made with Store.CreateImage.
+func rolloutImages(t *testing.T, store *images.Store) (v1, v2 string) {
 	t.Helper()
-	v1, v2 = testImage(t), testImage(t)
-	common := map[string]string{"etc/keep": "keep", "etc/same-change": "same"}
-	writeTree(t, v1, common)
-	writeTree(t, v2, common)
-	writeTree(t, v1, map[string]string{
-		"etc/app.conf": "v1", "etc/gone": "gone-v1", "etc/both-del": "x", "opt/d/f": "d1",
+	if store == nil {
+		v1, v2 = testImage(t), testImage(t)
+		writeTree(t, v1, rolloutV1)
+		writeTree(t, v2, rolloutV1)
+		writeTree(t, v2, rolloutV2Delta)
+		if err := os.Remove(filepath.Join(v2, rolloutV2Deleted)); err != nil {
+			t.Fatal(err)
+		}
+		return v1, v2
+	}
+	layer := func(fill func(dir string)) string {
+		dir, err := store.TempDir("test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		fill(dir)
+		l, err := store.AddLayer(dir, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l.Digest
+	}
+	base := layer(func(dir string) {
+		if err := os.CopyFS(dir, os.DirFS(testImage(t))); err != nil {
+			t.Fatal(err)
+		}
+		writeTree(t, dir, rolloutV1)
 	})
-	writeTree(t, v2, map[string]string{
-		"etc/app.conf": "v2", "etc/gone": "gone-v2", "opt/d/f": "d2", "etc/v2only": "new in v2",
-		"etc/added-both": "image", "boot/firmware/config.txt": "arm_64bit=1\nkernel=kernel8.img\n# v2\n",
+	delta := layer(func(dir string) {
+		writeTree(t, dir, rolloutV2Delta)
+		if err := unix.Mknod(filepath.Join(dir, rolloutV2Deleted), unix.S_IFCHR, 0); err != nil { // a whiteout
+			t.Fatal(err)
+		}
 	})
-	return v1, v2
+	if err := store.CreateImage("v1", "", []string{base}, images.ImageMeta{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.CreateImage("v2", "v1", []string{delta}, images.ImageMeta{}); err != nil {
+		t.Fatal(err)
+	}
+	return "", ""
 }
 
-// startRollout runs a server with images v1 and v2, group lab on v1, and boards (which
-// may name group lab); dhcp, if not zero, is the proxy DHCP port.
-func startRollout(t *testing.T, boards string, dhcp int) (*testServer, string, string) {
+// startRollout runs a server with images v1 and v2 (path images, or with inStore layered
+// images in its state dir), group lab on v1, and boards (which may name group lab);
+// dhcp, if not zero, is the proxy DHCP port.
+func startRollout(t *testing.T, boards string, dhcp int, inStore bool) *testServer {
 	t.Helper()
 	dir := t.TempDir()
 	ports := freePorts(t, 4)
-	v1, v2 := rolloutImages(t)
+	state := filepath.Join(dir, "state")
+	var store *images.Store
+	if inStore {
+		var err error
+		if store, err = images.OpenStore(filepath.Join(state, "images")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v1, v2 := rolloutImages(t, store)
 	ts := &testServer{t: t, cfgPath: filepath.Join(dir, "fleet.yaml"), tftp: ports[0], logs: &netns.LogBuffer{}, done: make(chan error, 1)}
-	y := fmt.Sprintf(fleetTmpl, filepath.Join(dir, "state"), ports[0], ports[1], ports[2], ports[3], v1, boards)
-	y = strings.Replace(y, "  img: {path: "+v1+"}\n", "  v1: {path: "+v1+"}\n  v2: {path: "+v2+"}\n", 1)
+	y := fmt.Sprintf(fleetTmpl, state, ports[0], ports[1], ports[2], ports[3], "IMG", boards)
+	imgs := "  v1: {}\n  v2: {}\n"
+	if !inStore {
+		imgs = "  v1: {path: " + v1 + "}\n  v2: {path: " + v2 + "}\n"
+	}
+	y = strings.Replace(y, "  img: {path: IMG}\n", imgs, 1)
 	y = strings.Replace(y, "defaults: {image: img, cmdline: quiet}", "defaults: {image: v1, cmdline: quiet}\ngroups:\n  lab: {image: v1}", 1)
 	if dhcp != 0 {
 		y = strings.Replace(y, "dhcp: {mode: off}", "dhcp: {mode: proxy}", 1)
@@ -74,7 +129,7 @@ func startRollout(t *testing.T, boards string, dhcp int) (*testServer, string, s
 	}
 	ts.start()
 	t.Cleanup(ts.stop)
-	return ts, v1, v2
+	return ts
 }
 
 // setGroupImage points group lab at image and has the server reload.
@@ -208,10 +263,16 @@ func conflictPaths(t *testing.T, ts *testServer, board string) (Conflict, []stri
 // a server restart too; its next boot (a TFTP read) switches it, with its own changes
 // still on top. board diff --conflicts lists exactly the paths both changed, pending and
 // after. Rolling back to v1 gives v1's view with the board's changes on top.
+// Both with path images (two separate trees) and with store images (v2 = v1 + a layer).
 func TestRolloutGroupMountedBoard(t *testing.T) {
 	needRoot(t)
-	ts, _, _ := startRollout(t, "  - {name: alpha, mac: '02:00:00:00:00:01', serial: '000abc00', ip: 127.0.0.1, group: lab}\n"+
-		"  - {name: beta, mac: '02:00:00:00:00:02', serial: '000abc01', ip: 127.0.0.3, group: lab}\n", 0)
+	t.Run("path", func(t *testing.T) { testRolloutGroupMountedBoard(t, false) })
+	t.Run("store", func(t *testing.T) { testRolloutGroupMountedBoard(t, true) })
+}
+
+func testRolloutGroupMountedBoard(t *testing.T, inStore bool) {
+	ts := startRollout(t, "  - {name: alpha, mac: '02:00:00:00:00:01', serial: '000abc00', ip: 127.0.0.1, group: lab}\n"+
+		"  - {name: beta, mac: '02:00:00:00:00:02', serial: '000abc01', ip: 127.0.0.3, group: lab}\n", 0, inStore)
 	v, unmount := mountAs(t, ts, "alpha")
 	defer unmount()
 	boardChanges(t, v)
@@ -338,7 +399,7 @@ func grepLines(text, sub string) string {
 func TestRolloutSwitchAtBootloaderDHCP(t *testing.T) {
 	needRoot(t)
 	dhcpPort := freePorts(t, 1)[0]
-	ts, _, _ := startRollout(t, "  - {name: alpha, mac: '02:00:00:00:00:01', serial: '000abc00', ip: 127.0.0.1, group: lab}\n", dhcpPort)
+	ts := startRollout(t, "  - {name: alpha, mac: '02:00:00:00:00:01', serial: '000abc00', ip: 127.0.0.1, group: lab}\n", dhcpPort, true)
 	v, unmount := mountAs(t, ts, "alpha")
 	defer unmount()
 	nfsWrite(t, v, "etc/mine", "board's own")
