@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/pifleet/pifleet/boot"
 	"github.com/pifleet/pifleet/images"
 	"github.com/pifleet/pifleet/overlay"
 	"github.com/pifleet/pifleet/test/netns"
@@ -158,6 +159,17 @@ func (ts *testServer) setGroupImage(image string) {
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("reload: HTTP %d %s", resp.StatusCode, body)
 	}
+}
+
+// waitTFTPRecorded waits until the board's last boot has its TFTP read: the server
+// records a transfer at its last ACK, which curl may not wait for, and a mount recorded
+// before it would belong to the boot before (a real board mounts seconds later).
+func (ts *testServer) waitTFTPRecorded(board string) {
+	ts.t.Helper()
+	waitFor(ts.t, "the TFTP read in "+board+"'s timeline", func() bool {
+		last, _ := ts.srv.timeline.Last(board)
+		return slices.ContainsFunc(last.Events, func(e boot.Event) bool { return e.Stage == boot.StageTFTP })
+	})
 }
 
 // status is a board's row of /api/boards.
@@ -339,6 +351,7 @@ func testRolloutGroupMountedBoard(t *testing.T, inStore bool) {
 	if a := ts.status("alpha"); a.Image != "v2" || a.Pending != "" {
 		t.Fatalf("alpha after its boot: image %q pending %q, want v2", a.Image, a.Pending)
 	}
+	ts.waitTFTPRecorded("alpha")
 	unmount()
 	v, unmount = mountAs(t, ts, "alpha")
 	defer unmount()
