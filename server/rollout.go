@@ -123,9 +123,14 @@ func (s *Server) runningStack(name string, want imageStack, prev *snapshot) (run
 	return rec.imageStack, &want, true
 }
 
+// switchRetry is how long the "not mounted" check leaves a board whose switch failed
+// (its boot retries at once).
+const switchRetry = time.Minute
+
 // switchPending moves a pending board to the stack fleet.yaml gives it. why says what
-// made it safe (for the log).
-func (s *Server) switchPending(name, why string) {
+// made it safe (for the log); retry is false for the periodic check, which leaves a
+// board whose switch failed within switchRetry.
+func (s *Server) switchPending(name, why string, retry bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	snap := s.fleet.cur.Load()
@@ -133,12 +138,20 @@ func (s *Server) switchPending(name, why string) {
 	if !ok || rt.pending == nil {
 		return
 	}
+	if at, failed := s.switchFailed[name]; failed && !retry && time.Since(at) < switchRetry {
+		return
+	}
 	nrt, err := s.openBoard(snap.cfg, rt.cfg, *rt.pending)
 	if err != nil {
+		if s.switchFailed == nil {
+			s.switchFailed = map[string]time.Time{}
+		}
+		s.switchFailed[name] = time.Now()
 		s.log.Error("board keeps its image: cannot open the new one", "board", name, "mac", macString(rt.cfg),
 			"image", rt.run.Image, "pending", rt.pending.Image, "err", err)
 		return
 	}
+	delete(s.switchFailed, name)
 	boards := maps.Clone(snap.boards)
 	boards[name] = nrt
 	next := newSnapshot(snap.cfg, snap.serverIP, boards)
@@ -160,7 +173,7 @@ func (s *Server) switchAtBootloaderDHCP(e boot.Event) {
 		return // the kernel's ip=dhcp or the running system
 	}
 	if rt, ok := s.fleet.cur.Load().boards[e.Board]; ok && rt.pending != nil {
-		s.switchPending(e.Board, "boot (DHCP from its bootloader)")
+		s.switchPending(e.Board, "boot (DHCP from its bootloader)", true)
 	}
 }
 
@@ -181,7 +194,7 @@ func (s *Server) switchAtTFTPBoot(name string) {
 			return // a boot under way that has not mounted yet: it started on the stack it runs
 		}
 	}
-	s.switchPending(name, "boot (TFTP read of its firmware)")
+	s.switchPending(name, "boot (TFTP read of its firmware)", true)
 }
 
 // switchUnmounted switches the pending boards that no longer count as mounted. The
@@ -191,7 +204,7 @@ func (s *Server) switchUnmounted() {
 		if rt.pending == nil || s.nfs.Mounted(name) || (rt.restored && time.Since(s.started) < restartGrace) {
 			continue
 		}
-		s.switchPending(name, "not mounted")
+		s.switchPending(name, "not mounted", false)
 	}
 }
 

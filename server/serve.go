@@ -62,6 +62,9 @@ type Server struct {
 	mu      sync.Mutex
 	cfg     *Config // the running config
 	cfgHash string  // of the file it came from, to skip no-op reloads
+	// switchFailed is when a pending board last failed to switch (rollout.go): the
+	// once-a-second "not mounted" check retries it only after switchRetry.
+	switchFailed map[string]time.Time
 
 	httpAddr net.Addr
 	token    string // the bearer token state-changing HTTP calls need (<state>/api-token)
