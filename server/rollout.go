@@ -283,3 +283,17 @@ func boardConflicts(st State, name string, old, new imageStack) (Conflict, error
 	}
 	return Conflict{From: old.Image, To: new.Image, Changes: ch}, nil
 }
+
+// ImageUsers lists the boards of cfg that use image: fleet.yaml gives it to them, or
+// they still run it (their image record, read from the state dir: a board pending a
+// switch away from it). `image rm` refuses while there are any.
+func ImageUsers(cfg *Config, image string) []string {
+	st := State{Dir: cfg.Server.State}
+	var out []string
+	for _, b := range cfg.Boards {
+		if rec, ok := readImageRecord(st, b.Name); b.Image == image || ok && rec.Image == image {
+			out = append(out, b.Name)
+		}
+	}
+	return out
+}

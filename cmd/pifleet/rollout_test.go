@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/pifleet/pifleet/server"
 )
 
 // TestBoardRolloutOffline: with no server, board ls shows the image a board ran last and
@@ -53,5 +55,26 @@ func TestBoardRolloutOffline(t *testing.T) {
 	// The plain diff is against the image the board runs.
 	if code, out, _ := runCLI("board", "diff", "-c", cfg, "pi-01"); code != 0 || out != "C /etc\nC /etc/app.conf\nC /etc/keep\n" {
 		t.Errorf("diff: exit %d\n%s", code, out)
+	}
+}
+
+// TestImageRmRefusesARunningImage: an image a board still runs (pending a switch away
+// from it) counts as used, although fleet.yaml no longer names it for any board.
+func TestImageRmRefusesARunningImage(t *testing.T) {
+	dir := t.TempDir()
+	st := filepath.Join(dir, "st")
+	cfg := filepath.Join(dir, "fleet.yaml")
+	os.WriteFile(cfg, []byte("server: {state: st, ports: {http: 1}}\nimages: {v2: {}}\ndefaults: {image: v2}\nboards:\n  - {name: pi-01, serial: '12345678'}\n"), 0o644)
+	os.MkdirAll(filepath.Join(st, "boards", "pi-01"), 0o755)
+	os.WriteFile(filepath.Join(st, "boards", "pi-01", "image.json"), []byte(`{"image": "v1", "layers": ["/nonexistent"]}`), 0o644)
+	c, _, err := server.Load(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := usedBy(c, "v1"); len(got) != 1 || got[0] != "pi-01" {
+		t.Errorf("users of v1 = %q, want pi-01 (it still runs it)", got)
+	}
+	if got := usedBy(c, "v3"); len(got) != 0 {
+		t.Errorf("users of v3 = %q", got)
 	}
 }
