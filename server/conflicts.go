@@ -18,17 +18,19 @@ import (
 // image's own object at the path differs between oldLowers and newLowers. Objects differ
 // when one side lacks the path, or in type, permission bits, owner, size, contents,
 // symlink target or device number; times and xattrs are not compared. A directory counts
-// by its own attributes, except where the board deleted it or put a non-directory in its
-// place: then anything that differs below it is a conflict of that one path. A path that
-// both deleted is not a conflict; the same file added to both is, unless identical.
+// by its own attributes, except one the board deleted: then anything that differs below
+// it is a conflict of that one path (under a dir the board made opaque or replaced with a
+// file, overlay.Changes lists the image's entries one by one, so they count one by one).
+// A path that both deleted is not a conflict; the same file added to both is, unless
+// identical.
 //
 // Both stacks are read through the overlay (honouring the layers' whiteouts and opaque
 // dirs), never the kernel: the board's changes come from overlay.Changes, the one reader
 // of the upper format.
 func ImageConflicts(upper string, oldLowers, newLowers []string) ([]Change, error) {
-	changes, err := DiffBoard(upper, newLowers)
+	changes, err := overlay.Changes(upper, newLowers)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("diff: %w", err)
 	}
 	out := []Change{}
 	if len(changes) == 0 {
@@ -51,21 +53,14 @@ func ImageConflicts(upper string, oldLowers, newLowers []string) ([]Change, erro
 		return nil, err
 	}
 	for _, c := range changes {
-		// Deep where the board's object hides the image's whole subtree.
-		deep := c.Kind == "D"
-		if !deep {
-			if fi, err := newFS.Lstat(c.Path); err == nil && fi.IsDir() {
-				if bi, err := os.Lstat(filepath.Join(upper, filepath.FromSlash(c.Path))); err == nil && !bi.IsDir() {
-					deep = true
-				}
-			}
-		}
-		same, err := sameObject(oldFS, newFS, c.Path, deep)
+		// A deleted dir is one change for its whole tree (overlay.Changes lists what was
+		// under a dir made opaque or replaced by a file one by one).
+		same, err := sameObject(oldFS, newFS, c.Path, c.Kind == overlay.Deleted)
 		if err != nil {
 			return nil, fmt.Errorf("compare %s: %w", c.Path, err)
 		}
 		if !same {
-			out = append(out, c)
+			out = append(out, changeOf(upper, c))
 		}
 	}
 	return out, nil

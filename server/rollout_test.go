@@ -438,19 +438,20 @@ func TestRolloutSwitchAtBootloaderDHCP(t *testing.T) {
 
 // TestImageConflictsOpaqueDir: a dir the board removed and made again (opaque) hides the
 // whole dir of the new image: a file the new image changed or added in it conflicts, the
-// dir itself (same attributes) and the board's own new file do not.
+// dir itself (same attributes) and the board's own new file do not. A file the board put
+// in place of a dir conflicts when the image changed anything under that dir.
 func TestImageConflictsOpaqueDir(t *testing.T) {
 	needRoot(t)
 	v1, v2 := t.TempDir(), t.TempDir()
-	writeTree(t, v1, map[string]string{"opt/d/f": "d1", "opt/d/same": "s", "etc/x": "x"})
-	writeTree(t, v2, map[string]string{"opt/d/f": "d2", "opt/d/same": "s", "opt/d/h": "new", "etc/x": "x"})
+	writeTree(t, v1, map[string]string{"opt/d/f": "d1", "opt/d/same": "s", "etc/x": "x", "srv/dir/a": "1", "srv/dir2/a": "1"})
+	writeTree(t, v2, map[string]string{"opt/d/f": "d2", "opt/d/same": "s", "opt/d/h": "new", "etc/x": "x", "srv/dir/a": "2", "srv/dir2/a": "1"})
 	board := t.TempDir()
 	upper := filepath.Join(board, "upper")
 	fs, err := overlay.New(overlay.Options{Upper: upper, Work: filepath.Join(board, "work"), Lowers: []string{v1}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range []string{"opt/d/f", "opt/d/same", "opt/d"} {
+	for _, p := range []string{"opt/d/f", "opt/d/same", "opt/d", "srv/dir/a", "srv/dir", "srv/dir2/a", "srv/dir2"} {
 		if err := fs.Remove(p); err != nil {
 			t.Fatal(err)
 		}
@@ -459,6 +460,9 @@ func TestImageConflictsOpaqueDir(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustCreate(t, fs, "opt/d/g")
+	// Dirs replaced by files: the one whose contents v2 changed conflicts, the other not.
+	mustCreate(t, fs, "srv/dir")
+	mustCreate(t, fs, "srv/dir2")
 	got, err := ImageConflicts(upper, []string{v1}, []string{v2})
 	if err != nil {
 		t.Fatal(err)
@@ -467,7 +471,7 @@ func TestImageConflictsOpaqueDir(t *testing.T) {
 	for _, c := range got {
 		paths = append(paths, c.Kind+" "+c.Path)
 	}
-	if want := []string{"D /opt/d/f", "D /opt/d/h"}; !slices.Equal(paths, want) {
+	if want := []string{"D /opt/d/f", "D /opt/d/h", "D /srv/dir/a"}; !slices.Equal(paths, want) {
 		t.Errorf("conflicts = %q, want %q", paths, want)
 	}
 	// Rolling the same board back: v1 has no h, its f differs.
@@ -479,7 +483,7 @@ func TestImageConflictsOpaqueDir(t *testing.T) {
 	for _, c := range got {
 		paths = append(paths, c.Kind+" "+c.Path)
 	}
-	if want := []string{"D /opt/d/f"}; !slices.Equal(paths, want) {
+	if want := []string{"D /opt/d/f", "D /srv/dir/a"}; !slices.Equal(paths, want) {
 		t.Errorf("conflicts back = %q, want %q", paths, want)
 	}
 }
