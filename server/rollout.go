@@ -34,8 +34,9 @@ import (
 // An NFS MOUNT is not a switch point: by then the board's kernel and config.txt came
 // from the stack it runs, and a MOUNT may come from a board that is running.
 // The switch replaces the board's export; nfsroot fences it, so the calls running on
-// the old stack finish before the new one is in place (as a reset does). Handles stay
-// valid: they live in the board's NFS state dir, not in the stack.
+// the old stack finish before the new one is in place (as a reset does). Handles of the
+// board's own (upper) files stay valid; one of an image file that is not the same file in
+// the new stack answers STALE (nfsroot checks the FileID at the path), never another file.
 //
 // The stack a board runs is recorded in boards/<board>/image.json with the one it ran
 // before its last switch: `board diff --conflicts` compares them, and a restarted server
