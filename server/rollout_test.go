@@ -352,6 +352,11 @@ func testRolloutGroupMountedBoard(t *testing.T, inStore bool) {
 		t.Fatalf("alpha after its boot: image %q pending %q, want v2", a.Image, a.Pending)
 	}
 	ts.waitTFTPRecorded("alpha")
+	// The handles the board held on its own files stay good across the switch (its
+	// root dir is its own: the upper holds it).
+	if got := nfsRead(t, v, "etc/mine"); got != "board's own" {
+		t.Errorf("alpha's own file through a handle from before the switch: %q", got)
+	}
 	unmount()
 	v, unmount = mountAs(t, ts, "alpha")
 	defer unmount()
