@@ -165,6 +165,12 @@ func (s *Server) prepare() error {
 	}
 	s.install(snap)
 	s.recordImages(snap)
+	for name, b := range snap.boards {
+		if b.pending != nil {
+			s.log.Info("board starts on the image it ran (its system may have kept running); fleet.yaml's is pending until its next boot",
+				"board", name, "mac", b.cfg.MAC.String(), "image", b.run.Image, "pending", b.pending.Image)
+		}
+	}
 	s.relearn(snap)
 	s.log.Info("boards prepared", "boards", len(snap.boards), "took", time.Since(start).Round(time.Millisecond))
 	return nil
