@@ -187,7 +187,7 @@ func (s *Server) ResetBoard(name string, force bool) error {
 	if err != nil {
 		return fmt.Errorf("board %s: reopen after reset: %w", name, err)
 	}
-	rt.pending, rt.restored = b.pending, b.restored // a reset changes no image
+	rt.pending = b.pending // a reset changes no image
 	without[name] = rt
 	next := newSnapshot(snap.cfg, snap.serverIP, without)
 	s.install(next)

@@ -23,8 +23,6 @@ type boardRT struct {
 	// pending is fleet.yaml's image while the board keeps run under its mounted root
 	// (rollout.go); nil when it runs what fleet.yaml says.
 	pending *imageStack
-	// restored: pending since before a server restart (rollout.go's restartGrace).
-	restored bool
 }
 
 // snapshot is one immutable view of the fleet, built from a Config. A reload builds a

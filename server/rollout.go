@@ -19,7 +19,8 @@ import (
 // like a rebased container layer.
 //
 // On a reload, a board whose lowers change switches at once unless it has its root
-// mounted (nfsroot.Server.Mounted, the check a reset makes). A mounted board keeps its
+// mounted (nfsroot.Server.Mounted, the check a reset makes; in the first minutes after a
+// start, also a board whose last boot mounted its root: mayBeMounted). A mounted board keeps its
 // running stack and is pending; it switches at the first of:
 //   - a DHCP DISCOVER from its bootloader (Pi firmware, U-Boot: not the kernel's or the
 //     OS's DHCP), recorded before the offer goes out: the board's system is gone, and
@@ -29,7 +30,7 @@ import (
 //     whose DHCP pifleet does not see (dhcp mode off, a router pointing at pifleet);
 //     the switch happens before the file is opened;
 //   - it no longer counts as mounted (it unmounted, or it has been silent for five
-//     minutes: powered off).
+//     minutes: powered off); the server's housekeeping checks every second.
 //
 // An NFS MOUNT is not a switch point: by then the board's kernel and config.txt came
 // from the stack it runs, and a MOUNT may come from a board that is running.
@@ -60,10 +61,25 @@ type imageRecord struct {
 	Switched time.Time   `json:"switched,omitzero"`
 }
 
-// restartGrace is how long after a start a board that was pending before the restart
-// keeps its stack although it shows no sign of a mount: a board that kept running
-// across the restart has not called yet. It matches nfsroot's idle time for a mount.
+// restartGrace is how long after a start a board whose last boot mounted its root counts
+// as mounted although it shows no sign of it yet: its system may have kept running
+// across the restart and not have called since. It matches nfsroot's idle time for a
+// mount.
 const restartGrace = 5 * time.Minute
+
+// mayBeMounted is the "not mounted" test of a switch: nfsroot sees a mount (as a reset
+// checks), or the server started less than restartGrace ago and the board's last boot
+// had mounted its root.
+func (s *Server) mayBeMounted(name string) bool {
+	if s.nfs.Mounted(name) {
+		return true
+	}
+	if time.Since(s.started) >= restartGrace {
+		return false
+	}
+	last, boots := s.timeline.Last(name)
+	return boots > 0 && last.Mounted()
+}
 
 func readImageRecord(st State, board string) (imageRecord, bool) {
 	var r imageRecord
@@ -109,19 +125,19 @@ func (s *Server) recordImages(snap *snapshot) {
 // unless the board has its root mounted on another stack, which it then keeps, with
 // want pending. At start (no previous snapshot) the stack recorded for the board counts
 // as the one it runs.
-func (s *Server) runningStack(name string, want imageStack, prev *snapshot) (run imageStack, pending *imageStack, restored bool) {
+func (s *Server) runningStack(name string, want imageStack, prev *snapshot) (run imageStack, pending *imageStack) {
 	if prev != nil {
 		old, ok := prev.boards[name]
-		if !ok || old.run.same(want) || !s.nfs.Mounted(name) {
-			return want, nil, false
+		if !ok || old.run.same(want) || !s.mayBeMounted(name) {
+			return want, nil
 		}
-		return old.run, &want, old.restored
+		return old.run, &want
 	}
 	rec, ok := readImageRecord(s.state, name)
 	if !ok || rec.same(want) || !layersExist(rec.Layers) {
-		return want, nil, false
+		return want, nil
 	}
-	return rec.imageStack, &want, true
+	return rec.imageStack, &want
 }
 
 // switchRetry is how long the "not mounted" check leaves a board whose switch failed
@@ -202,7 +218,7 @@ func (s *Server) switchAtTFTPBoot(name string) {
 // server's housekeeping calls it every second.
 func (s *Server) switchUnmounted() {
 	for name, rt := range s.fleet.cur.Load().boards {
-		if rt.pending == nil || s.nfs.Mounted(name) || (rt.restored && time.Since(s.started) < restartGrace) {
+		if rt.pending == nil || s.mayBeMounted(name) {
 			continue
 		}
 		s.switchPending(name, "not mounted", false)

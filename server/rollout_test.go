@@ -493,14 +493,18 @@ func TestImageConflictsOpaqueDir(t *testing.T) {
 	}
 }
 
-// TestRolloutChangedWhileStopped: fleet.yaml changed while pifleet was stopped. The board
-// may have kept running across the restart, so it starts on the stack it ran, pending,
-// and the once-a-second "not mounted" check leaves it alone for the restart grace; its
-// bootloader's DHCP then switches it.
+// TestRolloutChangedWhileStopped: fleet.yaml changed while pifleet was stopped. alpha had
+// its root mounted and may have kept running across the restart: it starts on the stack
+// it ran, pending, and the once-a-second "not mounted" check leaves it alone during the
+// restart grace; its bootloader's DHCP then switches it. beta never booted: the check
+// switches it.
 func TestRolloutChangedWhileStopped(t *testing.T) {
 	needRoot(t)
 	dhcpPort := freePorts(t, 1)[0]
-	ts := startRollout(t, "  - {name: alpha, mac: '02:00:00:00:00:01', serial: '000abc00', ip: 127.0.0.1, group: lab}\n", dhcpPort, true)
+	ts := startRollout(t, "  - {name: alpha, mac: '02:00:00:00:00:01', serial: '000abc00', ip: 127.0.0.1, group: lab}\n"+
+		"  - {name: beta, mac: '02:00:00:00:00:02', serial: '000abc01', ip: 127.0.0.3, group: lab}\n", dhcpPort, true)
+	_, unmount := mountAs(t, ts, "alpha")
+	unmount()
 	ts.stop()
 	y, _ := os.ReadFile(ts.cfgPath)
 	os.WriteFile(ts.cfgPath, []byte(strings.Replace(string(y), "lab: {image: v1}", "lab: {image: v2}", 1)), 0o644)
@@ -508,10 +512,14 @@ func TestRolloutChangedWhileStopped(t *testing.T) {
 	if a := ts.status("alpha"); a.Image != "v1" || a.Pending != "v2" || a.Mounted {
 		t.Fatalf("alpha after a restart with a new image: image %q pending %q mounted %v, want v1 pending v2", a.Image, a.Pending, a.Mounted)
 	}
-	// The once-a-second check: alpha shows no mount, but the server has just started.
+	// The once-a-second check: neither board shows a mount, but alpha's last boot
+	// mounted its root and the server has just started.
 	ts.srv.switchUnmounted()
 	if a := ts.status("alpha"); a.Image != "v1" {
 		t.Fatalf("alpha switched within the restart grace: image %q", a.Image)
+	}
+	if b := ts.status("beta"); b.Image != "v2" || b.Pending != "" {
+		t.Errorf("beta (never booted) after the check: image %q pending %q, want v2", b.Image, b.Pending)
 	}
 	sendDHCP(t, dhcpPort, "02:00:00:00:00:01", 0x000abc00)
 	waitFor(t, "alpha to switch at its bootloader's DHCP", func() bool { return ts.status("alpha").Image == "v2" })

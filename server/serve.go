@@ -254,10 +254,9 @@ func (s *Server) buildSnapshot(cfg *Config, prev *snapshot) (*snapshot, error) {
 	boards := map[string]*boardRT{}
 	errs := make([]error, len(cfg.Boards))
 	type job struct {
-		i        int
-		run      imageStack
-		pending  *imageStack
-		restored bool
+		i       int
+		run     imageStack
+		pending *imageStack
 	}
 	var jobs []job
 	for i, b := range cfg.Boards {
@@ -266,21 +265,21 @@ func (s *Server) buildSnapshot(cfg *Config, prev *snapshot) (*snapshot, error) {
 			errs[i] = fmt.Errorf("board %s: %w", b.Name, err)
 			continue
 		}
-		run, pending, restored := s.runningStack(b.Name, imageStack{Image: b.Image, Layers: layers}, prev)
+		run, pending := s.runningStack(b.Name, imageStack{Image: b.Image, Layers: layers}, prev)
 		if prev != nil && prev.serverIP == serverIP && prev.cfg.Server.Ports == cfg.Server.Ports {
 			if old, ok := prev.boards[b.Name]; ok && sameBoardBut(old.cfg, b) && old.run.same(run) {
-				if sameBoard(old.cfg, b) && samePending(old.pending, pending) && old.restored == restored {
+				if sameBoard(old.cfg, b) && samePending(old.pending, pending) {
 					boards[b.Name] = old
 					continue
 				}
 				// Unchanged but for a pending image: the same overlay, so the same export.
 				rt := *old
-				rt.cfg, rt.run, rt.pending, rt.restored = b, run, pending, restored
+				rt.cfg, rt.run, rt.pending = b, run, pending
 				boards[b.Name] = &rt
 				continue
 			}
 		}
-		jobs = append(jobs, job{i, run, pending, restored})
+		jobs = append(jobs, job{i, run, pending})
 	}
 	// Open the new and changed boards in parallel: a first start generates SSH host keys.
 	opened := make([]*boardRT, len(cfg.Boards))
@@ -293,7 +292,7 @@ func (s *Server) buildSnapshot(cfg *Config, prev *snapshot) (*snapshot, error) {
 			for j := range next {
 				opened[j.i], errs[j.i] = s.openBoard(cfg, cfg.Boards[j.i], j.run)
 				if opened[j.i] != nil {
-					opened[j.i].pending, opened[j.i].restored = j.pending, j.restored
+					opened[j.i].pending = j.pending
 				}
 			}
 		}()
