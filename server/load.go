@@ -520,6 +520,7 @@ func (l *loader) groups(n *yaml.Node, cfg *Config, def boardDefaults) groupSetti
 	}
 	return g
 }
+
 func (l *loader) user(n *yaml.Node, what string) *User {
 	if n == nil || isNull(n) {
 		return nil
