@@ -20,15 +20,17 @@ import (
 //
 // On a reload, a board whose lowers change switches at once unless it has its root
 // mounted (nfsroot.Server.Mounted, the check a reset makes; in the first minutes after a
-// start, also a board whose last boot mounted its root: mayBeMounted). A mounted board keeps its
-// running stack and is pending; it switches at the first of:
-//   - a DHCP DISCOVER from its bootloader (Pi firmware, U-Boot: not the kernel's or the
-//     OS's DHCP), recorded before the offer goes out: the board's system is gone, and
-//     everything it fetches next (firmware, kernel, root) comes from the new image;
-//   - a TFTP read of its firmware that starts a new boot as the timeline counts boots
-//     (its last boot mounted its root, or it was silent for boot.BootGap): for boards
-//     whose DHCP pifleet does not see (dhcp mode off, a router pointing at pifleet);
-//     the switch happens before the file is opened;
+// start, also a board whose last boot mounted its root: mayBeMounted). A mounted board
+// keeps its running stack and is pending; it switches at the first of:
+//   - its first TFTP read of a new boot, before the file is opened: the boot's first
+//     read after its bootloader's DHCP (the timeline starts a boot there), or after its
+//     last boot had mounted its root (a board whose DHCP pifleet does not see), or after
+//     boot.BootGap of silence. Every Pi and U-Boot board reads its firmware from pifleet
+//     first, so firmware, config.txt, kernel and root of that boot all come from the new
+//     image. A read is honoured only from the board's own address (on the evidence
+//     boot.Fleet requires), so only a host that can pass for the board can make it switch;
+//     the DHCP DISCOVER itself is not a switch point, as anyone can put the board's MAC
+//     in one;
 //   - it no longer counts as mounted (it unmounted, or it has been silent for five
 //     minutes: powered off); the server's housekeeping checks every second.
 //
@@ -178,40 +180,34 @@ func (s *Server) switchPending(name, why string, retry bool) {
 		"was", rt.run.Image, "at", why)
 }
 
-// switchAtBootloaderDHCP switches a pending board when its bootloader asks for an address
-// (see the comment at the top). Called from the timeline's OnEvent, before the offer.
-func (s *Server) switchAtBootloaderDHCP(e boot.Event) {
-	if e.Stage != boot.StageDHCP || e.What != "discover" {
-		return
-	}
-	switch e.Agent {
-	case boot.AgentPi, boot.AgentPiROM, boot.AgentPXE:
-	default:
-		return // the kernel's ip=dhcp or the running system
-	}
-	if rt, ok := s.fleet.cur.Load().boards[e.Board]; ok && rt.pending != nil {
-		s.switchPending(e.Board, "boot (DHCP from its bootloader)", true)
-	}
-}
-
 // switchAtTFTPBoot switches a pending board whose TFTP read starts a new boot (see the
 // comment at the top).
 func (s *Server) switchAtTFTPBoot(name string) {
 	rt, ok := s.fleet.cur.Load().boards[name]
-	if !ok || rt.pending == nil {
+	if !ok || rt.pending == nil || !s.tftpStartsBoot(name) {
 		return
 	}
+	s.switchPending(name, "boot (its first TFTP read)", true)
+}
+
+// tftpStartsBoot reports whether a TFTP read of the board's now is the first file of a
+// boot: its last boot (as the timeline counts boots) has mounted its root (the board
+// reads its firmware again: it restarted), or has read nothing over TFTP yet (it began
+// with the bootloader's DHCP), or the board was silent for boot.BootGap. A read in a
+// boot that has read files and not mounted is part of that boot: it stays on its stack.
+func (s *Server) tftpStartsBoot(name string) bool {
 	last, boots := s.timeline.Last(name)
-	if boots > 0 && !last.Mounted() {
-		at := last.Start
-		if n := len(last.Events); n > 0 {
-			at = last.Events[n-1].Time
-		}
-		if time.Since(at) <= boot.BootGap {
-			return // a boot under way that has not mounted yet: it started on the stack it runs
+	if boots == 0 || last.Mounted() {
+		return true
+	}
+	latest, readFiles := last.Start, false
+	for _, e := range last.Events {
+		readFiles = readFiles || e.Stage == boot.StageTFTP
+		if e.Time.After(latest) {
+			latest = e.Time
 		}
 	}
-	s.switchPending(name, "boot (TFTP read of its firmware)", true)
+	return !readFiles || time.Since(latest) > boot.BootGap
 }
 
 // switchUnmounted switches the pending boards that no longer count as mounted. The

@@ -412,9 +412,10 @@ func grepLines(text, sub string) string {
 	return strings.Join(out, "\n")
 }
 
-// TestRolloutSwitchAtBootloaderDHCP: a pending board switches when its bootloader's DHCP
-// DISCOVER arrives (before the offer, so its TFTP reads already come from the new image).
-func TestRolloutSwitchAtBootloaderDHCP(t *testing.T) {
+// TestRolloutSwitchAtBootAfterDHCP: a board whose boot pifleet sees from its bootloader's
+// DHCP switches at the first TFTP read of that boot, before the file is served; the
+// DISCOVER itself (anyone can put a board's MAC in one) switches nothing.
+func TestRolloutSwitchAtBootAfterDHCP(t *testing.T) {
 	needRoot(t)
 	dhcpPort := freePorts(t, 1)[0]
 	ts := startRollout(t, "  - {name: alpha, mac: '02:00:00:00:00:01', serial: '000abc00', ip: 127.0.0.1, group: lab}\n", dhcpPort, true)
@@ -426,9 +427,35 @@ func TestRolloutSwitchAtBootloaderDHCP(t *testing.T) {
 		t.Fatalf("alpha (mounted): image %q pending %q, want v1 pending v2", a.Image, a.Pending)
 	}
 	sendDHCP(t, dhcpPort, "02:00:00:00:00:01", 0x000abc00)
-	waitFor(t, "alpha to switch at its bootloader's DHCP", func() bool { return ts.status("alpha").Image == "v2" })
-	if !strings.Contains(ts.logs.String(), `msg="board switched image" board=alpha`) || !strings.Contains(ts.logs.String(), "DHCP from its bootloader") {
+	waitFor(t, "the DISCOVER in alpha's timeline", func() bool {
+		last, _ := ts.srv.timeline.Last("alpha")
+		return !last.Mounted() && slices.ContainsFunc(last.Events, func(e boot.Event) bool { return e.Stage == boot.StageDHCP })
+	})
+	if got := nfsRead(t, v, "etc/v2only"); got != "<missing>" {
+		t.Errorf("a DHCP DISCOVER alone moved alpha's root: etc/v2only = %q", got)
+	}
+	if a := ts.status("alpha"); a.Image != "v1" {
+		t.Errorf("a DHCP DISCOVER alone switched alpha: image %q", a.Image)
+	}
+	out, err := tftpGet(t, "127.0.0.1", ts.tftp, "000abc00/config.txt")
+	if err != nil || !strings.Contains(out, "# v2") {
+		t.Fatalf("alpha's first TFTP read after its DHCP: config.txt %q (%v), want v2's", out, err)
+	}
+	if a := ts.status("alpha"); a.Image != "v2" || a.Pending != "" {
+		t.Fatalf("alpha after its boot: image %q pending %q, want v2", a.Image, a.Pending)
+	}
+	if !strings.Contains(ts.logs.String(), `msg="board switched image" board=alpha`) || !strings.Contains(ts.logs.String(), "its first TFTP read") {
 		t.Errorf("no log line for the switch:\n%s", grepLines(ts.logs.String(), "alpha"))
+	}
+	// Later reads of the same boot stay on its stack: an image change now (alpha still
+	// counts as mounted) waits for the boot after.
+	ts.waitTFTPRecorded("alpha")
+	ts.setGroupImage("v1")
+	if out, err := tftpGet(t, "127.0.0.1", ts.tftp, "000abc00/config.txt"); err != nil || !strings.Contains(out, "# v2") {
+		t.Errorf("a later read of the same boot: config.txt %q (%v), want v2's still", out, err)
+	}
+	if a := ts.status("alpha"); a.Image != "v2" || a.Pending != "v1" {
+		t.Errorf("alpha after a later read of its boot: image %q pending %q, want v2 pending v1", a.Image, a.Pending)
 	}
 	unmount()
 	v, unmount = mountAs(t, ts, "alpha")
@@ -496,13 +523,11 @@ func TestImageConflictsOpaqueDir(t *testing.T) {
 // TestRolloutChangedWhileStopped: fleet.yaml changed while pifleet was stopped. alpha had
 // its root mounted and may have kept running across the restart: it starts on the stack
 // it ran, pending, and the once-a-second "not mounted" check leaves it alone during the
-// restart grace; its bootloader's DHCP then switches it. beta never booted: the check
-// switches it.
+// restart grace; its next boot then switches it. beta never booted: the check switches it.
 func TestRolloutChangedWhileStopped(t *testing.T) {
 	needRoot(t)
-	dhcpPort := freePorts(t, 1)[0]
 	ts := startRollout(t, "  - {name: alpha, mac: '02:00:00:00:00:01', serial: '000abc00', ip: 127.0.0.1, group: lab}\n"+
-		"  - {name: beta, mac: '02:00:00:00:00:02', serial: '000abc01', ip: 127.0.0.3, group: lab}\n", dhcpPort, true)
+		"  - {name: beta, mac: '02:00:00:00:00:02', serial: '000abc01', ip: 127.0.0.3, group: lab}\n", 0, true)
 	_, unmount := mountAs(t, ts, "alpha")
 	unmount()
 	ts.stop()
@@ -521,8 +546,9 @@ func TestRolloutChangedWhileStopped(t *testing.T) {
 	if b := ts.status("beta"); b.Image != "v2" || b.Pending != "" {
 		t.Errorf("beta (never booted) after the check: image %q pending %q, want v2", b.Image, b.Pending)
 	}
-	sendDHCP(t, dhcpPort, "02:00:00:00:00:01", 0x000abc00)
-	waitFor(t, "alpha to switch at its bootloader's DHCP", func() bool { return ts.status("alpha").Image == "v2" })
+	if out, err := tftpGet(t, "127.0.0.1", ts.tftp, "000abc00/config.txt"); err != nil || !strings.Contains(out, "# v2") {
+		t.Fatalf("alpha's boot read config.txt %q (%v), want v2's", out, err)
+	}
 	rec, ok := readImageRecord(ts.srv.state, "alpha")
 	if !ok || rec.Image != "v2" || rec.Previous == nil || rec.Previous.Image != "v1" {
 		t.Errorf("alpha's image record = %+v, want v2 with previous v1", rec)

@@ -185,7 +185,6 @@ func prepareWorkers(boards int) int {
 // onEvent counts the event. (Addresses are bound on evidence only, by liveFleet.Bind:
 // an event's client address is whatever the request came from.)
 func (s *Server) onEvent(e boot.Event) {
-	s.switchAtBootloaderDHCP(e) // before the offer goes out
 	s.metrics.event(e)
 	s.ui.hub.publish(e)
 }
