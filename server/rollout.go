@@ -8,6 +8,7 @@ import (
 	"maps"
 	"os"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/pifleet/pifleet/boot"
@@ -22,10 +23,10 @@ import (
 // mounted (nfsroot.Server.Mounted, the check a reset makes; in the first minutes after a
 // start, also a board whose last boot mounted its root: mayBeMounted). A mounted board
 // keeps its running stack and is pending; it switches at the first of:
-//   - its first TFTP read of a new boot, before the file is opened: the boot's first
-//     read after its bootloader's DHCP (the timeline starts a boot there), or after its
-//     last boot had mounted its root (a board whose DHCP pifleet does not see), or after
-//     boot.BootGap of silence. Every Pi and U-Boot board reads its firmware from pifleet
+//   - its first read of its firmware tree over TFTP in a new boot, before the file is
+//     opened: the boot's first such read after its bootloader's DHCP (the timeline starts
+//     a boot there), or after its last boot had mounted its root (a board whose DHCP
+//     pifleet does not see), or after boot.BootGap of silence. Every Pi and U-Boot board reads its firmware from pifleet
 //     first, so firmware, config.txt, kernel and root of that boot all come from the new
 //     image. A read is honoured only from the board's own address (on the evidence
 //     boot.Fleet requires), so only a host that can pass for the board can make it switch;
@@ -187,27 +188,58 @@ func (s *Server) switchAtTFTPBoot(name string) {
 	if !ok || rt.pending == nil || !s.tftpStartsBoot(name) {
 		return
 	}
-	s.switchPending(name, "boot (its first TFTP read)", true)
+	s.switchPending(name, "boot (its first TFTP read of its firmware)", true)
 }
 
-// tftpStartsBoot reports whether a TFTP read of the board's now is the first file of a
-// boot: its last boot (as the timeline counts boots) has mounted its root (the board
-// reads its firmware again: it restarted), or has read nothing over TFTP yet (it began
-// with the bootloader's DHCP), or the board was silent for boot.BootGap. A read in a
-// boot that has read files and not mounted is part of that boot: it stays on its stack.
+// tftpStartsBoot reports whether a read of the board's firmware tree now is the first of
+// a boot: the board's last boot (as the timeline counts boots) has mounted its root (the
+// board reads its firmware again: it restarted), or was silent for boot.BootGap, or has
+// not read from the firmware tree yet (it began with the bootloader's DHCP; files TFTP
+// generates without reading the tree, such as U-Boot's boot.scr.uimg, do not count). A
+// read in a boot that has read the tree and not mounted is part of that boot: it stays
+// on its stack.
 func (s *Server) tftpStartsBoot(name string) bool {
 	last, boots := s.timeline.Last(name)
 	if boots == 0 || last.Mounted() {
 		return true
 	}
-	latest, readFiles := last.Start, false
+	latest := last.Start
 	for _, e := range last.Events {
-		readFiles = readFiles || e.Stage == boot.StageTFTP
 		if e.Time.After(latest) {
 			latest = e.Time
 		}
 	}
-	return !readFiles || time.Since(latest) > boot.BootGap
+	return time.Since(latest) > boot.BootGap || !s.fwReads.since(name, last.Start)
+}
+
+// firmwareReads remembers when each board last read its firmware tree over TFTP.
+type firmwareReads struct {
+	mu   sync.Mutex
+	last map[string]time.Time
+}
+
+func (f *firmwareReads) note(board string, at time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.last == nil {
+		f.last = map[string]time.Time{}
+	}
+	f.last[board] = at
+}
+
+// since reports a read at or after t.
+func (f *firmwareReads) since(board string, t time.Time) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	at, ok := f.last[board]
+	return ok && !at.Before(t)
+}
+
+// forget drops a board (removed from the fleet).
+func (f *firmwareReads) forget(board string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.last, board)
 }
 
 // switchUnmounted switches the pending boards that no longer count as mounted. The
@@ -233,6 +265,7 @@ type firmwareFS struct {
 // Open implements fs.FS.
 func (f *firmwareFS) Open(name string) (fs.File, error) {
 	f.s.switchAtTFTPBoot(f.board)
+	f.s.fwReads.note(f.board, time.Now())
 	if rt, ok := f.s.fleet.cur.Load().boards[f.board]; ok {
 		return rt.fs.IOFS("boot/firmware").Open(name)
 	}

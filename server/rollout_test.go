@@ -413,7 +413,8 @@ func grepLines(text, sub string) string {
 }
 
 // TestRolloutSwitchAtBootAfterDHCP: a board whose boot pifleet sees from its bootloader's
-// DHCP switches at the first TFTP read of that boot, before the file is served; the
+// DHCP switches at the first TFTP read of its firmware tree in that boot, before the file
+// is served (a generated file before it, U-Boot's boot.scr.uimg, does not count); the
 // DISCOVER itself (anyone can put a board's MAC in one) switches nothing.
 func TestRolloutSwitchAtBootAfterDHCP(t *testing.T) {
 	needRoot(t)
@@ -437,14 +438,18 @@ func TestRolloutSwitchAtBootAfterDHCP(t *testing.T) {
 	if a := ts.status("alpha"); a.Image != "v1" {
 		t.Errorf("a DHCP DISCOVER alone switched alpha: image %q", a.Image)
 	}
+	if _, err := tftpGet(t, "127.0.0.1", ts.tftp, "boot.scr.uimg"); err != nil {
+		t.Fatal(err)
+	}
+	ts.waitTFTPRecorded("alpha")
 	out, err := tftpGet(t, "127.0.0.1", ts.tftp, "000abc00/config.txt")
 	if err != nil || !strings.Contains(out, "# v2") {
-		t.Fatalf("alpha's first TFTP read after its DHCP: config.txt %q (%v), want v2's", out, err)
+		t.Fatalf("alpha's first read of its firmware after its DHCP: config.txt %q (%v), want v2's", out, err)
 	}
 	if a := ts.status("alpha"); a.Image != "v2" || a.Pending != "" {
 		t.Fatalf("alpha after its boot: image %q pending %q, want v2", a.Image, a.Pending)
 	}
-	if !strings.Contains(ts.logs.String(), `msg="board switched image" board=alpha`) || !strings.Contains(ts.logs.String(), "its first TFTP read") {
+	if !strings.Contains(ts.logs.String(), `msg="board switched image" board=alpha`) || !strings.Contains(ts.logs.String(), "its first TFTP read of its firmware") {
 		t.Errorf("no log line for the switch:\n%s", grepLines(ts.logs.String(), "alpha"))
 	}
 	// Later reads of the same boot stay on its stack: an image change now (alpha still

@@ -52,7 +52,8 @@ type Server struct {
 	metrics  *metrics
 	dhcpSrv  atomic.Pointer[dhcp.Server] // nil until it runs (and with dhcp off)
 	tftpSrv  atomic.Pointer[tftp.Server]
-	sizes    upperSizes // board upper sizes, measured at most every sizeTTL
+	sizes    upperSizes    // board upper sizes, measured at most every sizeTTL
+	fwReads  firmwareReads // when each board last read its firmware tree (rollout.go)
 	ui       *webUI
 	writes   firstWrites // arms each board's "first write" boot step at its mount
 	histMu   sync.Mutex  // one flushHistory at a time, so an older write never lands last
@@ -672,6 +673,7 @@ func (s *Server) Reload(force bool) (bool, error) {
 		if _, ok := snap.boards[name]; !ok {
 			s.timeline.Forget(name)
 			s.metrics.forget(name)
+			s.fwReads.forget(name)
 			s.log.Info("board removed from the fleet", "board", name)
 		}
 	}
