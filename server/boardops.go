@@ -95,16 +95,21 @@ func DiffBoard(upper string, lowers []string) ([]Change, error) {
 	// Never nil: a board with no changes is [] in the API, not null.
 	out := make([]Change, len(changes))
 	for i, c := range changes {
-		out[i] = Change{Kind: c.Kind.String(), Path: c.Path, Disk: c.Size}
-		// overlay reports the disk space; people read a file's size (a 5-byte file is
-		// "5 B", not the 4 KiB block it takes).
-		var st unix.Stat_t
-		if t := c.Type; (t.IsRegular() || t&fs.ModeSymlink != 0) && c.Kind != overlay.Deleted &&
-			unix.Lstat(filepath.Join(upper, filepath.FromSlash(c.Path)), &st) == nil {
-			out[i].Size = st.Size
-		}
+		out[i] = changeOf(upper, c)
 	}
 	return out, nil
+}
+
+// changeOf is one line of a diff: overlay reports the disk space, people read a file's
+// size (a 5-byte file is "5 B", not the 4 KiB block it takes).
+func changeOf(upper string, c overlay.Change) Change {
+	ch := Change{Kind: c.Kind.String(), Path: c.Path, Disk: c.Size}
+	var st unix.Stat_t
+	if t := c.Type; (t.IsRegular() || t&fs.ModeSymlink != 0) && c.Kind != overlay.Deleted &&
+		unix.Lstat(filepath.Join(upper, filepath.FromSlash(c.Path)), &st) == nil {
+		ch.Size = st.Size
+	}
+	return ch
 }
 
 // DirSize is the disk space a tree takes (what a board's upper costs).

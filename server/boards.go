@@ -15,7 +15,8 @@ type BoardStatus struct {
 	MAC       string       `json:"mac,omitempty"`
 	Serial    string       `json:"serial,omitempty"`
 	IP        string       `json:"ip,omitempty"`
-	Image     string       `json:"image"`
+	Image     string       `json:"image"`                   // the image the board runs
+	Pending   string       `json:"pending_image,omitempty"` // fleet.yaml's image, taken at the board's next boot
 	Group     string       `json:"group,omitempty"`
 	UpperSize int64        `json:"upper_bytes"`
 	Mounted   bool         `json:"mounted"`
@@ -94,6 +95,12 @@ func (s *Server) Board(name string) (BoardStatus, bool) {
 func (s *Server) boardStatus(b Board, withTimeline bool) BoardStatus {
 	bs := statusOf(b, s.sizes.get(s.state.Upper(b.Name)))
 	bs.Mounted = s.nfs.Mounted(b.Name)
+	if rt, ok := s.fleet.cur.Load().boards[b.Name]; ok {
+		bs.Image = rt.run.Image
+		if rt.pending != nil {
+			bs.Pending = rt.pending.Image
+		}
+	}
 	last, boots := s.timeline.Last(b.Name)
 	bs.Boots = boots
 	if boots > 0 {
@@ -176,12 +183,15 @@ func (s *Server) ResetBoard(name string, force bool) error {
 	s.install(newSnapshot(snap.cfg, snap.serverIP, without))
 	_, resetErr := resetBoardDir(s.state, name, false)
 	s.sizes.forget(s.state.Upper(name))
-	rt, err := s.openBoard(snap.cfg, b.cfg, b.lowers)
+	rt, err := s.openBoard(snap.cfg, b.cfg, b.run)
 	if err != nil {
 		return fmt.Errorf("board %s: reopen after reset: %w", name, err)
 	}
+	rt.pending = b.pending // a reset changes no image
 	without[name] = rt
-	s.install(newSnapshot(snap.cfg, snap.serverIP, without))
+	next := newSnapshot(snap.cfg, snap.serverIP, without)
+	s.install(next)
+	s.recordImages(next)
 	s.timeline.Record(boot.Event{Board: name, MAC: macString(b.cfg), Serial: b.cfg.Serial, Stage: boot.StageReset, What: "reset"})
 	s.flushHistory() // an admin's action: on disk at once, not at the next flush
 	s.log.Info("board reset", "board", name, "mac", b.cfg.MAC.String(), "forced", force)
@@ -198,13 +208,43 @@ func (s *Server) Diff(name string) ([]Change, error) {
 }
 
 // OfflineBoards reports the boards of cfg from the state dir alone (no server running).
+// A board's image is the one it ran last (its image record); fleet.yaml's, when it
+// differs, is pending: the server, when it starts, opens the board on the one it ran.
 func OfflineBoards(cfg *Config) []BoardStatus {
 	st := State{Dir: cfg.Server.State}
 	out := make([]BoardStatus, 0, len(cfg.Boards))
 	for _, b := range cfg.Boards {
-		out = append(out, statusOf(b, DirSize(st.Upper(b.Name))))
+		bs := statusOf(b, DirSize(st.Upper(b.Name)))
+		if run, pending, err := offlineStacks(cfg, b); err == nil && pending != nil {
+			bs.Image, bs.Pending = run.Image, pending.Image
+		}
+		out = append(out, bs)
 	}
 	return out
+}
+
+// offlineStacks is runningStack for a server that is not running: the stack the board
+// ran last (its record), and fleet.yaml's when that differs.
+func offlineStacks(cfg *Config, b Board) (run imageStack, pending *imageStack, err error) {
+	st := State{Dir: cfg.Server.State}
+	var layers []string
+	if im := cfg.Images[b.Image]; im.Path != "" {
+		layers = []string{im.Path} // as it is: a diff needs no boot/firmware
+	} else {
+		store, err := OpenStore(st.Dir, nil, nil)
+		if err != nil {
+			return run, nil, err
+		}
+		if layers, err = store.Layers(b.Image); err != nil {
+			return run, nil, fmt.Errorf("board %s: %w", b.Name, err)
+		}
+	}
+	want := imageStack{Image: b.Image, Layers: layers}
+	rec, ok := readImageRecord(st, b.Name)
+	if !ok || rec.same(want) || !layersExist(rec.Layers) {
+		return want, nil, nil
+	}
+	return rec.imageStack, &want, nil
 }
 
 // OfflineReset resets a board straight on the state dir, for when no server runs. It
@@ -248,31 +288,43 @@ func macString(b Board) string {
 
 // OfflineDiff lists a board's changes from the state dir alone.
 func OfflineDiff(cfg *Config, name string) ([]Change, error) {
-	var b *Board
-	for i := range cfg.Boards {
-		if cfg.Boards[i].Name == name {
-			b = &cfg.Boards[i]
-		}
-	}
-	if b == nil {
+	b, ok := boardByName(cfg, name)
+	if !ok {
 		return nil, fmt.Errorf("board %s: not in %s", name, cfg.Path)
 	}
+	run, _, err := offlineStacks(cfg, b)
+	if err != nil {
+		return nil, err
+	}
 	st := State{Dir: cfg.Server.State}
-	lowers := []string{st.Identity(name)}
-	if im := cfg.Images[b.Image]; im.Path != "" {
-		lowers = append(lowers, im.Path)
-	} else {
-		store, err := OpenStore(st.Dir, nil, nil)
-		if err != nil {
-			return nil, err
-		}
-		layers, err := store.Layers(b.Image)
-		if err != nil {
-			return nil, fmt.Errorf("board %s: %w", name, err)
-		}
-		lowers = append(lowers, layers...)
+	lowers := run.Layers
+	if layersExist([]string{st.Identity(name)}) { // made at the board's first start
+		lowers = append([]string{st.Identity(name)}, lowers...)
 	}
 	return DiffBoard(st.Upper(name), lowers)
+}
+
+// OfflineConflicts is Server.Conflicts from the state dir alone.
+func OfflineConflicts(cfg *Config, name string) (Conflict, error) {
+	b, ok := boardByName(cfg, name)
+	if !ok {
+		return Conflict{}, fmt.Errorf("board %s: not in %s", name, cfg.Path)
+	}
+	run, pending, err := offlineStacks(cfg, b)
+	if err != nil {
+		return Conflict{}, err
+	}
+	st := State{Dir: cfg.Server.State}
+	if pending != nil {
+		c, err := boardConflicts(st, name, run, *pending)
+		c.Pending = true
+		return c, err
+	}
+	rec, ok := readImageRecord(st, name)
+	if !ok || rec.Previous == nil || !rec.same(run) {
+		return Conflict{}, fmt.Errorf("board %s: %w: it runs image %s", name, ErrNoSwitch, run.Image)
+	}
+	return boardConflicts(st, name, *rec.Previous, run)
 }
 
 func hasBoard(cfg *Config, name string) bool {

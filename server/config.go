@@ -127,7 +127,9 @@ type Board struct {
 	RootSquash bool
 	// User is the optional first user (board's, else defaults').
 	User *User
-	// Group is a free-form label for operating on several boards at once.
+	// Group names the board's group: `board reset --group`, and the group's settings
+	// from fleet.yaml's groups: (board > group > defaults). With a groups: section it is
+	// one of its groups; without one, a free label.
 	Group string
 }
 

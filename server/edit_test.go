@@ -210,3 +210,20 @@ func FuzzSpliceBoard(f *testing.F) {
 		}
 	})
 }
+
+// TestAddBoardToGroup: a board added with a group of groups: takes the group's image;
+// a group that is not declared is refused with the check's line-numbered error.
+func TestAddBoardToGroup(t *testing.T) {
+	p := writeFleet(t, "server: {state: ./st, dhcp: {mode: off}}\nimages:\n  img: {path: IMG}\n  lab-img: {path: IMG}\ndefaults: {image: img}\ngroups:\n  lab: {image: lab-img}\nboards:\n  - {name: pi-01, mac: '02:00:00:00:00:01'}\n")
+	if err := AddBoard(p, BoardSpec{Name: "pi-02", MAC: "02:00:00:00:00:02", Group: "lab"}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := checkPasses(t, p)
+	if b, _ := boardByName(cfg, "pi-02"); b.Image != "lab-img" || b.Group != "lab" {
+		t.Errorf("added board = %+v, want image lab-img from group lab", b)
+	}
+	err := AddBoard(p, BoardSpec{Name: "pi-03", MAC: "02:00:00:00:00:03", Group: "lba"})
+	if err == nil || !strings.Contains(err.Error(), `unknown group "lba"`) || !strings.Contains(err.Error(), `did you mean "lab"`) {
+		t.Errorf("undeclared group: err = %v", err)
+	}
+}

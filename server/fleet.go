@@ -15,10 +15,14 @@ import (
 
 // boardRT is one board's live state: its overlay and what the boot protocols see.
 type boardRT struct {
-	cfg    Board
-	lowers []string // identity layer, then the image's layers
+	cfg    Board      // fleet.yaml's entry (its Image may be pending)
+	run    imageStack // the image the board runs
+	lowers []string   // identity layer, then run's layers
 	fs     *overlay.FS
 	boot   *boot.Board
+	// pending is fleet.yaml's image while the board keeps run under its mounted root
+	// (rollout.go); nil when it runs what fleet.yaml says.
+	pending *imageStack
 }
 
 // snapshot is one immutable view of the fleet, built from a Config. A reload builds a

@@ -53,6 +53,17 @@ func (s *Server) handler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, ch)
 	})
+	mux.HandleFunc("GET /api/boards/{name}/conflicts", func(w http.ResponseWriter, r *http.Request) {
+		c, err := s.Conflicts(r.PathValue("name"))
+		switch {
+		case errors.Is(err, ErrNoSwitch):
+			writeError(w, http.StatusConflict, err.Error())
+		case err != nil:
+			writeError(w, http.StatusNotFound, err.Error())
+		default:
+			writeJSON(w, http.StatusOK, c)
+		}
+	})
 	mux.HandleFunc("POST /api/boards/{name}/reset", s.guarded(func(w http.ResponseWriter, r *http.Request) {
 		err := s.ResetBoard(r.PathValue("name"), r.URL.Query().Get("force") == "1")
 		switch {

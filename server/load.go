@@ -24,12 +24,13 @@ const maxConfigSize = 8 << 20
 // The keys each fleet.yaml mapping may hold. Strict: anything else is an error with a
 // "did you mean" hint.
 var (
-	topKeys     = []string{"server", "images", "defaults", "boards"}
+	topKeys     = []string{"server", "images", "defaults", "groups", "boards"}
 	serverKeys  = []string{"interface", "address", "state", "dhcp", "ports", "http"}
 	dhcpKeys    = []string{"mode", "range", "router", "dns", "lease", "proxy_pxe"}
 	portKeys    = []string{"dhcp", "tftp", "nfs", "mount", "http", "portmap"}
 	imageKeys   = []string{"path", "base"}
 	defaultKeys = []string{"image", "cmdline", "config", "root_squash", "user"}
+	groupKeys   = defaultKeys // a group is a second layer of defaults for its boards
 	boardKeys   = []string{"name", "mac", "serial", "ip", "image", "hostname", "cmdline", "config", "root_squash", "user", "group"}
 	userKeys    = []string{"name", "password_hash", "ssh_keys"}
 )
@@ -234,14 +235,15 @@ func (l *loader) parse(data []byte) *Config {
 	}
 	root := doc.Content[0]
 	if root.Kind != yaml.MappingNode {
-		l.errf(root, "the top level has the keys server, images, defaults, boards", "fleet.yaml must be a mapping, not %s", kindName(root))
+		l.errf(root, "the top level has the keys server, images, defaults, groups, boards", "fleet.yaml must be a mapping, not %s", kindName(root))
 		return cfg
 	}
 	top := l.mapping(root, "the top level", topKeys)
 	l.server(top["server"], &cfg.Server)
 	l.images(top["images"], cfg)
 	def := l.defaults(top["defaults"], cfg)
-	l.boards(top["boards"], cfg, def)
+	groups := l.groups(top["groups"], cfg, def)
+	l.boards(top["boards"], cfg, def, groups)
 	l.validate(cfg, top)
 	return cfg
 }
@@ -442,29 +444,81 @@ func (l *loader) images(n *yaml.Node, cfg *Config) {
 	}
 }
 
+// boardDefaults are the settings a board takes unless it sets its own: fleet.yaml's
+// defaults, or its group's (which start from the defaults).
 type boardDefaults struct {
 	image, cmdline string
-	imageNode      *yaml.Node
 	config         []string
 	rootSquash     bool
 	user           *User
 }
 
 func (l *loader) defaults(n *yaml.Node, cfg *Config) boardDefaults {
-	m := l.mapping(n, "defaults", defaultKeys)
-	d := boardDefaults{
-		image:      l.str(m["image"], "defaults.image"),
-		imageNode:  m["image"],
-		cmdline:    l.str(m["cmdline"], "defaults.cmdline"),
-		config:     l.lines(m["config"], "defaults.config"),
-		rootSquash: l.boolean(m["root_squash"], "defaults.root_squash"),
-		user:       l.user(m["user"], "defaults.user"),
+	return l.settings(n, "defaults", defaultKeys, boardDefaults{}, cfg)
+}
+
+// settings parses a defaults-like mapping (defaults:, or one group of groups:) over
+// inherited: image, root_squash and user replace, cmdline and config append (as a
+// board's own do).
+func (l *loader) settings(n *yaml.Node, what string, keys []string, inherited boardDefaults, cfg *Config) boardDefaults {
+	return l.settingsOf(l.mapping(n, what, keys), what, inherited, cfg)
+}
+
+// settingsOf is settings for a mapping already checked (a board's).
+func (l *loader) settingsOf(m map[string]*yaml.Node, what string, inherited boardDefaults, cfg *Config) boardDefaults {
+	d := inherited
+	d.config = append([]string(nil), inherited.config...)
+	if v := l.str(m["image"], what+".image"); v != "" {
+		d.image = v
+		l.knownImage(m["image"], v, cfg)
 	}
-	if d.image != "" {
-		l.knownImage(m["image"], d.image, cfg)
+	if c := l.str(m["cmdline"], what+".cmdline"); c != "" {
+		l.cmdlineWarnings(m["cmdline"], c)
+		d.cmdline = strings.TrimSpace(d.cmdline + " " + c)
 	}
-	l.cmdlineWarnings(m["cmdline"], d.cmdline)
+	d.config = append(d.config, l.lines(m["config"], what+".config")...)
+	if v, ok := m["root_squash"]; ok {
+		d.rootSquash = l.boolean(v, what+".root_squash")
+	}
+	if u := l.user(m["user"], what+".user"); u != nil {
+		d.user = u
+	}
 	return d
+}
+
+// groupSettings are fleet.yaml's groups: each group's settings (over the defaults), and
+// whether the section is there at all: then a board's group must be one of them.
+type groupSettings struct {
+	declared bool
+	byName   map[string]boardDefaults
+}
+
+// groups parses the top-level groups: mapping, name -> settings like defaults'. A
+// group changes all its boards in one line (`groups: {lab: {image: v3}}`).
+func (l *loader) groups(n *yaml.Node, cfg *Config, def boardDefaults) groupSettings {
+	g := groupSettings{byName: map[string]boardDefaults{}}
+	if n == nil || isNull(n) {
+		return g
+	}
+	g.declared = true
+	if n.Kind != yaml.MappingNode {
+		l.errf(n, "groups: maps a group name to its settings, like lab: {image: v3}", "groups must be a mapping, not %s", kindName(n))
+		return g
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		name := strings.TrimSpace(k.Value)
+		if name == "" {
+			l.errf(k, "", "a group needs a name")
+			continue
+		}
+		if _, dup := g.byName[name]; dup {
+			l.errf(k, "", "group %q is listed twice", name)
+			continue
+		}
+		g.byName[name] = l.settings(v, "group "+name, groupKeys, def, cfg)
+	}
+	return g
 }
 
 func (l *loader) user(n *yaml.Node, what string) *User {
@@ -513,7 +567,7 @@ func (l *loader) cmdlineWarnings(n *yaml.Node, cmdline string) {
 	}
 }
 
-func (l *loader) boards(n *yaml.Node, cfg *Config, def boardDefaults) {
+func (l *loader) boards(n *yaml.Node, cfg *Config, def boardDefaults, groups groupSettings) {
 	if n == nil || isNull(n) {
 		return
 	}
@@ -527,31 +581,27 @@ func (l *loader) boards(n *yaml.Node, cfg *Config, def boardDefaults) {
 			what = "board " + name.Value
 		}
 		m := l.mapping(bn, what, boardKeys)
-		b := Board{
-			Name:       l.str(m["name"], what+".name"),
-			Image:      def.image,
-			Cmdline:    def.cmdline,
-			Config:     append([]string(nil), def.config...),
-			RootSquash: def.rootSquash,
-			User:       def.user,
-		}
+		b := Board{Name: l.str(m["name"], what+".name")}
 		b.Hostname = l.str(m["hostname"], what+".hostname")
 		b.Group = l.str(m["group"], what+".group")
-		if v := l.str(m["image"], what+".image"); v != "" {
-			b.Image = v
-			l.knownImage(m["image"], v, cfg)
+		// Precedence: the board's own keys, then its group's, then the defaults.
+		base := def
+		if gd, ok := groups.byName[b.Group]; ok {
+			base = gd
+		} else if b.Group != "" && groups.declared {
+			names := make([]string, 0, len(groups.byName))
+			for k := range groups.byName {
+				names = append(names, k)
+			}
+			slices.Sort(names)
+			hint := "add it under groups: (known: " + strings.Join(names, ", ") + ")"
+			if c := closest(b.Group, names); c != "" {
+				hint = fmt.Sprintf("did you mean %q?", c)
+			}
+			l.errf(m["group"], hint, "%s: unknown group %q", what, b.Group)
 		}
-		if c := l.str(m["cmdline"], what+".cmdline"); c != "" {
-			l.cmdlineWarnings(m["cmdline"], c)
-			b.Cmdline = strings.TrimSpace(b.Cmdline + " " + c)
-		}
-		b.Config = append(b.Config, l.lines(m["config"], what+".config")...)
-		if v, ok := m["root_squash"]; ok {
-			b.RootSquash = l.boolean(v, what+".root_squash")
-		}
-		if u := l.user(m["user"], what+".user"); u != nil {
-			b.User = u
-		}
+		own := l.settingsOf(m, what, base, cfg)
+		b.Image, b.Cmdline, b.Config, b.RootSquash, b.User = own.image, own.cmdline, own.config, own.rootSquash, own.user
 		l.board(bn, m, &b, what)
 		cfg.Boards = append(cfg.Boards, b)
 	}
@@ -622,7 +672,7 @@ func (l *loader) board(bn *yaml.Node, m map[string]*yaml.Node, b *Board, what st
 		l.errf(bn, "add mac: (every board) and, for a Pi, serial:", "%s has neither mac nor serial, so pifleet cannot recognise it", what)
 	}
 	if b.Image == "" {
-		l.errf(bn, "add image: to the board or set defaults.image", "%s has no image", what)
+		l.errf(bn, "add image: to the board, or set its group's image or defaults.image", "%s has no image", what)
 	}
 }
 

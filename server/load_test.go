@@ -198,6 +198,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("---\n...\n---\n"))
 	f.Add([]byte("boards:\n  - name: a\n    mac: 02:00:00:00:00:01\n   image: x\n"))
 	f.Add([]byte{0xff, 0xfe, 0, 1})
+	f.Add([]byte("groups: {lab: {image: x, user: {name: pi}}, b: null}\nboards: [{name: a, group: lab}, {name: b, group: c}]\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cfg, ps, err := Parse(data, "fleet.yaml")
 		if err != nil {
@@ -252,5 +253,71 @@ func TestParseHTTPListen(t *testing.T) {
 	}
 	if cfg, _, err := Parse([]byte("server: {}\n"), "fleet.yaml"); err != nil || cfg.Server.HTTP != nil {
 		t.Errorf("default: %v %v", cfg, err)
+	}
+}
+
+// TestParseGroups: a group's settings sit between the defaults and the board's own
+// (board > group > defaults); an unknown group or key is an error with its line.
+func TestParseGroups(t *testing.T) {
+	const fleet = `server: {dhcp: {mode: off}}
+images: {v1: {}, v2: {}, v3: {}}
+defaults: {image: v1, cmdline: quiet, config: [a=1]}
+groups:
+  lab: {image: v2, cmdline: debug, config: [b=2], root_squash: true}
+  rack: {}
+boards:
+  - {name: pi-01, mac: '02:00:00:00:00:01', group: lab}
+  - {name: pi-02, mac: '02:00:00:00:00:02', group: lab, image: v3, cmdline: x=1, root_squash: false}
+  - {name: pi-03, mac: '02:00:00:00:00:03', group: rack}
+  - {name: pi-04, mac: '02:00:00:00:00:04'}
+`
+	cfg, ps, err := Parse([]byte(fleet), "fleet.yaml")
+	if err != nil {
+		t.Fatalf("Parse: %v\n%s", err, ps.Format("fleet.yaml"))
+	}
+	type want struct {
+		image, cmdline, config string
+		squash                 bool
+	}
+	for i, w := range []want{
+		{"v2", "quiet debug", "a=1|b=2", true},
+		{"v3", "quiet debug x=1", "a=1|b=2", false},
+		{"v1", "quiet", "a=1", false},
+		{"v1", "quiet", "a=1", false},
+	} {
+		b := cfg.Boards[i]
+		got := want{b.Image, b.Cmdline, strings.Join(b.Config, "|"), b.RootSquash}
+		if got != w {
+			t.Errorf("%s: %+v, want %+v", b.Name, got, w)
+		}
+	}
+
+	// Without a groups: section a group is a plain label (reset --group); with one, it
+	// must be declared.
+	if _, _, err := Parse([]byte("images: {v1: {}}\ndefaults: {image: v1}\nboards:\n  - {name: a, mac: '02:00:00:00:00:01', group: free}\n"), "fleet.yaml"); err != nil {
+		t.Errorf("a group label without groups: rejected: %v", err)
+	}
+	for _, tc := range []struct{ yaml, want string }{
+		{"images: {v1: {}}\ndefaults: {image: v1}\ngroups:\n  lab: {}\nboards:\n  - name: a\n    mac: '02:00:00:00:00:01'\n    group: lba\n",
+			`fleet.yaml:8:12: board a: unknown group "lba"`},
+		{"images: {v1: {}}\ndefaults: {image: v1}\ngroups:\n  lab: {imag: v1}\n",
+			`fleet.yaml:4:9: unknown key "imag" in group lab`},
+		{"images: {v1: {}}\ndefaults: {image: v1}\ngroups:\n  lab: {image: v9}\n",
+			`fleet.yaml:4:16: unknown image "v9"`},
+		{"images: {v1: {}}\ngroups: [lab]\n",
+			`fleet.yaml:2:9: groups must be a mapping`},
+		{"images: {v1: {}}\ngroups:\n  lab: {}\n  lab: {}\n",
+			`fleet.yaml:4:3: group "lab" is listed twice`},
+		{"images: {v1: {}}\ngroups:\n  lab: {}\nboards:\n  - {name: a, mac: '02:00:00:00:00:01', group: lab}\n",
+			`fleet.yaml:5:5: board a has no image`},
+	} {
+		_, ps, err := Parse([]byte(tc.yaml), "fleet.yaml")
+		if err == nil {
+			t.Errorf("accepted:\n%s", tc.yaml)
+			continue
+		}
+		if out := ps.Format("fleet.yaml"); !strings.Contains(out, tc.want) {
+			t.Errorf("problems:\n%s\nwant %q", out, tc.want)
+		}
 	}
 }

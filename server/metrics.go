@@ -291,7 +291,8 @@ var (
 	descUnknown        = prometheus.NewDesc("pifleet_unknown_clients", "Boot clients seen that are not in the fleet (bounded table).", nil, nil)
 	descUptime         = prometheus.NewDesc("pifleet_uptime_seconds", "Seconds since pifleet serve started.", nil, nil)
 	descDHCPRequests   = prometheus.NewDesc("pifleet_dhcp_requests_total", "DHCP requests handled, by message type and outcome (the reply sent, none, or rate_limited).", []string{"type", "outcome"}, nil)
-	descBoardInfo      = prometheus.NewDesc("pifleet_board_info", "A board of the fleet (always 1), with its image.", []string{"board", "image"}, nil)
+	descBoardInfo      = prometheus.NewDesc("pifleet_board_info", "A board of the fleet (always 1), with the image it runs.", []string{"board", "image"}, nil)
+	descBoardPending   = prometheus.NewDesc("pifleet_board_image_pending", "1 while the board runs another image than fleet.yaml gives it (its root was mounted when it changed): it takes this one at its next boot.", []string{"board", "image"}, nil)
 	descBoardMounted   = prometheus.NewDesc("pifleet_board_mounted", "1 if the board has its NFS root mounted.", []string{"board"}, nil)
 	descBoardUpper     = prometheus.NewDesc("pifleet_board_upper_bytes", "Disk used by the board's own changes (its overlay upper dir; measured at most every few minutes).", []string{"board"}, nil)
 	descBoardStage     = prometheus.NewDesc("pifleet_board_boot_stage", "How far the board's last boot got: 0 none (or reset), 1 dhcp, 2 tftp, 3 nfs (root mounted).", []string{"board"}, nil)
@@ -309,7 +310,7 @@ const metricsSizeTTL = 2 * time.Minute
 
 func (c *fleetCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBoards, descBoardsMounted, descUnknown, descUptime, descDHCPRequests,
-		descBoardInfo, descBoardMounted, descBoardUpper, descBoardStage, descBoardLastBoot, descBoardBootSecs,
+		descBoardInfo, descBoardPending, descBoardMounted, descBoardUpper, descBoardStage, descBoardLastBoot, descBoardBootSecs,
 		descBoardNFSCalls, descBoardNFSErrs, descBoardNFSSecs, descBoardTFTPBytes} {
 		ch <- d
 	}
@@ -327,12 +328,20 @@ func (c *fleetCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
 	}
 	mounted := 0
+	snap := s.fleet.cur.Load()
 	for _, b := range boards {
 		m := s.nfs.Mounted(b.Name)
 		if m {
 			mounted++
 		}
-		gaugeOf(descBoardInfo, 1, b.Name, b.Image)
+		image := b.Image
+		if rt, ok := snap.boards[b.Name]; ok {
+			image = rt.run.Image
+			if rt.pending != nil {
+				gaugeOf(descBoardPending, 1, b.Name, rt.pending.Image)
+			}
+		}
+		gaugeOf(descBoardInfo, 1, b.Name, image)
 		gaugeOf(descBoardMounted, b2f(m), b.Name)
 		gaugeOf(descBoardUpper, float64(s.sizes.getMaxAge(s.state.Upper(b.Name), metricsSizeTTL)), b.Name)
 		stage, started, took := lastBoot(s.lastBootEvents(b.Name))

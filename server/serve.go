@@ -52,7 +52,8 @@ type Server struct {
 	metrics  *metrics
 	dhcpSrv  atomic.Pointer[dhcp.Server] // nil until it runs (and with dhcp off)
 	tftpSrv  atomic.Pointer[tftp.Server]
-	sizes    upperSizes // board upper sizes, measured at most every sizeTTL
+	sizes    upperSizes    // board upper sizes, measured at most every sizeTTL
+	fwReads  firmwareReads // when each board last read its firmware tree (rollout.go)
 	ui       *webUI
 	writes   firstWrites // arms each board's "first write" boot step at its mount
 	histMu   sync.Mutex  // one flushHistory at a time, so an older write never lands last
@@ -62,6 +63,9 @@ type Server struct {
 	mu      sync.Mutex
 	cfg     *Config // the running config
 	cfgHash string  // of the file it came from, to skip no-op reloads
+	// switchFailed is when a pending board last failed to switch (rollout.go): the
+	// once-a-second "not mounted" check retries it only after switchRetry.
+	switchFailed map[string]time.Time
 
 	httpAddr net.Addr
 	token    string // the bearer token state-changing HTTP calls need (<state>/api-token)
@@ -161,6 +165,13 @@ func (s *Server) prepare() error {
 		return err
 	}
 	s.install(snap)
+	s.recordImages(snap)
+	for name, b := range snap.boards {
+		if b.pending != nil {
+			s.log.Info("board starts on the image it ran (its system may have kept running); fleet.yaml's is pending until its next boot",
+				"board", name, "mac", b.cfg.MAC.String(), "image", b.run.Image, "pending", b.pending.Image)
+		}
+	}
 	s.relearn(snap)
 	s.log.Info("boards prepared", "boards", len(snap.boards), "took", time.Since(start).Round(time.Millisecond))
 	return nil
@@ -243,24 +254,32 @@ func (s *Server) buildSnapshot(cfg *Config, prev *snapshot) (*snapshot, error) {
 	boards := map[string]*boardRT{}
 	errs := make([]error, len(cfg.Boards))
 	type job struct {
-		i      int
-		lowers []string
+		i       int
+		run     imageStack
+		pending *imageStack
 	}
 	var jobs []job
 	for i, b := range cfg.Boards {
-		lowers, err := s.imageLayers(cfg, b.Image)
+		layers, err := s.imageLayers(cfg, b.Image)
 		if err != nil {
 			errs[i] = fmt.Errorf("board %s: %w", b.Name, err)
 			continue
 		}
-		lowers = append([]string{s.state.Identity(b.Name)}, lowers...)
+		run, pending := s.runningStack(b.Name, imageStack{Image: b.Image, Layers: layers}, prev)
 		if prev != nil && prev.serverIP == serverIP && prev.cfg.Server.Ports == cfg.Server.Ports {
-			if old, ok := prev.boards[b.Name]; ok && sameBoard(old.cfg, b) && slices.Equal(old.lowers, lowers) {
-				boards[b.Name] = old
+			if old, ok := prev.boards[b.Name]; ok && sameBoardBut(old.cfg, b) && old.run.same(run) {
+				if sameBoard(old.cfg, b) && samePending(old.pending, pending) {
+					boards[b.Name] = old
+					continue
+				}
+				// Unchanged but for a pending image: the same overlay, so the same export.
+				rt := *old
+				rt.cfg, rt.run, rt.pending = b, run, pending
+				boards[b.Name] = &rt
 				continue
 			}
 		}
-		jobs = append(jobs, job{i, lowers})
+		jobs = append(jobs, job{i, run, pending})
 	}
 	// Open the new and changed boards in parallel: a first start generates SSH host keys.
 	opened := make([]*boardRT, len(cfg.Boards))
@@ -271,7 +290,10 @@ func (s *Server) buildSnapshot(cfg *Config, prev *snapshot) (*snapshot, error) {
 		go func() {
 			defer wg.Done()
 			for j := range next {
-				opened[j.i], errs[j.i] = s.openBoard(cfg, cfg.Boards[j.i], j.lowers)
+				opened[j.i], errs[j.i] = s.openBoard(cfg, cfg.Boards[j.i], j.run)
+				if opened[j.i] != nil {
+					opened[j.i].pending = j.pending
+				}
 			}
 		}()
 	}
@@ -291,8 +313,9 @@ func (s *Server) buildSnapshot(cfg *Config, prev *snapshot) (*snapshot, error) {
 	return newSnapshot(cfg, serverIP, boards), nil
 }
 
-// openBoard prepares one board's identity layer and overlay.
-func (s *Server) openBoard(cfg *Config, b Board, lowers []string) (*boardRT, error) {
+// openBoard prepares one board's identity layer and overlay over the image run.
+func (s *Server) openBoard(cfg *Config, b Board, run imageStack) (*boardRT, error) {
+	lowers := append([]string{s.state.Identity(b.Name)}, run.Layers...)
 	// lowers[0] is the identity layer itself; the image is read for the first user
 	id := images.Identity{Hostname: b.Hostname, Serial: b.Serial, Image: lowers[1:]}
 	if b.MAC != nil {
@@ -310,11 +333,11 @@ func (s *Server) openBoard(cfg *Config, b Board, lowers []string) (*boardRT, err
 	}
 	bb := &boot.Board{
 		Name: b.Name, MAC: b.MAC, Serial: b.Serial, IP: b.IP, Hostname: b.Hostname,
-		Firmware: fs.IOFS("boot/firmware"),
+		Firmware: &firmwareFS{s: s, board: b.Name, own: fs.IOFS("boot/firmware")},
 		NFSRoot:  NFSRoot(cfg.Server.Address.Addr().String(), b.Name, cfg.Server.Ports),
 		Cmdline:  b.Cmdline, Config: b.Config,
 	}
-	return &boardRT{cfg: b, lowers: lowers, fs: fs, boot: bb}, nil
+	return &boardRT{cfg: b, run: run, lowers: lowers, fs: fs, boot: bb}, nil
 }
 
 // install makes snap the live fleet: boot sees it at once, NFS gets the new export table.
@@ -341,6 +364,20 @@ func cmpString(a, b string) int {
 		return 1
 	}
 	return 0
+}
+
+func samePending(a, b *imageStack) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Image == b.Image && a.same(*b)
+}
+
+// sameBoardBut is sameBoard but for the image: whether a board's stack changes is
+// decided on its layers (runningStack).
+func sameBoardBut(a, b Board) bool {
+	a.Image = b.Image
+	return sameBoard(a, b)
 }
 
 func sameBoard(a, b Board) bool {
@@ -566,6 +603,7 @@ func (s *Server) watch(ctx context.Context) error {
 			s.Reload(true)
 		case <-tick.C:
 			s.Reload(false)
+			s.switchUnmounted()
 		}
 	}
 }
@@ -628,12 +666,14 @@ func (s *Server) Reload(force bool) (bool, error) {
 	}
 	old := s.fleet.cur.Load()
 	s.install(snap)
+	s.recordImages(snap)
 	s.cfg = cfg
 	s.metrics.reloaded()
 	for name := range old.boards {
 		if _, ok := snap.boards[name]; !ok {
 			s.timeline.Forget(name)
 			s.metrics.forget(name)
+			s.fwReads.forget(name)
 			s.log.Info("board removed from the fleet", "board", name)
 		}
 	}
@@ -643,7 +683,14 @@ func (s *Server) Reload(force bool) (bool, error) {
 				s.timeline.ForgetUnknown(b.cfg.MAC) // no longer a stranger
 			}
 			s.log.Info("board added to the fleet", "board", name, "mac", b.cfg.MAC.String())
-		} else if ob != b {
+		} else if b.pending != nil && (ob.pending == nil || !ob.pending.same(*b.pending)) {
+			s.log.Info("board keeps its image until its next boot: its root is mounted", "board", name,
+				"mac", b.cfg.MAC.String(), "image", b.run.Image, "pending", b.pending.Image)
+		} else if ob.pending != nil && b.pending == nil && ob.run.same(b.run) {
+			s.log.Info("board's pending image withdrawn: it keeps the one it runs", "board", name, "mac", b.cfg.MAC.String(), "image", b.run.Image)
+		} else if ob != b && !ob.run.same(b.run) {
+			s.log.Info("board switched image", "board", name, "mac", b.cfg.MAC.String(), "image", b.run.Image, "was", ob.run.Image, "at", "reload (not mounted)")
+		} else if ob.fs != b.fs {
 			s.log.Info("board changed", "board", name, "mac", b.cfg.MAC.String())
 		}
 	}

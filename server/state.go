@@ -16,6 +16,7 @@ import (
 //	boards/<board>/nfs/          NFS handle table and instance id (package nfsroot)
 //	boards/<board>/identity/     per-board identity layer: hostname, machine-id, SSH keys
 //	boards/<board>/address       learned address of a board without a fixed IP
+//	boards/<board>/image.json    the image stack the board runs, and the one before its last switch (rollout.go)
 //	boards/.trash/               board dirs moved aside by a reset, deleted next
 //	history/boards/<board>.jsonl recent boots and board events (resets), kept across resets (history.go)
 //	history/unknown.jsonl        clients seen that are not in the fleet
@@ -56,6 +57,9 @@ func (s State) Identity(name string) string { return filepath.Join(s.Board(name)
 // Address holds the address a board without a fixed IP was last seen booting from, so
 // that after a server restart its running system can still reach its NFS root.
 func (s State) Address(name string) string { return filepath.Join(s.Board(name), "address") }
+
+// ImageRecord holds the image stack a board runs and the one it ran before (rollout.go).
+func (s State) ImageRecord(name string) string { return filepath.Join(s.Board(name), "image.json") }
 
 // Trash holds board dirs that a reset moved aside and has not finished deleting.
 func (s State) Trash() string { return filepath.Join(s.Boards(), ".trash") }

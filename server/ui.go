@@ -363,9 +363,11 @@ type boardView struct {
 	Hints   []string
 	Changes []Change
 	DiffErr string
-	CSRF    string
-	Done    string // a message after an action (reset)
-	Remote  bool   // the viewer is not on the server: its reset form would be refused
+	// Conflicts, for a board with a pending image: its changes that the new image changed too.
+	Conflicts *Conflict
+	CSRF      string
+	Done      string // a message after an action (reset)
+	Remote    bool   // the viewer is not on the server: its reset form would be refused
 }
 
 func (u *webUI) boardView(r *http.Request, name string, now time.Time) (boardView, bool) {
@@ -397,6 +399,11 @@ func (u *webUI) boardView(r *http.Request, name string, now time.Time) (boardVie
 		v.DiffErr = err.Error()
 	}
 	v.Changes = ch
+	if v.Board.Pending != "" {
+		if c, err := u.s.Conflicts(name); err == nil {
+			v.Conflicts = &c
+		}
+	}
 	switch r.URL.Query().Get("done") {
 	case "reset":
 		v.Done = "Board " + name + " was reset: its changes are gone and it boots from its image as new."

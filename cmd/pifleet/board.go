@@ -21,7 +21,7 @@ func runBoard(ctx context.Context, e *env, args []string) error {
 	return dispatch(ctx, e, "pifleet board", map[string]command{
 		"ls":    {"list boards: MAC, serial, IP, image, upper size, last boot, mounted", runBoardLs},
 		"reset": {"wipe boards' upper dirs so they boot the image's pristine state", runBoardReset},
-		"diff":  {"show what a board changed against its image (A/C/D)", runBoardDiff},
+		"diff":  {"show what a board changed against its image (A/C/D); --conflicts: what its new image changed too", runBoardDiff},
 		"add":   {"add a board to fleet.yaml, keeping its comments and layout", runBoardAdd},
 	}, args)
 }
@@ -168,7 +168,11 @@ func runBoardLs(ctx context.Context, e *env, args []string) error {
 		if b.Mounted {
 			mounted = "yes"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", b.Name, dash(b.MAC), dash(b.Serial), dash(b.IP), b.Image,
+		image := b.Image
+		if b.Pending != "" {
+			image += " (pending image " + b.Pending + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", b.Name, dash(b.MAC), dash(b.Serial), dash(b.IP), image,
 			images.HumanBytes(b.UpperSize), last, reached, mounted)
 	}
 	if err := tw.Flush(); err != nil {
@@ -240,10 +244,14 @@ func runBoardReset(ctx context.Context, e *env, args []string) error {
 }
 
 func runBoardDiff(ctx context.Context, e *env, args []string) error {
-	fs := newFlags(e, "pifleet board diff", "[-c fleet.yaml] [--stat] NAME",
-		"Lists what the board changed against its image, read from its upper dir:\nA added, C changed, D deleted (like docker diff).")
+	fs := newFlags(e, "pifleet board diff", "[-c fleet.yaml] [--stat] [--conflicts] NAME",
+		"Lists what the board changed against its image, read from its upper dir:\nA added, C changed, D deleted (like docker diff).\n"+
+			"With --conflicts, after its image changed in fleet.yaml (pending or done): only the paths it\n"+
+			"changed that the image changed too, between the image it ran and the new one. Its changes\n"+
+			"shadow the new image there; `pifleet board reset` drops them.")
 	cfgPath := configFlag(fs)
 	stat := fs.Bool("stat", false, "show each changed file's size, and the total size and disk space")
+	conflicts := fs.Bool("conflicts", false, "only the board's changes that its new image changed too (after an image switch in fleet.yaml)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -255,6 +263,30 @@ func runBoardDiff(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	var changes []server.Change
+	if *conflicts {
+		var c server.Conflict
+		if live != nil {
+			err = live.call(ctx, "GET", "/api/boards/"+url.PathEscape(fs.Arg(0))+"/conflicts", &c)
+		} else {
+			c, err = server.OfflineConflicts(cfg, fs.Arg(0))
+		}
+		if err != nil {
+			return err
+		}
+		how := "switched from image " + c.From + " to " + c.To
+		if c.Pending {
+			how = "runs image " + c.From + ", pending image " + c.To
+		}
+		if len(c.Changes) == 0 {
+			fmt.Fprintf(e.out, "no conflicts: %s %s; none of its changes touch a path the image changed\n", fs.Arg(0), how)
+			return nil
+		}
+		fmt.Fprintf(e.out, "%s %s; its changes shadow the image's at %d path(s):\n", fs.Arg(0), how, len(c.Changes))
+		for _, ch := range c.Changes {
+			fmt.Fprintf(e.out, "%s %s\n", ch.Kind, ch.Path)
+		}
+		return nil
+	}
 	if live != nil {
 		err = live.call(ctx, "GET", "/api/boards/"+url.PathEscape(fs.Arg(0))+"/diff", &changes)
 	} else {

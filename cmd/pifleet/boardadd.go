@@ -48,7 +48,7 @@ func runBoardAdd(ctx context.Context, e *env, args []string) error {
 	fs.StringVar(&spec.Serial, "serial", "", "a Pi's `SERIAL`: the last 8 hex digits of Serial in /proc/cpuinfo")
 	fs.StringVar(&spec.IP, "ip", "", "a fixed `IP` address (full DHCP mode, or a reserved address)")
 	fs.StringVar(&spec.Image, "image", "", "the `IMAGE` it boots (default: defaults.image)")
-	fs.StringVar(&spec.Group, "group", "", "a `GROUP` label for operating on several boards at once")
+	fs.StringVar(&spec.Group, "group", "", "the board's `GROUP`: its settings (image, ...) from fleet.yaml's groups:, and board reset --group")
 	if err := parse(fs, args); err != nil {
 		return err
 	}

@@ -174,13 +174,7 @@ func printImageTree(w io.Writer, cfg *server.Config, list []images.Info, all []i
 }
 
 func usedBy(cfg *server.Config, image string) []string {
-	var out []string
-	for _, b := range cfg.Boards {
-		if b.Image == image {
-			out = append(out, b.Name)
-		}
-	}
-	return out
+	return server.ImageUsers(cfg, image) // fleet.yaml's boards of it, and those still running it
 }
 
 func runImageImport(ctx context.Context, e *env, args []string) error {
