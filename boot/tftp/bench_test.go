@@ -10,6 +10,7 @@ package tftp
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -20,15 +21,18 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	pin "github.com/pin/tftp/v3"
+	"golang.org/x/sys/unix"
 
 	"github.com/pifleet/pifleet/boot"
 	"github.com/pifleet/pifleet/boot/boottest"
@@ -73,6 +77,14 @@ func benchServe(mode, root, addr string) error {
 			IP: netip.MustParseAddr("127.0.0.1"), Firmware: r.FS(),
 			NFSRoot: "127.0.0.1:/boards/bench,vers=3,tcp,port=2049,mountport=20048,nolock",
 		}}}
+		// The storm's boards: one address each (the per-client cap counts by address).
+		for i := range stormAddrs {
+			fleet.Boards = append(fleet.Boards, &boot.Board{
+				Name: fmt.Sprintf("storm-%03d", i), MAC: net.HardwareAddr{2, 0, 0, 0, 1, byte(i)},
+				Serial: fmt.Sprintf("0b0e1%03x", i), IP: stormAddr(i), Firmware: r.FS(),
+				NFSRoot: "127.0.0.1:/boards/storm,vers=3,tcp,port=2049,mountport=20048,nolock",
+			})
+		}
 		logger := slog.New(slog.DiscardHandler)
 		if os.Getenv("PIFLEET_TFTP_BENCH_LOG") != "" { // to see each transfer when tuning
 			logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -106,6 +118,13 @@ func benchServe(mode, root, addr string) error {
 	return fmt.Errorf("unknown bench server %q", mode)
 }
 
+// stormAddrs is how many boards with addresses of their own the benchmark server knows:
+// storm-000 at 127.0.1.1 and on.
+const stormAddrs = 250
+
+// stormAddr is the address of storm board i.
+func stormAddr(i int) netip.Addr { return netip.AddrFrom4([4]byte{127, 0, 1, byte(1 + i)}) }
+
 // benchEnv is one namespace with the files and every server running in it.
 type benchEnv struct {
 	ns    string
@@ -117,8 +136,14 @@ type benchEnv struct {
 	cgroups map[string]string
 }
 
-// benchServers in the order they appear in the output.
+// benchServers in the order they appear in the output; setupBench adds "baseline"
+// after pifleet when benchBaselineEnv is set.
 var benchServers = []string{"pifleet", "tftpd-hpa", "dnsmasq", "pin-v3.1.0"}
+
+// benchBaselineEnv names another build's test binary of this package (go test -c), whose
+// pifleet server then runs beside this one as "baseline": a change measured against the
+// code before it in the same run.
+const benchBaselineEnv = "PIFLEET_TFTP_BENCH_BASELINE"
 
 var (
 	benchOnce sync.Once
@@ -173,6 +198,11 @@ func startBench() (*benchEnv, func(), error) {
 	for _, f := range piBootSet {
 		files[f.name] = f.size
 	}
+	for _, f := range realBootSet {
+		if f.size > 0 {
+			files[f.name] = f.size
+		}
+	}
 	for name, size := range files {
 		p := filepath.Join(root, name)
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
@@ -204,17 +234,22 @@ func startBench() (*benchEnv, func(), error) {
 	if err != nil {
 		return fail(err)
 	}
-	servers := map[string]struct {
+	type process struct {
 		port  int
 		argv  []string
 		env   []string
 		ready bool // prints "ready"
-	}{
+	}
+	servers := map[string]process{
 		"pifleet":    {6970, []string{self}, []string{benchServeEnv + "=pifleet", benchRootEnv + "=" + root, benchAddrEnv + "=127.0.0.1:6970"}, true},
 		"pin-v3.1.0": {6971, []string{self}, []string{benchServeEnv + "=pin", benchRootEnv + "=" + root, benchAddrEnv + "=127.0.0.1:6971"}, true},
 		"tftpd-hpa":  {6972, []string{"in.tftpd", "-L", "-a", "127.0.0.1:6972", "-s", root, "-B", "65464"}, nil, false},
 		"dnsmasq": {69, []string{"dnsmasq", "-k", "--conf-file=/dev/null", "--port=0", "--pid-file=", "--enable-tftp",
 			"--tftp-root=" + root, "--listen-address=127.0.0.1", "--bind-interfaces"}, nil, false},
+	}
+	if bin := os.Getenv(benchBaselineEnv); bin != "" {
+		servers["baseline"] = process{6973, []string{bin}, []string{benchServeEnv + "=pifleet", benchRootEnv + "=" + root, benchAddrEnv + "=127.0.0.1:6973"}, true}
+		benchServers = slices.Insert(benchServers, 1, "baseline")
 	}
 	for name, sv := range servers {
 		argv := append([]string{"--net=/run/netns/" + ns, "taskset", "-c", "0"}, sv.argv...)
@@ -276,8 +311,16 @@ func startBench() (*benchEnv, func(), error) {
 // curl fetches files in one pinned curl process inside the namespace and returns curl's
 // own total time for them (so process start-up is not measured).
 func (e *benchEnv) curl(port, blksize int, files ...string) (time.Duration, error) {
+	return e.curlFrom(netip.Addr{}, port, blksize, files...)
+}
+
+// curlFrom is curl from the address src (any if it is not valid).
+func (e *benchEnv) curlFrom(src netip.Addr, port, blksize int, files ...string) (time.Duration, error) {
 	args := []string{"--net=/run/netns/" + e.ns, "taskset", "-c", "0", "curl", "-sS", "--tftp-blksize", strconv.Itoa(blksize),
 		"-w", "%{time_total}\n"}
+	if src.IsValid() {
+		args = append(args, "--interface", src.String())
+	}
 	for _, f := range files {
 		args = append(args, "-o", "/dev/null", fmt.Sprintf("tftp://127.0.0.1:%d/%s", port, f))
 	}
@@ -391,8 +434,8 @@ func BenchmarkTransfer(b *testing.B) {
 }
 
 // BenchmarkBootStorm: 20 Pi 4s at once, each fetching its boot set at blksize 1468 in
-// boot order (one curl per board, files one after another as the bootloader does).
-// The time is from the first start to the last finish.
+// boot order (one curl per board, from an address of its own, files one after another
+// as the bootloader does). The time is from the first start to the last finish.
 func BenchmarkBootStorm(b *testing.B) {
 	e := setupBench(b)
 	const boards = 20
@@ -404,9 +447,9 @@ func BenchmarkBootStorm(b *testing.B) {
 		start := time.Now()
 		var wg sync.WaitGroup
 		errs := make(chan error, boards)
-		for range boards {
+		for i := range boards {
 			wg.Go(func() {
-				if _, err := e.curl(port, 1468, files...); err != nil {
+				if _, err := e.curlFrom(stormAddr(i), port, 1468, files...); err != nil {
 					errs <- err
 				}
 			})
@@ -415,4 +458,253 @@ func BenchmarkBootStorm(b *testing.B) {
 		close(errs)
 		return time.Since(start), <-errs
 	})
+}
+
+// Realistic clients: a Pi answers each DATA after 100 µs or more over a real network;
+// these clients answer after benchDelay (nanosleep with a 1 ns timer slack, so about
+// 150 µs plus a wake-up), each from an address of its own, one OS thread each (pinned
+// to CPU 1 when there is one, the servers being on CPU 0, as if on other machines).
+const benchDelay = 150 * time.Microsecond
+
+// benchBoardsEnv sets the number of boards of BenchmarkRealisticStorm (default 200).
+const benchBoardsEnv = "PIFLEET_TFTP_BENCH_BOARDS"
+
+// realFile is one file of the Pi 4 boot set at the sizes of issue 16 (the probe of
+// start4.elf, then what start4.elf and the kernel need), fetched at blksize 1468.
+type realFile struct {
+	name  string
+	size  int // 0: the server generates it (config.txt, cmdline.txt)
+	probe bool
+}
+
+var realBootSet = []realFile{
+	{"real/start4.elf", 2_228_000, true}, {"config.txt", 0, false}, {"real/start4.elf", 2_228_000, false},
+	{"real/fixup4.dat", 5_400, false}, {"cmdline.txt", 0, false}, {"real/bcm2711-rpi-4-b.dtb", 56_000, false},
+	{"real/kernel8.img", 8_200_000, false}, {"real/initramfs8", 12_400_000, false},
+}
+
+// realisticGet fetches name from port on 127.0.0.1 through fd (a bound UDP socket with a
+// receive timeout) as a Pi does: tsize and blksize asked, each DATA answered after
+// delay; a probe ends after the first block with "Early terminate". It returns the
+// bytes received and the retransmissions made.
+func realisticGet(fd, port int, name string, blksize int, probe bool, delay time.Duration) (int64, int, error) {
+	req := []byte{0, opRRQ}
+	for _, f := range []string{name, "octet", "tsize", "0", "blksize", strconv.Itoa(blksize)} {
+		req = append(append(req, f...), 0)
+	}
+	to := unix.Sockaddr(&unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: port})
+	last := req
+	if err := unix.Sendto(fd, last, 0, to); err != nil {
+		return 0, 0, err
+	}
+	buf := make([]byte, 4+maxWireBlockSize)
+	var got int64
+	size, next, tries, resent, started := defaultBlockSize, uint16(1), 0, 0, false
+	ts := unix.NsecToTimespec(delay.Nanoseconds())
+	answer := func(p []byte) error {
+		for t := ts; unix.Nanosleep(&t, &t) == unix.EINTR; {
+		}
+		last = p
+		return unix.Sendto(fd, p, 0, to)
+	}
+	for packets := 0; packets < 1<<22; packets++ {
+		n, from, err := unix.Recvfrom(fd, buf, 0)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN: // the receive timeout: send again
+			if tries++; tries > 5 {
+				return got, resent, fmt.Errorf("%s: no answer at block %d", name, next)
+			}
+			resent++
+			if err := unix.Sendto(fd, last, 0, to); err != nil {
+				return got, resent, err
+			}
+			continue
+		case err != nil:
+			return got, resent, err
+		}
+		sa, ok := from.(*unix.SockaddrInet4)
+		if !ok || n < 4 {
+			continue
+		}
+		op := binary.BigEndian.Uint16(buf)
+		if !started {
+			// Only the OACK (options are always asked) or an ERROR starts the
+			// transfer: a DATA could be a late resend of the last file's.
+			if op != opOACK && op != opERROR {
+				continue
+			}
+			started, to = true, &unix.SockaddrInet4{Addr: sa.Addr, Port: sa.Port}
+		} else if sa.Port != to.(*unix.SockaddrInet4).Port {
+			continue
+		}
+		switch op {
+		case opERROR:
+			return got, resent, fmt.Errorf("%s: error %q", name, buf[4:n])
+		case opOACK:
+			if next != 1 {
+				continue
+			}
+			fields := strings.Split(string(buf[2:n]), "\x00")
+			for i := 0; i+1 < len(fields); i += 2 {
+				if fields[i] == "blksize" {
+					size, _ = strconv.Atoi(fields[i+1])
+				}
+			}
+			tries = 0
+			if err := answer(ack(0)); err != nil {
+				return got, resent, err
+			}
+		case opDATA:
+			if binary.BigEndian.Uint16(buf[2:]) != next {
+				continue
+			}
+			tries = 0
+			got += int64(n - 4)
+			if probe {
+				return got, resent, answer(append([]byte{0, opERROR, 0, 0}, "Early terminate\x00"...))
+			}
+			if err := answer(ack(next)); err != nil {
+				return got, resent, err
+			}
+			if n-4 < size {
+				return got, resent, nil
+			}
+			next++
+		}
+	}
+	return got, resent, fmt.Errorf("%s: too many packets", name)
+}
+
+// realisticBoard runs one board: on a thread of its own in the benchmark's namespace,
+// from addr, fetching files in order, sizes checked. It returns the retransmissions.
+func (e *benchEnv) realisticBoard(port int, addr netip.Addr, blksize int, files []realFile) (int, error) {
+	runtime.LockOSThread() // never unlocked: the thread, moved to the namespace, ends with us
+	ns, err := os.Open("/run/netns/" + e.ns)
+	if err != nil {
+		return 0, err
+	}
+	err = unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET)
+	ns.Close()
+	if err != nil {
+		return 0, fmt.Errorf("enter %s: %w", e.ns, err)
+	}
+	if runtime.NumCPU() > 1 {
+		var cpus unix.CPUSet
+		cpus.Set(1)
+		unix.SchedSetaffinity(0, &cpus)
+	}
+	unix.Prctl(unix.PR_SET_TIMERSLACK, 1, 0, 0, 0)
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Close(fd)
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: addr.As4()}); err != nil {
+		return 0, err
+	}
+	tv := unix.NsecToTimeval(time.Second.Nanoseconds()) // a Pi's retransmission timeout
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		return 0, err
+	}
+	resent := 0
+	for _, f := range files {
+		n, r, err := realisticGet(fd, port, f.name, blksize, f.probe, benchDelay)
+		resent += r
+		if err != nil {
+			return resent, fmt.Errorf("board %s: %w", addr, err)
+		}
+		want := int64(f.size)
+		if f.probe {
+			want = int64(min(f.size, blksize))
+		}
+		if f.size > 0 && n != want || n == 0 {
+			return resent, fmt.Errorf("board %s: %s: %d bytes, want %d", addr, f.name, n, want)
+		}
+	}
+	return resent, nil
+}
+
+// realisticRun runs boards at once, each fetching files, and returns the time from
+// the first start to the last finish.
+func (e *benchEnv) realisticRun(b *testing.B, port, boards, blksize int, files []realFile) (time.Duration, error) {
+	start := time.Now()
+	var wg sync.WaitGroup
+	var resent atomic.Int64
+	errs := make(chan error, boards)
+	for i := range boards {
+		wg.Go(func() {
+			r, err := e.realisticBoard(port, stormAddr(i), blksize, files)
+			resent.Add(int64(r))
+			if err != nil {
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	d := time.Since(start)
+	close(errs)
+	if r := resent.Load(); r > 0 {
+		b.Logf("port %d: %d retransmissions by the clients", port, r)
+	}
+	return d, <-errs
+}
+
+// BenchmarkRealisticTransfer: one client answering each block after benchDelay, 8 MiB
+// at blksize 512 and 1468.
+func BenchmarkRealisticTransfer(b *testing.B) {
+	e := setupBench(b)
+	for _, blksize := range []int{512, 1468} {
+		b.Run(fmt.Sprintf("8m/blksize=%d", blksize), func(b *testing.B) {
+			sideBySide(b, e, 3, func(port int) (time.Duration, error) {
+				return e.realisticRun(b, port, 1, blksize, []realFile{{"file-8m", 8 << 20, false}})
+			})
+		})
+	}
+}
+
+// BenchmarkRealisticStorm: 200 Pi 4s (PIFLEET_TFTP_BENCH_BOARDS) power on at once, each
+// fetching the boot set of issue 16 (22.9 MB: the start4.elf probe, start4.elf 2.2 MB,
+// kernel8.img 8.2 MB, initramfs8 12.4 MB, ...) at blksize 1468, answering each block
+// after benchDelay. Only pifleet (and the baseline) are measured: dnsmasq serves 50
+// transfers at once by default, and a storm takes minutes per server.
+func BenchmarkRealisticStorm(b *testing.B) {
+	e := setupBench(b)
+	boards := 200
+	if v := os.Getenv(benchBoardsEnv); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > stormAddrs {
+			b.Fatalf("%s=%q: want 1..%d", benchBoardsEnv, v, stormAddrs)
+		}
+		boards = n
+	}
+	servers := []string{"pifleet"}
+	if _, ok := e.ports["baseline"]; ok {
+		servers = append(servers, "baseline")
+	}
+	b.Logf("load average before: %s", loadAvg())
+	times := map[string][]time.Duration{}
+	cpu := map[string][]time.Duration{}
+	for b.Loop() {
+		slices.Reverse(servers) // A, B, B, A, ...: the load from elsewhere hits both alike
+		for _, server := range servers {
+			c0 := e.cpuTime(server)
+			d, err := e.realisticRun(b, e.ports[server], boards, 1468, realBootSet)
+			if err != nil {
+				b.Fatalf("%s: %v", server, err)
+			}
+			times[server] = append(times[server], d)
+			cpu[server] = append(cpu[server], e.cpuTime(server)-c0)
+			b.Logf("%s: %.2f s, server CPU %.2f s, load average %s", server, d.Seconds(), cpu[server][len(cpu[server])-1].Seconds(), loadAvg())
+		}
+	}
+	for _, server := range servers {
+		t, c := times[server], cpu[server]
+		b.ReportMetric(median(t).Seconds(), server+"-s")
+		b.ReportMetric(median(c).Seconds(), server+"-cpu-s")
+		b.Logf("%s: time median %.2f s (%.2f-%.2f), server CPU median %.2f s (%.2f-%.2f)", server,
+			median(t).Seconds(), t[0].Seconds(), t[len(t)-1].Seconds(), median(c).Seconds(), c[0].Seconds(), c[len(c)-1].Seconds())
+	}
+	b.ReportMetric(0, "ns/op")
 }
