@@ -167,15 +167,13 @@ var dhcpFields = map[string]statField{
 }
 
 var tftpFields = map[string]statField{
-	"Reads":       {"pifleet_tftp_transfers_total", "TFTP transfers, by result.", counter, prometheus.Labels{"result": "complete"}},
-	"Probes":      {"pifleet_tftp_transfers_total", "", counter, prometheus.Labels{"result": "probe"}},
-	"Missing":     {"pifleet_tftp_transfers_total", "", counter, prometheus.Labels{"result": "missing"}},
-	"Errors":      {"pifleet_tftp_transfers_total", "", counter, prometheus.Labels{"result": "error"}},
-	"Bytes":       {"pifleet_tftp_bytes_total", "TFTP payload bytes sent.", counter, nil},
-	"DirectWaits": {"pifleet_tftp_ack_waits_total", "TFTP ACK waits, by how the server waited (direct read, or the netpoller).", counter, prometheus.Labels{"how": "direct"}},
-	"PolledWaits": {"pifleet_tftp_ack_waits_total", "", counter, prometheus.Labels{"how": "polled"}},
-	"Refused":     {"pifleet_tftp_transfers_total", "", counter, prometheus.Labels{"result": "refused"}},
-	"OverCap":     {"pifleet_tftp_over_cap_total", "TFTP requests answered \"too many transfers\" (the total or the per-client cap).", counter, nil},
+	"Reads":   {"pifleet_tftp_transfers_total", "TFTP transfers, by result.", counter, prometheus.Labels{"result": "complete"}},
+	"Probes":  {"pifleet_tftp_transfers_total", "", counter, prometheus.Labels{"result": "probe"}},
+	"Missing": {"pifleet_tftp_transfers_total", "", counter, prometheus.Labels{"result": "missing"}},
+	"Errors":  {"pifleet_tftp_transfers_total", "", counter, prometheus.Labels{"result": "error"}},
+	"Bytes":   {"pifleet_tftp_bytes_total", "TFTP payload bytes sent.", counter, nil},
+	"Refused": {"pifleet_tftp_transfers_total", "", counter, prometheus.Labels{"result": "refused"}},
+	"OverCap": {"pifleet_tftp_over_cap_total", "TFTP requests answered \"too many transfers\" (the total or the per-client cap).", counter, nil},
 }
 
 var nfsFields = map[string]statField{
@@ -242,7 +240,7 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// snake turns a Go field name into a metric name part: "DirectWaits" -> "direct_waits".
+// snake turns a Go field name into a metric name part: "OverCap" -> "over_cap".
 func snake(s string) string {
 	var out []rune
 	rs := []rune(s)

@@ -109,9 +109,6 @@ type Stats struct {
 	Refused int64
 	// OverCap counts requests answered "too many transfers" (total or per client).
 	OverCap int64
-	// How ACKs were waited for (see pacer): directly, as a C server does, or in the
-	// netpoller. Fast clients get mostly the first, clients over a network the second.
-	DirectWaits, PolledWaits int64
 }
 
 // Server is a TFTP server for the fleet. Create it with New, run it with Serve.
@@ -133,8 +130,6 @@ type Server struct {
 	refused   atomic.Int64
 	overCap   atomic.Int64
 	bytes     atomic.Int64
-	direct    atomic.Int64
-	polled    atomic.Int64
 
 	// logs rate-limits the log lines each client address causes (logBurst, then one
 	// every logEvery); Serve logs the counts of what it held back every logFlush.
@@ -144,11 +139,6 @@ type Server struct {
 	// for every retransmitted request. Bounded: cleared when full.
 	mu      sync.Mutex
 	unknown map[netip.Addr]struct{}
-
-	// pacing keeps each client's direct-wait back-off from one transfer to the next
-	// (see pacer). Bounded: cleared when full.
-	paceMu sync.Mutex
-	pacing map[netip.Addr]backoff
 
 	// inFlight holds the transfers admitted and not yet ended, by client address and
 	// port and file name; perClient and running count them for the caps. A Pi resends
@@ -180,10 +170,6 @@ type transfer struct {
 
 // maxUnknownClients bounds the memory spent remembering strangers.
 const maxUnknownClients = 1024
-
-// maxPacedClients bounds the memory spent remembering clients' back-off (a few hundred
-// boards is the expected fleet).
-const maxPacedClients = 4096
 
 // New binds cfg.Addr. The socket is created now so that Addr is known before Serve; so
 // is the neighbour-table socket, in the same network namespace.
@@ -247,7 +233,6 @@ func New(cfg Config) (*Server, error) {
 		maxBlk:    cfg.MaxBlockSize,
 		jobs:      make(chan *transfer, cfg.MaxTransfers),
 		unknown:   make(map[netip.Addr]struct{}),
-		pacing:    make(map[netip.Addr]backoff),
 		inFlight:  make(map[flight]*transfer),
 		perClient: make(map[netip.Addr]int),
 	}, nil
@@ -298,7 +283,6 @@ func (s *Server) Stats() Stats {
 	return Stats{
 		Reads: s.reads.Load(), Probes: s.probes.Load(), Missing: s.missing.Load(),
 		Errors: s.errs.Load(), Bytes: s.bytes.Load(), Refused: s.refused.Load(), OverCap: s.overCap.Load(),
-		DirectWaits: s.direct.Load(), PolledWaits: s.polled.Load(),
 	}
 }
 
@@ -571,8 +555,8 @@ func (s *Server) dialClient(local net.IP, client netip.AddrPort) (*socket, int, 
 		return nil, 0, err
 	}
 	maxBlk := s.maxBlk
-	if mtu, err := unix.GetsockoptInt(sock.fd, unix.IPPROTO_IP, unix.IP_MTU); err == nil && mtu > frameOverhead {
-		maxBlk = max(defaultBlockSize, min(maxBlk, mtu-frameOverhead))
+	if sock.mtu > frameOverhead {
+		maxBlk = max(defaultBlockSize, min(maxBlk, sock.mtu-frameOverhead))
 	}
 	return sock, maxBlk, nil
 }
@@ -725,13 +709,9 @@ func (s *Server) serveRead(ctx context.Context, sock *socket, t *transfer, maxBl
 	snd.timeout = neg.timeout
 	snd.pkt = make([]byte, 4+max(neg.blockSize, defaultBlockSize))
 	snd.ack = make([]byte, 4+defaultBlockSize)
-	snd.pace.backoff = s.recallBackoff(client.Addr())
 	n, err := snd.run(ctx, r, neg)
 	s.land(t)
-	s.keepBackoff(client.Addr(), snd.pace.backoff)
 	s.bytes.Add(n)
-	s.direct.Add(snd.directWaits)
-	s.polled.Add(snd.polledWaits)
 	var ce *clientError
 	switch {
 	case t.canceled.Load():
@@ -808,23 +788,6 @@ func (s *Server) seen(client netip.Addr, mac net.HardwareAddr, serial string) {
 		}
 	}
 	s.cfg.Events.Seen(boot.Sighting{Via: "tftp", MAC: mac, IP: client.Unmap(), Serial: serial})
-}
-
-// recallBackoff returns the direct-wait back-off the client's last transfer ended with.
-func (s *Server) recallBackoff(client netip.Addr) backoff {
-	s.paceMu.Lock()
-	defer s.paceMu.Unlock()
-	return s.pacing[client]
-}
-
-// keepBackoff remembers a client's direct-wait back-off for its next transfer.
-func (s *Server) keepBackoff(client netip.Addr, b backoff) {
-	s.paceMu.Lock()
-	defer s.paceMu.Unlock()
-	if _, ok := s.pacing[client]; !ok && len(s.pacing) >= maxPacedClients {
-		clear(s.pacing)
-	}
-	s.pacing[client] = b
 }
 
 // logUnknown logs a client that is not in the fleet, once per address, and lists it

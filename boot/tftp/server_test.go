@@ -185,7 +185,7 @@ func TestRollover(t *testing.T) {
 }
 
 // TestConcurrentTransfers: several clients at once, their transfers taking turns on
-// the Ps (see pacer), and every client still gets exactly its file.
+// the Ps, and every client still gets exactly its file.
 func TestConcurrentTransfers(t *testing.T) {
 	needTool(t, "curl", "curl") // not from the client goroutines: Skip must run on the test's
 	fleet, a, _ := twoBoards(t)

@@ -148,20 +148,15 @@ const readChunk = 64 << 10
 // sender runs the data phase of one read transfer, strictly lock-step (RFC 1350): one
 // DATA in flight, the next sent only after its ACK. A Pi bootloader cannot cope with
 // anything else. The packet buffer is allocated once per transfer; the block loop
-// allocates nothing but the socket's way into the netpoller, once per run of direct
-// waits (see socket).
+// allocates nothing.
 type sender struct {
 	sock    *socket
-	pace    pacer
 	timeout time.Duration
 	retries int
 	pkt     []byte // 4-byte header + one block; also holds OACK/ERROR packets
 	ack     []byte
 	sent    int64
 	ackedAt *atomic.Int64 // when the first ACK was taken (Unix ns): the client is past its RRQ; may be nil
-	// Waits for an answer, by kind (see pacer); a direct wait that gives up and
-	// goes on in the netpoller counts as both.
-	directWaits, polledWaits int64
 }
 
 // run sends the OACK (if any options were granted) and then r in blocks. It returns the
@@ -212,19 +207,8 @@ func (s *sender) exchange(pkt []byte, want uint16) error {
 		out := pkt             // nil once sent: after a stray packet, keep waiting
 		var deadline time.Time // set once a stray packet arrives, so strays cannot stall us
 		for {
-			var n int
-			err := errNotYet
-			if out != nil && s.pace.direct(time.Now()) {
-				n, err = s.sock.direct(out, s.ack)
-				s.pace.directDone(time.Now(), err)
-				s.directWaits++
-				out = nil
-			}
-			if err == errNotYet {
-				n, err = s.sock.poll(out, s.ack, s.timeout)
-				s.polledWaits++
-				out = nil
-			}
+			n, err := s.sock.roundTrip(out, s.ack, s.timeout)
+			out = nil
 			if errors.Is(err, errTimeout) {
 				break // resend
 			}
@@ -255,71 +239,6 @@ func (s *sender) exchange(pkt []byte, want uint16) error {
 		}
 	}
 	return errRetriesExhausted
-}
-
-// pacer decides block by block how a sender waits for the ACK: directly
-// (socket.direct: what a C server's wait costs, but it holds the goroutine's P) or in
-// the netpoller.
-//
-// A direct wait must be answered within quickAnswer. A direct wait answered late (or
-// not at all) sends the client to the netpoller for 1, 2, 4, ... up to maxBackoff
-// blocks before it is tried again. The back-off belongs to the client, not to one
-// transfer (Server.pacing carries it from one file to the next), so a Pi's bootloader,
-// which answers in 100 µs or more over a real network, holds a P for one round trip
-// per maxBackoff blocks once it has backed off, whatever the size of its files.
-//
-// Direct waits come in runs of at most directRun (checked before each wait, so a run
-// can overrun by one wait). Each run ends with one netpoller wait, in which the
-// scheduler runs whatever else is ready on the P; the network is polled then when
-// nothing else is ready, and by sysmon every 10 ms in any case.
-//
-// So clients on a fast host or link are served at a C server's speed, and a boot storm
-// of them runs nearly one transfer at a time, in runs, which also spares the clients'
-// context switches; clients over a real network are served from the netpoller.
-type pacer struct {
-	backoff
-	runStart time.Time // start of the current run of direct waits; zero: not in a run
-	waitFrom time.Time // start of the current direct wait
-}
-
-// backoff is the part of a pacer kept per client between transfers.
-type backoff struct {
-	skip   int  // netpoller waits left before the next direct try
-	misses uint // late direct waits in a row: the back-off's exponent
-}
-
-// Pacing limits (see pacer).
-const (
-	quickAnswer = 50 * time.Microsecond
-	directRun   = time.Millisecond
-	maxBackoff  = 1024
-)
-
-// direct reports whether the wait starting now should be direct.
-func (p *pacer) direct(now time.Time) bool {
-	if p.skip > 0 {
-		p.skip--
-		return false
-	}
-	if p.runStart.IsZero() {
-		p.runStart = now
-	} else if now.Sub(p.runStart) > directRun {
-		p.runStart = time.Time{} // one netpoller wait ends the run
-		return false
-	}
-	p.waitFrom = now
-	return true
-}
-
-// directDone takes the outcome of the direct wait that ended at now.
-func (p *pacer) directDone(now time.Time, err error) {
-	if err != errNotYet && now.Sub(p.waitFrom) <= quickAnswer {
-		p.misses = 0
-		return
-	}
-	p.runStart = time.Time{}
-	p.skip = min(1<<p.misses, maxBackoff)
-	p.misses = min(p.misses+1, 10)
 }
 
 // sendError tells the client why its transfer ends. Best effort: the client may be gone.
