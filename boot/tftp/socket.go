@@ -17,10 +17,10 @@ import (
 // socket is one transfer's UDP socket, connected to the client: it sends a packet and
 // waits in Go's netpoller for the answer, as any Go network read does.
 //
-// The descriptor is nonblocking and registered with the netpoller (os.NewFile); the
-// transfer's own goroutine is the only one that sends and receives, so a round trip
-// goes through RawConn.Read with the send in its callback (see roundTrip) and no
-// net.Conn locks or allocations. shutdown, from another goroutine, ends a wait.
+// The descriptor is nonblocking and registered with the netpoller (os.NewFile). Only
+// the transfer's own goroutine sends and receives: a round trip is one RawConn.Read
+// with the send in its callback (see roundTrip), and allocates nothing. shutdown, from
+// another goroutine, ends a wait.
 type socket struct {
 	f        *os.File
 	rc       syscall.RawConn
