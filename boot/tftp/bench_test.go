@@ -692,7 +692,7 @@ func BenchmarkRealisticStorm(b *testing.B) {
 			c0 := e.cpuTime(server)
 			d, err := e.realisticRun(b, e.ports[server], boards, 1468, realBootSet)
 			if err != nil {
-				b.Fatalf("%s: %v", server, err)
+				b.Errorf("%s: %v", server, err) // and go on: the other server's run still counts
 			}
 			times[server] = append(times[server], d)
 			cpu[server] = append(cpu[server], e.cpuTime(server)-c0)
