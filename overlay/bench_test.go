@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // The benchmarks compare the same call through the overlay and on a plain directory
@@ -170,4 +172,104 @@ func BenchmarkCopyUp100MB(b *testing.B) {
 			}
 		})
 	}
+}
+
+// The stack benchmarks compare an image of 10 layers with the same merged tree as one
+// layer: lookups (Stat of deep paths, with the dir cache warm and cleared every time) and
+// reads of files in the bottom layer. The nine layers above it hold the same deep dirs,
+// either with a few files each ("sparse": small commits) or with 100 files each
+// ("dense": an upgrade that replaced a library dir, so each copy of the dir is big).
+
+const stackDirs = "usr/share/pkg/a/b/c"
+
+func stackTree(b *testing.B, layers int, dense bool) *FS {
+	b.Helper()
+	needRoot(b)
+	bed := newBed(b, layers)
+	data := string(make([]byte, 4096))
+	bottom := bed.lowers[len(bed.lowers)-1]
+	perLayer := 3
+	if dense {
+		perLayer = 100
+	}
+	for i := range benchFiles {
+		put(b, bottom, stackDirs+"/file"+strconv.Itoa(i), data, 0o644)
+	}
+	// the files of the layers above; with one layer they are all in it
+	for l := 1; l < 10; l++ {
+		root := bottom
+		if layers > 1 {
+			root = bed.lowers[l-1]
+		}
+		for j := range perLayer {
+			put(b, root, stackDirs+"/l"+strconv.Itoa(l)+"-"+strconv.Itoa(j), "x", 0o644)
+		}
+	}
+	return bed.open(b)
+}
+
+func stackName(i int) string { return stackDirs + "/file" + strconv.Itoa(i%benchFiles) }
+
+func benchStack(b *testing.B, fn func(b *testing.B, o *FS)) {
+	for _, c := range []struct {
+		name   string
+		layers int
+		dense  bool
+	}{{"layers=1", 1, false}, {"layers=10/sparse", 10, false}, {"layers=1/dense", 1, true}, {"layers=10/dense", 10, true}} {
+		o := stackTree(b, c.layers, c.dense)
+		b.Run(c.name, func(b *testing.B) {
+			before := cpuTime()
+			fn(b, o)
+			b.ReportMetric(float64(cpuTime()-before)/float64(b.N), "cpu-ns/op")
+		})
+	}
+}
+
+func BenchmarkStackStat(b *testing.B) {
+	benchStack(b, func(b *testing.B, o *FS) {
+		for i := 0; b.Loop(); i++ {
+			if _, err := o.Stat(stackName(i)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkStackStatCold clears the dir cache before each Stat (any dir change on the
+// board does), so the whole path is resolved through the layers again.
+func BenchmarkStackStatCold(b *testing.B) {
+	benchStack(b, func(b *testing.B, o *FS) {
+		for i := 0; b.Loop(); i++ {
+			o.dirs.clear()
+			if _, err := o.Stat(stackName(i)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+func BenchmarkStackRead(b *testing.B) {
+	buf := make([]byte, 4096)
+	benchStack(b, func(b *testing.B, o *FS) {
+		for i := 0; b.Loop(); i++ {
+			f, err := o.Open(stackName(i))
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := f.ReadAt(buf, 0); err != nil {
+				b.Fatal(err)
+			}
+			f.Close()
+		}
+	})
+}
+
+// cpuTime is the process's user+system CPU time in ns: on a machine shared with other
+// jobs it varies much less than wall time.
+func cpuTime() int64 {
+	var ru unix.Rusage
+	if unix.Getrusage(unix.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return ru.Utime.Nano() + ru.Stime.Nano()
 }

@@ -37,6 +37,7 @@ type FS struct {
 	// whiteout half made, and O_EXCL creation is atomic.
 	mu    sync.RWMutex
 	dirs  dirCache
+	lists lowerLists // lower dirs' names, never stale (lowers do not change)
 	tmpID atomic.Uint64
 	links map[int]linkIndex // lower hard links by layer, built on first need; guarded by mu
 
@@ -97,6 +98,7 @@ func New(opts Options) (*FS, error) {
 		return nil, err
 	}
 	o.dirs.init()
+	o.lists.init()
 	return o, nil
 }
 

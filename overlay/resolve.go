@@ -2,7 +2,6 @@ package overlay
 
 import (
 	"errors"
-	"io"
 	"io/fs"
 	"os"
 	"strings"
@@ -15,34 +14,25 @@ import (
 type layerDir struct {
 	layer int
 	real  string
-	// names lists a small lower dir's entries, so lookups of names it lacks cost no
-	// lstat; nil for the upper (it changes) and for big dirs. Lowers never change.
-	names map[string]struct{}
+	// list is what is known of a lower dir's names (lowerlist.go), so lookups of names it
+	// lacks cost no lstat; nil for the upper (it changes) and for unreadable dirs.
+	list *lowerList
 }
-
-// maxListedNames bounds the dirs whose names are kept: small layers such as a board's
-// identity layer, where most lookups miss.
-const maxListedNames = 64
 
 func (o *FS) layerDir(layer int, real string) layerDir {
 	ld := layerDir{layer: layer, real: real}
-	if layer == 0 {
-		return ld
-	}
-	f, err := os.Open(real)
-	if err != nil {
-		return ld
-	}
-	defer f.Close()
-	names, err := f.Readdirnames(maxListedNames + 1)
-	if (err != nil && err != io.EOF) || len(names) > maxListedNames {
-		return ld
-	}
-	ld.names = make(map[string]struct{}, len(names))
-	for _, n := range names {
-		ld.names[n] = struct{}{}
+	if layer != 0 {
+		ld.list = o.lists.list(real)
 	}
 	return ld
+}
+
+// opaque reports whether the layer's dir is opaque.
+func (ld layerDir) opaque() bool {
+	if ld.list != nil {
+		return ld.list.opaque
+	}
+	return isOpaque(ld.real)
 }
 
 // mdir is a resolved merged directory: its canonical path (no symlinks, no dots, "" for
@@ -150,11 +140,10 @@ func (o *FS) rootNode() (*node, error) {
 // hides it.
 func (o *FS) lookupIn(d *mdir, name string) (*node, error) {
 	n := &node{parent: d, name: name}
+	h := o.lists.hash(name)
 	for i, p := range d.parts {
-		if p.names != nil {
-			if _, ok := p.names[name]; !ok {
-				continue
-			}
+		if !o.lists.mayHave(p.list, name, h) {
+			continue
 		}
 		real := p.real + "/" + name
 		if err := unix.Lstat(real, &n.st); err != nil {
@@ -185,23 +174,40 @@ func (o *FS) childDir(n *node) (*mdir, error) {
 	if d := o.dirs.get(p); d != nil {
 		return d, nil
 	}
-	d := &mdir{path: p, parts: []layerDir{o.layerDir(n.layer, n.real)}}
 	rest := n.parent.parts[n.part+1:]
-	if len(rest) > 0 && !isOpaque(n.real) {
+	top := layerDir{layer: n.layer, real: n.real}
+	if n.layer != 0 {
+		if top.list = o.lists.sub(n.parent.parts[n.part].list, n.name, n.real); top.list == nil {
+			top = o.layerDir(n.layer, n.real)
+			o.lists.remember(n.parent.parts[n.part].list, n.name, top.list)
+		}
+	}
+	d := &mdir{path: p, parts: make([]layerDir, 1, 1+len(rest))}
+	d.parts[0] = top
+	if len(rest) > 0 && !top.opaque() {
+		h := o.lists.hash(n.name)
 		for i, l := range rest {
+			if !o.lists.mayHave(l.list, n.name, h) {
+				continue
+			}
 			real := l.real + "/" + n.name
-			var st unix.Stat_t
-			if err := unix.Lstat(real, &st); err != nil {
-				if err == unix.ENOENT {
-					continue
+			ld := layerDir{layer: l.layer, real: real, list: o.lists.sub(l.list, n.name, real)}
+			if ld.list == nil { // not known as a dir yet
+				var st unix.Stat_t
+				if err := unix.Lstat(real, &st); err != nil {
+					if err == unix.ENOENT {
+						continue
+					}
+					return nil, err
 				}
-				return nil, err
+				if !isDir(&st) {
+					break
+				}
+				ld = o.layerDir(l.layer, real)
+				o.lists.remember(l.list, n.name, ld.list)
 			}
-			if !isDir(&st) {
-				break
-			}
-			d.parts = append(d.parts, o.layerDir(l.layer, real))
-			if i < len(rest)-1 && isOpaque(real) {
+			d.parts = append(d.parts, ld)
+			if i < len(rest)-1 && ld.opaque() {
 				break
 			}
 		}
