@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pifleet/pifleet/images"
 	"github.com/pifleet/pifleet/overlay"
 	"golang.org/x/sys/unix"
 )
@@ -126,4 +127,153 @@ func DirSize(dir string) int64 {
 		return nil
 	})
 	return total
+}
+
+// DefaultCommitExcludes are the paths `pifleet board commit` leaves out of the layer it
+// makes (fleet.yaml's server.commit.exclude adds more): what pifleet writes per board into
+// its identity layer (images.IdentityPaths), what a board makes for itself that must differ
+// between boards, and what is volatile. A pattern is an absolute path with * ? [..]
+// wildcards per component, and covers what is below it. An excluded path shows the base
+// image's version in the new image.
+func DefaultCommitExcludes() []string {
+	return append(images.IdentityPaths(),
+		// per board, made by the board itself
+		"/var/lib/dbus/machine-id",
+		"/var/lib/systemd/random-seed",       // seeds the board's RNG at boot: never share it
+		"/var/lib/systemd/credential.secret", // the host key of systemd-creds
+		"/var/lib/systemd/timesync",
+		"/var/lib/NetworkManager", // leases, secret_key (stable IPv6 addresses, MAC randomisation)
+		"/var/lib/dhcp",
+		"/var/lib/dhcpcd",
+		"/etc/dhcpcd.duid",
+		"/etc/dhcpcd.secret",
+		"/var/lib/bluetooth", // pairings, kept under the board's own adapter address
+		"/root/.bash_history",
+		"/home/*/.bash_history",
+		// volatile
+		"/var/log",
+		"/var/cache/apt/archives",
+		"/var/cache/apt/pkgcache.bin",
+		"/var/cache/apt/srcpkgcache.bin",
+		"/var/lib/systemd/coredump",
+		"/var/crash",
+		"/var/swap", // Pi OS's dphys-swapfile
+		"/swapfile",
+		"/root/.cache",
+		"/home/*/.cache",
+		"/tmp",
+		"/var/tmp",
+		"/run",
+	)
+}
+
+// commitExcludes is the full exclude list for cfg.
+func commitExcludes(cfg *Config) []string {
+	return append(DefaultCommitExcludes(), cfg.Server.CommitExclude...)
+}
+
+// CommitResult is what `pifleet board commit` made.
+type CommitResult struct {
+	Board     string `json:"board"`
+	Image     string `json:"image"`     // the new image
+	Base      string `json:"base"`      // the board's image, which the new one stacks on
+	Layer     string `json:"layer"`     // the new layer's digest (sha256 hex)
+	Files     int64  `json:"files"`     // paths in the layer (whiteouts included)
+	Bytes     int64  `json:"bytes"`     // file data in the layer
+	Whiteouts int    `json:"whiteouts"` // deletions in the layer
+	Excluded  int    `json:"excluded"`  // changes left out (excluded paths)
+}
+
+// ErrNotStored refuses a commit of a board whose image is a fleet.yaml path, not in the
+// image store: a layer can only be stacked on a stored image.
+var ErrNotStored = errors.New("not in the image store")
+
+// commitUpper exports a board's upper (minus the excludes) over its image's layers as a
+// new layer in store, and makes image as = base + that layer. The upper is only read.
+// The new layer is left for the store's sweep if the image cannot be made.
+func commitUpper(store *images.Store, upper string, imageLowers []string, board, base, as string, exclude []string) (CommitResult, error) {
+	res := CommitResult{Board: board, Image: as, Base: base}
+	fail := func(err error) (CommitResult, error) {
+		return res, fmt.Errorf("board %s: commit as %s: %w", board, as, err)
+	}
+	if err := images.CheckName(as); err != nil {
+		return fail(err)
+	}
+	if store.Exists(as) {
+		return fail(fmt.Errorf("image %s %w (pick another name, or remove it first with `pifleet image rm %s`)", as, images.ErrExists, as))
+	}
+	if !store.Exists(base) {
+		return fail(fmt.Errorf("its image %s is %w (a fleet.yaml path image?): only a stored image can have layers stacked on it", base, ErrNotStored))
+	}
+	ex, err := overlay.ParseExcludes(exclude)
+	if err != nil {
+		return fail(err)
+	}
+	tmp, err := store.TempDir("commit-" + board)
+	if err != nil {
+		return fail(err)
+	}
+	stats, err := overlay.Export(upper, imageLowers, tmp, ex)
+	if err != nil {
+		os.RemoveAll(tmp)
+		return fail(err)
+	}
+	res.Whiteouts, res.Excluded = stats.Whiteouts, stats.Excluded
+	layer, err := store.AddLayer(tmp, fmt.Sprintf("board %s committed over %s", board, base))
+	if err != nil {
+		return fail(err)
+	}
+	res.Layer, res.Files, res.Bytes = layer.Digest, layer.Files, layer.Bytes
+	meta := images.ImageMeta{Source: "board " + board, Format: "commit", Comment: fmt.Sprintf("pifleet board commit %s --as %s", board, as)}
+	if err := store.CreateImage(as, base, []string{layer.Digest}, meta); err != nil {
+		return fail(err)
+	}
+	return res, nil
+}
+
+// CommitBoard makes a new image from a board's changes over its image (see commitUpper)
+// while the server runs. A board with its root mounted is refused unless force: its
+// upper then changes while it is read, and the layer holds what was read when. The board
+// itself is never changed.
+func (s *Server) CommitBoard(name, as string, force bool) (CommitResult, error) {
+	s.mu.Lock() // no reset or reload moves the upper meanwhile
+	defer s.mu.Unlock()
+	snap := s.fleet.cur.Load()
+	b, ok := snap.boards[name]
+	if !ok {
+		return CommitResult{}, fmt.Errorf("board %s: not in the fleet", name)
+	}
+	if s.nfs.Mounted(name) && !force {
+		return CommitResult{}, fmt.Errorf("board %s: %w: power it off first, or use --force (the layer then holds its files as they were when read)", name, ErrMounted)
+	}
+	res, err := commitUpper(s.store, s.state.Upper(name), b.lowers[1:], name, b.cfg.Image, as, commitExcludes(snap.cfg))
+	if err != nil {
+		return res, err
+	}
+	s.log.Info("board committed", "board", name, "mac", macString(b.cfg), "image", as, "base", res.Base, "layer", res.Layer, "forced", force)
+	return res, nil
+}
+
+// OfflineCommit is CommitBoard straight on the state dir, for when no server runs (so no
+// board has its root mounted). It holds the state dir's lock meanwhile.
+func OfflineCommit(cfg *Config, name, as string) (CommitResult, error) {
+	b, ok := boardByName(cfg, name)
+	if !ok {
+		return CommitResult{}, fmt.Errorf("board %s: not in %s", name, cfg.Path)
+	}
+	lock, err := LockOffline(cfg.Server.State)
+	if err != nil {
+		return CommitResult{}, fmt.Errorf("board %s: %w", name, err)
+	}
+	defer lock.Release()
+	st := State{Dir: cfg.Server.State}
+	store, err := images.OpenStore(st.Images())
+	if err != nil {
+		return CommitResult{}, err
+	}
+	lowers, err := imageLayers(cfg, store, b.Image)
+	if err != nil {
+		return CommitResult{}, fmt.Errorf("board %s: %w", name, err)
+	}
+	return commitUpper(store, st.Upper(name), lowers, name, b.Image, as, commitExcludes(cfg))
 }

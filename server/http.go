@@ -17,7 +17,7 @@ import (
 )
 
 // The HTTP side: the web UI for people (ui.go), a JSON API for `pifleet board ...` and
-// scripts, and Prometheus metrics. Calls that change state (reset, reload) are accepted
+// scripts, and Prometheus metrics. Calls that change state (reset, commit, reload) are accepted
 // only from the server itself, with the API token, and never from a web page (see guarded).
 func (s *Server) handler() http.Handler {
 	mux := http.NewServeMux()
@@ -73,6 +73,17 @@ func (s *Server) handler() http.Handler {
 			writeError(w, http.StatusBadRequest, err.Error())
 		default:
 			writeJSON(w, http.StatusOK, map[string]string{"reset": r.PathValue("name")})
+		}
+	}))
+	mux.HandleFunc("POST /api/boards/{name}/commit", s.guarded(func(w http.ResponseWriter, r *http.Request) {
+		res, err := s.CommitBoard(r.PathValue("name"), r.URL.Query().Get("as"), r.URL.Query().Get("force") == "1")
+		switch {
+		case errors.Is(err, ErrMounted):
+			writeError(w, http.StatusConflict, err.Error())
+		case err != nil:
+			writeError(w, http.StatusBadRequest, err.Error())
+		default:
+			writeJSON(w, http.StatusOK, res)
 		}
 	}))
 	mux.HandleFunc("POST /api/reload", s.guarded(func(w http.ResponseWriter, r *http.Request) {

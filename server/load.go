@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pifleet/pifleet/overlay"
 	"gopkg.in/yaml.v3"
 )
 
@@ -25,7 +26,7 @@ const maxConfigSize = 8 << 20
 // "did you mean" hint.
 var (
 	topKeys     = []string{"server", "images", "defaults", "groups", "boards"}
-	serverKeys  = []string{"interface", "address", "state", "dhcp", "ports", "http"}
+	serverKeys  = []string{"interface", "address", "state", "dhcp", "ports", "http", "commit"}
 	dhcpKeys    = []string{"mode", "range", "router", "dns", "lease", "proxy_pxe"}
 	portKeys    = []string{"dhcp", "tftp", "nfs", "mount", "http", "portmap"}
 	imageKeys   = []string{"path", "base"}
@@ -327,6 +328,33 @@ func (l *loader) server(n *yaml.Node, s *ServerConfig) {
 	}
 	l.portClashes(p, s.Ports)
 	s.HTTP = l.httpListen(m["http"], s.Ports.HTTP)
+	c := l.mapping(m["commit"], "server.commit", []string{"exclude"})
+	s.CommitExclude = l.commitExclude(c["exclude"])
+}
+
+// commitExclude parses server.commit.exclude: a list of absolute path patterns.
+func (l *loader) commitExclude(n *yaml.Node) []string {
+	if n == nil || isNull(n) {
+		return nil
+	}
+	hint := "absolute paths, * ? [..] wildcards per component, like /var/lib/myapp/cache or /home/*/.cache"
+	if n.Kind != yaml.SequenceNode {
+		l.errf(n, hint, "server.commit.exclude must be a list of paths, not %s", kindName(n))
+		return nil
+	}
+	var out []string
+	for _, c := range n.Content {
+		if c.Kind != yaml.ScalarNode {
+			l.errf(c, hint, "each entry of server.commit.exclude must be a path, not %s", kindName(c))
+			continue
+		}
+		if err := overlay.CheckExclude(c.Value); err != nil {
+			l.errf(c, hint, "server.commit.exclude: %v", err)
+			continue
+		}
+		out = append(out, c.Value)
+	}
+	return out
 }
 
 // httpListen parses server.http: the addresses the HTTP API listens on, each an IP

@@ -19,10 +19,11 @@ import (
 
 func runBoard(ctx context.Context, e *env, args []string) error {
 	return dispatch(ctx, e, "pifleet board", map[string]command{
-		"ls":    {"list boards: MAC, serial, IP, image, upper size, last boot, mounted", runBoardLs},
-		"reset": {"wipe boards' upper dirs so they boot the image's pristine state", runBoardReset},
-		"diff":  {"show what a board changed against its image (A/C/D); --conflicts: what its new image changed too", runBoardDiff},
-		"add":   {"add a board to fleet.yaml, keeping its comments and layout", runBoardAdd},
+		"ls":     {"list boards: MAC, serial, IP, image, upper size, last boot, mounted", runBoardLs},
+		"reset":  {"wipe boards' upper dirs so they boot the image's pristine state", runBoardReset},
+		"diff":   {"show what a board changed against its image (A/C/D); --conflicts: what its new image changed too", runBoardDiff},
+		"commit": {"make a new image from a board's changes: its image plus one layer", runBoardCommit},
+		"add":    {"add a board to fleet.yaml, keeping its comments and layout", runBoardAdd},
 	}, args)
 }
 
@@ -240,6 +241,60 @@ func runBoardReset(ctx context.Context, e *env, args []string) error {
 	if len(failed) > 0 {
 		return fmt.Errorf("%d of %d board(s) not reset: %s", len(failed), len(names), strings.Join(failed, ", "))
 	}
+	return nil
+}
+
+func runBoardCommit(ctx context.Context, e *env, args []string) error {
+	fs := newFlags(e, "pifleet board commit", "[-c fleet.yaml] [--force] NAME --as IMAGE",
+		"Makes image IMAGE from what board NAME changed: the board's image plus one new layer holding\n"+
+			"the board's upper dir minus what is per board or volatile (hostname, machine-id, SSH host\n"+
+			"keys, the first user's keys, /var/log, /tmp, ... see README; fleet.yaml's\n"+
+			"server.commit.exclude adds paths). The board itself is not changed. Refused while the board\n"+
+			"has its root mounted, unless --force. Goes through the pifleet serve that holds the state\n"+
+			"dir, if one does; else works on the state dir directly, holding its lock.")
+	cfgPath := configFlag(fs)
+	as := fs.String("as", "", "name of the new image (required)")
+	force := fs.Bool("force", false, "commit even while the board has its root mounted (its files may be mid-change)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usagef("board commit needs one board name")
+	}
+	if *as == "" {
+		return usagef("board commit needs --as IMAGE, the new image's name")
+	}
+	if err := images.CheckName(*as); err != nil {
+		return usagef("%v", err)
+	}
+	cfg, err := loadConfig(*cfgPath)
+	if err != nil {
+		return err
+	}
+	live, err := dialAPI(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	name := fs.Arg(0)
+	var res server.CommitResult
+	if live != nil {
+		q := url.Values{"as": {*as}}
+		if *force {
+			q.Set("force", "1")
+		}
+		long := *live
+		long.c = &http.Client{} // a big upper takes a while; Ctrl-C (ctx) still ends the wait
+		err = long.call(ctx, "POST", "/api/boards/"+url.PathEscape(name)+"/commit?"+q.Encode(), &res)
+	} else {
+		res, err = server.OfflineCommit(cfg, name, *as)
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.out, "committed board %s as image %s (%s + 1 layer)\n", res.Board, res.Image, res.Base)
+	fmt.Fprintf(e.out, "layer %s: %d files, %s, %d deletions; %d excluded changes left out\n",
+		res.Layer, res.Files, images.HumanBytes(res.Bytes), res.Whiteouts, res.Excluded)
+	fmt.Fprintf(e.out, "to boot boards on it: add %s: {} under images: in fleet.yaml and give a board or group image: %s\n", res.Image, res.Image)
 	return nil
 }
 

@@ -18,6 +18,7 @@ import (
 var positionals = map[string]string{
 	"board reset":  "boards",
 	"board diff":   "boards",
+	"board commit": "boards",
 	"image verify": "images",
 	"image rm":     "images",
 	"image import": "files",
