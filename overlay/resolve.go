@@ -190,9 +190,15 @@ func (o *FS) childDir(n *node) (*mdir, error) {
 			if !o.lists.mayHave(l.list, n.name, h) {
 				continue
 			}
-			real := l.real + "/" + n.name
-			ld := layerDir{layer: l.layer, real: real, list: o.lists.sub(l.list, n.name, real)}
+			var ld layerDir
+			if sl := o.lists.subOf(l.list, n.name); sl != nil { // known as a dir
+				ld = layerDir{layer: l.layer, real: sl.real, list: sl}
+			} else {
+				real := l.real + "/" + n.name
+				ld = layerDir{layer: l.layer, real: real, list: o.lists.sub(l.list, n.name, real)}
+			}
 			if ld.list == nil { // not known as a dir yet
+				real := ld.real
 				var st unix.Stat_t
 				if err := unix.Lstat(real, &st); err != nil {
 					if err == unix.ENOENT {
