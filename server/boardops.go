@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -204,6 +205,14 @@ func commitUpper(store *images.Store, upper string, imageLowers []string, board,
 	}
 	if !store.Exists(base) {
 		return fail(fmt.Errorf("its image %s is %w (a fleet.yaml path image?): only a stored image can have layers stacked on it", base, ErrNotStored))
+	}
+	if layers, err := store.Layers(base); err != nil {
+		return fail(err)
+	} else if !slices.Equal(layers, imageLowers) {
+		return fail(fmt.Errorf("the board runs another stack than image %s has now (its image changed since it booted): reboot it first", base))
+	}
+	if _, err := os.Lstat(upper); errors.Is(err, fs.ErrNotExist) {
+		return fail(errors.New("it has no upper dir (never booted, or reset since): nothing to commit"))
 	}
 	ex, err := overlay.ParseExcludes(exclude)
 	if err != nil {

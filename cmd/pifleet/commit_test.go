@@ -50,7 +50,7 @@ func TestBoardCommit(t *testing.T) {
 	ports := freePorts(t, 4)
 	cfg := filepath.Join(dir, "fleet.yaml")
 	os.WriteFile(cfg, []byte(fmt.Sprintf("server: {address: 127.0.0.100/8, state: st, dhcp: {mode: off}, ports: {tftp: %d, nfs: %d, mount: %d, http: %d, portmap: 0},"+
-		" commit: {exclude: [/srv/cache]}}\nimages: {img: {}}\ndefaults: {image: img}\nboards:\n  - {name: pi-01, serial: '12345678'}\n", ports[0], ports[1], ports[2], ports[3])), 0o644)
+		" commit: {exclude: [/srv/cache]}}\nimages: {img: {}}\ndefaults: {image: img}\nboards:\n  - {name: pi-01, serial: '12345678'}\n  - {name: pi-02, serial: '12345679'}\n", ports[0], ports[1], ports[2], ports[3])), 0o644)
 	upper := filepath.Join(state, "boards", "pi-01", "upper")
 	for rel, data := range map[string]string{"etc/app.conf": "kiosk\n", "etc/hostname": "pi-01\n", "srv/cache/x": "c", "var/log/syslog": "l"} {
 		os.MkdirAll(filepath.Join(upper, filepath.Dir(rel)), 0o755)
@@ -72,6 +72,10 @@ func TestBoardCommit(t *testing.T) {
 	checkCommitted(t, store, "v2")
 	if code, _, errOut := runCLI("board", "commit", "pi-01", "--as", "v2", "-c", cfg); code != 1 || !strings.Contains(errOut, "exists") {
 		t.Errorf("commit over an existing image: exit %d %s", code, errOut)
+	}
+
+	if code, _, errOut := runCLI("board", "commit", "pi-02", "--as", "v4", "-c", cfg); code != 1 || !strings.Contains(errOut, "nothing to commit") {
+		t.Errorf("commit of a board that never booted: exit %d %s", code, errOut)
 	}
 
 	// through a running server
