@@ -382,3 +382,28 @@ func TestParseExcludes(t *testing.T) {
 		}
 	}
 }
+
+// FuzzExcludes: any pattern is accepted or refused without panicking; an accepted one is
+// absolute and clean, and Match and below never panic on any path.
+func FuzzExcludes(f *testing.F) {
+	for _, s := range []string{"/etc/ssh/ssh_host_*", "/var/log", "/home/*/.cache", "/a/[b-c]?", "relative", "/a//b", "/[", "/\\"} {
+		f.Add(s, "/etc/ssh/ssh_host_rsa_key")
+	}
+	f.Fuzz(func(t *testing.T, pat, p string) {
+		ex, err := ParseExcludes([]string{pat})
+		if err != nil {
+			return
+		}
+		if !strings.HasPrefix(pat, "/") || strings.Contains(pat, "//") || strings.Contains(pat+"/", "/../") || strings.Contains(pat+"/", "/./") {
+			t.Fatalf("accepted %q", pat)
+		}
+		ex.Match(p)
+		ex.below(p)
+		if !strings.ContainsAny(pat, "*?[\\") && !ex.Match(pat) {
+			t.Fatalf("%q does not match itself", pat)
+		}
+		if !strings.ContainsAny(pat, "*?[\\") && !ex.Match(pat+"/below") {
+			t.Fatalf("%q does not match what is below it", pat)
+		}
+	})
+}
