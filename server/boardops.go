@@ -255,7 +255,9 @@ func (s *Server) CommitBoard(name, as string, force bool) (CommitResult, error) 
 	if s.nfs.Mounted(name) && !force {
 		return CommitResult{}, fmt.Errorf("board %s: %w: power it off first, or use --force (the layer then holds its files as they were when read)", name, ErrMounted)
 	}
-	res, err := commitUpper(s.store, s.state.Upper(name), b.lowers[1:], name, b.cfg.Image, as, commitExcludes(snap.cfg))
+	// The base is the image the board runs (its changes were made over it), which may be
+	// another than fleet.yaml names now while a switch is pending.
+	res, err := commitUpper(s.store, s.state.Upper(name), b.run.Layers, name, b.run.Image, as, commitExcludes(snap.cfg))
 	if err != nil {
 		return res, err
 	}
@@ -276,13 +278,13 @@ func OfflineCommit(cfg *Config, name, as string) (CommitResult, error) {
 	}
 	defer lock.Release()
 	st := State{Dir: cfg.Server.State}
-	store, err := images.OpenStore(st.Images())
+	store, err := OpenStore(st.Dir, lock, nil)
 	if err != nil {
 		return CommitResult{}, err
 	}
-	lowers, err := imageLayers(cfg, store, b.Image)
+	run, _, err := offlineStacks(cfg, b) // the image it ran last: its changes were made over that
 	if err != nil {
-		return CommitResult{}, fmt.Errorf("board %s: %w", name, err)
+		return CommitResult{}, err
 	}
-	return commitUpper(store, st.Upper(name), lowers, name, b.Image, as, commitExcludes(cfg))
+	return commitUpper(store, st.Upper(name), run.Layers, name, run.Image, as, commitExcludes(cfg))
 }

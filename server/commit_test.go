@@ -385,3 +385,34 @@ func TestParseCommitExclude(t *testing.T) {
 		}
 	}
 }
+
+// TestCommitPendingSwitch: a mounted board whose group moved to another image keeps
+// running its old one until it reboots; a forced commit stacks its changes on the image it
+// runs, which is what they were made over, not on the pending one.
+func TestCommitPendingSwitch(t *testing.T) {
+	needRoot(t)
+	ts := startRollout(t, "  - {name: alpha, mac: '02:00:00:00:00:01', serial: '000abc00', ip: 127.0.0.1, group: lab}\n", 0, true)
+	v, done := mountAs(t, ts, "alpha")
+	defer done()
+	nfsWrite(t, v, "etc/mine", "board data")
+	ts.setGroupImage("v2")
+	if st := ts.status("alpha"); st.Image != "v1" || st.Pending != "v2" {
+		t.Fatalf("alpha runs %q, pending %q: want v1 with v2 pending", st.Image, st.Pending)
+	}
+	resp, err := ts.post("/api/boards/alpha/commit?as=mine&force=1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var res CommitResult
+	if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &res) != nil || res.Base != "v1" {
+		t.Fatalf("commit: HTTP %d %s (want base v1)", resp.StatusCode, body)
+	}
+	layers, err := ts.srv.store.Layers("mine")
+	must(t, err)
+	v1, _ := ts.srv.store.Layers("v1")
+	if !slices.Equal(layers[1:], v1) {
+		t.Errorf("mine's stack %v, want a layer over v1's %v", layers, v1)
+	}
+}
