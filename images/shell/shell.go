@@ -170,7 +170,7 @@ func Run(ctx context.Context, o Options) error {
 	case <-time.After(5 * time.Second):
 	}
 	if ctx.Err() != nil {
-		return fmt.Errorf("image shell: %w", context.Cause(ctx))
+		return fmt.Errorf("image shell: %w", ctx.Err())
 	}
 	if len(rep) > 0 {
 		return fmt.Errorf("image shell: %s", bytes.TrimSpace(rep))
