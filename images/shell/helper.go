@@ -85,7 +85,7 @@ func (c *config) setup() (*exec.Cmd, error) {
 		if err := unix.Mount(c.Lowers[0], probe, "", unix.MS_BIND|unix.MS_RDONLY, ""); err != nil {
 			return nil, fmt.Errorf("bind %s: %w", c.Lowers[0], err)
 		}
-	} else if err := mountOverlay(probe, c.Lowers, "", "", unix.MS_RDONLY); err != nil {
+	} else if err := mountOverlay(probe, c.Lowers, "", "", true); err != nil {
 		return nil, err
 	}
 	mounts, err := c.planMounts(probe, scaffold)
@@ -99,7 +99,7 @@ func (c *config) setup() (*exec.Cmd, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := mountOverlay(root, append([]string{scaffold}, c.Lowers...), c.Upper, c.Work, 0); err != nil {
+	if err := mountOverlay(root, append([]string{scaffold}, c.Lowers...), c.Upper, c.Work, false); err != nil {
 		return nil, err
 	}
 	for _, m := range mounts {
@@ -196,11 +196,20 @@ func scriptInterpreter(head []byte) (string, bool) {
 	return f[0], true
 }
 
-// mountOverlay mounts the kernel's overlayfs. Without upper it is a read-only view of the
-// lowers. The options keep the upper in the plain format a layer has: no redirects
-// (a renamed lower dir is copied, as rename(2) returns EXDEV and tools copy), no metacopy
-// (data always in the upper), no index or uuid records.
-func mountOverlay(target string, lowers []string, upper, work string, flags uintptr) error {
+// overlayOptions keep the upper in the plain format a layer has: no redirects (a renamed
+// lower dir is copied, as rename(2) returns EXDEV and tools copy), no metacopy (data always
+// in the upper), no index or uuid records.
+var overlayOptions = [][2]string{{"redirect_dir", "off"}, {"index", "off"}, {"metacopy", "off"}, {"uuid", "off"}, {"xino", "off"}}
+
+// mountOverlay mounts the kernel's overlayfs; without upper it is a read-only view of the
+// lowers. It hands the kernel one lower at a time (fsconfig "lowerdir+", Linux 6.8), so a
+// deep stack is not bounded by the one page mount(2) takes for all options, and falls back
+// to mount(2) on older kernels.
+func mountOverlay(target string, lowers []string, upper, work string, readOnly bool) error {
+	err := fsconfigOverlay(target, lowers, upper, work, readOnly)
+	if !errors.Is(err, errNoFsconfig) {
+		return err
+	}
 	esc := make([]string, len(lowers))
 	for i, l := range lowers {
 		esc[i] = overlayEscape(l)
@@ -209,9 +218,15 @@ func mountOverlay(target string, lowers []string, upper, work string, flags uint
 	if upper != "" {
 		opts += ",upperdir=" + overlayEscape(upper) + ",workdir=" + overlayEscape(work)
 	}
-	opts += ",redirect_dir=off,index=off,metacopy=off,uuid=off,xino=off"
+	for _, o := range overlayOptions {
+		opts += "," + o[0] + "=" + o[1]
+	}
 	if len(opts) >= os.Getpagesize() {
-		return fmt.Errorf("overlay mount of %d layers: %d bytes of options, more than the kernel takes (%d)", len(lowers), len(opts), os.Getpagesize()-1)
+		return fmt.Errorf("overlay of %d layers: %d bytes of mount options, more than this kernel takes (%d; Linux 6.8 takes any number)", len(lowers), len(opts), os.Getpagesize()-1)
+	}
+	var flags uintptr
+	if readOnly {
+		flags = unix.MS_RDONLY
 	}
 	if err := unix.Mount("overlay", target, "overlay", flags, opts); err != nil {
 		if errors.Is(err, unix.ENODEV) {
@@ -220,6 +235,80 @@ func mountOverlay(target string, lowers []string, upper, work string, flags uint
 		return fmt.Errorf("mount overlay on %s (%s): %w", target, opts, err)
 	}
 	return nil
+}
+
+// errNoFsconfig: the kernel lacks the new mount API or overlayfs's "lowerdir+".
+var errNoFsconfig = errors.New("no fsconfig lowerdir+")
+
+func fsconfigOverlay(target string, lowers []string, upper, work string, readOnly bool) (err error) {
+	fd, err := unix.Fsopen("overlay", unix.FSOPEN_CLOEXEC)
+	if errors.Is(err, unix.ENOSYS) {
+		return errNoFsconfig
+	}
+	if errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("mount overlay: %w (modprobe overlay)", err)
+	}
+	if err != nil {
+		return fmt.Errorf("fsopen overlay: %w", err)
+	}
+	defer unix.Close(fd)
+	defer func() {
+		if err != nil && !errors.Is(err, errNoFsconfig) {
+			err = fmt.Errorf("mount overlay on %s: %w%s", target, err, fsconfigLog(fd))
+		}
+	}()
+	for i, l := range lowers {
+		if err := unix.FsconfigSetString(fd, "lowerdir+", l); err != nil {
+			if i == 0 && errors.Is(err, unix.EINVAL) {
+				fsconfigLog(fd)
+				return errNoFsconfig
+			}
+			return fmt.Errorf("lower %s: %w", l, err)
+		}
+	}
+	if upper != "" {
+		if err := unix.FsconfigSetString(fd, "upperdir", upper); err != nil {
+			return fmt.Errorf("upper %s: %w", upper, err)
+		}
+		if err := unix.FsconfigSetString(fd, "workdir", work); err != nil {
+			return fmt.Errorf("work %s: %w", work, err)
+		}
+	}
+	for _, o := range overlayOptions {
+		if err := unix.FsconfigSetString(fd, o[0], o[1]); err != nil {
+			return fmt.Errorf("%s=%s: %w", o[0], o[1], err)
+		}
+	}
+	if err := unix.FsconfigCreate(fd); err != nil {
+		return err
+	}
+	var attr int
+	if readOnly {
+		attr = unix.MOUNT_ATTR_RDONLY
+	}
+	mfd, err := unix.Fsmount(fd, unix.FSMOUNT_CLOEXEC, attr)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(mfd)
+	return unix.MoveMount(mfd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH)
+}
+
+// fsconfigLog reads the messages the kernel left on an fs context (why a mount failed).
+func fsconfigLog(fd int) string {
+	var msgs []string
+	buf := make([]byte, 1024)
+	for range 16 {
+		n, err := unix.Read(fd, buf)
+		if err != nil || n <= 0 {
+			break
+		}
+		msgs = append(msgs, strings.TrimSpace(string(buf[:n])))
+	}
+	if len(msgs) == 0 {
+		return ""
+	}
+	return " (kernel: " + strings.Join(msgs, "; ") + ")"
 }
 
 // overlayEscape escapes the characters overlayfs's option parser splits on.

@@ -342,3 +342,29 @@ func TestRunWithoutQemu(t *testing.T) {
 		t.Errorf("the command ran: %q", out.String())
 	}
 }
+
+// TestRunManyLayers: a stack deeper than one page of mount(2) options mounts (the kernel
+// gets one lower at a time), and the topmost layer wins.
+func TestRunManyLayers(t *testing.T) {
+	needs(t)
+	f := newFixture(t)
+	base := f.lowers[1]
+	f.lowers = nil
+	for i := range 80 {
+		l := filepath.Join(f.tmp, fmt.Sprintf("a-layer-with-a-rather-long-directory-name-to-fill-the-options-%03d", i))
+		must(t, os.MkdirAll(filepath.Join(l, "etc"), 0o755))
+		must(t, os.WriteFile(filepath.Join(l, "etc", "layer"), []byte(fmt.Sprint(i)), 0o644))
+		must(t, os.WriteFile(filepath.Join(l, "etc", fmt.Sprintf("only-%d", i)), nil, 0o644))
+		f.lowers = append([]string{l}, f.lowers...)
+	}
+	f.lowers = append(f.lowers, base)
+	var out bytes.Buffer
+	o := f.opts("sh", "-c", "cat /etc/layer; echo; ls /etc/only-0 /etc/only-79")
+	o.Stdout, o.Stderr = &out, &out
+	if err := Run(context.Background(), o); err != nil {
+		t.Fatalf("run: %v\n%s", err, out.String())
+	}
+	if want := "79\n/etc/only-0\n/etc/only-79\n"; out.String() != want {
+		t.Errorf("output %q, want %q", out.String(), want)
+	}
+}
