@@ -20,6 +20,7 @@ var positionals = map[string]string{
 	"board diff":   "boards",
 	"image verify": "images",
 	"image rm":     "images",
+	"image shell":  "images",
 	"image import": "files",
 	"completion":   "shells",
 }
