@@ -230,7 +230,8 @@ func TestImageShell(t *testing.T) {
 
 // TestImageShellInterrupted: Ctrl-C (SIGINT to pifleet's whole process group) while the
 // command runs ends it and everything it started, and leaves no image, no temp dir and no
-// mount.
+// mount. A pifleet killed with SIGKILL takes the command and its mounts with it (the
+// helper's parent-death signal); its temp dir is swept by the store later.
 func TestImageShellInterrupted(t *testing.T) {
 	needsImageShell(t)
 	l := newShellLab(t, busyboxSource(t), false)
@@ -238,46 +239,79 @@ func TestImageShellInterrupted(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-buildvcs=false", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	cmd := exec.Command(bin, "image", "shell", "-c", l.cfg, "base", "--as", "v2", "--",
-		"sh", "-c", "echo x > /etc/foo; sleep 876543 & echo started; sleep 876544")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	line, err := bufio.NewReader(stdout).ReadString('\n')
-	if err != nil || line != "started\n" {
-		cmd.Process.Kill()
-		t.Fatalf("read %q, %v; stderr %s", line, err, stderr.String())
-	}
-	syscall.Kill(-cmd.Process.Pid, syscall.SIGINT)
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case <-done:
-	case <-time.After(60 * time.Second):
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		t.Fatal("pifleet did not end after SIGINT")
-	}
-	if code := cmd.ProcessState.ExitCode(); code != 130 {
-		t.Errorf("exit %d, want 130; stderr %s", code, stderr.String())
-	}
-	if l.store.Exists("v2") {
-		t.Error("an interrupted shell made image v2")
-	}
-	if d := l.tempDirs(t); len(d) > 0 {
-		t.Errorf("left behind: %v", d)
-	}
-	if m := mountsUnder(t, l.state); len(m) > 0 {
-		t.Errorf("the host's mount table holds: %q", m)
-	}
-	if ps := processesWith("87654"); len(ps) > 0 {
-		t.Errorf("left running: %v", ps)
+	for _, c := range []struct {
+		sig   syscall.Signal
+		group bool
+		code  int
+	}{{syscall.SIGINT, true, 130}, {syscall.SIGKILL, false, -1}} {
+		cmd := exec.Command(bin, "image", "shell", "-c", l.cfg, "base", "--as", "v2", "--",
+			"sh", "-c", "echo x > /etc/foo; sleep 876543 & echo started; sleep 876544")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		line, err := bufio.NewReader(stdout).ReadString('\n')
+		if err != nil || line != "started\n" {
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			t.Fatalf("read %q, %v; stderr %s", line, err, stderr.String())
+		}
+		if c.group {
+			syscall.Kill(-cmd.Process.Pid, c.sig)
+		} else {
+			syscall.Kill(cmd.Process.Pid, c.sig)
+		}
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case <-done:
+		case <-time.After(60 * time.Second):
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			t.Fatalf("%v: pifleet did not end", c.sig)
+		}
+		if code := cmd.ProcessState.ExitCode(); code != c.code {
+			t.Errorf("%v: exit %d, want %d; stderr %s", c.sig, code, c.code, stderr.String())
+		}
+		// The kernel kills the namespace's processes as its pid 1 goes; after a SIGKILL of
+		// pifleet that happens a moment later.
+		var ps []string
+		for range 100 {
+			if ps = processesWith("87654"); len(ps) == 0 {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if len(ps) > 0 {
+			t.Errorf("%v: left running: %v", c.sig, ps)
+		}
+		if l.store.Exists("v2") {
+			t.Errorf("%v: an interrupted shell made image v2", c.sig)
+		}
+		if m := mountsUnder(t, l.state); len(m) > 0 {
+			t.Errorf("%v: the host's mount table holds: %q", c.sig, m)
+		}
+		left := l.tempDirs(t)
+		if c.group && len(left) > 0 {
+			t.Errorf("%v: left behind: %v", c.sig, left)
+		}
+		if !c.group {
+			// What the store sweeps once it is a day old.
+			old := time.Now().Add(-25 * time.Hour)
+			for _, d := range left {
+				os.Chtimes(d, old, old)
+			}
+			if _, err := images.OpenStore(filepath.Join(l.state, "images")); err != nil {
+				t.Fatal(err)
+			}
+			if d := l.tempDirs(t); len(d) > 0 {
+				t.Errorf("%v: not swept: %v", c.sig, d)
+			}
+		}
 	}
 }
 
