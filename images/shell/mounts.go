@@ -18,7 +18,6 @@ const (
 	mountSys
 	mountDev
 	mountTmpfs // /run, /tmp, /var/tmp: what the command leaves there is never part of the layer
-	mountResolv
 	mountBind
 )
 
@@ -46,7 +45,7 @@ func (c *config) planMounts(probe, scaffold string) ([]plannedMount, error) {
 	}
 	var out []plannedMount
 	for _, m := range std {
-		ok, err := mountPoint(probe, scaffold, m.Path, true, false)
+		ok, err := mountPoint(probe, scaffold, m.Path, pointDir)
 		if err != nil {
 			return nil, err
 		}
@@ -66,7 +65,7 @@ func (c *config) planMounts(probe, scaffold string) ([]plannedMount, error) {
 		if rel == "" {
 			return nil, fmt.Errorf("bind %s: cannot cover the whole root", b.Host)
 		}
-		ok, err := mountPoint(probe, scaffold, rel, true, false)
+		ok, err := mountPoint(probe, scaffold, rel, pointDir)
 		if err != nil {
 			return nil, err
 		}
@@ -75,19 +74,20 @@ func (c *config) planMounts(probe, scaffold string) ([]plannedMount, error) {
 		}
 		out = append(out, plannedMount{Kind: mountBind, Path: rel, Host: b.Host})
 	}
-	// DNS: the host's resolv.conf over the image's, whatever that is (a symlink into
-	// /run or /proc/net/pnp, as a prepared Pi OS image has, or nothing).
+	// DNS: the host's resolv.conf as a file of the scaffold layer, over whatever the image
+	// has (a file, a symlink into /run or to /proc/net/pnp as a prepared Pi OS image has,
+	// or nothing). Not a bind mount: package scripts (resolvconf, systemd-resolved) replace
+	// it, which a mount point refuses (EBUSY). Unless the command writes it, the layer
+	// keeps the image's own.
 	if c.ResolvConf != nil {
-		ok, err := mountPoint(probe, scaffold, "etc/resolv.conf", false, true)
+		ok, err := mountPoint(probe, scaffold, "etc/resolv.conf", pointShadowFile)
 		if err != nil {
 			return nil, err
 		}
 		if ok {
-			host := filepath.Join(c.Scratch, "resolv.conf")
-			if err := os.WriteFile(host, c.ResolvConf, 0o644); err != nil {
-				return nil, fmt.Errorf("resolv.conf: %w", err)
+			if err := os.WriteFile(filepath.Join(scaffold, "etc", "resolv.conf"), c.ResolvConf, 0o644); err != nil {
+				return nil, fmt.Errorf("scaffold: %w", err)
 			}
-			out = append(out, plannedMount{Kind: mountResolv, Path: "etc/resolv.conf", Host: host})
 		}
 	}
 	return out, scaffoldTimes(probe, scaffold)
@@ -109,11 +109,19 @@ func scaffoldTimes(probe, scaffold string) error {
 	})
 }
 
-// mountPoint makes sure rel can be mounted on: a real dir (a regular file when !dir) in
-// the image, or one made in scaffold. It returns false when the image has something else
-// there (a symlink: the image points it elsewhere, so it is left alone) unless shadow
-// says to hide that with a scaffold file. A symlink on the way is never followed.
-func mountPoint(probe, scaffold, rel string, dir, shadow bool) (bool, error) {
+// pointKind says what mountPoint makes.
+type pointKind int
+
+const (
+	pointDir        pointKind = iota // a dir to mount on: the image's, or a scaffold one
+	pointShadowFile                  // a scaffold file over whatever the image has there
+)
+
+// mountPoint makes sure rel is there to mount on (pointDir): a real dir in the image, or
+// one made in scaffold; or makes a scaffold file at rel (pointShadowFile). It returns false
+// when the image has a non-dir on the way (a symlink: the image points it elsewhere, so it
+// is left alone). A symlink on the way is never followed.
+func mountPoint(probe, scaffold, rel string, kind pointKind) (bool, error) {
 	parts := strings.Split(rel, "/")
 	for i := range parts {
 		p := strings.Join(parts[:i+1], "/")
@@ -121,11 +129,9 @@ func mountPoint(probe, scaffold, rel string, dir, shadow bool) (bool, error) {
 		var st unix.Stat_t
 		err := unix.Lstat(filepath.Join(probe, p), &st)
 		switch {
-		case err == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR && (!last || dir):
+		case err == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR && (!last || kind == pointDir):
 			continue
-		case err == nil && last && !dir && st.Mode&unix.S_IFMT == unix.S_IFREG:
-			return true, nil
-		case err == nil && !(last && shadow):
+		case err == nil && !(last && kind == pointShadowFile):
 			return false, nil
 		case err != nil && !errors.Is(err, unix.ENOENT):
 			return false, fmt.Errorf("image /%s: %w", p, err)
@@ -143,7 +149,7 @@ func mountPoint(probe, scaffold, rel string, dir, shadow bool) (bool, error) {
 			}
 		}
 		target := filepath.Join(scaffold, rel)
-		if dir {
+		if kind == pointDir {
 			err = os.Mkdir(target, 0o755)
 		} else {
 			err = os.WriteFile(target, nil, 0o644)
@@ -253,7 +259,7 @@ func (m plannedMount) mount(root string) error {
 		err = unix.Mount("tmpfs", target, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, fmt.Sprintf("mode=%o", m.Mode))
 	case mountDev:
 		err = mountDevDir(target)
-	case mountResolv, mountBind:
+	case mountBind:
 		// Read-only takes a second call: the kernel ignores MS_RDONLY on a new bind.
 		err = unix.Mount(m.Host, target, "", unix.MS_BIND|unix.MS_REC, "")
 		if err == nil {

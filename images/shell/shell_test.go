@@ -252,7 +252,9 @@ func TestRunEnvironment(t *testing.T) {
 	var out bytes.Buffer
 	o := f.opts("sh", "-c", `cat /proc/1/cmdline; echo; echo hi hi > /dev/null && echo null-ok; cat /srv/debs/pkg.deb; echo; `+
 		`touch /srv/debs/x 2>/dev/null || echo bind-ro; cat /etc/resolv.conf; echo PATH=$PATH FOO=$FOO HOMEV=$HOME; `+
-		`ls /proc/1/exe >/dev/null && echo proc-ok; ls /dev/pts/ptmx >/dev/null && echo pts-ok`)
+		`ls /proc/1/exe >/dev/null && echo proc-ok; ls /dev/pts/ptmx >/dev/null && echo pts-ok; `+
+		// Package scripts (resolvconf, systemd-resolved) replace it with a symlink.
+		`rm /etc/resolv.conf && echo resolv-replaceable`)
 	o.Binds = []Bind{{Host: debs, Path: "/srv/debs"}}
 	o.Env = []string{"FOO=bar"}
 	o.Stdout, o.Stderr = &out, &out
@@ -262,7 +264,7 @@ func TestRunEnvironment(t *testing.T) {
 	}
 	resolv, _ := os.ReadFile("/etc/resolv.conf")
 	for _, want := range []string{helperName, "null-ok\n", "deb\n", "bind-ro\n", string(resolv),
-		"PATH=" + defaultPath + " FOO=bar HOMEV=/root\n", "proc-ok\n", "pts-ok\n"} {
+		"PATH=" + defaultPath + " FOO=bar HOMEV=/root\n", "proc-ok\n", "pts-ok\n", "resolv-replaceable\n"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}
@@ -270,8 +272,13 @@ func TestRunEnvironment(t *testing.T) {
 	if _, err := Clean(f.upper, nil); err != nil {
 		t.Fatal(err)
 	}
-	if ents, _ := os.ReadDir(f.upper); len(ents) != 0 {
-		t.Errorf("upper holds %v after a command that wrote nothing (mount points must stay out)", ents)
+	var names []string
+	filepath.WalkDir(f.upper, func(p string, d fs.DirEntry, err error) error {
+		names = append(names, strings.TrimPrefix(p, f.upper))
+		return nil
+	})
+	if got := strings.Join(names, " "); got != " /etc /etc/resolv.conf" {
+		t.Errorf("upper holds %q, want only the deleted resolv.conf (mount points must stay out)", got)
 	}
 }
 
