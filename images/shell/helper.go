@@ -111,6 +111,15 @@ func (c *config) setup() (*exec.Cmd, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The helper looks the command up inside the root, then steps back out: the command
+	// alone is chrooted, so /proc/1/root (this helper's) is not its root and Debian's
+	// maintainer scripts see a chroot (ischroot, systemd-detect-virt --chroot) and skip
+	// what only a booted system does.
+	host, err := os.Open("/")
+	if err != nil {
+		return nil, err
+	}
+	defer host.Close()
 	if err := unix.Chroot(root); err != nil {
 		return nil, fmt.Errorf("chroot %s: %w", root, err)
 	}
@@ -138,8 +147,16 @@ func (c *config) setup() (*exec.Cmd, error) {
 	if err := checkExecutable(bf, path); err != nil {
 		return nil, err
 	}
+	if err := unix.Fchdir(int(host.Fd())); err != nil {
+		return nil, err
+	}
+	if err := unix.Chroot("."); err != nil {
+		return nil, fmt.Errorf("leave the root: %w", err)
+	}
 	cmd := exec.Command(path, args[1:]...)
 	cmd.Args[0] = args[0]
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: root}
 	cmd.Env = c.Env
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	return cmd, nil

@@ -254,7 +254,9 @@ func TestRunEnvironment(t *testing.T) {
 		`touch /srv/debs/x 2>/dev/null || echo bind-ro; cat /etc/resolv.conf; echo PATH=$PATH FOO=$FOO HOMEV=$HOME; `+
 		`ls /proc/1/exe >/dev/null && echo proc-ok; ls /dev/pts/ptmx >/dev/null && echo pts-ok; `+
 		// Package scripts (resolvconf, systemd-resolved) replace it with a symlink.
-		`rm /etc/resolv.conf && echo resolv-replaceable`)
+		`rm /etc/resolv.conf && echo resolv-replaceable; `+
+		// ischroot's test: pid 1's root is not the command's.
+		`[ "$(stat -L -c %d:%i /proc/1/root)" != "$(stat -c %d:%i /)" ] && echo chroot-visible`)
 	o.Binds = []Bind{{Host: debs, Path: "/srv/debs"}}
 	o.Env = []string{"FOO=bar"}
 	o.Stdout, o.Stderr = &out, &out
@@ -264,7 +266,7 @@ func TestRunEnvironment(t *testing.T) {
 	}
 	resolv, _ := os.ReadFile("/etc/resolv.conf")
 	for _, want := range []string{helperName, "null-ok\n", "deb\n", "bind-ro\n", string(resolv),
-		"PATH=" + defaultPath + " FOO=bar HOMEV=/root\n", "proc-ok\n", "pts-ok\n", "resolv-replaceable\n"} {
+		"PATH=" + defaultPath + " FOO=bar HOMEV=/root\n", "proc-ok\n", "pts-ok\n", "resolv-replaceable\n", "chroot-visible\n"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}
