@@ -23,7 +23,7 @@ func (l *listFlag) String() string     { return strings.Join(*l, ",") }
 func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
 
 func runImageShell(ctx context.Context, e *env, args []string) error {
-	fs := newFlags(e, "pifleet image shell", "[-c fleet.yaml] IMAGE --as NEW [--bind HOSTDIR[:DIR]]... [--env KEY=VALUE]... [-- CMD [ARG...]]",
+	fs := newFlags(e, "pifleet image shell", "[-c fleet.yaml] IMAGE --as NEW [--bind DIR[:PATH]]... [--env KEY=VALUE]... [-m COMMENT] [-- CMD [ARG...]]",
 		"Runs CMD (default: a login shell, /bin/bash or /bin/sh) as root in IMAGE's merged root on this\n"+
 			"server, and makes what it writes the new image NEW: IMAGE's layers plus one layer, IMAGE\n"+
 			"untouched. arm64 binaries run through qemu-user (apt-get install qemu-user-static\n"+
@@ -32,10 +32,10 @@ func runImageShell(ctx context.Context, e *env, args []string) error {
 			"left out of the layer. A command that fails (non-zero exit, in a shell: the last\n"+
 			"command's status, or `exit 1`), Ctrl-C or a killed pifleet makes no image.")
 	cfgPath := configFlag(fs)
-	as := fs.String("as", "", "name of the new image (required)")
-	comment := fs.String("m", "", "the new layer's comment (default: the command)")
+	as := fs.String("as", "", "`NAME` of the new image (required)")
+	comment := fs.String("m", "", "the new layer's `COMMENT` (default: the command)")
 	var binds, envs listFlag
-	fs.Var(&binds, "bind", "mount host `DIR[:PATH]` read-only at PATH (default "+defaultBindDir+") inside the root; repeatable")
+	fs.Var(&binds, "bind", "show the server's `DIR[:PATH]` read-only at PATH (default "+defaultBindDir+") inside the root; repeatable")
 	fs.Var(&envs, "env", "set `KEY=VALUE` for the command (e.g. DEBIAN_FRONTEND=noninteractive); repeatable")
 	// Everything after "--" is the command, flags included.
 	var command []string

@@ -17,10 +17,11 @@ import (
 // path.Match pattern. Directories stay (a package's /var/log/NAME must exist for it to
 // start) and so do whiteouts (a deletion is deliberate). It follows `board commit`'s
 // exclusions: per-board identity (the identity layer writes it), logs, caches, temp dirs,
-// plus root's shell histories of the session.
+// plus apt's package lists (tens of MB per `apt-get update`, stale by the time a board
+// uses them; a board runs apt-get update itself) and root's shell histories of the session.
 var Volatile = []string{
 	"/etc/machine-id", "/var/lib/dbus/machine-id", "/etc/hostname", "/etc/ssh/ssh_host_*",
-	"/var/log/", "/var/cache/apt/archives/", "/var/cache/apt/*.bin",
+	"/var/log/", "/var/cache/apt/archives/", "/var/cache/apt/*.bin", "/var/lib/apt/lists/",
 	"/tmp/", "/var/tmp/", "/run/",
 	"/root/.bash_history", "/root/.ash_history", "/root/.lesshst",
 }

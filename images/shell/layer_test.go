@@ -30,6 +30,8 @@ func TestClean(t *testing.T) {
 	mk("var/cache/apt/archives/foo.deb", "d")
 	mk("var/cache/apt/pkgcache.bin", "b")
 	mk("root/.bash_history", "h")
+	mk("var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_InRelease", "r")
+	mk("var/lib/apt/extended_states", "e")
 	must(t, os.MkdirAll(filepath.Join(up, "opq"), 0o755))
 	must(t, unix.Mknod(filepath.Join(up, "etc", "gone"), unix.S_IFCHR, 0))
 	must(t, os.Link(filepath.Join(up, "etc", "gone"), filepath.Join(up, "var", "log", "gone")))
@@ -44,12 +46,13 @@ func TestClean(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{"/etc/hostname", "/etc/ssh/ssh_host_ed25519_key", "/root/.bash_history",
-		"/var/cache/apt/archives/foo.deb", "/var/cache/apt/pkgcache.bin", "/var/log/apt/history.log"}
+		"/var/cache/apt/archives/foo.deb", "/var/cache/apt/pkgcache.bin",
+		"/var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_InRelease", "/var/log/apt/history.log"}
 	slices.Sort(dropped)
 	if !slices.Equal(dropped, want) {
 		t.Errorf("dropped %q, want %q", dropped, want)
 	}
-	for _, rel := range []string{"etc/foo", "etc/ssh/sshd_config", "var/log/apt", "var/cache/apt/archives"} {
+	for _, rel := range []string{"etc/foo", "etc/ssh/sshd_config", "var/log/apt", "var/cache/apt/archives", "var/lib/apt/lists", "var/lib/apt/extended_states"} {
 		if _, err := os.Lstat(filepath.Join(up, rel)); err != nil {
 			t.Errorf("%s: %v", rel, err)
 		}
