@@ -75,7 +75,7 @@ func runImageShell(ctx context.Context, e *env, args []string) error {
 	o.Env = envs
 	// On a terminal the command gets it to itself: Ctrl-C reaches the command (a shell
 	// keeps running; apt-get dies, and then no image is made), not pifleet.
-	o.Interactive = isTerminal(os.Stdin)
+	o.Interactive = inForeground(os.Stdin)
 	if *comment == "" {
 		*comment = "image shell: " + strings.Join(command, " ")
 		if len(command) == 0 {
@@ -146,9 +146,11 @@ func indexOf(args []string, s string) int {
 	return -1
 }
 
-func isTerminal(f *os.File) bool {
-	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
-	return err == nil
+// inForeground reports whether f is a terminal and pifleet is its foreground job (not
+// started with & from a shell, which must keep the terminal).
+func inForeground(f *os.File) bool {
+	pgrp, err := unix.IoctlGetInt(int(f.Fd()), unix.TIOCGPGRP)
+	return err == nil && pgrp == unix.Getpgrp()
 }
 
 // exitStatus is an error that ends pifleet with a given exit status: image shell passes

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -384,6 +385,120 @@ func TestImageShellDebOnBookworm(t *testing.T) {
 	for _, img := range []string{"base", "v3"} {
 		if code, out, errOut := runCLI("image", "verify", "-c", l.cfg, img); code != 0 {
 			t.Errorf("image verify %s: exit %d\n%s%s", img, code, out, errOut)
+		}
+	}
+}
+
+// openPTY returns a new pseudo-terminal's master and slave.
+func openPTY(t *testing.T) (master, slave *os.File) {
+	t.Helper()
+	m, err := os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.IoctlSetPointerInt(int(m.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatal(err)
+	}
+	n, err := unix.IoctlGetUint32(int(m.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close(); s.Close() })
+	return m, s
+}
+
+// TestImageShellInteractive: on a terminal the command runs in the terminal's foreground:
+// Ctrl-C reaches the command alone, not pifleet. A login shell (the default) goes on after
+// Ctrl-C interrupts what runs in it, and what the session wrote becomes the new image when
+// it exits 0; so does a command that traps SIGINT, which needs pifleet out of the way (a
+// shell with job control takes the foreground itself).
+func TestImageShellInteractive(t *testing.T) {
+	needsImageShell(t)
+	l := newShellLab(t, busyboxSource(t), false)
+	bin := filepath.Join(t.TempDir(), "pifleet")
+	if out, err := exec.Command("go", "build", "-buildvcs=false", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	for _, c := range []struct {
+		as      string
+		command []string
+		input   string // typed before and after Ctrl-C
+	}{
+		{"v2", nil, "sleep 765432\n"},
+		{"v3", []string{"--", "sh", "-c", `trap "echo caught" INT; echo ready; sleep 765432; echo after > /etc/after; echo done; read x`}, ""},
+	} {
+		master, slave := openPTY(t)
+		cmd := exec.Command(bin, append([]string{"image", "shell", "-c", l.cfg, "base", "--as", c.as}, c.command...)...)
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		slave.Close()
+		defer cmd.Process.Kill()
+		var mu sync.Mutex
+		var screen strings.Builder
+		go func() {
+			buf := make([]byte, 4096)
+			for {
+				n, err := master.Read(buf)
+				mu.Lock()
+				screen.Write(buf[:n])
+				mu.Unlock()
+				if err != nil {
+					return
+				}
+			}
+		}()
+		waitFor := func(what string, cond func() bool) {
+			t.Helper()
+			for range 300 {
+				if cond() {
+					return
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			t.Fatalf("%s: waiting for %s; terminal:\n%s", c.as, what, screen.String())
+		}
+		onScreen := func(s string) func() bool {
+			return func() bool { mu.Lock(); defer mu.Unlock(); return strings.Contains(screen.String(), s) }
+		}
+		if c.command == nil {
+			master.WriteString("echo rea''dy\n")
+		}
+		waitFor("the command", onScreen("ready"))
+		master.WriteString(c.input)
+		waitFor("sleep to run", func() bool { return len(processesWith("sleep\x00765432\x00")) > 0 })
+		master.WriteString("\x03") // Ctrl-C
+		waitFor("sleep to end", func() bool { return len(processesWith("sleep\x00765432\x00")) == 0 })
+		if c.command == nil {
+			master.WriteString("echo after > /etc/after; echo do''ne\n")
+		}
+		waitFor("the command to go on after Ctrl-C", onScreen("done"))
+		master.WriteString("exit 0\n")
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				mu.Lock()
+				t.Fatalf("%s: pifleet: %v; terminal:\n%s", c.as, err, screen.String())
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s: pifleet did not end", c.as)
+		}
+		layers, err := l.store.Layers(c.as)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b, err := os.ReadFile(filepath.Join(layers[0], "etc", "after")); err != nil || string(b) != "after\n" {
+			t.Errorf("%s: new layer etc/after = %q, %v", c.as, b, err)
 		}
 	}
 }
