@@ -62,7 +62,7 @@ func busyboxSource(t *testing.T) string {
 	if out, err := exec.Command("dpkg-deb", "-x", debs[0], src).CombinedOutput(); err != nil {
 		t.Fatalf("dpkg-deb -x: %v\n%s", err, out)
 	}
-	for _, a := range []string{"sh", "rm", "cat", "sleep", "echo"} {
+	for _, a := range []string{"sh", "rm", "cat", "sleep", "echo", "tty"} {
 		if err := os.Symlink("busybox", filepath.Join(src, "bin", a)); err != nil && !errors.Is(err, os.ErrExist) {
 			t.Fatal(err)
 		}
@@ -470,9 +470,13 @@ func TestImageShellInteractive(t *testing.T) {
 			return func() bool { mu.Lock(); defer mu.Unlock(); return strings.Contains(screen.String(), s) }
 		}
 		if c.command == nil {
-			master.WriteString("echo rea''dy\n")
+			master.WriteString("tty; echo rea''dy\n")
 		}
 		waitFor("the command", onScreen("ready"))
+		if c.command == nil {
+			// The terminal has its name inside too.
+			waitFor("tty to name the terminal", onScreen("\n/dev/pts/"))
+		}
 		master.WriteString(c.input)
 		waitFor("sleep to run", func() bool { return len(processesWith("sleep\x00765432\x00")) > 0 })
 		master.WriteString("\x03") // Ctrl-C

@@ -26,7 +26,7 @@ type plannedMount struct {
 	Kind mountKind
 	Path string
 	Mode uint32 // tmpfs root mode
-	Host string // bind source
+	Host string // bind source; for /dev, the devpts to bind (else a private one)
 }
 
 // planMounts decides the mounts from what the image (mounted read-only at probe) has. A
@@ -42,6 +42,9 @@ func (c *config) planMounts(probe, scaffold string) ([]plannedMount, error) {
 		{Kind: mountTmpfs, Path: "run", Mode: 0o755},
 		{Kind: mountTmpfs, Path: "tmp", Mode: 0o1777},
 		{Kind: mountTmpfs, Path: "var/tmp", Mode: 0o1777},
+	}
+	if c.HostPTS {
+		std[2].Host = "/dev/pts"
 	}
 	var out []plannedMount
 	for _, m := range std {
@@ -258,7 +261,7 @@ func (m plannedMount) mount(root string) error {
 	case mountTmpfs:
 		err = unix.Mount("tmpfs", target, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, fmt.Sprintf("mode=%o", m.Mode))
 	case mountDev:
-		err = mountDevDir(target)
+		err = mountDevDir(target, m.Host)
 	case mountBind:
 		// Read-only takes a second call: the kernel ignores MS_RDONLY on a new bind.
 		err = unix.Mount(m.Host, target, "", unix.MS_BIND|unix.MS_REC, "")
@@ -273,9 +276,9 @@ func (m plannedMount) mount(root string) error {
 }
 
 // mountDevDir makes a minimal /dev on a tmpfs: the character devices programs open by
-// name, a private devpts (apt runs dpkg on a pty), /dev/shm and the usual links. The host's
-// disks stay out of reach.
-func mountDevDir(dev string) error {
+// name, a private devpts (apt runs dpkg on a pty) or hostPTS bound, /dev/shm and the usual
+// links. The host's disks stay out of reach.
+func mountDevDir(dev, hostPTS string) error {
 	if err := unix.Mount("tmpfs", dev, "tmpfs", unix.MS_NOSUID, "mode=755,size=1m"); err != nil {
 		return err
 	}
@@ -289,7 +292,13 @@ func mountDevDir(dev string) error {
 		}
 	}
 	links := [][2]string{{"/proc/self/fd", "fd"}, {"/proc/self/fd/0", "stdin"}, {"/proc/self/fd/1", "stdout"},
-		{"/proc/self/fd/2", "stderr"}, {"pts/ptmx", "ptmx"}}
+		{"/proc/self/fd/2", "stderr"}}
+	if hostPTS == "" {
+		links = append(links, [2]string{"pts/ptmx", "ptmx"})
+	} else if err := unix.Mknod(filepath.Join(dev, "ptmx"), unix.S_IFCHR|0o666, int(unix.Mkdev(5, 2))); err != nil {
+		// The host's devpts has its ptmx at mode 000; /dev/ptmx (5:2) opens its instance.
+		return fmt.Errorf("mknod ptmx: %w", err)
+	}
 	for _, l := range links {
 		if err := os.Symlink(l[0], filepath.Join(dev, l[1])); err != nil {
 			return err
@@ -300,7 +309,11 @@ func mountDevDir(dev string) error {
 			return err
 		}
 	}
-	if err := unix.Mount("devpts", filepath.Join(dev, "pts"), "devpts", unix.MS_NOSUID|unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5"); err != nil {
+	if hostPTS != "" {
+		if err := unix.Mount(hostPTS, filepath.Join(dev, "pts"), "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("bind %s: %w", hostPTS, err)
+		}
+	} else if err := unix.Mount("devpts", filepath.Join(dev, "pts"), "devpts", unix.MS_NOSUID|unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5"); err != nil {
 		return fmt.Errorf("devpts: %w", err)
 	}
 	return unix.Mount("tmpfs", filepath.Join(dev, "shm"), "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=1777")

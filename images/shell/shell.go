@@ -50,7 +50,8 @@ type Options struct {
 	// Binds are host dirs mounted read-only inside the root.
 	Binds []Bind
 	// Interactive puts the command in the terminal's foreground (Stdin must be the
-	// terminal), so Ctrl-C reaches the shell, not pifleet.
+	// terminal), so Ctrl-C reaches the shell, not pifleet; /dev/pts is then the host's, so
+	// that the terminal is found by its name (tty, ttyname) inside the root.
 	Interactive bool
 	// Stdin, Stdout and Stderr are the command's; nil means /dev/null.
 	Stdin          io.Reader
@@ -80,6 +81,7 @@ type config struct {
 	Binds                []Bind
 	BinfmtDir            string
 	ResolvConf           []byte // the host's /etc/resolv.conf, for DNS inside the root
+	HostPTS              bool   // /dev/pts is the host's, so the terminal has its name inside
 }
 
 // Run runs the command in the merged root and returns when it has ended and every mount is
@@ -103,7 +105,7 @@ func Run(ctx context.Context, o Options) error {
 		o.BinfmtDir = DefaultBinfmtDir
 	}
 	c := config{Lowers: o.Lowers, Upper: o.Upper, Work: o.Work, Scratch: o.Scratch,
-		Command: o.Command, Env: commandEnv(o.Env), Binds: o.Binds, BinfmtDir: o.BinfmtDir}
+		Command: o.Command, Env: commandEnv(o.Env), Binds: o.Binds, BinfmtDir: o.BinfmtDir, HostPTS: o.Interactive}
 	if b, err := os.ReadFile("/etc/resolv.conf"); err == nil && len(b) < 1<<16 {
 		c.ResolvConf = b
 	}
