@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/pifleet/pifleet/images"
@@ -13,7 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// defaultBindDir is where --bind HOSTDIR shows up inside the root when no DIR is given.
+// defaultBindDir is where --bind DIR shows up inside the root when no :PATH is given.
 const defaultBindDir = "/srv/host"
 
 // listFlag collects a repeatable flag.
@@ -39,7 +40,7 @@ func runImageShell(ctx context.Context, e *env, args []string) error {
 	fs.Var(&envs, "env", "set `KEY=VALUE` for the command (e.g. DEBIAN_FRONTEND=noninteractive); repeatable")
 	// Everything after "--" is the command, flags included.
 	var command []string
-	if i := indexOf(args, "--"); i >= 0 {
+	if i := slices.Index(args, "--"); i >= 0 {
 		args, command = args[:i], args[i+1:]
 	}
 	if err := parse(fs, args); err != nil {
@@ -81,6 +82,9 @@ func runImageShell(ctx context.Context, e *env, args []string) error {
 		if len(command) == 0 {
 			*comment = "image shell: interactive"
 		}
+	}
+	if os.Geteuid() != 0 {
+		return errors.New("image shell needs root: it mounts the image with the kernel's overlayfs and chroots into it")
 	}
 	_, store, err := openStore(*cfgPath)
 	if err != nil {
@@ -135,15 +139,6 @@ func runImageShell(ctx context.Context, e *env, args []string) error {
 	}
 	fmt.Fprintf(e.out, "created image %s: %s + layer %.12s (%d files, %s)\n", *as, base, layer.Digest, layer.Files, images.HumanBytes(layer.Bytes))
 	return nil
-}
-
-func indexOf(args []string, s string) int {
-	for i, a := range args {
-		if a == s {
-			return i
-		}
-	}
-	return -1
 }
 
 // inForeground reports whether f is a terminal and pifleet is its foreground job (not
