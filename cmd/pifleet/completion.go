@@ -21,6 +21,7 @@ var positionals = map[string]string{
 	"board commit": "boards",
 	"image verify": "images",
 	"image rm":     "images",
+	"image shell":  "images",
 	"image import": "files",
 	"completion":   "shells",
 }

@@ -56,7 +56,7 @@ complete -p pifleet
 	want := []string{
 		"pifleet bo|board\n",
 		"pifleet |board check completion image serve version\n",
-		"pifleet image |demo import ls rm verify\n",
+		"pifleet image |demo import ls rm shell verify\n",
 		"pifleet board reset --f|--force\n",
 		"pifleet serve --log-level w|warn\n",
 		"pifleet board reset -c " + fleet + " rack|rack1-a rack1-b\n",

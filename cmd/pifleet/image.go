@@ -24,6 +24,7 @@ func runImage(ctx context.Context, e *env, args []string) error {
 		"import": {"import a Raspberry Pi OS .img/.img.xz, a directory or a tarball", runImageImport},
 		"verify": {"re-check an image's tree against its import manifest", runImageVerify},
 		"rm":     {"remove an image no board uses", runImageRm},
+		"shell":  {"run a command in an image's root; its writes become a new image (--as NEW)", runImageShell},
 		"demo":   {"build the demo image (busybox + Debian arm64 kernel + Pi firmware) from apt", runImageDemo},
 	}, args)
 }

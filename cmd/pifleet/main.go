@@ -3,7 +3,7 @@
 // codes; the work is done by package server and the packages below it.
 //
 // Exit codes: 0 success, 1 failure, 2 usage error, 128+N when signal N (SIGINT: 130,
-// SIGTERM: 143) stopped a command midway.
+// SIGTERM: 143) stopped a command midway; image shell exits with its command's status.
 package main
 
 import (
@@ -16,6 +16,8 @@ import (
 	"os"
 	"sort"
 	"strings"
+
+	"github.com/pifleet/pifleet/images/shell"
 )
 
 // usageError marks a mistake in how pifleet was called; it exits 2.
@@ -48,6 +50,9 @@ func commands() map[string]command {
 }
 
 func main() {
+	if shell.IsHelper() { // image shell's helper process: this binary, re-executed
+		os.Exit(shell.Main())
+	}
 	ctx, stop := signalContext()
 	code := run(ctx, &env{out: os.Stdout, err: os.Stderr}, os.Args[1:])
 	stop()
@@ -62,12 +67,16 @@ func run(ctx context.Context, e *env, args []string) int {
 		return code
 	}
 	var ue usageError
+	var es exitStatus
 	switch {
 	case err == nil, errors.Is(err, flag.ErrHelp):
 		return 0
 	case errors.As(err, &ue):
 		fmt.Fprintf(e.err, "pifleet: %s\n", ue.msg)
 		return 2
+	case errors.As(err, &es):
+		fmt.Fprintf(e.err, "pifleet: %v\n", err)
+		return es.code
 	default:
 		fmt.Fprintf(e.err, "pifleet: %v\n", err)
 		return 1
