@@ -13,6 +13,7 @@ const (
 	kindUnknown = ""
 	kindXZ      = "xz"
 	kindGzip    = "gzip"
+	kindZstd    = "zstd"
 	kindTar     = "tar"
 	kindMBR     = "mbr"
 )
