@@ -417,8 +417,30 @@ func checkOCILayout(b []byte) error {
 // candidate is one image manifest an index names.
 type candidate struct {
 	desc     ociDescriptor
-	ref      string
+	ref      string       // its name for messages
+	names    []string     // every name the index gives it (ref name and containerd's image name)
 	platform *ociPlatform // from the index; nil when only the config says
+}
+
+// sameRef tells whether name names the image ref: equal as written, or once both are in
+// full form (docker.io/library/debian:latest for debian), as docker and containerd write
+// them in an archive.
+func sameRef(name, ref string) bool {
+	return name == ref || fullRef(name) == fullRef(ref)
+}
+
+func fullRef(r string) string {
+	first, _, ok := strings.Cut(r, "/")
+	if !ok || !strings.ContainsAny(first, ".:") && first != "localhost" {
+		if !ok {
+			r = "library/" + r
+		}
+		r = "docker.io/" + r
+	}
+	if i := strings.LastIndex(r, "/"); !strings.Contains(r[i+1:], ":") && !strings.Contains(r, "@") {
+		r += ":latest"
+	}
+	return r
 }
 
 func readOCIImage(a imageArchive, ref string) (*containerImage, error) {
@@ -434,7 +456,7 @@ func readOCIImage(a imageArchive, ref string) (*containerImage, error) {
 	if ref != "" {
 		var named []candidate
 		for _, c := range cands {
-			if c.ref == ref {
+			if slices.ContainsFunc(c.names, func(n string) bool { return sameRef(n, ref) }) {
 				named = append(named, c)
 			}
 		}
@@ -527,6 +549,12 @@ func walkIndex(a imageArchive, b []byte, where, ref string, depth int, seen *int
 		if n := cmpOrEmpty(d.Annotations[annotationImageName], d.Annotations[annotationRefName]); n != "" {
 			r = n
 		}
+		var names []string
+		for _, n := range []string{d.Annotations[annotationImageName], d.Annotations[annotationRefName], ref} {
+			if n != "" {
+				names = append(names, n)
+			}
+		}
 		switch d.MediaType {
 		case mediaOCIIndex, mediaDockerList:
 			nb, err := readBlob(a, d)
@@ -537,7 +565,7 @@ func walkIndex(a imageArchive, b []byte, where, ref string, depth int, seen *int
 				return err
 			}
 		case mediaOCIManifest, mediaDockerManifest:
-			*out = append(*out, candidate{desc: d, ref: r, platform: d.Platform})
+			*out = append(*out, candidate{desc: d, ref: r, names: names, platform: d.Platform})
 		default:
 			// artifacts (signatures, SBOMs) and unknown types: not an image root
 		}
@@ -645,7 +673,7 @@ func readDockerSaveImage(a imageArchive, mf []byte, ref string) (*containerImage
 	var tags []string
 	for _, e := range entries {
 		tags = append(tags, e.RepoTags...)
-		if ref == "" || slices.Contains(e.RepoTags, ref) {
+		if ref == "" || slices.ContainsFunc(e.RepoTags, func(n string) bool { return sameRef(n, ref) }) {
 			pick = append(pick, e)
 		}
 	}
@@ -716,58 +744,4 @@ func parseDockerSaveManifest(b []byte) ([]dockerSaveEntry, error) {
 		}
 	}
 	return entries, nil
-}
-
-// sniffContainerDir reports whether dir is an unpacked image archive rather than a root tree.
-func sniffContainerDir(dir string) bool {
-	if fi, err := os.Lstat(path.Join(dir, "oci-layout")); err == nil && fi.Mode().IsRegular() {
-		return true
-	}
-	// an extracted docker save: manifest.json beside layer dirs, and no root tree
-	if fi, err := os.Lstat(path.Join(dir, "manifest.json")); err != nil || !fi.Mode().IsRegular() {
-		return false
-	}
-	for _, d := range []string{"etc", "usr", "bin"} {
-		if _, err := os.Lstat(path.Join(dir, d)); err == nil {
-			return false
-		}
-	}
-	return true
-}
-
-// sniffContainerTar reports whether the tar file f is an image archive (OCI layout or docker
-// save) rather than a root file system: every member must be one an image archive has, and
-// oci-layout or manifest.json must be among them. A root tarball is told apart at its first
-// member outside that list, so only image archives are read to the end.
-func sniffContainerTar(f *os.File) bool {
-	defer f.Seek(0, io.SeekStart)
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return false
-	}
-	tr := tar.NewReader(f)
-	found := false
-	for n := 0; n < maxArchiveEntries; n++ {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			return found
-		}
-		if err != nil {
-			return false
-		}
-		name, err := cleanPath(h.Name)
-		if err != nil {
-			return false
-		}
-		top, _, _ := strings.Cut(name, "/")
-		switch {
-		case name == "":
-		case name == "oci-layout" || name == "manifest.json":
-			found = true
-		case name == "index.json" || name == "repositories" || top == "blobs":
-		case isSHA256Hex(top) || isSHA256Hex(strings.TrimSuffix(top, ".json")):
-		default:
-			return false
-		}
-	}
-	return false
 }

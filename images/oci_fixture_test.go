@@ -400,6 +400,11 @@ type ociImageSpec struct {
 	compress []string // per layer: "", "gzip" or "zstd"
 	platform ociPlatform
 	ref      string
+	// hooks change what is written, for the hostile cases: a layer's blob and descriptor,
+	// the config, the manifest (digests are computed after them).
+	layerHook    func(i int, blob *[]byte, d *ociDescriptor)
+	configHook   func(cfg map[string]any)
+	manifestHook func(m *ociManifest)
 }
 
 func arm64Spec(layers [][]fx, compress ...string) ociImageSpec {
@@ -476,10 +481,30 @@ func writeOCIImage(t testing.TB, dir string, s ociImageSpec) ociDescriptor {
 		if i < len(s.compress) {
 			how = s.compress[i]
 		}
-		layers = append(layers, writeBlob(t, dir, layerMedia[how], compressBlob(t, b, how)))
+		blob := compressBlob(t, b, how)
+		d := writeBlob(t, dir, layerMedia[how], blob)
+		if s.layerHook != nil {
+			s.layerHook(i, &blob, &d)
+			sum, err := parseDigest(d.Digest)
+			if err == nil {
+				must(t, os.WriteFile(filepath.Join(dir, blobPath(sum)), blob, 0o644))
+			}
+		}
+		layers = append(layers, d)
 	}
-	cfg := writeBlob(t, dir, "application/vnd.oci.image.config.v1+json", ociImageConfig(t, s.platform, tars))
-	m := writeBlob(t, dir, mediaOCIManifest, mustJSON(t, ociManifest{SchemaVersion: 2, MediaType: mediaOCIManifest, Config: cfg, Layers: layers}))
+	cj := ociImageConfig(t, s.platform, tars)
+	if s.configHook != nil {
+		var c map[string]any
+		must(t, json.Unmarshal(cj, &c))
+		s.configHook(c)
+		cj = mustJSON(t, c)
+	}
+	cfg := writeBlob(t, dir, "application/vnd.oci.image.config.v1+json", cj)
+	mf := ociManifest{SchemaVersion: 2, MediaType: mediaOCIManifest, Config: cfg, Layers: layers}
+	if s.manifestHook != nil {
+		s.manifestHook(&mf)
+	}
+	m := writeBlob(t, dir, mediaOCIManifest, mustJSON(t, mf))
 	p := s.platform
 	m.Platform = &p
 	if s.ref != "" {

@@ -4,7 +4,12 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"io/fs"
+	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -37,5 +42,221 @@ func TestContainerLayersMatchTar(t *testing.T) {
 	must(t, unix.Lstat(filepath.Join(lowers[2], "usr/bin/perl5.36"), &b))
 	if a.Ino != b.Ino {
 		t.Error("the hard-link pair of layer 1 are two files")
+	}
+}
+
+func newTestStore(t testing.TB) *Store {
+	t.Helper()
+	st, err := OpenStore(filepath.Join(t.TempDir(), "images"))
+	must(t, err)
+	return st
+}
+
+// TestImportContainerArchives: the 3-layer fixture imported as an OCI layout dir (layers
+// gzip, zstd and plain), as an OCI layout tar and as a docker save tar and dir is a stack of
+// 3 store layers that shows, through package overlay and the kernel's overlayfs, the tree
+// tar extraction in order leaves.
+func TestImportContainerArchives(t *testing.T) {
+	needRoot(t)
+	needTool(t, "tar")
+	layers := ociFixtureLayers()
+	want := describeTree(t, hostView(flattenWithTar(t, layers)))
+	ociDir := filepath.Join(t.TempDir(), "layout")
+	writeOCILayout(t, ociDir, arm64Spec(layers, "gzip", "zstd", ""))
+	saveDir := filepath.Join(t.TempDir(), "saved")
+	spec := arm64Spec(layers)
+	spec.ref = "kiosk:v1"
+	writeDockerSave(t, saveDir, spec)
+	st := newTestStore(t)
+	var digests []string
+	for _, c := range []struct{ name, src, format string }{
+		{"oci-dir", ociDir, "oci"},
+		{"oci-tar", tarUp(t, ociDir), "oci.tar"},
+		{"save-tar", tarUp(t, saveDir), "docker-save.tar"},
+		{"save-dir", saveDir, "docker-save"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			info, err := st.Import(context.Background(), c.src, c.name, ImportOptions{Logger: quietLog(), Prepare: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if info.Format != c.format || len(info.Layers) != 3 || info.Prepared {
+				t.Errorf("info: format %s, %d layers, prepared %v", info.Format, len(info.Layers), info.Prepared)
+			}
+			lowers, err := st.Layers(c.name)
+			must(t, err)
+			viewStack(t, lowers, want)
+			if digests == nil {
+				digests = info.Layers
+			} else if !slices.Equal(digests, info.Layers) {
+				t.Errorf("the same layers from another archive format are other store layers: %v, %v", digests, info.Layers)
+			}
+		})
+	}
+	if ls, err := st.AllLayers(); err != nil || len(ls) != 3 {
+		t.Errorf("store holds %d layers (%v), want 3 for 4 imports of one image", len(ls), err)
+	}
+}
+
+// TestImportContainerSharedLayers: two images of one archive sharing their bottom two layers
+// are stacks over the same two store layers.
+func TestImportContainerSharedLayers(t *testing.T) {
+	needRoot(t)
+	l := ociFixtureLayers()
+	a, b := arm64Spec(l, "gzip", "gzip", "gzip"), arm64Spec([][]fx{l[0], l[1], ociFourthLayer()}, "gzip", "gzip", "gzip")
+	a.ref, b.ref = "app:a", "app:b"
+	dir := filepath.Join(t.TempDir(), "layout")
+	writeOCILayout(t, dir, a, b)
+	st := newTestStore(t)
+	if _, err := st.Import(context.Background(), dir, "x", ImportOptions{Logger: quietLog()}); err == nil || !strings.Contains(err.Error(), "--ref") {
+		t.Fatalf("two arm64 images and no ref: %v", err)
+	}
+	ia, err := st.Import(context.Background(), dir, "a", ImportOptions{Logger: quietLog(), Ref: "app:a"})
+	must(t, err)
+	ib, err := st.Import(context.Background(), dir, "b", ImportOptions{Logger: quietLog(), Ref: "app:b"})
+	must(t, err)
+	if !slices.Equal(ia.Layers[:2], ib.Layers[:2]) || ia.Layers[2] == ib.Layers[2] {
+		t.Errorf("layers a %v, b %v: want the bottom two shared", ia.Layers, ib.Layers)
+	}
+	if ls, _ := st.AllLayers(); len(ls) != 4 {
+		t.Errorf("store holds %d layers, want 4", len(ls))
+	}
+	la, _ := st.Layers("a")
+	lb, _ := st.Layers("b")
+	if la[1] != lb[1] || la[2] != lb[2] {
+		t.Errorf("lower dirs a %v, b %v", la, lb)
+	}
+	want := describeTree(t, hostView(flattenWithTar(t, [][]fx{l[0], l[1], ociFourthLayer()})))
+	viewStack(t, lb, want)
+}
+
+// TestImportContainerPlatform: from a multi-platform index the linux/arm64 image is taken
+// (also behind a nested index, and with variant v8); an archive without one is refused
+// with an error naming what it has.
+func TestImportContainerPlatform(t *testing.T) {
+	needRoot(t)
+	l := ociFixtureLayers()
+	other := [][]fx{{tdir("etc/", 0o755, mt1), tfile("etc/amd64", "x86\n", 0o644, mt1)}}
+	amd := ociImageSpec{layers: other, platform: ociPlatform{OS: "linux", Architecture: "amd64"}}
+	armv7 := ociImageSpec{layers: other, platform: ociPlatform{OS: "linux", Architecture: "arm", Variant: "v7"}}
+	v8 := arm64Spec(l, "gzip", "gzip", "gzip")
+	v8.platform.Variant = "v8"
+	st := newTestStore(t)
+
+	multi := filepath.Join(t.TempDir(), "multi")
+	writeOCILayout(t, multi, amd, v8, armv7)
+	info, err := st.Import(context.Background(), multi, "multi", ImportOptions{Logger: quietLog()})
+	must(t, err)
+	if len(info.Layers) != 3 {
+		t.Errorf("picked %d layers", len(info.Layers))
+	}
+
+	// index.json -> a docker manifest list -> manifests, as registries and buildx make them
+	nested := filepath.Join(t.TempDir(), "nested")
+	must(t, os.MkdirAll(nested, 0o755))
+	list := mustJSON(t, ociIndex{SchemaVersion: 2, MediaType: mediaDockerList,
+		Manifests: []ociDescriptor{writeOCIImage(t, nested, amd), writeOCIImage(t, nested, arm64Spec(l))}})
+	ld := writeBlob(t, nested, mediaDockerList, list)
+	ld.Annotations = map[string]string{annotationRefName: "latest"}
+	must(t, os.WriteFile(filepath.Join(nested, "oci-layout"), []byte(`{"imageLayoutVersion":"1.0.0"}`), 0o644))
+	must(t, os.WriteFile(filepath.Join(nested, "index.json"), mustJSON(t, ociIndex{SchemaVersion: 2, Manifests: []ociDescriptor{ld}}), 0o644))
+	if _, err := st.Import(context.Background(), nested, "nested", ImportOptions{Logger: quietLog(), Ref: "latest"}); err != nil {
+		t.Fatal(err)
+	}
+
+	none := filepath.Join(t.TempDir(), "none")
+	writeOCILayout(t, none, amd, armv7)
+	_, err = st.Import(context.Background(), none, "none", ImportOptions{Logger: quietLog()})
+	if err == nil || !strings.Contains(err.Error(), "linux/amd64, linux/arm/v7") || !strings.Contains(err.Error(), "linux/arm64") {
+		t.Errorf("no arm64 image: %v", err)
+	}
+	save := filepath.Join(t.TempDir(), "save")
+	amd.ref = "x86:latest"
+	writeDockerSave(t, save, amd)
+	_, err = st.Import(context.Background(), tarUp(t, save), "save", ImportOptions{Logger: quietLog()})
+	if err == nil || !strings.Contains(err.Error(), "linux/amd64") {
+		t.Errorf("docker save of an amd64 image: %v", err)
+	}
+	if st.Exists("none") || st.Exists("save") {
+		t.Error("refused image exists")
+	}
+}
+
+// memArchive is an image archive in memory, for the fuzzer.
+type memArchive map[string][]byte
+
+func (m memArchive) open(name string) (io.ReadCloser, int64, error) {
+	b, ok := m[name]
+	if !ok {
+		return nil, 0, fmt.Errorf("%s: %w", name, fs.ErrNotExist)
+	}
+	return io.NopCloser(bytes.NewReader(b)), int64(len(b)), nil
+}
+
+func (m memArchive) close() error { return nil }
+
+// FuzzContainerManifests feeds arbitrary index.json, manifest, config and docker save
+// manifest.json to the archive reader (the manifest and config stored under their real
+// digests, so a fuzzed index can reach them): it must never panic, and what it accepts must
+// be a linux/arm64 image of 1 to 128 layers with well-formed digests.
+func FuzzContainerManifests(f *testing.F) {
+	cfg := ociImageConfig(f, ociPlatform{OS: "linux", Architecture: "arm64"}, [][]byte{[]byte("layer")})
+	cd := ociDescriptor{MediaType: "application/vnd.oci.image.config.v1+json", Digest: "sha256:" + sha256Hex(cfg), Size: int64(len(cfg))}
+	layer := ociDescriptor{MediaType: layerMedia["gzip"], Digest: "sha256:" + strings.Repeat("ab", 32), Size: 5}
+	man := mustJSON(f, ociManifest{SchemaVersion: 2, MediaType: mediaOCIManifest, Config: cd, Layers: []ociDescriptor{layer}})
+	md := ociDescriptor{MediaType: mediaOCIManifest, Digest: "sha256:" + sha256Hex(man), Size: int64(len(man)),
+		Platform: &ociPlatform{OS: "linux", Architecture: "arm64"}, Annotations: map[string]string{annotationRefName: "latest"}}
+	idx := mustJSON(f, ociIndex{SchemaVersion: 2, Manifests: []ociDescriptor{md}})
+	save := []byte(`[{"Config":"config.json","RepoTags":["a:b"],"Layers":["l/layer.tar"]}]`)
+	f.Add(idx, man, cfg, save)
+	f.Add([]byte(`{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.index.v1+json","digest":"sha256:`+sha256Hex(idx)+`","size":1}]}`), man, cfg, save)
+	f.Add([]byte(`{}`), []byte(`{"schemaVersion":2}`), []byte(`{"rootfs":{"type":"layers","diff_ids":[]}}`), []byte(`[]`))
+	f.Fuzz(func(t *testing.T, index, manifest, config, saveManifest []byte) {
+		check := func(img *containerImage, err error) {
+			if err != nil {
+				return
+			}
+			if !img.Platform.isArm64() || len(img.Layers) == 0 || len(img.Layers) > maxImageLayers || !isSHA256Hex(img.Config) {
+				t.Fatalf("accepted %+v", img)
+			}
+			for _, l := range img.Layers {
+				if !isSHA256Hex(l.DiffID) || (l.Digest != "" && !isSHA256Hex(l.Digest)) || l.Path == "" {
+					t.Fatalf("accepted layer %+v", l)
+				}
+				if _, err := cleanPath(l.Path); err != nil {
+					t.Fatalf("layer path %q", l.Path)
+				}
+			}
+		}
+		oci := memArchive{
+			"oci-layout":                  []byte(`{"imageLayoutVersion":"1.0.0"}`),
+			"index.json":                  index,
+			blobPath(sha256Hex(manifest)): manifest,
+			blobPath(sha256Hex(config)):   config,
+			blobPath(sha256Hex(index)):    index, // nested: the index names itself
+		}
+		check(readContainerImage(oci, ""))
+		check(readContainerImage(oci, "latest"))
+		saved := memArchive{"manifest.json": saveManifest, "config.json": config, sha256Hex(config) + ".json": config}
+		check(readContainerImage(saved, ""))
+	})
+}
+
+func TestSameRef(t *testing.T) {
+	for _, c := range []struct {
+		name, ref string
+		same      bool
+	}{
+		{"docker.io/library/debian:latest", "debian", true},
+		{"docker.io/library/kiosk:v1", "kiosk:v1", true},
+		{"docker.io/me/kiosk:v1", "me/kiosk:v1", true},
+		{"ghcr.io/me/kiosk:v1", "me/kiosk:v1", false},
+		{"localhost:5000/kiosk", "localhost:5000/kiosk:latest", true},
+		{"v1", "v1", true},
+		{"kiosk:v1", "kiosk:v2", false},
+	} {
+		if got := sameRef(c.name, c.ref); got != c.same {
+			t.Errorf("sameRef(%q, %q) = %v", c.name, c.ref, got)
+		}
 	}
 }

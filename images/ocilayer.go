@@ -37,9 +37,9 @@ const (
 	whiteoutPrefix = ".wh."
 	whiteoutOpaque = ".wh..wh..opq"
 	// xattrOpaque and its value mark an overlayfs opaque dir.
-	xattrOpaque         = "trusted.overlay.opaque"
-	xattrOverlayPrefix  = "trusted.overlay."
-	whiteoutMode uint32 = typeChr // char 0/0, mode 0, as the kernel makes them
+	xattrOpaque               = "trusted.overlay.opaque"
+	xattrOverlayPrefix        = "trusted.overlay."
+	whiteoutMode       uint32 = typeChr // char 0/0, mode 0, as the kernel makes them
 )
 
 // layerStream reads a layer's tar out of its blob: decompressed as the blob's first bytes say
@@ -47,6 +47,7 @@ const (
 // blob checked against its digest and the tar against the config's diff_id.
 type layerStream struct {
 	layer   containerLayer
+	size    int64 // of the blob
 	raw     io.ReadCloser
 	blobR   io.Reader // the blob, hashed into blob as it is read
 	blob    hash.Hash
@@ -70,7 +71,7 @@ func openLayer(a imageArchive, l containerLayer, prog *progress) (*layerStream, 
 		raw.Close()
 		return nil, fmt.Errorf("blob %s: %d bytes, the manifest says %d", trimForError(l.Path), size, l.Size)
 	}
-	ls := &layerStream{layer: l, raw: raw, blob: sha256.New(), diff: sha256.New()}
+	ls := &layerStream{layer: l, size: size, raw: raw, blob: sha256.New(), diff: sha256.New()}
 	ls.blobR = io.TeeReader(&countingReader{r: io.LimitReader(raw, size), p: prog}, ls.blob)
 	br := bufio.NewReaderSize(ls.blobR, 64<<10)
 	magic, _ := br.Peek(4)
@@ -171,6 +172,10 @@ type rootAttrs struct {
 	Mtime    time.Time
 }
 
+func (r rootAttrs) equal(o rootAttrs) bool {
+	return r.Mode == o.Mode && r.UID == o.UID && r.GID == o.GID && r.Mtime.Equal(o.Mtime)
+}
+
 // defaultRoot is the root of a bottom layer whose tar does not describe it.
 var defaultRoot = rootAttrs{Mode: 0o755, Mtime: time.Unix(0, 0)}
 
@@ -181,7 +186,7 @@ type containerLayerStats struct {
 }
 
 // writeContainerLayer lays one layer tar down at dst (an empty dir) in the kernel overlayfs
-// format: `.wh.NAME` becomes a whiteout (char 0/0) of NAME, `.wh..wh..opq` makes its dir
+// format (label, "NAME: layer 2/3 (...)", starts its errors): `.wh.NAME` becomes a whiteout (char 0/0) of NAME, `.wh..wh..opq` makes its dir
 // opaque (trusted.overlay.opaque=y). Everything else goes through the treeWriter, which keeps
 // owners, modes, xattrs and hard links and refuses paths out of the root. Refused: other
 // `.wh.` names (aufs metadata), whiteout names as directories, a path both deleted and added
@@ -194,66 +199,84 @@ func writeContainerLayer(ctx context.Context, label string, r io.Reader, dst str
 	}
 	whiteouts := map[string]bool{}
 	opaque := map[string]bool{}
-	fail := func(p, format string, args ...any) error {
-		return fmt.Errorf("%s: /%s: %s", label, p, fmt.Sprintf(format, args...))
-	}
+	var entryErr error // the callback's errors carry the label already
 	_, err := walkTarEntries(ctx, r, func(e *entry) error {
-		p, err := cleanPath(e.Path)
-		if err != nil {
-			return fmt.Errorf("%s: %w", label, err)
-		}
-		dir, base := path.Split(p)
-		dir = strings.TrimSuffix(dir, "/")
-		for _, c := range strings.Split(dir, "/") {
-			if strings.HasPrefix(c, whiteoutPrefix) {
-				return fail(p, "a whiteout name (%s) used as a directory", c)
-			}
-		}
-		if p != "" && strings.HasPrefix(base, whiteoutPrefix) {
-			switch name := base[len(whiteoutPrefix):]; {
-			case base == whiteoutOpaque:
-				if dir == "" {
-					return fail(p, "opaque marker on the root: a layer cannot hide the whole image")
-				}
-				if err := tw.ensureDir(dir); err != nil {
-					return err
-				}
-				opaque[dir] = true
-				return nil
-			case strings.HasPrefix(name, whiteoutPrefix):
-				return fail(p, "%s is aufs metadata, not an OCI whiteout: refusing", base)
-			case name == "" || name == "." || name == "..":
-				return fail(p, "whiteout of %q", name)
-			default:
-				target := path.Join(dir, name)
-				if _, ok := tw.recIndex[target]; ok {
-					return fail(target, "both added and deleted in one layer")
-				}
-				whiteouts[target] = true
-				return tw.add(ctx, &entry{Path: target, Mode: whiteoutMode, Mtime: e.Mtime})
-			}
-		}
-		if whiteouts[p] {
-			return fail(p, "both deleted and added in one layer")
-		}
-		if t := e.Mode & typeMask; e.LinkTo == "" && t == typeChr && e.Major == 0 && e.Minor == 0 {
-			return fail(p, "char device 0/0 is a whiteout in the overlay format; a layer spells a deletion .wh.NAME")
-		}
-		for k := range e.Xattrs {
-			if strings.HasPrefix(k, xattrOverlayPrefix) {
-				return fail(p, "xattr %s belongs to overlayfs: refusing", trimForError(k))
-			}
-		}
-		if e.LinkTo != "" {
-			if t, err := cleanPath(e.LinkTo); err == nil && whiteouts[t] {
-				return fail(p, "hard link to a whiteout")
-			}
-		}
-		e.Path = p
-		return tw.add(ctx, e)
+		entryErr = addLayerEntry(ctx, tw, e, label, whiteouts, opaque)
+		return entryErr
 	})
+	if err != nil && entryErr == nil {
+		err = fmt.Errorf("image %s: %w", label, err)
+	}
 	if err != nil {
 		return containerLayerStats{}, err
+	}
+	return finishLayer(tw, dst, label, opaque)
+}
+
+// addLayerEntry adds one member of a layer tar, turning OCI whiteouts into overlayfs ones.
+func addLayerEntry(ctx context.Context, tw *treeWriter, e *entry, label string, whiteouts, opaque map[string]bool) error {
+	fail := func(p, format string, args ...any) error {
+		return fmt.Errorf("image %s: /%s: %s", label, p, fmt.Sprintf(format, args...))
+	}
+	p, err := cleanPath(e.Path)
+	if err != nil {
+		return fmt.Errorf("image %s: %w", label, err)
+	}
+	dir, base := path.Split(p)
+	dir = strings.TrimSuffix(dir, "/")
+	for _, c := range strings.Split(dir, "/") {
+		if strings.HasPrefix(c, whiteoutPrefix) {
+			return fail(p, "a whiteout name (%s) used as a directory", c)
+		}
+	}
+	if p != "" && strings.HasPrefix(base, whiteoutPrefix) {
+		switch name := base[len(whiteoutPrefix):]; {
+		case base == whiteoutOpaque:
+			if dir == "" {
+				return fail(p, "opaque marker on the root: a layer cannot hide the whole image")
+			}
+			if err := tw.ensureDir(dir); err != nil {
+				return err
+			}
+			opaque[dir] = true
+			return nil
+		case strings.HasPrefix(name, whiteoutPrefix):
+			return fail(p, "%s is aufs metadata, not an OCI whiteout: refusing", base)
+		case name == "" || name == "." || name == "..":
+			return fail(p, "whiteout of %q", name)
+		default:
+			target := path.Join(dir, name)
+			if _, ok := tw.recIndex[target]; ok {
+				return fail(target, "both added and deleted in one layer")
+			}
+			whiteouts[target] = true
+			return tw.add(ctx, &entry{Path: target, Mode: whiteoutMode, Mtime: e.Mtime})
+		}
+	}
+	if whiteouts[p] {
+		return fail(p, "both deleted and added in one layer")
+	}
+	if t := e.Mode & typeMask; e.LinkTo == "" && t == typeChr && e.Major == 0 && e.Minor == 0 {
+		return fail(p, "char device 0/0 is a whiteout in the overlay format; a layer spells a deletion .wh.NAME")
+	}
+	for k := range e.Xattrs {
+		if strings.HasPrefix(k, xattrOverlayPrefix) {
+			return fail(p, "xattr %s belongs to overlayfs: refusing", trimForError(k))
+		}
+	}
+	if e.LinkTo != "" {
+		if t, err := cleanPath(e.LinkTo); err == nil && whiteouts[t] {
+			return fail(p, "hard link to a whiteout")
+		}
+	}
+	e.Path = p
+	return tw.add(ctx, e)
+}
+
+// finishLayer marks the opaque dirs and sets dir times.
+func finishLayer(tw *treeWriter, dst, label string, opaque map[string]bool) (containerLayerStats, error) {
+	fail := func(p, format string, args ...any) error {
+		return fmt.Errorf("image %s: /%s: %s", label, p, fmt.Sprintf(format, args...))
 	}
 	dirs := make([]string, 0, len(opaque))
 	for d := range opaque {
@@ -273,7 +296,7 @@ func writeContainerLayer(ctx context.Context, label string, r io.Reader, dst str
 	}
 	var st unix.Stat_t
 	if err := unix.Lstat(dst, &st); err != nil {
-		return containerLayerStats{}, fmt.Errorf("%s: %w", label, err)
+		return containerLayerStats{}, fmt.Errorf("image %s: %w", label, err)
 	}
 	return containerLayerStats{
 		Files: int64(len(tw.records)),

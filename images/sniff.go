@@ -1,8 +1,14 @@
 package images
 
 import (
+	"archive/tar"
 	"bytes"
 	"encoding/binary"
+	"errors"
+	"io"
+	"os"
+	"path"
+	"strings"
 )
 
 // sniffLen is how many leading bytes sniffFormat wants: a tar header or an MBR.
@@ -75,4 +81,82 @@ func hasMBRPartition(h []byte) bool {
 		}
 	}
 	return found
+}
+
+// sniffContainerDir reports whether dir is an unpacked image archive rather than a root tree.
+func sniffContainerDir(dir string) bool {
+	if fi, err := os.Lstat(path.Join(dir, "oci-layout")); err == nil && fi.Mode().IsRegular() {
+		return true
+	}
+	// an extracted docker save: manifest.json beside layer dirs, and no root tree
+	if fi, err := os.Lstat(path.Join(dir, "manifest.json")); err != nil || !fi.Mode().IsRegular() {
+		return false
+	}
+	for _, d := range []string{"etc", "usr", "bin"} {
+		if _, err := os.Lstat(path.Join(dir, d)); err == nil {
+			return false
+		}
+	}
+	return true
+}
+
+// sniffContainerTar reports whether the tar file f is an image archive (OCI layout or docker
+// save) rather than a root file system: every member must be one an image archive has, and
+// oci-layout or manifest.json must be among them. A root tarball is told apart at its first
+// member outside that list, so only image archives are read to the end.
+func sniffContainerTar(f *os.File) bool {
+	defer f.Seek(0, io.SeekStart)
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return false
+	}
+	tr := tar.NewReader(f)
+	found := false
+	for n := 0; n < maxArchiveEntries; n++ {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return found
+		}
+		if err != nil {
+			return found // a broken image archive is still one, and its reader says what is wrong
+		}
+		name, err := cleanPath(h.Name)
+		if err != nil {
+			return false
+		}
+		top, _, _ := strings.Cut(name, "/")
+		switch {
+		case name == "":
+		case name == "oci-layout" || name == "manifest.json":
+			found = true
+		case name == "index.json" || name == "repositories" || top == "blobs":
+		case isSHA256Hex(top) || isSHA256Hex(strings.TrimSuffix(top, ".json")):
+		default:
+			return false
+		}
+	}
+	return false
+}
+
+// containerArchive tells whether src (absolute) is a container image archive (an OCI image
+// layout or a docker save archive, as a directory or a tar file) rather than a root tree or
+// a tarball of one.
+func containerArchive(abs string) bool {
+	fi, err := os.Stat(abs)
+	if err != nil {
+		return false
+	}
+	if fi.IsDir() {
+		return sniffContainerDir(abs)
+	}
+	if !fi.Mode().IsRegular() {
+		return false
+	}
+	f, err := os.Open(abs)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	hdr := make([]byte, sniffLen)
+	n, _ := f.ReadAt(hdr, 0)
+	return sniffFormat(hdr[:n]) == kindTar && sniffContainerTar(f)
 }

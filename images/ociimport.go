@@ -1,0 +1,172 @@
+package images
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// importContainer imports the linux/arm64 image of a container image archive: each layer
+// becomes a store layer (identical layers, also of other images, are stored once), and the
+// image is their stack. No prep layer is written: a container build sets its root up for the
+// way it boots, with no SD-card fstab or resize services to undo. A failed import leaves no
+// image and none of the layers it added.
+func (s *Store) importContainer(ctx context.Context, abs, name string, opts ImportOptions, log *slog.Logger) (*Info, error) {
+	if s.Exists(name) && !opts.Replace {
+		return nil, fmt.Errorf("image %s %w in %s", name, ErrExists, s.dir)
+	}
+	fail := func(err error) error { return fmt.Errorf("image %s: source %s: %w", name, abs, err) }
+	a, format, err := openImageArchive(abs)
+	if err != nil {
+		return nil, fail(err)
+	}
+	defer a.close()
+	img, err := readContainerImage(a, opts.Ref)
+	if err != nil {
+		return nil, fail(err)
+	}
+	format = img.Format + format
+	start := time.Now()
+	log.Info("importing container image", "image", name, "source", abs, "format", format, "ref", img.Ref,
+		"platform", img.Platform.String(), "layers", len(img.Layers))
+	before, err := s.AllLayers()
+	if err != nil {
+		return nil, fail(err)
+	}
+	had := map[string]bool{}
+	for _, l := range before {
+		had[l.Digest] = true
+	}
+	var added []string // layers this import created, removed again if it fails
+	ok := false
+	defer func() {
+		if !ok && len(added) > 0 {
+			if err := s.dropLayers(added); err != nil {
+				log.Warn("could not remove the layers of a failed import", "image", name, "err", err)
+			}
+		}
+	}()
+	prog := newProgress(opts.Progress, name)
+	var stack []string
+	var dirs []string
+	root := defaultRoot
+	for i, l := range img.Layers {
+		label := fmt.Sprintf("%s: layer %d/%d (sha256:%s)", name, i+1, len(img.Layers), short(l.DiffID))
+		st, dir, err := s.convertLayer(ctx, a, l, label, root, prog)
+		if err != nil {
+			prog.fail()
+			return nil, err
+		}
+		if st.Files == 1 && st.Root.equal(root) && len(stack) > 0 {
+			// an empty layer (ENV, WORKDIR of an existing dir...): nothing to stack
+			os.RemoveAll(dir)
+			continue
+		}
+		root = st.Root
+		layer, err := s.AddLayer(dir, fmt.Sprintf("layer %d/%d of %s (%s, diff_id sha256:%s)",
+			i+1, len(img.Layers), cmp.Or(img.Ref, filepath.Base(abs)), format, l.DiffID))
+		if err != nil {
+			prog.fail()
+			return nil, fail(err)
+		}
+		if !had[layer.Digest] {
+			added = append(added, layer.Digest)
+			had[layer.Digest] = true
+		}
+		stack = append(stack, layer.Digest)
+		dirs = append([]string{layer.Dir}, dirs...)
+	}
+	prog.end()
+	if !layerView(dirs).exists("boot/firmware") {
+		log.Warn("the image has no /boot/firmware: a Raspberry Pi cannot boot it (install the firmware and kernel in the image, e.g. Debian's raspi-firmware and linux-image-arm64)",
+			"image", name)
+	}
+	meta := ImageMeta{
+		Source:  cmp.Or(opts.Source, filepath.Base(abs)),
+		Format:  format,
+		Comment: fmt.Sprintf("%s %s, config sha256:%s", cmp.Or(img.Ref, "(unnamed)"), img.Platform, img.Config),
+		Replace: opts.Replace,
+	}
+	if err := s.CreateImage(name, "", stack, meta); err != nil {
+		return nil, err
+	}
+	ok = true
+	info, err := s.Info(name)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("imported container image", "image", name, "layers", len(stack), "new layers", len(added),
+		"files", info.Files, "bytes", info.Bytes, "took", time.Since(start).Round(time.Millisecond))
+	return info, nil
+}
+
+// openImageArchive opens a layout dir or an archive tar; the format suffix is ".tar" for a tar.
+func openImageArchive(abs string) (imageArchive, string, error) {
+	fi, err := os.Stat(abs)
+	if err != nil {
+		return nil, "", err
+	}
+	if fi.IsDir() {
+		a, err := openDirArchive(abs)
+		return a, "", err
+	}
+	f, err := os.Open(abs)
+	if err != nil {
+		return nil, "", err
+	}
+	a, err := openTarArchive(f)
+	if err != nil {
+		f.Close()
+		return nil, "", err
+	}
+	return a, ".tar", nil
+}
+
+// convertLayer writes one layer into a new temp dir of the store, checking its digests; on
+// error the dir is gone.
+func (s *Store) convertLayer(ctx context.Context, a imageArchive, l containerLayer, label string, root rootAttrs, prog *progress) (containerLayerStats, string, error) {
+	dir, err := s.TempDir("oci-layer")
+	if err != nil {
+		return containerLayerStats{}, "", err
+	}
+	st, err := func() (containerLayerStats, error) {
+		ls, err := openLayer(a, l, prog)
+		if err != nil {
+			return containerLayerStats{}, fmt.Errorf("image %s: %w", label, err)
+		}
+		defer ls.close()
+		prog.begin(label, ls.size)
+		st, err := writeContainerLayer(ctx, label, ls.tar, dir, root)
+		if err != nil {
+			return containerLayerStats{}, err
+		}
+		if err := ls.finish(); err != nil {
+			return containerLayerStats{}, fmt.Errorf("image %s: %w", label, err)
+		}
+		return st, nil
+	}()
+	if err != nil {
+		os.RemoveAll(dir)
+		return containerLayerStats{}, "", err
+	}
+	return st, dir, nil
+}
+
+// dropLayers removes layers a failed import added, unless an image uses them meanwhile.
+func (s *Store) dropLayers(digests []string) error {
+	l, err := s.lock()
+	if err != nil {
+		return err
+	}
+	defer l.release()
+	now := map[string]bool{}
+	for _, d := range digests {
+		now[d] = true
+	}
+	_, err = s.collect(now)
+	return err
+}
