@@ -66,8 +66,8 @@ func (s *Store) Import(ctx context.Context, src, name string, opts ImportOptions
 	if err != nil {
 		return nil, fmt.Errorf("image %s: source %s: %w", name, src, err)
 	}
-	if containerArchive(abs) {
-		return s.importContainer(ctx, abs, name, opts, log)
+	if ok, compression := containerArchive(ctx, abs); ok {
+		return s.importContainer(ctx, abs, compression, name, opts, log)
 	}
 	tmp, err := s.TempDir("import-" + name)
 	if err != nil {

@@ -74,6 +74,8 @@ func TestImportContainerArchives(t *testing.T) {
 		{"oci-tar", tarUp(t, ociDir), "oci.tar"},
 		{"save-tar", tarUp(t, saveDir), "docker-save.tar"},
 		{"save-dir", saveDir, "docker-save"},
+		{"oci-tar-gz", compressFile(t, tarUp(t, ociDir), "gzip"), "oci.tar.gz"},
+		{"save-tar-xz", compressFile(t, tarUp(t, saveDir), "xz"), "docker-save.tar.xz"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			info, err := st.Import(context.Background(), c.src, c.name, ImportOptions{Logger: quietLog(), Prepare: true})
@@ -86,6 +88,9 @@ func TestImportContainerArchives(t *testing.T) {
 			lowers, err := st.Layers(c.name)
 			must(t, err)
 			viewStack(t, lowers, want)
+			if problems, err := st.Verify(context.Background(), c.name); err != nil || len(problems) > 0 {
+				t.Errorf("verify: %v %v", problems, err)
+			}
 			if digests == nil {
 				digests = info.Layers
 			} else if !slices.Equal(digests, info.Layers) {
@@ -94,7 +99,10 @@ func TestImportContainerArchives(t *testing.T) {
 		})
 	}
 	if ls, err := st.AllLayers(); err != nil || len(ls) != 3 {
-		t.Errorf("store holds %d layers (%v), want 3 for 4 imports of one image", len(ls), err)
+		t.Errorf("store holds %d layers (%v), want 3 for 6 imports of one image", len(ls), err)
+	}
+	if ents, _ := filepath.Glob(filepath.Join(st.Dir(), tmpPrefix+"*")); len(ents) > 0 {
+		t.Errorf("temp dirs left: %v", ents)
 	}
 }
 
@@ -259,4 +267,36 @@ func TestSameRef(t *testing.T) {
 			t.Errorf("sameRef(%q, %q) = %v", c.name, c.ref, got)
 		}
 	}
+}
+
+// compressFile compresses a file with gzip or xz (the commands) next to it.
+func compressFile(t testing.TB, p, how string) string {
+	t.Helper()
+	needTool(t, how)
+	run(t, how, "-k", p)
+	return p + map[string]string{"gzip": ".gz", "xz": ".xz"}[how]
+}
+
+// TestImportContainerEmptyLayer: an empty layer (an ENV or WORKDIR step) is not stacked; the
+// image is the other layers. A cancelled import leaves nothing.
+func TestImportContainerEmptyLayer(t *testing.T) {
+	needRoot(t)
+	l := ociFixtureLayers()
+	dir := filepath.Join(t.TempDir(), "layout")
+	writeOCILayout(t, dir, arm64Spec([][]fx{l[0], {}, l[1], {}, l[2]}, "gzip", "gzip", "gzip", "zstd", "gzip"))
+	st := newTestStore(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := st.Import(ctx, dir, "cancelled", ImportOptions{Logger: quietLog()}); err == nil {
+		t.Fatal("cancelled import succeeded")
+	}
+	assertEmptyStore(t, st)
+	info, err := st.Import(context.Background(), dir, "e", ImportOptions{Logger: quietLog()})
+	must(t, err)
+	if len(info.Layers) != 3 {
+		t.Errorf("%d layers, want 3", len(info.Layers))
+	}
+	lowers, err := st.Layers("e")
+	must(t, err)
+	viewStack(t, lowers, describeTree(t, hostView(flattenWithTar(t, l))))
 }

@@ -15,12 +15,28 @@ import (
 // image is their stack. No prep layer is written: a container build sets its root up for the
 // way it boots, with no SD-card fstab or resize services to undo. A failed import leaves no
 // image and none of the layers it added.
-func (s *Store) importContainer(ctx context.Context, abs, name string, opts ImportOptions, log *slog.Logger) (*Info, error) {
+func (s *Store) importContainer(ctx context.Context, abs, compression, name string, opts ImportOptions, log *slog.Logger) (*Info, error) {
 	if s.Exists(name) && !opts.Replace {
 		return nil, fmt.Errorf("image %s %w in %s", name, ErrExists, s.dir)
 	}
 	fail := func(err error) error { return fmt.Errorf("image %s: source %s: %w", name, abs, err) }
-	a, format, err := openImageArchive(abs)
+	prog := newProgress(opts.Progress, name)
+	archive, suffix := abs, ""
+	if compression != "" {
+		// Blobs are read out of order: a compressed archive is unpacked to a temp file first.
+		tmp, err := s.TempDir("import-" + name)
+		if err != nil {
+			return nil, fail(err)
+		}
+		defer os.RemoveAll(tmp)
+		archive = filepath.Join(tmp, "archive.tar")
+		if err := unpackArchive(ctx, abs, compression, archive, prog); err != nil {
+			prog.fail()
+			return nil, fail(err)
+		}
+		suffix = map[string]string{kindGzip: ".gz", kindXZ: ".xz"}[compression]
+	}
+	a, format, err := openImageArchive(archive)
 	if err != nil {
 		return nil, fail(err)
 	}
@@ -29,7 +45,7 @@ func (s *Store) importContainer(ctx context.Context, abs, name string, opts Impo
 	if err != nil {
 		return nil, fail(err)
 	}
-	format = img.Format + format
+	format = img.Format + format + suffix
 	start := time.Now()
 	log.Info("importing container image", "image", name, "source", abs, "format", format, "ref", img.Ref,
 		"platform", img.Platform.String(), "layers", len(img.Layers))
@@ -50,7 +66,6 @@ func (s *Store) importContainer(ctx context.Context, abs, name string, opts Impo
 			}
 		}
 	}()
-	prog := newProgress(opts.Progress, name)
 	var stack []string
 	var dirs []string
 	root := defaultRoot
@@ -169,4 +184,44 @@ func (s *Store) dropLayers(digests []string) error {
 	}
 	_, err = s.collect(now)
 	return err
+}
+
+// unpackArchive decompresses a gzip or xz archive tar into dst (a new file), bounded like a
+// layer.
+func unpackArchive(ctx context.Context, src, kind, dst string, prog *progress) error {
+	f, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	prog.begin("decompress", fi.Size())
+	dec, err := decompress(ctx, kind, &countingReader{r: f, p: prog})
+	if err != nil {
+		return err
+	}
+	out, err := os.OpenFile(dst, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		cancel()
+		_ = dec.Wait()
+		return err
+	}
+	defer out.Close()
+	_, err = writeSparse(ctx, out, newBoundedReader(dec.R, "archive "+filepath.Base(src), fi.Size()))
+	if err != nil {
+		cancel()
+	}
+	if werr := dec.Wait(); werr != nil && err == nil {
+		err = fmt.Errorf("%s: %w", kind, werr)
+	}
+	if err != nil {
+		return err
+	}
+	prog.end()
+	return out.Close()
 }

@@ -103,7 +103,7 @@ func openLayer(a imageArchive, l containerLayer, prog *progress) (*layerStream, 
 		}
 		dec = ls.zr
 	}
-	ls.bounded = &boundedReader{r: dec, left: maxLayerFree + maxLayerRatio*size, what: trimForError(l.Path), size: size}
+	ls.bounded = newBoundedReader(dec, "blob "+trimForError(l.Path), size)
 	ls.tar = io.TeeReader(ls.bounded, ls.diff)
 	return ls, nil
 }
@@ -138,6 +138,11 @@ func (ls *layerStream) close() {
 	ls.raw.Close()
 }
 
+// newBoundedReader bounds what a compressed stream of size bytes may unpack to.
+func newBoundedReader(r io.Reader, what string, size int64) *boundedReader {
+	return &boundedReader{r: r, left: maxLayerFree + maxLayerRatio*size, what: what, size: size}
+}
+
 // boundedReader fails once more than left bytes come out of r.
 type boundedReader struct {
 	r    io.Reader
@@ -153,7 +158,7 @@ func (b *boundedReader) Read(p []byte) (int, error) {
 		if n, _ := b.r.Read(one[:]); n == 0 {
 			return 0, io.EOF
 		}
-		return 0, fmt.Errorf("blob %s of %d bytes unpacks to more than %d bytes: refusing (decompression bomb?)", b.what, b.size, maxLayerFree+maxLayerRatio*b.size)
+		return 0, fmt.Errorf("%s of %d bytes unpacks to more than %d bytes: refusing (decompression bomb?)", b.what, b.size, maxLayerFree+maxLayerRatio*b.size)
 	}
 	if int64(len(p)) > b.left {
 		p = p[:b.left]

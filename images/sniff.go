@@ -2,7 +2,9 @@ package images
 
 import (
 	"archive/tar"
+	"bufio"
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -120,43 +122,89 @@ func sniffContainerTar(f *os.File) bool {
 			return found // a broken image archive is still one, and its reader says what is wrong
 		}
 		name, err := cleanPath(h.Name)
-		if err != nil {
+		if err != nil || !archiveMember(name) {
 			return false
 		}
-		top, _, _ := strings.Cut(name, "/")
-		switch {
-		case name == "":
-		case name == "oci-layout" || name == "manifest.json":
-			found = true
-		case name == "index.json" || name == "repositories" || top == "blobs":
-		case isSHA256Hex(top) || isSHA256Hex(strings.TrimSuffix(top, ".json")):
-		default:
-			return false
-		}
+		found = found || name == "oci-layout" || name == "manifest.json"
 	}
 	return false
 }
 
+// archiveMember tells whether name can be a member of an image archive.
+func archiveMember(name string) bool {
+	top, _, _ := strings.Cut(name, "/")
+	switch {
+	case name == "", name == "oci-layout", name == "manifest.json", name == "index.json", name == "repositories", top == "blobs":
+		return true
+	case isSHA256Hex(top) || isSHA256Hex(strings.TrimSuffix(top, ".json")):
+		return true
+	}
+	return false
+}
+
+// containerTarHead tells from the start of a tar stream (a decompressed one, that cannot be
+// read twice) whether it is an image archive: its first members are all ones an image archive
+// has. docker save | gzip makes such a stream.
+func containerTarHead(b []byte) bool {
+	tr := tar.NewReader(bytes.NewReader(b))
+	seen := 0
+	for seen < 4 {
+		h, err := tr.Next()
+		if err != nil {
+			return seen > 0
+		}
+		name, err := cleanPath(h.Name)
+		if err != nil || !archiveMember(name) {
+			return false
+		}
+		if name != "" {
+			seen++
+		}
+	}
+	return true
+}
+
 // containerArchive tells whether src (absolute) is a container image archive (an OCI image
-// layout or a docker save archive, as a directory or a tar file) rather than a root tree or
-// a tarball of one.
-func containerArchive(abs string) bool {
+// layout or a docker save archive: a directory, a tar file, or a tar compressed with gzip or
+// xz) rather than a root tree or a tarball of one. compression is "", kindGzip or kindXZ.
+func containerArchive(ctx context.Context, abs string) (ok bool, compression string) {
 	fi, err := os.Stat(abs)
 	if err != nil {
-		return false
+		return false, ""
 	}
 	if fi.IsDir() {
-		return sniffContainerDir(abs)
+		return sniffContainerDir(abs), ""
 	}
 	if !fi.Mode().IsRegular() {
-		return false
+		return false, ""
 	}
 	f, err := os.Open(abs)
 	if err != nil {
-		return false
+		return false, ""
 	}
 	defer f.Close()
 	hdr := make([]byte, sniffLen)
 	n, _ := f.ReadAt(hdr, 0)
-	return sniffFormat(hdr[:n]) == kindTar && sniffContainerTar(f)
+	switch kind := sniffFormat(hdr[:n]); kind {
+	case kindTar:
+		return sniffContainerTar(f), ""
+	case kindGzip, kindXZ:
+		// the start of the stream tells; the decompressor stops right after it
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		dec, err := decompress(ctx, kind, f)
+		if err != nil {
+			return false, ""
+		}
+		br := bufio.NewReaderSize(dec.R, containerHead)
+		head, _ := br.Peek(containerHead)
+		ok := containerTarHead(head)
+		cancel()
+		_ = dec.Wait()
+		return ok, kind
+	}
+	return false, ""
 }
+
+// containerHead is how much of a compressed stream containerArchive reads.
+const containerHead = 64 << 10
