@@ -150,6 +150,9 @@ func openTarArchive(f *os.File) (*tarArchive, error) {
 		if n >= maxArchiveEntries {
 			return nil, fmt.Errorf("tar: more than %d members: not an image archive pifleet reads", maxArchiveEntries)
 		}
+		if len(h.Name) > maxLayerPath || len(h.Linkname) > maxLayerPath {
+			return nil, fmt.Errorf("tar: a member name of more than %d bytes", maxLayerPath)
+		}
 		name, err := cleanPath(h.Name)
 		if err != nil {
 			return nil, fmt.Errorf("tar: %w", err)

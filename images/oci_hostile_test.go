@@ -121,6 +121,7 @@ func TestImportContainerHostile(t *testing.T) {
 		{"deleted and added", "both", oneLayer(twh("etc/.wh.new", mt2), tfile("etc/new", "x", 0o644, mt2))},
 		{"char device 0/0", "whiteout in the overlay format", oneLayer(tdev("etc/fake", tar.TypeChar, 0o644, 0, 0, mt2))},
 		{"overlay xattr", "belongs to overlayfs", oneLayer(tdir("etc/", 0o755, mt2, xa("trusted.overlay.opaque", "y")))},
+		{"path longer than PATH_MAX", "more than 4096 bytes", oneLayer(tfile("etc/"+strings.Repeat("x/", 2100)+"f", "x", 0o644, mt2))},
 		{"huge PAX header", "header field too long", func() string {
 			spec := arm64Spec([][]fx{base[0], {tfile("paxhdr", strings.Repeat("x", 2<<20), 0o644, mt2)}})
 			spec.layerHook = func(i int, blob *[]byte, d *ociDescriptor) {

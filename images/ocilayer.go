@@ -27,6 +27,11 @@ import (
 const (
 	maxLayerFree  = 1 << 30
 	maxLayerRatio = 2048
+	// maxLayerPath is PATH_MAX: tar's PAX headers allow a megabyte per name.
+	maxLayerPath = 4096
+	// maxLayerEntries bounds the paths of one layer (each costs memory until the layer is
+	// done); a whole Debian desktop has about 200000.
+	maxLayerEntries = 1 << 22
 	// maxZstdWindow bounds the memory a zstd layer may ask for (levels up to 19 use 8 MiB,
 	// --long=27 128 MiB).
 	maxZstdWindow = 128 << 20
@@ -222,6 +227,12 @@ func writeContainerLayer(ctx context.Context, label string, r io.Reader, dst str
 func addLayerEntry(ctx context.Context, tw *treeWriter, e *entry, label string, whiteouts, opaque map[string]bool) error {
 	fail := func(p, format string, args ...any) error {
 		return fmt.Errorf("image %s: /%s: %s", label, p, fmt.Sprintf(format, args...))
+	}
+	if len(e.Path) > maxLayerPath || len(e.LinkTo) > maxLayerPath {
+		return fmt.Errorf("image %s: a path of more than %d bytes: refusing", label, maxLayerPath)
+	}
+	if len(tw.records) >= maxLayerEntries {
+		return fmt.Errorf("image %s: more than %d entries: refusing", label, maxLayerEntries)
 	}
 	p, err := cleanPath(e.Path)
 	if err != nil {
