@@ -207,7 +207,7 @@ func TestLayerDecompressionBound(t *testing.T) {
 		t.Errorf("bound %d", ls.bounded.left)
 	}
 	ls.bounded.left = 1 << 20 // as if the blob asked for more than its bound
-	_, err = writeContainerLayer(context.Background(), "bomb", ls.tar, t.TempDir(), defaultRoot)
+	_, err = writeContainerLayer(context.Background(), "bomb", ls.tar, t.TempDir(), defaultRoot, nil)
 	if err == nil || !strings.Contains(err.Error(), "decompression bomb") {
 		t.Fatalf("got %v", err)
 	}
@@ -216,7 +216,7 @@ func TestLayerDecompressionBound(t *testing.T) {
 	must(t, err)
 	defer ls2.close()
 	out := t.TempDir()
-	if _, err := writeContainerLayer(context.Background(), "zeros", ls2.tar, out, defaultRoot); err != nil {
+	if _, err := writeContainerLayer(context.Background(), "zeros", ls2.tar, out, defaultRoot, nil); err != nil {
 		t.Fatal(err)
 	}
 	must(t, ls2.finish())

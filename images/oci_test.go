@@ -26,7 +26,7 @@ func TestContainerLayersMatchTar(t *testing.T) {
 	var lowers []string
 	for i, l := range layers {
 		dst := t.TempDir()
-		st, err := writeContainerLayer(context.Background(), fmt.Sprintf("layer %d", i+1), bytes.NewReader(layerTar(t, l)), dst, root)
+		st, err := writeContainerLayer(context.Background(), fmt.Sprintf("layer %d", i+1), bytes.NewReader(layerTar(t, l)), dst, root, lowers)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -299,4 +299,60 @@ func TestImportContainerEmptyLayer(t *testing.T) {
 	lowers, err := st.Layers("e")
 	must(t, err)
 	viewStack(t, lowers, describeTree(t, hostView(flattenWithTar(t, l))))
+}
+
+// TestContainerLayerImplicitParents: a layer tar that names a file but not its parent dirs
+// gets the parents the layers below have (owner, mode, mtime, xattrs; never their opaque
+// mark), not root 0755 dirs that would hide them.
+func TestContainerLayerImplicitParents(t *testing.T) {
+	needRoot(t)
+	var lowers []string
+	root := defaultRoot
+	convert := func(members []fx) string {
+		dst := t.TempDir()
+		st, err := writeContainerLayer(context.Background(), "layer", bytes.NewReader(layerTar(t, members)), dst, root, lowers)
+		if err != nil {
+			t.Fatal(err)
+		}
+		root = st.Root
+		lowers = append([]string{dst}, lowers...)
+		return dst
+	}
+	for _, l := range ociFixtureLayers() {
+		convert(l)
+	}
+	top := convert([]fx{
+		tfile("home/pi/new", "n\n", 0o644, mt4),
+		tfile("etc/xdir/f", "f\n", 0o644, mt4),
+		tfile("var/lib/stuff/z", "z\n", 0o644, mt4),
+		twh("usr/lib/.wh.fresh.txt", mt4),
+	})
+	for _, c := range []struct {
+		path      string
+		mode      uint32
+		uid       uint32
+		mtime     int64
+		xattr     string
+		notOpaque bool
+	}{
+		{"home", 0o755, 0, mt3, "", true},
+		{"home/pi", 0o750, 1000, mt3, "", true},
+		{"etc/xdir", 0o755, 0, mt2, "user.dirnote", true},
+		{"var/lib/stuff", 0o700, 1000, mt3, "", true},
+		{"usr/lib", 0o755, 0, mt3, "", true},
+	} {
+		var st unix.Stat_t
+		must(t, unix.Lstat(filepath.Join(top, c.path), &st))
+		if st.Mode != typeDir|c.mode || st.Uid != c.uid || st.Mtim.Sec != c.mtime {
+			t.Errorf("/%s: mode %o uid %d mtime %d, want %o %d %d", c.path, st.Mode, st.Uid, st.Mtim.Sec, typeDir|c.mode, c.uid, c.mtime)
+		}
+		if c.xattr != "" {
+			if _, err := unix.Lgetxattr(filepath.Join(top, c.path), c.xattr, nil); err != nil {
+				t.Errorf("/%s: xattr %s not copied: %v", c.path, c.xattr, err)
+			}
+		}
+		if isOpaqueDir(filepath.Join(top, c.path)) {
+			t.Errorf("/%s: opaque", c.path)
+		}
+	}
 }

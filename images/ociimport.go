@@ -71,7 +71,7 @@ func (s *Store) importContainer(ctx context.Context, abs, compression, name stri
 	root := defaultRoot
 	for i, l := range img.Layers {
 		label := fmt.Sprintf("%s: layer %d/%d (sha256:%s)", name, i+1, len(img.Layers), short(l.DiffID))
-		st, dir, err := s.convertLayer(ctx, a, l, label, root, prog)
+		st, dir, err := s.convertLayer(ctx, a, l, label, root, dirs, prog)
 		if err != nil {
 			prog.fail()
 			return nil, err
@@ -141,9 +141,9 @@ func openImageArchive(abs string) (imageArchive, string, error) {
 	return a, ".tar", nil
 }
 
-// convertLayer writes one layer into a new temp dir of the store, checking its digests; on
-// error the dir is gone.
-func (s *Store) convertLayer(ctx context.Context, a imageArchive, l containerLayer, label string, root rootAttrs, prog *progress) (containerLayerStats, string, error) {
+// convertLayer writes one layer over lowers (its layers below, topmost first) into a new temp
+// dir of the store, checking its digests; on error the dir is gone.
+func (s *Store) convertLayer(ctx context.Context, a imageArchive, l containerLayer, label string, root rootAttrs, lowers []string, prog *progress) (containerLayerStats, string, error) {
 	dir, err := s.TempDir("oci-layer")
 	if err != nil {
 		return containerLayerStats{}, "", err
@@ -155,7 +155,7 @@ func (s *Store) convertLayer(ctx context.Context, a imageArchive, l containerLay
 		}
 		defer ls.close()
 		prog.begin(label, ls.size)
-		st, err := writeContainerLayer(ctx, label, ls.tar, dir, root)
+		st, err := writeContainerLayer(ctx, label, ls.tar, dir, root, lowers)
 		if err != nil {
 			return containerLayerStats{}, err
 		}

@@ -196,22 +196,23 @@ type containerLayerStats struct {
 }
 
 // writeContainerLayer lays one layer tar down at dst (an empty dir) in the kernel overlayfs
-// format (label, "NAME: layer 2/3 (...)", starts its errors): `.wh.NAME` becomes a whiteout (char 0/0) of NAME, `.wh..wh..opq` makes its dir
-// opaque (trusted.overlay.opaque=y). Everything else goes through the treeWriter, which keeps
-// owners, modes, xattrs and hard links and refuses paths out of the root. Refused: other
-// `.wh.` names (aufs metadata), whiteout names as directories, a path both deleted and added
-// in the same layer, char devices 0/0 (they would read as whiteouts) and trusted.overlay.*
-// xattrs (overlayfs' own).
-func writeContainerLayer(ctx context.Context, label string, r io.Reader, dst string, root rootAttrs) (containerLayerStats, error) {
-	tw := newTreeWriter(label, dst, nil)
-	if err := tw.add(ctx, &entry{Path: "", Mode: typeDir | root.Mode&0o7777, UID: root.UID, GID: root.GID, Mtime: root.Mtime}); err != nil {
+// format; label ("NAME: layer 2/3 (...)") starts its errors, lowers are the layers below
+// (topmost first). `.wh.NAME` becomes a whiteout (char 0/0) of NAME, `.wh..wh..opq` makes its
+// dir opaque (trusted.overlay.opaque=y). Everything else goes through the treeWriter, which
+// keeps owners, modes, xattrs and hard links and refuses paths out of the root. A parent dir
+// the tar does not name is made with the owner, mode, mtime and xattrs the layers below give
+// it, as tar extraction over them leaves it. Refused: other `.wh.` names (aufs metadata),
+// whiteout names as directories, a path both deleted and added in the same layer, char
+// devices 0/0 (they would read as whiteouts) and trusted.overlay.* xattrs (overlayfs' own).
+func writeContainerLayer(ctx context.Context, label string, r io.Reader, dst string, root rootAttrs, lowers []string) (containerLayerStats, error) {
+	l := &ociLayer{tw: newTreeWriter(label, dst, nil), label: label, lowers: layerView(lowers),
+		whiteouts: map[string]bool{}, opaque: map[string]bool{}}
+	if err := l.tw.add(ctx, &entry{Path: "", Mode: typeDir | root.Mode&0o7777, UID: root.UID, GID: root.GID, Mtime: root.Mtime}); err != nil {
 		return containerLayerStats{}, err
 	}
-	whiteouts := map[string]bool{}
-	opaque := map[string]bool{}
 	var entryErr error // the callback's errors carry the label already
 	_, err := walkTarEntries(ctx, r, func(e *entry) error {
-		entryErr = addLayerEntry(ctx, tw, e, label, whiteouts, opaque)
+		entryErr = l.add(ctx, e)
 		return entryErr
 	})
 	if err != nil && entryErr == nil {
@@ -220,73 +221,122 @@ func writeContainerLayer(ctx context.Context, label string, r io.Reader, dst str
 	if err != nil {
 		return containerLayerStats{}, err
 	}
-	return finishLayer(tw, dst, label, opaque)
+	return finishLayer(l.tw, dst, label, l.opaque)
 }
 
-// addLayerEntry adds one member of a layer tar, turning OCI whiteouts into overlayfs ones.
-func addLayerEntry(ctx context.Context, tw *treeWriter, e *entry, label string, whiteouts, opaque map[string]bool) error {
-	fail := func(p, format string, args ...any) error {
-		return fmt.Errorf("image %s: /%s: %s", label, p, fmt.Sprintf(format, args...))
-	}
+// ociLayer is one layer being written.
+type ociLayer struct {
+	tw        *treeWriter
+	label     string
+	lowers    layerView
+	whiteouts map[string]bool // paths this layer deletes
+	opaque    map[string]bool // dirs this layer makes opaque
+}
+
+func (l *ociLayer) fail(p, format string, args ...any) error {
+	return fmt.Errorf("image %s: /%s: %s", l.label, p, fmt.Sprintf(format, args...))
+}
+
+// add adds one member of a layer tar, turning OCI whiteouts into overlayfs ones.
+func (l *ociLayer) add(ctx context.Context, e *entry) error {
+	tw := l.tw
 	if len(e.Path) > maxLayerPath || len(e.LinkTo) > maxLayerPath {
-		return fmt.Errorf("image %s: a path of more than %d bytes: refusing", label, maxLayerPath)
+		return fmt.Errorf("image %s: a path of more than %d bytes: refusing", l.label, maxLayerPath)
 	}
 	if len(tw.records) >= maxLayerEntries {
-		return fmt.Errorf("image %s: more than %d entries: refusing", label, maxLayerEntries)
+		return fmt.Errorf("image %s: more than %d entries: refusing", l.label, maxLayerEntries)
 	}
 	p, err := cleanPath(e.Path)
 	if err != nil {
-		return fmt.Errorf("image %s: %w", label, err)
+		return fmt.Errorf("image %s: %w", l.label, err)
 	}
 	dir, base := path.Split(p)
 	dir = strings.TrimSuffix(dir, "/")
 	for _, c := range strings.Split(dir, "/") {
 		if strings.HasPrefix(c, whiteoutPrefix) {
-			return fail(p, "a whiteout name (%s) used as a directory", c)
+			return l.fail(p, "a whiteout name (%s) used as a directory", c)
 		}
+	}
+	if err := l.parents(ctx, p); err != nil {
+		return err
 	}
 	if p != "" && strings.HasPrefix(base, whiteoutPrefix) {
 		switch name := base[len(whiteoutPrefix):]; {
 		case base == whiteoutOpaque:
 			if dir == "" {
-				return fail(p, "opaque marker on the root: a layer cannot hide the whole image")
+				return l.fail(p, "opaque marker on the root: a layer cannot hide the whole image")
 			}
 			if err := tw.ensureDir(dir); err != nil {
 				return err
 			}
-			opaque[dir] = true
+			l.opaque[dir] = true
 			return nil
 		case strings.HasPrefix(name, whiteoutPrefix):
-			return fail(p, "%s is aufs metadata, not an OCI whiteout: refusing", base)
+			return l.fail(p, "%s is aufs metadata, not an OCI whiteout: refusing", base)
 		case name == "" || name == "." || name == "..":
-			return fail(p, "whiteout of %q", name)
+			return l.fail(p, "whiteout of %q", name)
 		default:
 			target := path.Join(dir, name)
 			if _, ok := tw.recIndex[target]; ok {
-				return fail(target, "both added and deleted in one layer")
+				return l.fail(target, "both added and deleted in one layer")
 			}
-			whiteouts[target] = true
+			l.whiteouts[target] = true
 			return tw.add(ctx, &entry{Path: target, Mode: whiteoutMode, Mtime: e.Mtime})
 		}
 	}
-	if whiteouts[p] {
-		return fail(p, "both deleted and added in one layer")
+	if l.whiteouts[p] {
+		return l.fail(p, "both deleted and added in one layer")
 	}
 	if t := e.Mode & typeMask; e.LinkTo == "" && t == typeChr && e.Major == 0 && e.Minor == 0 {
-		return fail(p, "char device 0/0 is a whiteout in the overlay format; a layer spells a deletion .wh.NAME")
+		return l.fail(p, "char device 0/0 is a whiteout in the overlay format; a layer spells a deletion .wh.NAME")
 	}
 	for k := range e.Xattrs {
 		if strings.HasPrefix(k, xattrOverlayPrefix) {
-			return fail(p, "xattr %s belongs to overlayfs: refusing", trimForError(k))
+			return l.fail(p, "xattr %s belongs to overlayfs: refusing", trimForError(k))
 		}
 	}
 	if e.LinkTo != "" {
-		if t, err := cleanPath(e.LinkTo); err == nil && whiteouts[t] {
-			return fail(p, "hard link to a whiteout")
+		if t, err := cleanPath(e.LinkTo); err == nil && l.whiteouts[t] {
+			return l.fail(p, "hard link to a whiteout")
 		}
 	}
 	e.Path = p
 	return tw.add(ctx, e)
+}
+
+// parents writes the ancestors of p that this layer has not written yet and the layers
+// below have as dirs, with their attributes: the treeWriter would make them root 0755, and
+// they would hide the real ones. Ancestors the layers below lack are left to the treeWriter.
+func (l *ociLayer) parents(ctx context.Context, p string) error {
+	for i := 0; i < len(p); i++ {
+		if p[i] != '/' {
+			continue
+		}
+		a := p[:i]
+		if _, ok := l.tw.dirTimes[a]; ok {
+			continue
+		}
+		if _, ok := l.tw.recIndex[a]; ok || len(l.lowers) == 0 {
+			return nil // not a dir here: the treeWriter says so; nothing below: it makes them
+		}
+		real, st, _, err := l.lowers.find(a)
+		if err != nil || st.Mode&typeMask != typeDir {
+			return nil
+		}
+		x, err := readXattrs(real)
+		if err != nil {
+			return l.fail(a, "%v", err)
+		}
+		for k := range x {
+			if strings.HasPrefix(k, xattrOverlayPrefix) {
+				delete(x, k) // opaque below is not opaque here
+			}
+		}
+		if err := l.tw.add(ctx, &entry{Path: a, Mode: st.Mode, UID: st.Uid, GID: st.Gid, Mtime: time.Unix(st.Mtim.Unix()), Xattrs: x}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // finishLayer marks the opaque dirs and sets dir times.
