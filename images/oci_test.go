@@ -136,6 +136,36 @@ func TestImportContainerSharedLayers(t *testing.T) {
 	}
 	want := describeTree(t, hostView(flattenWithTar(t, [][]fx{l[0], l[1], ociFourthLayer()})))
 	viewStack(t, lb, want)
+	// the same two images from a docker save archive (shared layer.tar symlinked): the same
+	// store layers
+	save := filepath.Join(t.TempDir(), "save")
+	writeDockerSave(t, save, a, b)
+	links := 0
+	tars, _ := filepath.Glob(filepath.Join(save, "*", "layer.tar"))
+	for _, p := range tars {
+		if fi, err := os.Lstat(p); err == nil && fi.Mode()&os.ModeSymlink != 0 {
+			links++
+		}
+	}
+	if len(tars) != 6 || links != 2 {
+		t.Fatalf("%d layer.tar, %d of them links; want 6 and 2", len(tars), links)
+	}
+	saveTar := tarUp(t, save)
+	for _, c := range []struct {
+		name, ref string
+		want      []string
+	}{{"sa", "app:a", ia.Layers}, {"sb", "docker.io/library/app:b", ib.Layers}} {
+		for _, src := range []string{save, saveTar} {
+			info, err := st.Import(context.Background(), src, c.name, ImportOptions{Logger: quietLog(), Ref: c.ref, Replace: true})
+			must(t, err)
+			if !slices.Equal(info.Layers, c.want) {
+				t.Errorf("%s from %s: layers %v, want %v", c.name, src, info.Layers, c.want)
+			}
+		}
+	}
+	if ls, _ := st.AllLayers(); len(ls) != 4 {
+		t.Errorf("store holds %d layers, want 4", len(ls))
+	}
 }
 
 // TestImportContainerPlatform: from a multi-platform index the linux/arm64 image is taken
