@@ -7,6 +7,7 @@ package images
 
 import (
 	"archive/tar"
+	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -17,7 +18,6 @@ import (
 	"os"
 	"path"
 	"slices"
-	"sort"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -316,14 +316,15 @@ type ociPlatform struct {
 }
 
 func (p ociPlatform) String() string {
-	s := cmpOr(p.OS, "?") + "/" + cmpOr(p.Architecture, "?")
+	s := orUnknown(p.OS, "?") + "/" + orUnknown(p.Architecture, "?")
 	if p.Variant != "" {
-		s += "/" + p.Variant
+		s += "/" + trimForError(p.Variant)
 	}
 	return s
 }
 
-func cmpOr(s, def string) string {
+// orUnknown is s bounded for a message, def when empty.
+func orUnknown(s, def string) string {
 	if s == "" {
 		return def
 	}
@@ -503,14 +504,13 @@ func readOCIImage(a imageArchive, ref string) (*containerImage, error) {
 	case len(arm) == 0 && len(others) == 0:
 		return nil, errors.New("the archive holds no image manifest")
 	case len(arm) == 0:
-		slices.Sort(others)
-		return nil, fmt.Errorf("the archive has %s, no linux/arm64 image: Raspberry Pi boards need linux/arm64 (docker save/buildx --platform linux/arm64)", strings.Join(slices.Compact(others), ", "))
+		return nil, fmt.Errorf("the archive has %s, no linux/arm64 image: Raspberry Pi boards need linux/arm64 (docker save/buildx --platform linux/arm64)", listForError(others))
 	case len(arm) > 1:
 		var refs []string
 		for _, r := range arm {
-			refs = append(refs, cmpOr(r.c.ref, r.c.desc.Digest))
+			refs = append(refs, orUnknown(r.c.ref, r.c.desc.Digest))
 		}
-		return nil, fmt.Errorf("the archive has %d linux/arm64 images (%s): name one with --ref", len(arm), strings.Join(refs, ", "))
+		return nil, fmt.Errorf("the archive has %d linux/arm64 images (%s): name one with --ref", len(arm), listForError(refs))
 	}
 	arm[0].img.Format = "oci"
 	return arm[0].img, nil
@@ -520,17 +520,29 @@ func refList(cands []candidate) string {
 	var refs []string
 	for _, c := range cands {
 		if c.ref != "" {
-			refs = append(refs, quoteRef(c.ref))
+			refs = append(refs, fmt.Sprintf("%q", trimForError(c.ref)))
 		}
 	}
 	if len(refs) == 0 {
 		return "no named images"
 	}
-	sort.Strings(refs)
-	return strings.Join(slices.Compact(refs), ", ")
+	return listForError(refs)
 }
 
-func quoteRef(s string) string { return fmt.Sprintf("%q", trimForError(s)) }
+// listForError lists names from an archive for an error message: sorted, each once, each
+// and their number bounded.
+func listForError(items []string) string {
+	l := make([]string, 0, len(items))
+	for _, it := range items {
+		l = append(l, trimForError(it))
+	}
+	slices.Sort(l)
+	l = slices.Compact(l)
+	if len(l) > 8 {
+		l = append(l[:8], fmt.Sprintf("and %d more", len(l)-8))
+	}
+	return strings.Join(l, ", ")
+}
 
 // walkIndex collects the image manifests an index names, following nested indexes.
 func walkIndex(a imageArchive, b []byte, where, ref string, depth int, seen *int, out *[]candidate) error {
@@ -549,7 +561,7 @@ func walkIndex(a imageArchive, b []byte, where, ref string, depth int, seen *int
 			return fmt.Errorf("%s: more than %d manifests", where, maxDescriptors)
 		}
 		r := ref
-		if n := cmpOrEmpty(d.Annotations[annotationImageName], d.Annotations[annotationRefName]); n != "" {
+		if n := cmp.Or(d.Annotations[annotationImageName], d.Annotations[annotationRefName]); n != "" {
 			r = n
 		}
 		var names []string
@@ -574,13 +586,6 @@ func walkIndex(a imageArchive, b []byte, where, ref string, depth int, seen *int
 		}
 	}
 	return nil
-}
-
-func cmpOrEmpty(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 // readOCIManifest reads an image manifest and its config.
@@ -682,9 +687,9 @@ func readDockerSaveImage(a imageArchive, mf []byte, ref string) (*containerImage
 	}
 	switch {
 	case len(pick) == 0:
-		return nil, fmt.Errorf("no image tagged %q in the archive (it has: %s)", ref, strings.Join(tags, ", "))
+		return nil, fmt.Errorf("no image tagged %q in the archive (it has: %s)", ref, listForError(tags))
 	case len(pick) > 1:
-		return nil, fmt.Errorf("the archive has %d images (%s): name one with --ref", len(pick), strings.Join(tags, ", "))
+		return nil, fmt.Errorf("the archive has %d images (%s): name one with --ref", len(pick), listForError(tags))
 	}
 	e := pick[0]
 	cb, err := readArchiveJSON(a, e.Config)

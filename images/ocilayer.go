@@ -89,7 +89,7 @@ func openLayer(a imageArchive, l containerLayer, prog *progress) (*layerStream, 
 	}
 	if want, ok := layerMediaTypes[l.MediaType]; ok && want != kind {
 		raw.Close()
-		return nil, fmt.Errorf("blob %s: media type %s, but the blob is %s", trimForError(l.Path), l.MediaType, cmpOr(kind, "not compressed"))
+		return nil, fmt.Errorf("blob %s: media type %s, but the blob is %s", trimForError(l.Path), l.MediaType, orUnknown(kind, "not compressed"))
 	}
 	var dec io.Reader = br
 	switch kind {
