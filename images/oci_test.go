@@ -91,6 +91,18 @@ func TestImportContainerArchives(t *testing.T) {
 			if problems, err := st.Verify(context.Background(), c.name); err != nil || len(problems) > 0 {
 				t.Errorf("verify: %v %v", problems, err)
 			}
+			// the manifests written from the import's records are what a scan of the trees
+			// gives (the digests content addressing relies on)
+			for _, d := range info.Layers {
+				recs, err := scanTree(context.Background(), st.LayerTree(d))
+				must(t, err)
+				var mf bytes.Buffer
+				must(t, writeManifest(&mf, recs))
+				if got := sha256Hex(mf.Bytes()); got != d {
+					stored, _ := os.ReadFile(filepath.Join(filepath.Dir(st.LayerTree(d)), manifestName))
+					t.Errorf("layer %s: a scan gives manifest %s:\n%s\nstored:\n%s", d, got, mf.String(), stored)
+				}
+			}
 			if digests == nil {
 				digests = info.Layers
 			} else if !slices.Equal(digests, info.Layers) {

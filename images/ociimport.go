@@ -82,7 +82,7 @@ func (s *Store) importContainer(ctx context.Context, abs, compression, name stri
 			continue
 		}
 		root = st.Root
-		layer, err := s.AddLayer(dir, fmt.Sprintf("layer %d/%d of %s (%s, diff_id sha256:%s)",
+		layer, err := s.addLayer(dir, st.records, fmt.Sprintf("layer %d/%d of %s (%s, diff_id sha256:%s)",
 			i+1, len(img.Layers), cmp.Or(img.Ref, filepath.Base(abs)), format, l.DiffID))
 		if err != nil {
 			prog.fail()

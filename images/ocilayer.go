@@ -193,6 +193,7 @@ var defaultRoot = rootAttrs{Mode: 0o755, Mtime: time.Unix(0, 0)}
 type containerLayerStats struct {
 	Files, Bytes int64
 	Root         rootAttrs // the layer's root, for the layer above
+	records      []record  // the layer's manifest, so the store need not read the tree again
 }
 
 // writeContainerLayer lays one layer tar down at dst (an empty dir) in the kernel overlayfs
@@ -356,6 +357,13 @@ func finishLayer(tw *treeWriter, dst, label string, opaque map[string]bool) (con
 		if err := unix.Lsetxattr(tw.host(d), xattrOpaque, []byte("y"), 0); err != nil {
 			return containerLayerStats{}, fail(d, "setxattr %s: %v", xattrOpaque, err)
 		}
+		// the manifest record, as a scan of the tree would make it
+		x, err := readXattrs(tw.host(d))
+		if err != nil {
+			return containerLayerStats{}, fail(d, "%v", err)
+		}
+		i := tw.recIndex[d]
+		tw.records[i].Opaque, tw.records[i].Xattrs = true, xattrDigest(x)
 	}
 	if err := tw.finish(); err != nil {
 		return containerLayerStats{}, err
@@ -365,8 +373,60 @@ func finishLayer(tw *treeWriter, dst, label string, opaque map[string]bool) (con
 		return containerLayerStats{}, fmt.Errorf("image %s: %w", label, err)
 	}
 	return containerLayerStats{
-		Files: int64(len(tw.records)),
-		Bytes: tw.bytes,
-		Root:  rootAttrs{Mode: st.Mode & 0o7777, UID: st.Uid, GID: st.Gid, Mtime: time.Unix(st.Mtim.Unix())},
+		Files:   int64(len(tw.records)),
+		Bytes:   tw.bytes,
+		records: canonicalLinks(tw.records),
+		Root:    rootAttrs{Mode: st.Mode & 0o7777, UID: st.Uid, GID: st.Gid, Mtime: time.Unix(st.Mtim.Unix())},
 	}, nil
+}
+
+// canonicalLinks names each hard-link group after the name a scan of the tree meets first
+// (depth first, names sorted), as the store's own scan does: the tar's first name is another
+// one, and the manifest, hence the layer's digest, must not depend on the tar's order.
+func canonicalLinks(recs []record) []record {
+	groups := map[string][]int{} // first name -> indexes of its links
+	index := map[string]int{}
+	for i, r := range recs {
+		index[r.Path] = i
+		if r.Link != "" {
+			groups[r.Link] = append(groups[r.Link], i)
+		}
+	}
+	for first, links := range groups {
+		fi, ok := index[first]
+		if !ok {
+			continue
+		}
+		canon := first
+		for _, i := range links {
+			if scanBefore(recs[i].Path, canon) {
+				canon = recs[i].Path
+			}
+		}
+		if canon == first {
+			continue
+		}
+		file := recs[fi]
+		ci := index[canon]
+		file.Path = canon
+		recs[ci] = file
+		recs[fi] = record{Path: first, Link: canon}
+		for _, i := range links {
+			if i != ci {
+				recs[i].Link = canon
+			}
+		}
+	}
+	return recs
+}
+
+// scanBefore tells whether a depth-first walk with sorted names meets path a before b.
+func scanBefore(a, b string) bool {
+	as, bs := strings.Split(a, "/"), strings.Split(b, "/")
+	for i := 0; i < len(as) && i < len(bs); i++ {
+		if as[i] != bs[i] {
+			return as[i] < bs[i]
+		}
+	}
+	return len(as) < len(bs)
 }
