@@ -701,8 +701,9 @@ func readDockerSaveImage(a imageArchive, mf []byte, ref string) (*containerImage
 	}
 	sum := sha256.Sum256(cb)
 	cfgSum := hex.EncodeToString(sum[:])
-	// The config's name is its digest (<hex>.json, or blobs/sha256/<hex> since Docker 25).
-	if named := strings.TrimSuffix(path.Base(e.Config), ".json"); isSHA256Hex(named) && named != cfgSum {
+	// The config's name is its digest (<hex>.json, blobs/sha256/<hex> since Docker 25,
+	// sha256:<hex> from crane).
+	if named := digestName(path.Base(e.Config)); isSHA256Hex(named) && named != cfgSum {
 		return nil, fmt.Errorf("config %s: content has sha256 %s: corrupt or tampered archive", trimForError(e.Config), cfgSum)
 	}
 	cfg, err := parseImageConfig(cb, len(e.Layers))

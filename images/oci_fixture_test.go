@@ -579,3 +579,29 @@ func tarUp(t testing.TB, dir string) string {
 	}
 	return out
 }
+
+// writeFlatDockerArchive writes a docker archive the way skopeo (docker-archive:) and crane
+// (tarball) write one: layers as top-level <hex>.tar or <hex>.tar.gz, the config as
+// sha256:<hex>.
+func writeFlatDockerArchive(t testing.TB, dir string, s ociImageSpec, gz bool) {
+	t.Helper()
+	must(t, os.MkdirAll(dir, 0o755))
+	var tars [][]byte
+	var layers []string
+	for _, l := range s.layers {
+		b := layerTar(t, l)
+		tars = append(tars, b)
+		name := sha256Hex(b) + ".tar"
+		if gz {
+			b = compressBlob(t, b, "gzip")
+			name = sha256Hex(b) + ".tar.gz"
+		}
+		must(t, os.WriteFile(filepath.Join(dir, name), b, 0o644))
+		layers = append(layers, name)
+	}
+	cfg := ociImageConfig(t, s.platform, tars)
+	cname := "sha256:" + sha256Hex(cfg)
+	must(t, os.WriteFile(filepath.Join(dir, cname), cfg, 0o644))
+	must(t, os.WriteFile(filepath.Join(dir, "manifest.json"), mustJSON(t, []map[string]any{
+		{"Config": cname, "RepoTags": []string{s.ref}, "Layers": layers}}), 0o644))
+}

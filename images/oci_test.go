@@ -67,6 +67,9 @@ func TestImportContainerArchives(t *testing.T) {
 	spec := arm64Spec(layers)
 	spec.ref = "kiosk:v1"
 	writeDockerSave(t, saveDir, spec)
+	skopeo, crane := filepath.Join(t.TempDir(), "skopeo"), filepath.Join(t.TempDir(), "crane")
+	writeFlatDockerArchive(t, skopeo, spec, false)
+	writeFlatDockerArchive(t, crane, spec, true)
 	st := newTestStore(t)
 	var digests []string
 	for _, c := range []struct{ name, src, format string }{
@@ -76,6 +79,8 @@ func TestImportContainerArchives(t *testing.T) {
 		{"save-dir", saveDir, "docker-save"},
 		{"oci-tar-gz", compressFile(t, tarUp(t, ociDir), "gzip"), "oci.tar.gz"},
 		{"save-tar-xz", compressFile(t, tarUp(t, saveDir), "xz"), "docker-save.tar.xz"},
+		{"skopeo-docker-archive", tarUp(t, skopeo), "docker-save.tar"},
+		{"crane-tarball", tarUp(t, crane), "docker-save.tar"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			info, err := st.Import(context.Background(), c.src, c.name, ImportOptions{Logger: quietLog(), Prepare: true})
@@ -111,7 +116,7 @@ func TestImportContainerArchives(t *testing.T) {
 		})
 	}
 	if ls, err := st.AllLayers(); err != nil || len(ls) != 3 {
-		t.Errorf("store holds %d layers (%v), want 3 for 6 imports of one image", len(ls), err)
+		t.Errorf("store holds %d layers (%v), want 3 for 8 imports of one image", len(ls), err)
 	}
 	if ents, _ := filepath.Glob(filepath.Join(st.Dir(), tmpPrefix+"*")); len(ents) > 0 {
 		t.Errorf("temp dirs left: %v", ents)

@@ -136,10 +136,20 @@ func archiveMember(name string) bool {
 	switch {
 	case name == "", name == "oci-layout", name == "manifest.json", name == "index.json", name == "repositories", top == "blobs":
 		return true
-	case isSHA256Hex(top) || isSHA256Hex(strings.TrimSuffix(top, ".json")):
+	case isSHA256Hex(digestName(top)):
 		return true
 	}
 	return false
+}
+
+// digestName strips what archive writers put around a digest in a member name: docker's
+// <hex>.json, skopeo's <hex>.tar, crane's sha256:<hex> and <hex>.tar.gz.
+func digestName(name string) string {
+	name = strings.TrimPrefix(name, "sha256:")
+	for _, ext := range []string{".gz", ".tar", ".json"} {
+		name = strings.TrimSuffix(name, ext)
+	}
+	return name
 }
 
 // containerTarHead tells from the start of a tar stream (a decompressed one, that cannot be
