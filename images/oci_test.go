@@ -403,3 +403,74 @@ func TestContainerLayerImplicitParents(t *testing.T) {
 		}
 	}
 }
+
+// TestImportContainerPrepared: a container image with /boot/firmware (a root meant to boot a
+// Pi) gets the NFS-root preparation layer, computed from the merged stack: the fstab and
+// cmdline.txt of the top layer are the ones fixed, and a unit a layer deleted is not masked.
+func TestImportContainerPrepared(t *testing.T) {
+	needRoot(t)
+	l1 := []fx{
+		tdir("./", 0o755, mt1),
+		tdir("boot/", 0o755, mt1),
+		tdir("boot/firmware/", 0o755, mt1),
+		tfile("boot/firmware/cmdline.txt", "console=tty1 root=/dev/mmcblk0p2 rootwait\n", 0o644, mt1),
+		tdir("etc/", 0o755, mt1),
+		tfile("etc/fstab", "# UNCONFIGURED FSTAB\n", 0o644, mt1),
+		tdir("etc/NetworkManager/", 0o755, mt1),
+		tfile("etc/NetworkManager/NetworkManager.conf", "[main]\nplugins=keyfile\n", 0o644, mt1),
+		tdir("lib/", 0o755, mt1),
+		tdir("lib/systemd/", 0o755, mt1),
+		tdir("lib/systemd/system/", 0o755, mt1),
+		tfile("lib/systemd/system/dphys-swapfile.service", "[Service]\n", 0o644, mt1),
+		tfile("lib/systemd/system/rpi-eeprom-update.service", "[Service]\n", 0o644, mt1),
+	}
+	l2 := []fx{
+		tdir("boot/", 0o755, mt2),
+		tdir("boot/firmware/", 0o755, mt2),
+		tfile("boot/firmware/cmdline.txt", "console=tty1 root=PARTUUID=abcd-02 rootfstype=ext4 fsck.repair=yes rootwait\n", 0o644, mt2),
+		tdir("etc/", 0o755, mt2),
+		tfile("etc/fstab", "proc /proc proc defaults 0 0\nPARTUUID=abcd-01 /boot/firmware vfat defaults 0 2\nPARTUUID=abcd-02 / ext4 defaults,noatime 0 1\n", 0o644, mt2),
+		tdir("lib/", 0o755, mt2),
+		tdir("lib/systemd/", 0o755, mt2),
+		tdir("lib/systemd/system/", 0o755, mt2),
+		twh("lib/systemd/system/.wh.dphys-swapfile.service", mt2),
+	}
+	dir := filepath.Join(t.TempDir(), "layout")
+	writeOCILayout(t, dir, arm64Spec([][]fx{l1, l2}, "gzip", "gzip"))
+	st := newTestStore(t)
+	info, err := st.Import(context.Background(), dir, "pi", ImportOptions{Logger: quietLog(), Prepare: true})
+	must(t, err)
+	changes := strings.Join(info.Changes, "\n")
+	if !info.Prepared || len(info.Layers) != 3 || !strings.Contains(changes, "/etc/fstab: removed 2 SD-card line(s)") ||
+		!strings.Contains(changes, "root=PARTUUID=abcd-02") || !strings.Contains(changes, "masked rpi-eeprom-update.service") ||
+		strings.Contains(changes, "dphys-swapfile") {
+		t.Errorf("prepared %v, %d layers, changes:\n%s", info.Prepared, len(info.Layers), changes)
+	}
+	lowers, err := st.Layers("pi")
+	must(t, err)
+	v := layerView(lowers)
+	cmdline, _, err := v.readFile("boot/firmware/cmdline.txt")
+	must(t, err)
+	fstab, _, err := v.readFile("etc/fstab")
+	must(t, err)
+	if strings.Contains(string(cmdline), "root=") || strings.Count(string(fstab), "# pifleet") != 2 {
+		t.Errorf("cmdline.txt %q\nfstab %q", cmdline, fstab)
+	}
+	if problems, err := st.Verify(context.Background(), "pi"); err != nil || len(problems) > 0 {
+		t.Errorf("verify: %v %v", problems, err)
+	}
+	if ents, _ := filepath.Glob(filepath.Join(st.Dir(), tmpPrefix+"*")); len(ents) > 0 {
+		t.Errorf("temp dirs left: %v", ents)
+	}
+	var fi unix.Stat_t
+	must(t, unix.Stat(filepath.Join(lowers[1], "etc/fstab"), &fi))
+	if fi.Nlink != 1 {
+		t.Errorf("layer file has %d links after the import", fi.Nlink)
+	}
+	// without Prepare: the layers alone
+	info, err = st.Import(context.Background(), dir, "raw", ImportOptions{Logger: quietLog()})
+	must(t, err)
+	if info.Prepared || len(info.Layers) != 2 {
+		t.Errorf("unprepared import: prepared %v, %d layers", info.Prepared, len(info.Layers))
+	}
+}

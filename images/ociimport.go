@@ -7,14 +7,19 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // importContainer imports the linux/arm64 image of a container image archive: each layer
 // becomes a store layer (identical layers, also of other images, are stored once), and the
-// image is their stack. No prep layer is written: a container build sets its root up for the
-// way it boots, with no SD-card fstab or resize services to undo. A failed import leaves no
-// image and none of the layers it added.
+// image is their stack. An image with /boot/firmware (a root meant to boot a Pi) gets the
+// NFS-root preparation layer on top when opts.Prepare, as a Pi OS image does; one without
+// cannot boot a Pi and gets a warning. A failed import leaves no image and none of the
+// layers it added.
 func (s *Store) importContainer(ctx context.Context, abs, compression, name string, opts ImportOptions, log *slog.Logger) (*Info, error) {
 	if s.Exists(name) && !opts.Replace {
 		return nil, fmt.Errorf("image %s %w in %s", name, ErrExists, s.dir)
@@ -96,15 +101,38 @@ func (s *Store) importContainer(ctx context.Context, abs, compression, name stri
 		dirs = append([]string{layer.Dir}, dirs...)
 	}
 	prog.end()
-	if !layerView(dirs).exists("boot/firmware") {
-		log.Warn("the image has no /boot/firmware: a Raspberry Pi cannot boot it (install the firmware and kernel in the image, e.g. Debian's raspi-firmware and linux-image-arm64)",
-			"image", name)
-	}
 	meta := ImageMeta{
 		Source:  cmp.Or(opts.Source, filepath.Base(abs)),
 		Format:  format,
 		Comment: fmt.Sprintf("%s %s, config sha256:%s", cmp.Or(img.Ref, "(unnamed)"), img.Platform, img.Config),
 		Replace: opts.Replace,
+	}
+	switch {
+	case !layerView(dirs).exists("boot/firmware"):
+		log.Warn("the image has no /boot/firmware: a Raspberry Pi cannot boot it (install the firmware and kernel in the image, e.g. Debian's raspi-firmware and linux-image-arm64)",
+			"image", name)
+	case opts.Prepare:
+		// a root meant to boot a Pi: the same NFS-root preparation as a Pi OS image gets
+		tmp, err := s.TempDir("prep-" + name)
+		if err != nil {
+			return nil, fail(err)
+		}
+		defer os.RemoveAll(tmp)
+		prep, changes, err := s.prepareStack(ctx, name, dirs, tmp, log)
+		if err != nil {
+			return nil, err
+		}
+		if len(changes) > 0 {
+			layer, err := s.AddLayer(prep, "NFS-root preparation of "+meta.Source)
+			if err != nil {
+				return nil, fail(err)
+			}
+			if !had[layer.Digest] {
+				added = append(added, layer.Digest)
+			}
+			stack = append(stack, layer.Digest)
+			meta.Prepared, meta.Changes = true, changes
+		}
 	}
 	if err := s.CreateImage(name, "", stack, meta); err != nil {
 		return nil, err
@@ -224,4 +252,125 @@ func unpackArchive(ctx context.Context, src, kind, dst string, prog *progress) e
 	}
 	prog.end()
 	return out.Close()
+}
+
+// prepareStack writes the NFS-root preparation layer for an image made of the layer dirs
+// lowers (topmost first), as Import does for a Pi OS image: prepare reads one tree, so it
+// gets a read-only stand-in of the merged stack in a store temp dir, made of directories
+// and hard links to the layers' files (nothing copied; prepare only reads the root and
+// writes to prep). It returns the prep dir (in tmp) and the changes, none when nothing
+// applies.
+func (s *Store) prepareStack(ctx context.Context, name string, lowers []string, tmp string, log *slog.Logger) (string, []string, error) {
+	merged := filepath.Join(tmp, "merged")
+	if err := linkMerged(ctx, layerView(lowers), merged); err != nil {
+		return "", nil, fmt.Errorf("image %s: prepare for NFS root: %w", name, err)
+	}
+	prep := filepath.Join(tmp, prepDirName)
+	changes, err := prepare(ctx, name, merged, prep, log)
+	return prep, changes, err
+}
+
+// linkMerged builds at dst the tree the layers v show merged (whiteouts and opaque dirs
+// honoured): dirs with their owner, mode, mtime and xattrs, symlinks, and regular files as
+// hard links to the topmost layer's file. Devices, fifos and sockets are left out.
+func linkMerged(ctx context.Context, v layerView, dst string) error {
+	var walk func(rel string, dirs []string) error
+	walk = func(rel string, dirs []string) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		// each name from the topmost dir that has it
+		top := map[string]string{}
+		var names []string
+		for _, d := range dirs {
+			ents, err := os.ReadDir(d)
+			if err != nil {
+				return err
+			}
+			for _, e := range ents {
+				if _, ok := top[e.Name()]; !ok {
+					top[e.Name()] = filepath.Join(d, e.Name())
+					names = append(names, e.Name())
+				}
+			}
+		}
+		for _, n := range names {
+			real := top[n]
+			out := filepath.Join(dst, rel, n)
+			var st unix.Stat_t
+			if err := unix.Lstat(real, &st); err != nil {
+				return err
+			}
+			switch st.Mode & typeMask {
+			case typeDir:
+				sub := []string{real}
+				for i := slices.Index(dirs, filepath.Dir(real)) + 1; i < len(dirs) && !isOpaqueDir(sub[len(sub)-1]); i++ {
+					var ls unix.Stat_t
+					if unix.Lstat(filepath.Join(dirs[i], n), &ls) != nil || ls.Mode&typeMask != typeDir {
+						break
+					}
+					sub = append(sub, filepath.Join(dirs[i], n))
+				}
+				if err := os.Mkdir(out, 0o700); err != nil {
+					return err
+				}
+				if err := walk(filepath.Join(rel, n), sub); err != nil {
+					return err
+				}
+				if err := copyDirAttrs(real, out, &st); err != nil {
+					return err
+				}
+			case typeReg:
+				if err := os.Link(real, out); err != nil {
+					return err
+				}
+			case typeLnk:
+				target, err := os.Readlink(real)
+				if err != nil {
+					return err
+				}
+				if err := os.Symlink(target, out); err != nil {
+					return err
+				}
+				if err := os.Lchown(out, int(st.Uid), int(st.Gid)); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	if err := os.Mkdir(dst, 0o700); err != nil {
+		return err
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(v[0], &st); err != nil {
+		return err
+	}
+	if err := walk("", []string(v)); err != nil {
+		return err
+	}
+	return copyDirAttrs(v[0], dst, &st)
+}
+
+// copyDirAttrs gives dst the owner, mode, xattrs (not overlayfs' own) and mtime of src.
+func copyDirAttrs(src, dst string, st *unix.Stat_t) error {
+	if err := os.Lchown(dst, int(st.Uid), int(st.Gid)); err != nil {
+		return err
+	}
+	if err := unix.Chmod(dst, st.Mode&0o7777); err != nil {
+		return err
+	}
+	x, err := readXattrs(src)
+	if err != nil {
+		return err
+	}
+	for k, val := range x {
+		if strings.HasPrefix(k, xattrOverlayPrefix) {
+			continue
+		}
+		if err := unix.Lsetxattr(dst, k, val, 0); err != nil {
+			return fmt.Errorf("%s: setxattr %s: %w", dst, k, err)
+		}
+	}
+	return setMtime(dst, time.Unix(st.Mtim.Unix()))
 }

@@ -184,7 +184,7 @@ func runImageImport(ctx context.Context, e *env, args []string) error {
 			"that must not run on an NFS root) goes into a separate layer; the import stays pristine.\n"+
 			"FILE may also be a container image: an OCI image layout (directory or tar) or a `docker save`\n"+
 			"archive of a linux/arm64 image; each of its layers becomes a store layer, shared with other\n"+
-			"images that have it (no preparation layer).")
+			"images that have it; the preparation layer only when it has /boot/firmware.")
 	cfgPath := configFlag(fs)
 	name := fs.String("name", "", "image name to import as (required)")
 	replace := fs.Bool("replace", false, "replace an existing image of that name")
