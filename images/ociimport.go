@@ -51,8 +51,9 @@ func (s *Store) importContainer(ctx context.Context, abs, compression, name stri
 		return nil, fail(err)
 	}
 	format = img.Format + format + suffix
+	ref := trimForError(img.Ref) // for logs and comments: the archive chose it
 	start := time.Now()
-	log.Info("importing container image", "image", name, "source", abs, "format", format, "ref", img.Ref,
+	log.Info("importing container image", "image", name, "source", abs, "format", format, "ref", ref,
 		"platform", img.Platform.String(), "layers", len(img.Layers))
 	before, err := s.AllLayers()
 	if err != nil {
@@ -88,7 +89,7 @@ func (s *Store) importContainer(ctx context.Context, abs, compression, name stri
 		}
 		root = st.Root
 		layer, err := s.addLayer(dir, st.records, fmt.Sprintf("layer %d/%d of %s (%s, diff_id sha256:%s)",
-			i+1, len(img.Layers), cmp.Or(img.Ref, filepath.Base(abs)), format, l.DiffID))
+			i+1, len(img.Layers), cmp.Or(ref, filepath.Base(abs)), format, l.DiffID))
 		if err != nil {
 			prog.fail()
 			return nil, fail(err)
@@ -104,7 +105,7 @@ func (s *Store) importContainer(ctx context.Context, abs, compression, name stri
 	meta := ImageMeta{
 		Source:  cmp.Or(opts.Source, filepath.Base(abs)),
 		Format:  format,
-		Comment: fmt.Sprintf("%s %s, config sha256:%s", cmp.Or(img.Ref, "(unnamed)"), img.Platform, img.Config),
+		Comment: fmt.Sprintf("%s %s, config sha256:%s", cmp.Or(ref, "(unnamed)"), img.Platform, img.Config),
 		Replace: opts.Replace,
 	}
 	switch {
