@@ -205,11 +205,11 @@ func (a *tarArchive) open(name string) (io.ReadCloser, int64, error) {
 			return nil, 0, fmt.Errorf("%s: more than %d symlinks", name, maxSymlinkHops)
 		}
 		if path.IsAbs(m.link) {
-			return nil, 0, fmt.Errorf("%s: symlink to %s leads out of the archive", rel, m.link)
+			return nil, 0, fmt.Errorf("%s: symlink to %s leads out of the archive", rel, trimForError(m.link))
 		}
 		next, err := cleanPath(path.Join(path.Dir(rel), m.link))
 		if err != nil || next == "" {
-			return nil, 0, fmt.Errorf("%s: symlink to %s leads out of the archive", rel, m.link)
+			return nil, 0, fmt.Errorf("%s: symlink to %s leads out of the archive", rel, trimForError(m.link))
 		}
 		rel = next
 	}

@@ -104,6 +104,16 @@ func TestImportContainerHostile(t *testing.T) {
 			os.Rename(f, victim+".blob")
 			must(t, os.Symlink(victim+".blob", f))
 		})},
+		{"absolute symlink member in a layout tar", "leads out of the archive", tarUp(t, layout(arm64Spec(base), func(dir string) {
+			f := layerFile(dir, 0)
+			os.Remove(f)
+			must(t, os.Symlink(victim, f))
+		}))},
+		{"relative symlink member out of a layout tar", "leads out of the archive", tarUp(t, layout(arm64Spec(base), func(dir string) {
+			f := layerFile(dir, 0)
+			os.Remove(f)
+			must(t, os.Symlink("../../../../../../../../"+victim, f))
+		}))},
 		{"truncated layout tar", "truncated|unexpected EOF", func() string {
 			p := tarUp(t, layout(arm64Spec(base), nil))
 			fi, _ := os.Stat(p)
