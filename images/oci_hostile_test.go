@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -252,4 +253,34 @@ func tarChecksum(h []byte) int {
 		sum += int(b)
 	}
 	return sum
+}
+
+// TestFailedContainerImportKeepsOtherLayers: a failed import removes the layers it added and
+// no other: an old layer no image names may still be stacked by a running board.
+func TestFailedContainerImportKeepsOtherLayers(t *testing.T) {
+	needRoot(t)
+	st := newTestStore(t)
+	dir, err := st.TempDir("orphan")
+	must(t, err)
+	must(t, os.WriteFile(filepath.Join(dir, "f"), []byte("orphan"), 0o644))
+	orphan, err := st.AddLayer(dir, "an old layer no image names")
+	must(t, err)
+	old := time.Now().Add(-72 * time.Hour)
+	must(t, os.Chtimes(filepath.Dir(orphan.Dir), old, old))
+	spec := arm64Spec(ociFixtureLayers())
+	spec.layerHook = func(i int, blob *[]byte, d *ociDescriptor) {
+		if i == 2 {
+			*blob = bytes.Replace(*blob, []byte("fresh\n"), []byte("FRESH\n"), 1)
+		}
+	}
+	layout := filepath.Join(t.TempDir(), "layout")
+	writeOCILayout(t, layout, spec)
+	if _, err := st.Import(context.Background(), layout, "x", ImportOptions{Logger: quietLog()}); err == nil {
+		t.Fatal("tampered import succeeded")
+	}
+	ls, err := st.AllLayers()
+	must(t, err)
+	if len(ls) != 1 || ls[0].Digest != orphan.Digest {
+		t.Errorf("layers after the failed import: %v, want only the old one", ls)
+	}
 }

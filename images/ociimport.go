@@ -3,6 +3,7 @@ package images
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -200,19 +201,31 @@ func (s *Store) convertLayer(ctx context.Context, a imageArchive, l containerLay
 	return st, dir, nil
 }
 
-// dropLayers removes layers a failed import added, unless an image uses them meanwhile.
+// dropLayers removes the layers a failed import added, unless an image uses them meanwhile.
+// Only those: other unused layers may be stacked by a running board and go with image rm.
 func (s *Store) dropLayers(digests []string) error {
 	l, err := s.lock()
 	if err != nil {
 		return err
 	}
 	defer l.release()
-	now := map[string]bool{}
-	for _, d := range digests {
-		now[d] = true
+	infos, err := s.List()
+	if err != nil {
+		return err
 	}
-	_, err = s.collect(now)
-	return err
+	used := map[string]bool{}
+	for _, im := range infos {
+		for _, d := range im.Layers {
+			used[d] = true
+		}
+	}
+	var errs []error
+	for _, d := range digests {
+		if !used[d] {
+			errs = append(errs, s.removeDir(s.layerDir(d), "layer-"+short(d)))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // unpackArchive decompresses a gzip or xz archive tar into dst (a new file), bounded like a
