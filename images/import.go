@@ -30,6 +30,9 @@ type ImportOptions struct {
 	// Source is what `image ls` shows the image was made from; the source file's or
 	// directory's base name when empty.
 	Source string
+	// Ref picks the image of a container image archive that holds several (an OCI ref
+	// name annotation or a docker save RepoTag); see oci.go.
+	Ref string
 }
 
 // source is one way of reading an image: it streams entries, parents before children.
@@ -44,8 +47,9 @@ type source struct {
 // ImportOptions.Replace is not set.
 var ErrExists = errors.New("already exists")
 
-// Import reads src (.img, .img.xz, a directory, .tar, .tar.gz, .tar.xz) into a new image
-// called name. The image is built in a temp dir and renamed into place, so a failed or
+// Import reads src (.img, .img.xz, a directory, .tar, .tar.gz, .tar.xz, or a container image
+// archive: an OCI image layout or docker save archive, as a directory or a tar) into a new
+// image called name. The image is built in a temp dir and renamed into place, so a failed or
 // cancelled import leaves nothing behind and readers never see half an image.
 func (s *Store) Import(ctx context.Context, src, name string, opts ImportOptions) (*Info, error) {
 	if err := CheckName(name); err != nil {
@@ -61,6 +65,9 @@ func (s *Store) Import(ctx context.Context, src, name string, opts ImportOptions
 	abs, err := filepath.Abs(src)
 	if err != nil {
 		return nil, fmt.Errorf("image %s: source %s: %w", name, src, err)
+	}
+	if ok, compression := containerArchive(ctx, abs); ok {
+		return s.importContainer(ctx, abs, compression, name, opts, log)
 	}
 	tmp, err := s.TempDir("import-" + name)
 	if err != nil {

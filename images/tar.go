@@ -20,25 +20,32 @@ const maxTarSparse = 16 << 30
 // (SCHILY.xattr.*, as GNU tar and bsdtar write them) and text ACLs (SCHILY.acl.*) are kept;
 // names are checked by the treeWriter so a hostile archive cannot write outside the root.
 func walkTar(ctx context.Context, r io.Reader, fn func(*entry) error) error {
+	n, err := walkTarEntries(ctx, r, fn)
+	if err == nil && n == 0 {
+		return errors.New("tar archive holds no files")
+	}
+	return err
+}
+
+// walkTarEntries is walkTar for a tar that may be empty (a container image layer can be);
+// it returns the number of entries.
+func walkTarEntries(ctx context.Context, r io.Reader, fn func(*entry) error) (int, error) {
 	tr := tar.NewReader(r)
 	n := 0
 	for {
 		if err := ctx.Err(); err != nil {
-			return err
+			return n, err
 		}
 		h, err := tr.Next()
 		if errors.Is(err, io.EOF) {
-			if n == 0 {
-				return errors.New("tar archive holds no files")
-			}
-			return nil
+			return n, nil
 		}
 		if err != nil {
-			return fmt.Errorf("tar: %w", err)
+			return n, fmt.Errorf("tar: %w", err)
 		}
 		n++
 		if isSparse(h) && h.Size > maxTarSparse {
-			return fmt.Errorf("tar: %s: sparse file of %d bytes (more than %d): refusing", h.Name, h.Size, int64(maxTarSparse))
+			return n, fmt.Errorf("tar: %s: sparse file of %d bytes (more than %d): refusing", h.Name, h.Size, int64(maxTarSparse))
 		}
 		e := &entry{
 			Path:  h.Name,
@@ -53,7 +60,7 @@ func walkTar(ctx context.Context, r io.Reader, fn func(*entry) error) error {
 		for k, v := range h.PAXRecords {
 			if name, ok := strings.CutPrefix(k, "SCHILY.xattr."); ok {
 				if len(v) > maxTarXattr {
-					return fmt.Errorf("tar: %s: xattr %s is %d bytes", h.Name, name, len(v))
+					return n, fmt.Errorf("tar: %s: xattr %s is %d bytes", h.Name, name, len(v))
 				}
 				if e.Xattrs == nil {
 					e.Xattrs = map[string][]byte{}
@@ -63,7 +70,7 @@ func walkTar(ctx context.Context, r io.Reader, fn func(*entry) error) error {
 			// GNU tar --acls, star and bsdtar: the text form (see acl.go)
 			if kind, ok := strings.CutPrefix(k, "SCHILY.acl."); ok && (kind == "access" || kind == "default") {
 				if len(v) > maxACLText {
-					return fmt.Errorf("tar: %s: %s is %d bytes", h.Name, k, len(v))
+					return n, fmt.Errorf("tar: %s: %s is %d bytes", h.Name, k, len(v))
 				}
 				if e.ACLText == nil {
 					e.ACLText = map[string]string{}
@@ -89,10 +96,10 @@ func walkTar(ctx context.Context, r io.Reader, fn func(*entry) error) error {
 		case tar.TypeFifo:
 			e.Mode |= typeFifo
 		default:
-			return fmt.Errorf("tar: %s: unsupported entry type %q", h.Name, h.Typeflag)
+			return n, fmt.Errorf("tar: %s: unsupported entry type %q", h.Name, h.Typeflag)
 		}
 		if err := fn(e); err != nil {
-			return err
+			return n, err
 		}
 	}
 }

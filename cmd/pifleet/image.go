@@ -21,7 +21,7 @@ import (
 func runImage(ctx context.Context, e *env, args []string) error {
 	return dispatch(ctx, e, "pifleet image", map[string]command{
 		"ls":     {"list the base images in the state dir", runImageLs},
-		"import": {"import a Raspberry Pi OS .img/.img.xz, a directory or a tarball", runImageImport},
+		"import": {"import a Raspberry Pi OS .img/.img.xz, a directory, a tarball, or an OCI/docker save arm64 image", runImageImport},
 		"verify": {"re-check an image's tree against its import manifest", runImageVerify},
 		"rm":     {"remove an image no board uses", runImageRm},
 		"shell":  {"run a command in an image's root; its writes become a new image (--as NEW)", runImageShell},
@@ -179,14 +179,18 @@ func usedBy(cfg *server.Config, image string) []string {
 }
 
 func runImageImport(ctx context.Context, e *env, args []string) error {
-	fs := newFlags(e, "pifleet image import", "[-c fleet.yaml] --name NAME [--replace] [--no-prepare] FILE",
+	fs := newFlags(e, "pifleet image import", "[-c fleet.yaml] --name NAME [--replace] [--no-prepare] [--ref REF] FILE",
 		"Imports FILE (.img, .img.xz, a directory, or .tar/.tar.gz/.tar.xz) as image NAME, reading the\n"+
 			"disk image in-process (no loop mount). The NFS-root preparation (fstab, cmdline, services\n"+
-			"that must not run on an NFS root) goes into a separate layer; the import stays pristine.")
+			"that must not run on an NFS root) goes into a separate layer; the import stays pristine.\n"+
+			"FILE may also be a container image: an OCI image layout (directory or tar) or a `docker save`\n"+
+			"archive of a linux/arm64 image; each of its layers becomes a store layer, shared with other\n"+
+			"images that have it; the preparation layer only when it has /boot/firmware.")
 	cfgPath := configFlag(fs)
 	name := fs.String("name", "", "image name to import as (required)")
 	replace := fs.Bool("replace", false, "replace an existing image of that name")
 	noPrep := fs.Bool("no-prepare", false, "skip the NFS-root preparation layer")
+	ref := fs.String("ref", "", "the image to take from a container archive that holds several (OCI ref name or docker tag)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -209,7 +213,7 @@ func runImageImport(ctx context.Context, e *env, args []string) error {
 		return fmt.Errorf("image %s is used by %s: import under a new name and switch the boards in fleet.yaml", *name, strings.Join(users, ", "))
 	}
 	info, err := store.Import(ctx, fs.Arg(0), *name, images.ImportOptions{
-		Progress: e.err, Prepare: !*noPrep, Replace: *replace,
+		Progress: e.err, Prepare: !*noPrep, Replace: *replace, Ref: *ref,
 		Logger: slog.New(slog.NewTextHandler(e.err, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
 	if errors.Is(err, images.ErrExists) {
@@ -219,7 +223,11 @@ func runImageImport(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(e.out, "imported %s: %d files, %s, sha256 %s\n", info.Name, info.Files, images.HumanBytes(info.Bytes), info.SHA256)
+	sum := ""
+	if info.SHA256 != "" { // a directory or a container image archive has none
+		sum = ", sha256 " + info.SHA256
+	}
+	fmt.Fprintf(e.out, "imported %s: %d files, %s%s\n", info.Name, info.Files, images.HumanBytes(info.Bytes), sum)
 	return nil
 }
 
