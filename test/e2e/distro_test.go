@@ -337,6 +337,7 @@ func TestDistroBookworm(t *testing.T) {
 			t.Errorf("sudo after reset: %q, exit %d", out, code)
 		}
 	})
+	t.Run("fleet-update", func(t *testing.T) { distroLayers(t, l, start, s1, s2) })
 }
 
 // logFigures logs each board's upper dir size and the server's resident memory.
