@@ -156,6 +156,7 @@ func DefaultCommitExcludes() []string {
 		"/var/cache/apt/archives",
 		"/var/cache/apt/pkgcache.bin",
 		"/var/cache/apt/srcpkgcache.bin",
+		"/var/lib/apt/lists", // tens of MB, stale when a board uses them (as image shell does)
 		"/var/lib/systemd/coredump",
 		"/var/crash",
 		"/var/swap", // Pi OS's dphys-swapfile
