@@ -49,8 +49,16 @@ func (v layerView) find(rel string) (string, *unix.Stat_t, []string, error) {
 			if isOpaqueDir(next[len(next)-1]) {
 				break
 			}
+			// A layer without the name is passed over, as the overlay does: only a
+			// non-directory (a whiteout too) hides the layers below.
 			var ls unix.Stat_t
-			if unix.Lstat(d+"/"+name, &ls) != nil || ls.Mode&typeMask != typeDir {
+			if err := unix.Lstat(d+"/"+name, &ls); err != nil {
+				if err == unix.ENOENT || err == unix.ENOTDIR {
+					continue
+				}
+				return "", nil, nil, err
+			}
+			if ls.Mode&typeMask != typeDir {
 				break
 			}
 			next = append(next, d+"/"+name)
