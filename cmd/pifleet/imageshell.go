@@ -78,9 +78,9 @@ func runImageShell(ctx context.Context, e *env, args []string) error {
 	// keeps running; apt-get dies, and then no image is made), not pifleet.
 	o.Interactive = inForeground(os.Stdin)
 	if *comment == "" {
-		*comment = "image shell: " + strings.Join(command, " ")
+		*comment = strings.Join(command, " ")
 		if len(command) == 0 {
-			*comment = "image shell: interactive"
+			*comment = "interactive"
 		}
 	}
 	if os.Geteuid() != 0 {
@@ -122,7 +122,7 @@ func runImageShell(ctx context.Context, e *env, args []string) error {
 	if len(dropped) > 0 {
 		fmt.Fprintf(e.err, "image shell: left out of the layer (logs, caches, per-board files): %d file(s)\n", len(dropped))
 	}
-	meta := images.ImageMeta{Source: "image shell", Comment: *comment}
+	meta := images.ImageMeta{Source: "image shell", Comment: *comment} // image ls: "image shell: COMMENT"
 	if ents, err := os.ReadDir(o.Upper); err == nil && len(ents) == 0 {
 		if err := store.CreateImage(*as, base, nil, meta); err != nil {
 			return err
@@ -130,7 +130,7 @@ func runImageShell(ctx context.Context, e *env, args []string) error {
 		fmt.Fprintf(e.out, "created image %s: the same as %s (the command changed nothing)\n", *as, base)
 		return nil
 	}
-	layer, err := store.AddLayer(o.Upper, *comment)
+	layer, err := store.AddLayer(o.Upper, "image shell: "+*comment)
 	if err != nil {
 		return fmt.Errorf("image shell %s: %w: no image made", base, err)
 	}
