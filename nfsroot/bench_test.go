@@ -36,7 +36,9 @@ import (
 // Needs root and the Debian packages nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils.
 // NFSROOT_BENCH_ROUNDS sets the rounds (default 5), NFSROOT_BENCH_ROWS keeps the rows
 // whose name contains one of its comma-separated words, NFSROOT_BENCH_CPUPROFILE writes
-// pifleet's CPU profile to that file.
+// pifleet's CPU profile to that file, NFSROOT_BENCH_STRACE=DIR adds one untimed round per
+// row and server with `strace -c -f` attached to the server and writes its syscall counts
+// to DIR.
 func BenchmarkVsGanesha(b *testing.B) {
 	needRoot(b)
 	require.Tools(b, map[string]string{"ganesha.nfsd": "nfs-ganesha nfs-ganesha-vfs", "rpcbind": "rpcbind",
@@ -93,6 +95,12 @@ func BenchmarkVsGanesha(b *testing.B) {
 		}
 		t.WriteString(tableRow(row.name, times))
 		cpu.WriteString(tableRow(row.name, cpus))
+		if dir := os.Getenv("NFSROOT_BENCH_STRACE"); dir != "" {
+			for i := range bb.servers {
+				bb.straceRound(b, dir, row.name, conns[i], func() { row.run(b, conns[i]) })
+				bb.cleanRound(b, conns[i])
+			}
+		}
 		for i, ts := range times {
 			b.ReportMetric(float64(median(ts).Microseconds())/1000, strings.ReplaceAll(bb.servers[i].name+"/"+row.name, " ", "_")+"-ms")
 		}
@@ -101,6 +109,30 @@ func BenchmarkVsGanesha(b *testing.B) {
 	t.WriteString(cpu.String())
 	// Printed, not logged: the table is the point of `make bench`.
 	fmt.Print(t.String())
+}
+
+// straceRound runs one round of a row against sc's server with `strace -c -f` attached to
+// the server process, and leaves strace's summary in dir. Only after the timed rounds: the
+// counts are of a warm server (handle tables written, lower dirs listed).
+func (bb *benchBed) straceRound(b *testing.B, dir, row string, sc *benchConn, run func()) {
+	must(b, os.MkdirAll(dir, 0o755))
+	name := strings.NewReplacer(" ", "_", ",", "", "/", "_", "+", "_").Replace(row + "-" + sc.srv.name)
+	cmd := exec.Command("strace", "-c", "-f", "-p", fmt.Sprint(sc.srv.pid), "-o", filepath.Join(dir, name+".txt"))
+	stderr, err := cmd.StderrPipe()
+	must(b, err)
+	must(b, cmd.Start())
+	// strace says "Process N attached with M threads" once every thread is traced.
+	sc2 := bufio.NewScanner(stderr)
+	for sc2.Scan() && !strings.Contains(sc2.Text(), "attached") {
+	}
+	go func() {
+		for sc2.Scan() {
+		}
+	}()
+	run()
+	time.Sleep(100 * time.Millisecond) // let the server finish its last reply's bookkeeping
+	_ = cmd.Process.Signal(unix.SIGINT)
+	_ = cmd.Wait()
 }
 
 // tableRow is one row of medians (min-max) per server and the ratios of pifleet's median

@@ -90,7 +90,9 @@
 // mutating NFS call bumps it before and after, a reload bumps it) and for 2 s at most (a
 // listing: 30 s while its directory's mtime and ctime have not moved, which they do when an
 // entry is added, removed or renamed behind NFS); listings being walked with a cookie
-// verifier live 30 s. Idle boards drop all of it.
+// verifier live 30 s. Idle boards drop all of it. A resolved handle keeps where the overlay
+// found the file (overlay.Loc); READ opens it there with overlay.OpenLoc, which trusts the
+// location only while nothing in the overlay changed since, through NFS or not.
 //
 // # Unix semantics
 //

@@ -32,7 +32,9 @@ type openFile struct {
 
 // get returns an open file for fileID at path, opened read-write when write is set.
 // A read-only open never copies a lower file up; a write replaces it with a read-write one.
-func (o *openFiles) get(fsys FileSystem, id uint64, path string, write bool) (*openFile, error) {
+// loc is where a lookup of path found the file (fstat.loc): a read-only open goes there
+// unless the overlay changed since.
+func (o *openFiles) get(fsys FileSystem, id uint64, path string, loc overlay.Loc, write bool) (*openFile, error) {
 	o.mu.Lock()
 	if f := o.m[id]; f != nil && (f.rw || !write) {
 		f.refs++
@@ -42,11 +44,13 @@ func (o *openFiles) get(fsys FileSystem, id uint64, path string, write bool) (*o
 		return f, nil
 	}
 	o.mu.Unlock()
-	flag := os.O_RDONLY
+	var bf *overlay.File
+	var err error
 	if write {
-		flag = os.O_RDWR
+		bf, err = fsys.OpenFile(path, os.O_RDWR, 0)
+	} else {
+		bf, err = fsys.OpenLoc(path, loc)
 	}
-	bf, err := fsys.OpenFile(path, flag, 0)
 	if err != nil {
 		return nil, err
 	}

@@ -22,6 +22,9 @@ type FileSystem interface {
 	// OpenFile opens like os.OpenFile; the file stays open across READ, WRITE and COMMIT
 	// (files.go), which read, write, sync, stat and read ACLs through its descriptor.
 	OpenFile(name string, flag int, perm os.FileMode) (*overlay.File, error)
+	// OpenLoc opens name for reading where the Lstat that gave loc found it, if nothing
+	// changed since (else it looks name up again): READ after LOOKUP walks no path twice.
+	OpenLoc(name string, loc overlay.Loc) (*overlay.File, error)
 	Mkdir(name string, perm os.FileMode) error // fails with EEXIST, unlike MkdirAll
 	Symlink(target, link string) error
 	Link(oldname, newname string) error
@@ -38,7 +41,8 @@ type FileSystem interface {
 	Removexattr(name, attr string) error
 }
 
-// fstat is the part of a file's status NFS reports, taken from the overlay's Stat.
+// fstat is the part of a file's status NFS reports, taken from the overlay's Stat, and
+// where the overlay found the file (for OpenLoc; zero when not found by a lookup).
 type fstat struct {
 	fileID              uint64
 	mode                uint32 // raw st_mode: type bits and 07777
@@ -46,6 +50,7 @@ type fstat struct {
 	rdev                uint64
 	size, blocks        int64
 	atime, mtime, ctime time.Time
+	loc                 overlay.Loc
 }
 
 const (
@@ -65,6 +70,7 @@ func (s *fstat) isDir() bool { return s.mode&sIFMT == sIFDIR }
 // would make stable fileids impossible, so callers answer SERVERFAULT.
 func statOf(fi fs.FileInfo) (fstat, bool) {
 	if s, ok := sysStat(fi.Sys()); ok {
+		s.loc, _ = overlay.LocOf(fi)
 		return s, true
 	}
 	return fstat{}, false

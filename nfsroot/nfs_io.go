@@ -100,7 +100,7 @@ func (q *req) openData(id uint64, write bool) (f *openFile, p string, st *fstat,
 	}
 	if status == nfs.NFSStatusOk && f == nil {
 		var err error
-		if f, err = q.e.files.get(q.e.FS, id, p, write); err != nil {
+		if f, err = q.e.files.get(q.e.FS, id, p, st.loc, write); err != nil {
 			op := "open"
 			if write {
 				op = "open for write"
@@ -201,7 +201,7 @@ func (s *Server) onCommit(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) e
 	if status == nfs.NFSStatusOk {
 		// fsync through any descriptor of the inode flushes all of its dirty data; reuse the
 		// cached one when there is one so COMMIT never copies a file up.
-		f, err := q.e.files.get(q.e.FS, id, p, false)
+		f, err := q.e.files.get(q.e.FS, id, p, st.loc, false)
 		if err == nil {
 			err = f.f.Sync()
 			q.e.files.put(f)

@@ -14,7 +14,7 @@ func (o *FS) modify(op, name string, follow, withData bool, fn func(n *node) err
 		pre = o.precopy(name, follow)
 		defer pre.discard()
 	}
-	o.mu.Lock()
+	o.lock()
 	defer o.mu.Unlock()
 	n, err := o.resolve(name, follow)
 	if err != nil {
@@ -64,7 +64,7 @@ func (o *FS) Truncate(name string, size int64) error {
 		pre = o.precopy(name, true)
 		defer pre.discard()
 	}
-	o.mu.Lock()
+	o.lock()
 	defer o.mu.Unlock()
 	n, err := o.resolve(name, true)
 	if err != nil {
@@ -85,7 +85,7 @@ func (o *FS) Truncate(name string, size int64) error {
 // Link makes newname a hard link to oldname (not followed). A lower file is copied up
 // first, so both names then share one upper inode and its nlink.
 func (o *FS) Link(oldname, newname string) error {
-	o.mu.Lock()
+	o.lock()
 	defer o.mu.Unlock()
 	src, err := o.resolve(oldname, false)
 	if err != nil {
@@ -146,7 +146,7 @@ func (o *FS) Symlink(target, link string) error {
 }
 
 func (o *FS) create(op, name string, clearCache bool, mk func(string) error) error {
-	o.mu.Lock()
+	o.lock()
 	defer o.mu.Unlock()
 	d, base, n, err := o.walk(name, false)
 	if err != nil {

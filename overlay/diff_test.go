@@ -3,6 +3,7 @@ package overlay
 import (
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"path"
@@ -93,6 +94,7 @@ func runDifferential(t *testing.T, seed uint64, nops int) {
 	ours := snapshotOurs(t, o)
 	for step := range nops {
 		op := randomOp(rng, ours)
+		locs := filesFound(t, o, ours)
 		errO := op.applyOurs(o)
 		errK := op.applyKernel(mnt)
 		if os.Getenv("PIFLEET_OVERLAY_TRACE") != "" {
@@ -104,6 +106,9 @@ func runDifferential(t *testing.T, seed uint64, nops int) {
 		ours = snapshotOurs(t, o)
 		if d := diffSnap(ours, snapshotDir(t, mnt)); d != "" {
 			fail(step, op, "merged views differ: %s", d)
+		}
+		if d := openLocsAgree(o, locs); d != "" {
+			fail(step, op, "OpenLoc with a location found before the op: %s", d)
 		}
 		if step%150 == 149 || step == nops-1 {
 			if d := kernelReadsOurUpper(t, b, o, ours); d != "" {
@@ -119,6 +124,54 @@ func runDifferential(t *testing.T, seed uint64, nops int) {
 	if after := treeDigest(t, b.lowers...); after != lowerSum {
 		t.Fatalf("seed %d: a lower dir changed during the workload", seed)
 	}
+}
+
+// filesFound looks up every regular file of the merged view (snap) and returns where each
+// was found, for openLocsAgree after the next operation.
+func filesFound(t *testing.T, o *FS, snap map[string]string) map[string]Loc {
+	locs := map[string]Loc{}
+	for p, e := range snap {
+		if !strings.HasPrefix(e, "f") {
+			continue
+		}
+		fi, err := o.Lstat(p)
+		must(t, err)
+		loc, ok := LocOf(fi)
+		if !ok {
+			t.Fatalf("LocOf(Lstat(%s)): no location", p)
+		}
+		locs[p] = loc
+	}
+	return locs
+}
+
+// openLocsAgree opens each file with OpenLoc at a location found before the last operation
+// and with Open, and reports the first difference: OpenLoc must never serve what a copy-up,
+// whiteout or rename since then replaced (Open reads what the kernel shows, which the
+// snapshots compare).
+func openLocsAgree(o *FS, locs map[string]Loc) string {
+	read := func(f *File, err error) string {
+		if err != nil {
+			return fmt.Sprintf("error %v", errno(err))
+		}
+		defer f.Close()
+		fi, err := f.Stat()
+		if err != nil {
+			return fmt.Sprintf("stat error %v", errno(err))
+		}
+		buf := make([]byte, fi.Size()+1)
+		n, err := f.ReadAt(buf, 0)
+		if err != nil && !errors.Is(err, io.EOF) {
+			return fmt.Sprintf("read error %v", err)
+		}
+		return fmt.Sprintf("fileid %x data %x", fi.Sys().(*Stat).FileID, fnv(buf[:n]))
+	}
+	for p, loc := range locs {
+		if got, want := read(o.OpenLoc(p, loc)), read(o.Open(p)); got != want {
+			return fmt.Sprintf("%s: OpenLoc %s, Open %s", p, got, want)
+		}
+	}
+	return ""
 }
 
 // kernelReadsOurUpper mounts our upper with the kernel and compares with our view.

@@ -23,7 +23,9 @@ func (o *FS) stat(op, name string, follow bool) (os.FileInfo, error) {
 	if err != nil {
 		return nil, pathErr(op, name, err)
 	}
-	return n.info(), nil
+	fi := &foundInfo{loc: Loc{o: o, name: name, gen: o.gen, layer: n.layer, mode: n.st.Mode, real: n.real}}
+	n.fill(&fi.fileInfo)
+	return fi, nil
 }
 
 // createKind says what createIn makes: it decides opaqueness and group inheritance.
@@ -115,7 +117,7 @@ func inheritGroup(parent, obj string) error {
 
 // Mkdir creates one directory with exactly perm (no umask).
 func (o *FS) Mkdir(name string, perm os.FileMode) error {
-	o.mu.Lock()
+	o.lock()
 	defer o.mu.Unlock()
 	d, base, n, err := o.walk(name, false)
 	if err != nil {
@@ -141,7 +143,7 @@ func (o *FS) mkdirIn(d *mdir, name string, perm os.FileMode) error {
 // MkdirAll creates name and any missing parents with perm; existing dirs are left alone.
 // It walks the path once, so deep paths cost linear time.
 func (o *FS) MkdirAll(name string, perm os.FileMode) error {
-	o.mu.Lock()
+	o.lock()
 	defer o.mu.Unlock()
 	stack := []*mdir{o.rootDir()}
 	done := ""
@@ -318,7 +320,7 @@ func (o *FS) lowerHas(d *mdir, name string) bool {
 // Remove removes a file or an empty (in the merged view) directory. If a lower still has
 // the name, a whiteout takes its place in the upper; a lower object is never touched.
 func (o *FS) Remove(name string) error {
-	o.mu.Lock()
+	o.lock()
 	defer o.mu.Unlock()
 	n, err := o.resolve(name, false)
 	if err != nil {

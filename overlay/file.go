@@ -103,7 +103,7 @@ func (o *FS) OpenFile(name string, flag int, perm os.FileMode) (*File, error) {
 		pre = o.precopy(name, true)
 		defer pre.discard()
 	}
-	o.mu.Lock()
+	o.lock()
 	defer o.mu.Unlock()
 	excl := flag&os.O_CREATE != 0 && flag&os.O_EXCL != 0
 	d, base, n, err := o.walk(name, !excl)
@@ -144,6 +144,58 @@ func (o *FS) OpenFile(name string, flag int, perm os.FileMode) (*File, error) {
 		}
 	}
 	return o.openNode(name, n, flag&^(os.O_CREATE|os.O_EXCL))
+}
+
+// Loc is where a Stat or Lstat of this FS found an object: its layer and real path, and
+// the FS's change count then. OpenLoc opens the file there without a second lookup for as
+// long as nothing in the upper has changed since (a copy-up, whiteout, rename, any change
+// made through the FS moves the count); a Loc of another FS, or of another state of this
+// one, is never used. The zero Loc is valid and never used either.
+type Loc struct {
+	o     *FS
+	name  string // as given to Stat or Lstat
+	gen   uint64
+	layer int
+	mode  uint32
+	real  string
+}
+
+// LocOf returns the location fi was found at, if fi came from Stat or Lstat of an FS.
+func LocOf(fi fs.FileInfo) (Loc, bool) {
+	f, ok := fi.(*foundInfo)
+	if !ok {
+		return Loc{}, false
+	}
+	return f.loc, true
+}
+
+// foundInfo is what Stat and Lstat return: the object's status and where it was found.
+type foundInfo struct {
+	fileInfo
+	loc Loc
+}
+
+// OpenLoc opens name for reading, as Open does. loc is where an earlier Stat or Lstat of
+// name found it (LocOf): if the FS has not changed since, the regular file is opened right
+// there, without walking the path again; otherwise (or for any other loc) name is looked
+// up as Open would. Either way the file opened is the one name resolves to now, which is
+// what an NFS READ after a LOOKUP needs, at the cost of one open instead of a lookup and
+// an open.
+func (o *FS) OpenLoc(name string, loc Loc) (*File, error) {
+	o.mu.RLock()
+	defer o.mu.RUnlock()
+	if loc.o != o || loc.gen != o.gen || loc.name != name || loc.real == "" || loc.mode&unix.S_IFMT != unix.S_IFREG {
+		n, err := o.resolve(name, true)
+		if err != nil {
+			return nil, pathErr("open", name, err)
+		}
+		return o.openNode(name, n, os.O_RDONLY)
+	}
+	f, err := openReal(loc.real, os.O_RDONLY|unix.O_NOFOLLOW)
+	if err != nil {
+		return nil, pathErr("open", name, err)
+	}
+	return &File{name: name, f: f, layer: loc.layer}, nil
 }
 
 func (o *FS) openNode(name string, n *node, flag int) (*File, error) {

@@ -35,7 +35,11 @@ type FS struct {
 
 	// mu serializes every change to the upper layer, so a lookup never sees a copy-up or a
 	// whiteout half made, and O_EXCL creation is atomic.
-	mu    sync.RWMutex
+	mu sync.RWMutex
+	// gen counts the sections that held mu exclusively (lock): while it stands still, every
+	// name resolves to the real object it resolved to before, so a Loc made under it is
+	// still where that name lives. Guarded by mu.
+	gen   uint64
 	dirs  dirCache
 	lists lowerLists // lower dirs' names, never stale (lowers do not change)
 	tmpID atomic.Uint64
@@ -100,6 +104,13 @@ func New(opts Options) (*FS, error) {
 	o.dirs.init()
 	o.lists.init()
 	return o, nil
+}
+
+// lock takes mu for a change of the upper and moves gen, so no Loc made before the change
+// is trusted after it (OpenLoc). Every change of the upper goes through lock.
+func (o *FS) lock() {
+	o.mu.Lock()
+	o.gen++
 }
 
 // cleanWork removes what an interrupted copy-up, rename or removal left in Work.

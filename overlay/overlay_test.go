@@ -347,6 +347,83 @@ func TestLinkKeepsNlinkAndFileID(t *testing.T) {
 	wantErrno(t, o.Link("/", "rootlink"), unix.EPERM)
 }
 
+// OpenLoc opens where a lookup found a file only while nothing has changed since: after a
+// copy-up through another name (a lower hard link), a whiteout or a rename over the name it
+// opens what the name is now, never the lower file it was found as.
+func TestOpenLocNeverServesReplacedFile(t *testing.T) {
+	b := newBed(t, 1)
+	put(t, b.lowers[0], "a", "lower", 0o644)
+	must(t, os.Link(filepath.Join(b.lowers[0], "a"), filepath.Join(b.lowers[0], "a2")))
+	put(t, b.lowers[0], "gone", "lower", 0o644)
+	put(t, b.lowers[0], "old", "lower", 0o644)
+	put(t, b.lowers[0], "other", "OTHER", 0o644)
+	must(t, os.Symlink("a", filepath.Join(b.lowers[0], "sym")))
+	o := b.open(t)
+	found := func(o *FS, name string) Loc {
+		t.Helper()
+		fi, err := o.Lstat(name)
+		must(t, err)
+		loc, ok := LocOf(fi)
+		if !ok {
+			t.Fatalf("LocOf(Lstat(%s)): no location", name)
+		}
+		return loc
+	}
+	read := func(name string, loc Loc) string {
+		t.Helper()
+		f, err := o.OpenLoc(name, loc)
+		if err != nil {
+			return errno(err).Error()
+		}
+		defer f.Close()
+		buf := make([]byte, 16)
+		n, _ := f.ReadAt(buf, 0)
+		return string(buf[:n])
+	}
+	locA, locGone, locOld := found(o, "a"), found(o, "gone"), found(o, "old")
+	if got := read("a", locA); got != "lower" {
+		t.Fatalf("OpenLoc unchanged: %q", got)
+	}
+	// A write through the other name copies the inode up, linking "a" to the copy.
+	f, err := o.OpenFile("a2", os.O_WRONLY, 0)
+	must(t, err)
+	_, err = f.WriteAt([]byte("UPPER"), 0)
+	must(t, err)
+	must(t, f.Close())
+	must(t, o.Remove("gone"))
+	must(t, o.Rename("other", "old"))
+	for _, c := range []struct {
+		name string
+		loc  Loc
+		want string
+	}{
+		{"a", locA, "UPPER"},
+		{"gone", locGone, unix.ENOENT.Error()},
+		{"old", locOld, "OTHER"},
+		{"sym", found(o, "sym"), "UPPER"}, // Lstat found the link: OpenLoc follows it, as Open
+		{"a", Loc{}, "UPPER"},
+	} {
+		if got := read(c.name, c.loc); got != c.want {
+			t.Errorf("OpenLoc(%s) after the changes: %q, want %q", c.name, got, c.want)
+		}
+	}
+	// Nor is a current location found for another name,
+	if got := read("old", found(o, "a")); got != "OTHER" {
+		t.Errorf("OpenLoc(old) with the location of a: %q", got)
+	}
+	// nor one from another FS over the same lowers (another board; both unchanged since
+	// they were opened, so only the FS tells the locations apart).
+	put(t, filepath.Join(b.dir, "upper2"), "a", "UPPER2", 0o644)
+	o2, err := New(Options{Upper: filepath.Join(b.dir, "upper2"), Work: filepath.Join(b.dir, "work2"), Lowers: b.lowers})
+	must(t, err)
+	o3, err := New(Options{Upper: filepath.Join(b.dir, "upper3"), Work: filepath.Join(b.dir, "work3"), Lowers: b.lowers})
+	must(t, err)
+	o = o2
+	if got := read("a", found(o3, "a")); got != "UPPER2" {
+		t.Errorf("OpenLoc with another FS's location: %q", got)
+	}
+}
+
 func TestMknodTypes(t *testing.T) {
 	b := newBed(t, 1)
 	o := b.open(t)

@@ -15,7 +15,7 @@ import (
 // copied, so their inodes, FileIDs and links are kept), renamed into place and made
 // opaque, and the old name becomes a whiteout.
 func (o *FS) Rename(oldpath, newpath string) error {
-	o.mu.Lock()
+	o.lock()
 	defer o.mu.Unlock()
 	defer o.dirs.clear()
 	if err := o.rename(oldpath, newpath); err != nil {

@@ -64,11 +64,17 @@ func (n *node) path() string {
 }
 
 func (n *node) info() *fileInfo {
-	name := n.name
+	fi := &fileInfo{}
+	n.fill(fi)
+	return fi
+}
+
+func (n *node) fill(fi *fileInfo) {
+	fi.name = n.name
 	if n.parent == nil {
-		name = "/"
+		fi.name = "/"
 	}
-	return &fileInfo{name: name, st: toStat(fileID(n.layer, n.real, &n.st), &n.st)}
+	fi.st = toStat(fileID(n.layer, n.real, &n.st), &n.st)
 }
 
 func joinPath(dir, name string) string {
