@@ -11,32 +11,44 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Excludes is a compiled list of path patterns that Export leaves out of a layer.
+// Excludes is a compiled list of path patterns that a new layer leaves out (Export for
+// `board commit`, images/shell's Clean for `image shell`).
 type Excludes struct {
-	pats [][]string // each pattern split into its components
+	pats []excludePattern
+}
+
+type excludePattern struct {
+	cs    []string // the pattern split into its components
+	files bool     // "DIR/": only the non-directories below DIR
 }
 
 // ParseExcludes compiles exclude patterns. A pattern is an absolute slash path whose
-// components may use path.Match wildcards ("/etc/ssh/ssh_host_*", "/home/*/.cache"); it
-// excludes the paths it matches and everything below them. ".", ".." and empty components
-// are refused.
+// components may use path.Match wildcards ("/etc/ssh/ssh_host_*", "/home/*/.cache").
+// Without a trailing slash it leaves out the paths it matches and everything below them.
+// With one ("/var/log/") it leaves out every non-directory below the dirs it matches, at
+// any depth, and keeps the directories (owner, mode, xattrs) as the upper has them, so a
+// package's /var/log/NAME made on a board is in the layer, empty. A whiteout is a
+// non-directory: a left-out path is neither added nor deleted by the layer, so it shows
+// the lowers' version. ".", ".." and empty components are refused.
 func ParseExcludes(patterns []string) (*Excludes, error) {
 	e := &Excludes{}
 	for _, p := range patterns {
 		if err := CheckExclude(p); err != nil {
 			return nil, err
 		}
-		e.pats = append(e.pats, strings.Split(strings.TrimPrefix(p, "/"), "/"))
+		dir, files := strings.CutSuffix(p, "/")
+		e.pats = append(e.pats, excludePattern{cs: strings.Split(strings.TrimPrefix(dir, "/"), "/"), files: files})
 	}
 	return e, nil
 }
 
 // CheckExclude reports whether p is a valid exclude pattern (see ParseExcludes).
 func CheckExclude(p string) error {
-	if !strings.HasPrefix(p, "/") || p == "/" {
+	dir, _ := strings.CutSuffix(p, "/")
+	if !strings.HasPrefix(dir, "/") || dir == "" {
 		return fmt.Errorf("exclude %q: an absolute path below / is needed", p)
 	}
-	for _, c := range strings.Split(p[1:], "/") {
+	for _, c := range strings.Split(dir[1:], "/") {
 		switch c {
 		case "", ".", "..":
 			return fmt.Errorf("exclude %q: empty, '.' or '..' component", p)
@@ -48,26 +60,35 @@ func CheckExclude(p string) error {
 	return nil
 }
 
-// Match reports whether the slash path p ("/etc/hostname") or one of its parents matches
-// a pattern.
-func (e *Excludes) Match(p string) bool {
+// Match reports whether a layer leaves out the slash path p ("/etc/hostname"), a
+// directory when dir: p or one of its parents matches a pattern without a trailing
+// slash, or p is not a directory and one of its parents matches a "DIR/" pattern.
+// A whiteout is not a directory.
+func (e *Excludes) Match(p string, dir bool) bool {
 	cs := strings.Split(strings.TrimPrefix(p, "/"), "/")
 	for _, pat := range e.pats {
-		if len(cs) >= len(pat) && prefixMatch(pat, cs[:len(pat)]) {
+		n := len(pat.cs)
+		if pat.files && (dir || len(cs) <= n) {
+			continue
+		}
+		if len(cs) >= n && prefixMatch(pat.cs, cs[:n]) {
 			return true
 		}
 	}
 	return false
 }
 
-// below reports whether something under the dir p may match a pattern.
-func (e *Excludes) below(p string) bool {
+// Below reports whether something under the dir p may be left out: an opaque dir there
+// must then become whiteouts for the lower entries it hides, so that what is left out
+// shows the lowers' version.
+func (e *Excludes) Below(p string) bool {
 	cs := strings.Split(strings.TrimPrefix(p, "/"), "/")
 	if p == "/" {
 		cs = nil
 	}
 	for _, pat := range e.pats {
-		if len(pat) > len(cs) && prefixMatch(pat[:len(cs)], cs) {
+		n := min(len(pat.cs), len(cs))
+		if (len(pat.cs) > len(cs) || pat.files) && prefixMatch(pat.cs[:n], cs[:n]) {
 			return true
 		}
 	}
@@ -161,7 +182,7 @@ type exportDir struct {
 }
 
 func (x *exporter) one(c Change) error {
-	if x.ex.Match(c.Path) {
+	if x.ex.Match(c.Path, c.Kind != Deleted && c.Type.IsDir()) {
 		x.stats.Excluded++
 		return nil
 	}
@@ -195,7 +216,7 @@ func (x *exporter) one(c Change) error {
 			return err
 		}
 		d := &exportDir{st: st, changed: c.Kind == Changed, hides: parent.hides}
-		if !d.hides && isOpaque(src) && !x.ex.below(c.Path) {
+		if !d.hides && isOpaque(src) && !x.ex.Below(c.Path) {
 			d.hides = true
 			if err := unix.Lsetxattr(dst, xattrOpaque, []byte("y"), 0); err != nil {
 				return err

@@ -65,6 +65,11 @@ func runExport(t *testing.T, seed uint64) {
 	for range n {
 		pats = append(pats, exportPatterns[rng.IntN(len(exportPatterns))])
 	}
+	if seed%2 == 0 { // "DIR/": the files below go, the dirs stay
+		for i := range pats {
+			pats[i] += "/"
+		}
+	}
 	ex, err := ParseExcludes(pats)
 	must(t, err)
 	before := treeDigest(t, append([]string{b.upper}, b.lowers...)...)
@@ -87,26 +92,7 @@ func exportVsKernel(t *testing.T, dir, upper string, lowers []string, layer stri
 	board := inodeView(t, filepath.Join(dir, "exp-board"), append([]string{upper}, lowers...))
 	image := inodeView(t, filepath.Join(dir, "exp-image"), lowers)
 	got := inodeView(t, filepath.Join(dir, "exp-layer"), append([]string{layer}, lowers...))
-	want := map[string]viewEntry{}
-	for p, e := range board {
-		if !ex.Match(p) {
-			e.group = "b" + e.group
-			want[p] = e
-		}
-	}
-	for p, e := range image {
-		if !ex.Match(p) {
-			continue
-		}
-		root := p // the excluded path that p is under
-		for q := path.Dir(p); q != "/" && ex.Match(q); q = path.Dir(q) {
-			root = q
-		}
-		if par := path.Dir(root); par == "/" || board[par].desc != "" && board[par].desc[0] == 'd' {
-			e.group = "i" + e.group
-			want[p] = e
-		}
-	}
+	want := wantView(board, image, ex)
 	var diffs []string
 	// A dir the layer leaves out (it only held excluded changes) shows the image's times.
 	for p, w := range want {
@@ -139,6 +125,57 @@ func exportVsKernel(t *testing.T, dir, upper string, lowers []string, layer stri
 	}
 	sort.Strings(diffs)
 	return strings.Join(diffs, "\n")
+}
+
+// wantView is what the layer over the image must show: the board's view where the layer
+// takes the board's path, and below an excluded path (a left-out non-dir or deletion, or
+// a whole excluded subtree) the image's own view, as long as the parent shows as a dir.
+func wantView(board, image map[string]viewEntry, ex *Excludes) map[string]viewEntry {
+	var paths []string
+	for p := range board {
+		paths = append(paths, p)
+	}
+	for p := range image {
+		if _, ok := board[p]; !ok {
+			paths = append(paths, p)
+		}
+	}
+	sort.Strings(paths) // parents first
+	const fromBoard, fromImage = 'b', 'i'
+	from := map[string]byte{"/": fromBoard} // the dirs of the wanted view
+	want := map[string]viewEntry{}
+	for _, p := range paths {
+		b, inBoard := board[p]
+		i, inImage := image[p]
+		var e viewEntry
+		switch from[path.Dir(p)] {
+		case fromImage:
+			if !inImage {
+				continue
+			}
+			e = i
+			e.group = "i" + e.group
+		case fromBoard:
+			bDir := inBoard && b.desc[0] == 'd'
+			switch {
+			case inBoard && !ex.Match(p, bDir):
+				e = b
+				e.group = "b" + e.group
+			case inImage && ex.Match(p, bDir):
+				e = i
+				e.group = "i" + e.group
+			default:
+				continue
+			}
+		default:
+			continue
+		}
+		want[p] = e
+		if e.desc[0] == 'd' {
+			from[p] = e.group[0]
+		}
+	}
+	return want
 }
 
 // compareLinks checks that the same names share an inode in both views, and that the
@@ -182,11 +219,11 @@ func checkLayerFormat(t *testing.T, layer string, ex *Excludes) []string {
 			return err
 		}
 		rel := "/" + strings.TrimPrefix(p, layer+"/")
-		if ex.Match(rel) {
-			bad = append(bad, rel+": excluded, but in the layer")
-		}
 		var st unix.Stat_t
 		must(t, unix.Lstat(p, &st))
+		if ex.Match(rel, d.IsDir()) {
+			bad = append(bad, rel+": excluded, but in the layer")
+		}
 		if st.Mode&unix.S_IFMT == unix.S_IFCHR && st.Rdev == 0 && (st.Mode&0o7777 != 0 || st.Uid != 0) {
 			bad = append(bad, fmt.Sprintf("%s: whiteout %o %d", rel, st.Mode, st.Uid))
 		}
@@ -284,8 +321,12 @@ func TestExportKeepsEverything(t *testing.T) {
 	must(t, o.Mkdir("var", 0o755))
 	must(t, o.Mkdir("var/lib", 0o755))
 	write("var/lib/state", "s", 0o644)
-	must(t, o.Mkdir("var/log", 0o700)) // the board's own /var/log: excluded
+	must(t, o.Mkdir("var/log", 0o700)) // the board's own /var/log: kept, its files left out
 	write("var/log/boot.log", "boot", 0o644)
+	must(t, o.Mkdir("var/log/foo", 0o750)) // a package's log dir: in the layer, empty
+	must(t, o.Lchown("var/log/foo", 7, 4))
+	must(t, o.Setxattr("var/log/foo", "user.note", []byte("log"), 0))
+	write("var/log/foo/foo.log", "log", 0o640)
 	// hard links, one of them excluded
 	must(t, o.MkdirAll("srv", 0o755))
 	write("srv/data", "linked", 0o644)
@@ -304,7 +345,7 @@ func TestExportKeepsEverything(t *testing.T) {
 	must(t, o.Remove("srv/old"))
 	must(t, o.Chtimes("srv/data", time.Unix(100, 123456789), time.Unix(200, 987654321)))
 
-	ex, err := ParseExcludes([]string{"/etc/hostname", "/etc/machine-id", "/etc/ssh/ssh_host_*", "/var/log", "/tmp", "/srv/old"})
+	ex, err := ParseExcludes([]string{"/etc/hostname", "/etc/machine-id", "/etc/ssh/ssh_host_*", "/var/log/", "/tmp", "/srv/old"})
 	must(t, err)
 	layer := filepath.Join(b.dir, "layer")
 	must(t, os.Mkdir(layer, 0o700))
@@ -314,10 +355,18 @@ func TestExportKeepsEverything(t *testing.T) {
 	if d := exportVsKernel(t, b.dir, b.upper, b.lowers, layer, ex); d != "" {
 		t.Fatalf("the exported layer differs:\n%s", d)
 	}
-	for _, p := range []string{"etc/hostname", "etc/machine-id", "etc/ssh/ssh_host_ed25519_key", "var/log", "tmp", "srv/old"} {
+	for _, p := range []string{"etc/hostname", "etc/machine-id", "etc/ssh/ssh_host_ed25519_key", "var/log/boot.log", "var/log/foo/foo.log", "var/log/syslog", "var/log/apt", "tmp", "srv/old"} {
 		if _, err := os.Lstat(filepath.Join(layer, p)); err == nil {
 			t.Errorf("%s is excluded but in the layer", p)
 		}
+	}
+	if st := lstatRaw(t, filepath.Join(layer, "var/log/foo")); st.Mode != unix.S_IFDIR|0o750 || st.Uid != 7 || st.Gid != 4 {
+		t.Errorf("/var/log/foo: mode %o owner %d:%d, want the board's dir 750 7:4", st.Mode, st.Uid, st.Gid)
+	} else if v, err := getXattr(filepath.Join(layer, "var/log/foo"), "user.note"); err != nil || string(v) != "log" {
+		t.Errorf("/var/log/foo lost its xattr: %q %v", v, err)
+	}
+	if st := lstatRaw(t, filepath.Join(layer, "var/log")); st.Mode != unix.S_IFDIR|0o700 || isOpaque(filepath.Join(layer, "var/log")) {
+		t.Errorf("/var/log: mode %o opaque %v, want the board's 700, not opaque (the image's logs show)", st.Mode, isOpaque(filepath.Join(layer, "var/log")))
 	}
 	if !isOpaque(filepath.Join(layer, "opt/app")) {
 		t.Error("/opt/app: not opaque in the layer")
@@ -367,28 +416,35 @@ func TestParseExcludes(t *testing.T) {
 			t.Errorf("%q accepted", bad)
 		}
 	}
-	ex, err := ParseExcludes([]string{"/etc/ssh/ssh_host_*", "/var/log", "/home/*/.cache"})
+	ex, err := ParseExcludes([]string{"/etc/ssh/ssh_host_*", "/var/lib/dhcp", "/home/*/.cache", "/var/log/", "/srv/*/tmp/"})
 	must(t, err)
 	for p, want := range map[string]bool{
 		"/etc/ssh/ssh_host_rsa_key": true, "/etc/ssh/sshd_config": false, "/etc/ssh": false,
-		"/var/log": true, "/var/log/apt/x": true, "/var/logs": false, "/var": false,
+		"/var/lib/dhcp": true, "/var/lib/dhcp/x/y": true, "/var/lib/dhcpcd": false, "/var": false,
 		"/home/pi/.cache/x": true, "/home/pi/.config": false,
+		"/var/log/syslog": true, "/var/log/apt/history.log": true, "/var/log": false, "/var/logs/x": false,
+		"/srv/a/tmp/x": true, "/srv/a/tmp": false,
 	} {
-		if ex.Match(p) != want {
-			t.Errorf("Match(%s) = %v", p, !want)
+		for _, dir := range []bool{false, true} {
+			w := want && !(dir && strings.HasPrefix(p, "/var/log/") || dir && strings.HasPrefix(p, "/srv/"))
+			if ex.Match(p, dir) != w {
+				t.Errorf("Match(%s, dir %v) = %v", p, dir, !w)
+			}
 		}
 	}
-	for p, want := range map[string]bool{"/": true, "/etc": true, "/etc/ssh": true, "/usr": false, "/home/x": true, "/var/log": false} {
-		if ex.below(p) != want {
-			t.Errorf("below(%s) = %v", p, !want)
+	for p, want := range map[string]bool{"/": true, "/etc": true, "/etc/ssh": true, "/usr": false, "/home/x": true, "/var/lib/dhcp": false,
+		"/var/log": true, "/var/log/apt/x": true, "/var/logs": false, "/srv/a": true, "/srv/a/tmp/b": true, "/srv/a/b": false} {
+		if ex.Below(p) != want {
+			t.Errorf("Below(%s) = %v", p, !want)
 		}
 	}
 }
 
 // FuzzExcludes: any pattern is accepted or refused without panicking; an accepted one is
-// absolute and clean, and Match and below never panic on any path.
+// absolute and clean, and Match and Below never panic on any path. "DIR" leaves out DIR
+// and all below it; "DIR/" the non-dirs below DIR, not DIR nor a dir below it.
 func FuzzExcludes(f *testing.F) {
-	for _, s := range []string{"/etc/ssh/ssh_host_*", "/var/log", "/home/*/.cache", "/a/[b-c]?", "relative", "/a//b", "/[", "/\\"} {
+	for _, s := range []string{"/etc/ssh/ssh_host_*", "/var/log", "/var/log/", "/home/*/.cache/", "/a/[b-c]?", "relative", "/a//b", "/[", "/\\", "//", "/a/b//"} {
 		f.Add(s, "/etc/ssh/ssh_host_rsa_key")
 	}
 	f.Fuzz(func(t *testing.T, pat, p string) {
@@ -399,13 +455,18 @@ func FuzzExcludes(f *testing.F) {
 		if !strings.HasPrefix(pat, "/") || strings.Contains(pat, "//") || strings.Contains(pat+"/", "/../") || strings.Contains(pat+"/", "/./") {
 			t.Fatalf("accepted %q", pat)
 		}
-		ex.Match(p)
-		ex.below(p)
-		if !strings.ContainsAny(pat, "*?[\\") && !ex.Match(pat) {
-			t.Fatalf("%q does not match itself", pat)
+		ex.Match(p, false)
+		ex.Match(p, true)
+		ex.Below(p)
+		if strings.ContainsAny(pat, "*?[\\") {
+			return
 		}
-		if !strings.ContainsAny(pat, "*?[\\") && !ex.Match(pat+"/below") {
-			t.Fatalf("%q does not match what is below it", pat)
+		dir, files := strings.CutSuffix(pat, "/")
+		if ex.Match(dir, false) == files || ex.Match(dir, true) == files {
+			t.Fatalf("%q: Match(%q) wrong", pat, dir)
+		}
+		if !ex.Match(dir+"/below", false) || ex.Match(dir+"/below", true) == files || !ex.Below(dir) == files {
+			t.Fatalf("%q: wrong for what is below it", pat)
 		}
 	})
 }
