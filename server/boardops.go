@@ -130,48 +130,10 @@ func DirSize(dir string) int64 {
 	return total
 }
 
-// DefaultCommitExcludes are the paths `pifleet board commit` leaves out of the layer it
-// makes (fleet.yaml's server.commit.exclude adds more): what pifleet writes per board into
-// its identity layer (images.IdentityPaths), what a board makes for itself that must differ
-// between boards, and what is volatile. A pattern is an absolute path with * ? [..]
-// wildcards per component, and covers what is below it. An excluded path shows the base
-// image's version in the new image.
-func DefaultCommitExcludes() []string {
-	return append(images.IdentityPaths(),
-		// per board, made by the board itself
-		"/var/lib/dbus/machine-id",
-		"/var/lib/systemd/random-seed",       // seeds the board's RNG at boot: never share it
-		"/var/lib/systemd/credential.secret", // the host key of systemd-creds
-		"/var/lib/systemd/timesync",
-		"/var/lib/NetworkManager", // leases, secret_key (stable IPv6 addresses, MAC randomisation)
-		"/var/lib/dhcp",
-		"/var/lib/dhcpcd",
-		"/etc/dhcpcd.duid",
-		"/etc/dhcpcd.secret",
-		"/var/lib/bluetooth", // pairings, kept under the board's own adapter address
-		"/root/.bash_history",
-		"/home/*/.bash_history",
-		// volatile
-		"/var/log",
-		"/var/cache/apt/archives",
-		"/var/cache/apt/pkgcache.bin",
-		"/var/cache/apt/srcpkgcache.bin",
-		"/var/lib/apt/lists", // tens of MB, stale when a board uses them (as image shell does)
-		"/var/lib/systemd/coredump",
-		"/var/crash",
-		"/var/swap", // Pi OS's dphys-swapfile
-		"/swapfile",
-		"/root/.cache",
-		"/home/*/.cache",
-		"/tmp",
-		"/var/tmp",
-		"/run",
-	)
-}
-
-// commitExcludes is the full exclude list for cfg.
-func commitExcludes(cfg *Config) []string {
-	return append(DefaultCommitExcludes(), cfg.Server.CommitExclude...)
+// LayerExcludes is the exclude list of a new layer for cfg, `board commit`'s and `image
+// shell`'s: images.LayerExcludes plus fleet.yaml's server.commit.exclude.
+func LayerExcludes(cfg *Config) []string {
+	return append(images.LayerExcludes(), cfg.Server.CommitExclude...)
 }
 
 // CommitResult is what `pifleet board commit` made.
@@ -258,7 +220,7 @@ func (s *Server) CommitBoard(name, as string, force bool) (CommitResult, error) 
 	}
 	// The base is the image the board runs (its changes were made over it), which may be
 	// another than fleet.yaml names now while a switch is pending.
-	res, err := commitUpper(s.store, s.state.Upper(name), b.run.Layers, name, b.run.Image, as, commitExcludes(snap.cfg))
+	res, err := commitUpper(s.store, s.state.Upper(name), b.run.Layers, name, b.run.Image, as, LayerExcludes(snap.cfg))
 	if err != nil {
 		return res, err
 	}
@@ -287,5 +249,5 @@ func OfflineCommit(cfg *Config, name, as string) (CommitResult, error) {
 	if err != nil {
 		return CommitResult{}, err
 	}
-	return commitUpper(store, st.Upper(name), run.Layers, name, run.Image, as, commitExcludes(cfg))
+	return commitUpper(store, st.Upper(name), run.Layers, name, run.Image, as, LayerExcludes(cfg))
 }

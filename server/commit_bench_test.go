@@ -66,7 +66,7 @@ func BenchmarkCommit100MB(b *testing.B) {
 		defer reportCPU(b)()
 		b.SetBytes(100 << 20)
 		for i := 0; b.Loop(); i++ {
-			if _, err := commitUpper(store, upper, lowers, "bench", "img", "bench-"+strconv.Itoa(i), DefaultCommitExcludes()); err != nil {
+			if _, err := commitUpper(store, upper, lowers, "bench", "img", "bench-"+strconv.Itoa(i), images.LayerExcludes()); err != nil {
 				b.Fatal(err)
 			}
 			b.StopTimer()
@@ -78,7 +78,7 @@ func BenchmarkCommit100MB(b *testing.B) {
 	b.Run("export", func(b *testing.B) {
 		defer reportCPU(b)()
 		b.SetBytes(100 << 20)
-		ex, _ := overlay.ParseExcludes(DefaultCommitExcludes())
+		ex, _ := overlay.ParseExcludes(images.LayerExcludes())
 		for b.Loop() {
 			dst := filepath.Join(dir, "export")
 			os.Mkdir(dst, 0o755)

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -68,7 +69,8 @@ func startStoreServer(t *testing.T, boards, serverExtra string) *testServer {
 
 // TestCommitWhileMounted: a board with its root mounted (a real NFS client) is not
 // committed unless forced; the forced commit makes an image whose new layer has the
-// board's file and not its identity or logs, and the board is not disturbed.
+// board's file and not its identity or logs (its new log dir, empty), and the board is
+// not disturbed.
 func TestCommitWhileMounted(t *testing.T) {
 	needRoot(t)
 	ts := startStoreServer(t, "  - {name: alpha, mac: '02:00:00:00:00:01', serial: '000abc00', ip: 127.0.0.1}\n",
@@ -154,10 +156,13 @@ func TestCommitWhileMounted(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(top, "etc/app.conf")); err != nil || string(b) != "kiosk=1\n" {
 		t.Errorf("etc/app.conf in the layer: %q %v", b, err)
 	}
-	for _, p := range []string{"etc/hostname", "etc/machine-id", "etc/ssh", "srv/cache", "var/log"} {
+	for _, p := range []string{"etc/hostname", "etc/machine-id", "etc/ssh", "srv/cache", "var/log/syslog"} {
 		if _, err := os.Lstat(filepath.Join(top, p)); err == nil {
 			t.Errorf("%s is per board, volatile or excluded in fleet.yaml, but in the layer", p)
 		}
+	}
+	if fi, err := os.Lstat(filepath.Join(top, "var/log")); err != nil || !fi.IsDir() {
+		t.Errorf("var/log, the board's new dir, is not in the layer as a dir: %v", err)
 	}
 }
 
@@ -211,6 +216,9 @@ func TestCommitAgainstKernel(t *testing.T) {
 	write("var/lib/dpkg/status", "Package: base\n\nPackage: kiosk\n")
 	write("var/lib/systemd/random-seed", "seed")
 	write("var/log/kiosk.log", "log")
+	must(t, o.Mkdir("var/log/kiosk", 0o750)) // a package's log dir: kept, empty
+	must(t, o.Lchown("var/log/kiosk", 7, 4))
+	write("var/log/kiosk/kiosk.log", "log")
 	write("tmp/x", "tmp")
 	write("srv/app/cache/blob", "cached")
 	write("srv/app/data", "kept")
@@ -234,22 +242,40 @@ func TestCommitAgainstKernel(t *testing.T) {
 	}
 	stack, err := store.Layers("kiosk")
 	must(t, err)
-	ex, err := overlay.ParseExcludes(commitExcludes(cfg))
+	ex, err := overlay.ParseExcludes(LayerExcludes(cfg))
 	must(t, err)
 	// The board's own changes: its upper over the image, without its identity layer (what
 	// only that layer has is per board; a board booting the new image gets its own).
 	board := kernelTree(t, filepath.Join(dir, "m-board"), append([]string{st.Upper("pi-01")}, imgLowers...))
 	image := kernelTree(t, filepath.Join(dir, "m-image"), imgLowers)
 	got := kernelTree(t, filepath.Join(dir, "m-kiosk"), stack)
-	want := map[string]string{}
-	for p, d := range board {
-		if !ex.Match(p) {
-			want[p] = d
+	// Parents first: the board's path where the layer takes it, else under a dir the
+	// image's where the layer leaves the path out (neither added nor deleted).
+	var paths []string
+	for p := range board {
+		paths = append(paths, p)
+	}
+	for p := range image {
+		if _, ok := board[p]; !ok {
+			paths = append(paths, p)
 		}
 	}
-	for p, d := range image {
-		if ex.Match(p) {
-			want[p] = d
+	sort.Strings(paths)
+	isDir := func(d string) bool { return strings.HasPrefix(d, "40") }
+	want := map[string]string{}
+	fromImage := map[string]bool{}
+	for _, p := range paths {
+		par := path.Dir(p)
+		if w, ok := want[par]; par != "/" && (!ok || !isDir(w)) {
+			continue
+		}
+		b, inBoard := board[p]
+		i, inImage := image[p]
+		switch {
+		case fromImage[par] && inImage, !fromImage[par] && inImage && ex.Match(p, inBoard && isDir(b)):
+			want[p], fromImage[p] = i, true
+		case !fromImage[par] && inBoard && !ex.Match(p, isDir(b)):
+			want[p] = b
 		}
 	}
 	var diffs []string
@@ -273,10 +299,13 @@ func TestCommitAgainstKernel(t *testing.T) {
 		}
 	}
 	for _, p := range []string{"/var/lib/systemd/random-seed", "/etc/ssh/ssh_host_ed25519_key", "/etc/ssh/authorized_keys",
-		"/boot/firmware/userconf.txt", "/tmp/x", "/srv/app/cache", "/home/kiosk/.bash_history", "/var/log/kiosk.log"} {
+		"/boot/firmware/userconf.txt", "/tmp/x", "/srv/app/cache", "/home/kiosk/.bash_history", "/var/log/kiosk.log", "/var/log/kiosk/kiosk.log"} {
 		if _, ok := got[p]; ok {
 			t.Errorf("%s is per board or volatile, but in the committed image", p)
 		}
+	}
+	if got["/var/log/kiosk"] != "40750 7:4" {
+		t.Errorf("/var/log/kiosk: %q in the committed image, want the board's empty dir 40750 7:4", got["/var/log/kiosk"])
 	}
 	if got["/etc/hostname"] != image["/etc/hostname"] || got["/var/log/dpkg.log"] != image["/var/log/dpkg.log"] {
 		t.Errorf("excluded paths do not show the image's version: %q %q", got["/etc/hostname"], got["/var/log/dpkg.log"])

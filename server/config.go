@@ -36,8 +36,9 @@ type ServerConfig struct {
 	// HTTP lists the addresses the HTTP API listens on (fleet.yaml server.http); nil
 	// means the default: loopback and Address, on Ports.HTTP.
 	HTTP []netip.AddrPort
-	// CommitExclude are fleet.yaml's server.commit.exclude patterns: paths `pifleet board
-	// commit` leaves out of a new layer besides DefaultCommitExcludes.
+	// CommitExclude are fleet.yaml's server.commit.exclude patterns: paths a new layer
+	// (`pifleet board commit`, `pifleet image shell`) leaves out besides
+	// images.LayerExcludes (see LayerExcludes).
 	CommitExclude []string
 }
 
