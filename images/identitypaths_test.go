@@ -36,7 +36,7 @@ func TestIdentityPathsCoverIdentity(t *testing.T) {
 				return err
 			}
 			rel := "/" + strings.TrimPrefix(p, dir+"/")
-			if ex.Match(rel) || slices.Contains([]string{"/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow"}, rel) ||
+			if ex.Match(rel, false) || slices.Contains([]string{"/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow"}, rel) ||
 				!piOS && strings.HasPrefix(rel, "/home/kiosk/") {
 				return nil
 			}
@@ -45,6 +45,30 @@ func TestIdentityPathsCoverIdentity(t *testing.T) {
 		})
 		if err != nil {
 			t.Fatal(err)
+		}
+	}
+}
+
+// TestLayerExcludes: the list parses, per-board paths go whole, volatile dirs keep their
+// dirs and lose their files.
+func TestLayerExcludes(t *testing.T) {
+	ex, err := overlay.ParseExcludes(LayerExcludes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		path string
+		dir  bool
+		want bool
+	}{
+		{"/etc/machine-id", false, true}, {"/etc/machine-id.old", false, false}, {"/etc/ssh/ssh_host_rsa_key.pub", false, true},
+		{"/etc/ssh/sshd_config", false, false}, {"/var/lib/NetworkManager", true, true}, {"/var/lib/NetworkManager/secret_key", false, true},
+		{"/var/log", true, false}, {"/var/log/nginx", true, false}, {"/var/log/nginx/access.log", false, true}, {"/var/logger", false, false},
+		{"/var/cache/apt/srcpkgcache.bin", false, true}, {"/var/cache/apt/x/y.bin", false, false}, {"/tmp/a/b", false, true},
+		{"/tmp/a", true, false}, {"/home/pi/.cache/x/y", false, true}, {"/var/lib/apt/lists/partial", true, false},
+	} {
+		if got := ex.Match(c.path, c.dir); got != c.want {
+			t.Errorf("Match(%s, dir %v) = %v, want %v", c.path, c.dir, got, c.want)
 		}
 	}
 }

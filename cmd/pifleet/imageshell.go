@@ -11,6 +11,8 @@ import (
 
 	"github.com/pifleet/pifleet/images"
 	"github.com/pifleet/pifleet/images/shell"
+	"github.com/pifleet/pifleet/overlay"
+	"github.com/pifleet/pifleet/server"
 	"golang.org/x/sys/unix"
 )
 
@@ -29,8 +31,9 @@ func runImageShell(ctx context.Context, e *env, args []string) error {
 			"server, and makes what it writes the new image NEW: IMAGE's layers plus one layer, IMAGE\n"+
 			"untouched. arm64 binaries run through qemu-user (apt-get install qemu-user-static\n"+
 			"binfmt-support). /proc, /sys, /dev, /run, /tmp and /var/tmp are the session's own, the\n"+
-			"server's DNS config is used, and logs, apt's .deb cache and per-board identity files are\n"+
-			"left out of the layer. A command that fails (non-zero exit, in a shell: the last\n"+
+			"server's DNS config is used, and what `board commit` leaves out is left out of the layer\n"+
+			"too (per-board identity and state, files under /var/log and caches; fleet.yaml's\n"+
+			"server.commit.exclude adds paths). A command that fails (non-zero exit, in a shell: the last\n"+
 			"command's status, or `exit 1`), Ctrl-C or a killed pifleet makes no image.")
 	cfgPath := configFlag(fs)
 	as := fs.String("as", "", "`NAME` of the new image (required)")
@@ -86,7 +89,11 @@ func runImageShell(ctx context.Context, e *env, args []string) error {
 	if os.Geteuid() != 0 {
 		return errors.New("image shell needs root: it mounts the image with the kernel's overlayfs and chroots into it")
 	}
-	_, store, err := openStore(*cfgPath)
+	cfg, store, err := openStore(*cfgPath)
+	if err != nil {
+		return err
+	}
+	ex, err := overlay.ParseExcludes(server.LayerExcludes(cfg))
 	if err != nil {
 		return err
 	}
@@ -115,7 +122,7 @@ func runImageShell(ctx context.Context, e *env, args []string) error {
 		}
 		return fmt.Errorf("%w: no image made", err)
 	}
-	dropped, err := shell.Clean(o.Upper, nil)
+	dropped, err := shell.Clean(o.Upper, o.Lowers, ex)
 	if err != nil {
 		return fmt.Errorf("image shell %s: %w: no image made", base, err)
 	}

@@ -9,22 +9,9 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/pifleet/pifleet/overlay"
 	"golang.org/x/sys/unix"
 )
-
-// Volatile lists what a layer made by image shell never carries, as patterns on the path
-// from the root: "DIR/" means every non-directory below DIR, anything else is a
-// path.Match pattern. Directories stay (a package's /var/log/NAME must exist for it to
-// start) and so do whiteouts (a deletion is deliberate). It follows `board commit`'s
-// exclusions: per-board identity (the identity layer writes it), logs, caches, temp dirs,
-// plus apt's package lists (tens of MB per `apt-get update`, stale by the time a board
-// uses them; a board runs apt-get update itself) and root's shell histories of the session.
-var Volatile = []string{
-	"/etc/machine-id", "/var/lib/dbus/machine-id", "/etc/hostname", "/etc/ssh/ssh_host_*",
-	"/var/log/", "/var/cache/apt/archives/", "/var/cache/apt/*.bin", "/var/lib/apt/lists/",
-	"/tmp/", "/var/tmp/", "/run/",
-	"/root/.bash_history", "/root/.ash_history", "/root/.lesshst",
-}
 
 // overlay xattrs the kernel may write in an upper that mean nothing in a layer (copy-up
 // origins, "dir has copied-up entries", link counts, the upper's uuid). Any other
@@ -37,16 +24,27 @@ var droppedOverlayXattrs = map[string]bool{
 
 const xattrOpaque = "trusted.overlay.opaque"
 
-// Clean turns an upper the kernel's overlayfs wrote into a layer in pifleet's format:
-// whiteouts are char devices 0/0 (each its own inode: the kernel hard-links them to one),
-// opaque dirs carry trusted.overlay.opaque=y and nothing else of the overlay's xattrs,
-// and what exclude matches (nil: Volatile) is removed. It returns the removed paths.
-func Clean(upper string, exclude []string) ([]string, error) {
-	if exclude == nil {
-		exclude = Volatile
+// Clean turns an upper the kernel's overlayfs wrote over lowers (topmost first) into a
+// layer in pifleet's format: whiteouts are char devices 0/0 (each its own inode: the
+// kernel hard-links them to one), opaque dirs carry trusted.overlay.opaque=y and nothing
+// else of the overlay's xattrs, and what ex leaves out (images.LayerExcludes, as `board
+// commit` does with overlay.Export) is removed: a path ex matches goes with all below it,
+// under a "DIR/" pattern the non-directories (whiteouts too) go and the dirs stay. So
+// that a left-out path shows the lowers' version, an opaque dir with something left out
+// below it becomes a plain dir plus a whiteout for each lower entry it hid that is not
+// left out. ex nil leaves nothing out. It returns the removed paths.
+func Clean(upper string, lowers []string, ex *overlay.Excludes) ([]string, error) {
+	if ex == nil {
+		ex = &overlay.Excludes{}
+	}
+	// What the lowers have and an opaque dir hides, read before anything changes.
+	changes, err := overlay.Changes(upper, lowers)
+	if err != nil {
+		return nil, fmt.Errorf("clean upper %s: %w", upper, err)
 	}
 	var dropped []string
-	err := filepath.WalkDir(upper, func(p string, d fs.DirEntry, err error) error {
+	opaque := map[string]bool{} // opaque dirs of the upper -> still opaque
+	err = filepath.WalkDir(upper, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
@@ -57,11 +55,14 @@ func Clean(upper string, exclude []string) ([]string, error) {
 		}
 		isDir := st.Mode&unix.S_IFMT == unix.S_IFDIR
 		whiteout := st.Mode&unix.S_IFMT == unix.S_IFCHR && st.Rdev == 0
-		if !isDir && !whiteout && excluded(rel, exclude) {
-			if err := os.Remove(p); err != nil {
+		if rel != "/" && ex.Match(rel, isDir) {
+			if err := os.RemoveAll(p); err != nil {
 				return err
 			}
 			dropped = append(dropped, rel)
+			if isDir {
+				return fs.SkipDir
+			}
 			return nil
 		}
 		if whiteout && st.Nlink > 1 {
@@ -70,28 +71,44 @@ func Clean(upper string, exclude []string) ([]string, error) {
 		if err := cleanXattrs(p, rel); err != nil {
 			return err
 		}
+		if v, err := getXattr(p, xattrOpaque); isDir && err == nil && string(v) == "y" {
+			opaque[rel] = !ex.Below(rel)
+			if !opaque[rel] {
+				return unix.Lremovexattr(p, xattrOpaque)
+			}
+		}
 		return nil
 	})
 	if err != nil {
 		return dropped, fmt.Errorf("clean upper %s: %w", upper, err)
 	}
+	for _, c := range changes {
+		if c.Kind != overlay.Deleted || ex.Match(c.Path, false) || !hiddenBy(c.Path, opaque) {
+			continue
+		}
+		if _, err := os.Lstat(upper + c.Path); !errors.Is(err, fs.ErrNotExist) {
+			continue // a whiteout already, or under a non-dir
+		}
+		if fi, err := os.Lstat(upper + path.Dir(c.Path)); err != nil || !fi.IsDir() {
+			continue // its dir was left out, or is not one
+		}
+		if err := unix.Mknod(upper+c.Path, unix.S_IFCHR|0o000, 0); err != nil {
+			return dropped, fmt.Errorf("clean upper %s: %s: %w", upper, c.Path, err)
+		}
+	}
 	return dropped, nil
 }
 
-// excluded reports whether rel matches one of the patterns.
-func excluded(rel string, patterns []string) bool {
-	for _, pat := range patterns {
-		if dir, ok := strings.CutSuffix(pat, "/"); ok {
-			if strings.HasPrefix(rel, dir+"/") {
-				return true
-			}
-			continue
+// hiddenBy reports whether the nearest opaque dir above p was made a plain dir.
+func hiddenBy(p string, opaque map[string]bool) bool {
+	for q := path.Dir(p); ; q = path.Dir(q) {
+		if still, ok := opaque[q]; ok {
+			return !still
 		}
-		if ok, _ := path.Match(pat, rel); ok {
-			return true
+		if q == "/" {
+			return false
 		}
 	}
-	return false
 }
 
 // freshWhiteout replaces a hard-linked whiteout by one of its own.

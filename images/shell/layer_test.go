@@ -5,20 +5,28 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 
+	"github.com/pifleet/pifleet/images"
+	"github.com/pifleet/pifleet/overlay"
 	"github.com/pifleet/pifleet/test/require"
 	"golang.org/x/sys/unix"
 )
 
 // TestClean: overlay bookkeeping xattrs and trusted.pifleet.* go, opaque=y stays,
-// hard-linked whiteouts get their own inode, volatile files go while directories and
-// whiteouts under volatile paths stay.
+// hard-linked whiteouts get their own inode; with images.LayerExcludes per-board paths go
+// whole, under volatile dirs the files and whiteouts go while the dirs stay (a package's
+// new /var/log/foo with its owner and mode), and an opaque dir with a volatile dir below
+// becomes whiteouts for what it hid, so the image's logs show.
 func TestClean(t *testing.T) {
 	require.Root(t, "sets trusted.* xattrs and makes whiteouts (char 0/0)")
-	up := t.TempDir()
+	up, low := t.TempDir(), t.TempDir()
 	mk := func(rel, content string) {
 		p := filepath.Join(up, rel)
+		if r, ok := strings.CutPrefix(rel, "lower:"); ok {
+			p = filepath.Join(low, r)
+		}
 		must(t, os.MkdirAll(filepath.Dir(p), 0o755))
 		must(t, os.WriteFile(p, []byte(content), 0o644))
 	}
@@ -32,6 +40,18 @@ func TestClean(t *testing.T) {
 	mk("root/.bash_history", "h")
 	mk("var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_InRelease", "r")
 	mk("var/lib/apt/extended_states", "e")
+	mk("var/lib/NetworkManager/secret_key", "s")
+	mk("var/log/foo/foo.log", "l")
+	must(t, os.Chmod(filepath.Join(up, "var/log/foo"), 0o750))
+	must(t, os.Lchown(filepath.Join(up, "var/log/foo"), 7, 4))
+	// /srv made again in the image shell: opaque, but a volatile dir is below it
+	mk("lower:srv/old", "o")
+	mk("lower:srv/tmp/t", "t")
+	mk("lower:opt/old", "o")
+	mk("srv/tmp/new", "n")
+	mk("opt/new", "n")
+	must(t, unix.Lsetxattr(filepath.Join(up, "srv"), xattrOpaque, []byte("y"), 0))
+	must(t, unix.Lsetxattr(filepath.Join(up, "opt"), xattrOpaque, []byte("y"), 0))
 	must(t, os.MkdirAll(filepath.Join(up, "opq"), 0o755))
 	must(t, unix.Mknod(filepath.Join(up, "etc", "gone"), unix.S_IFCHR, 0))
 	must(t, os.Link(filepath.Join(up, "etc", "gone"), filepath.Join(up, "var", "log", "gone")))
@@ -41,13 +61,16 @@ func TestClean(t *testing.T) {
 	must(t, unix.Lsetxattr(filepath.Join(up, "etc", "foo"), "user.keep", []byte("v"), 0))
 	must(t, unix.Lsetxattr(filepath.Join(up, "opq"), xattrOpaque, []byte("y"), 0))
 
-	dropped, err := Clean(up, nil)
+	ex, err := overlay.ParseExcludes(append(images.LayerExcludes(), "/srv/tmp/"))
+	must(t, err)
+	dropped, err := Clean(up, []string{low}, ex)
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := []string{"/etc/hostname", "/etc/ssh/ssh_host_ed25519_key", "/root/.bash_history",
-		"/var/cache/apt/archives/foo.deb", "/var/cache/apt/pkgcache.bin",
-		"/var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_InRelease", "/var/log/apt/history.log"}
+		"/srv/tmp/new", "/var/cache/apt/archives/foo.deb", "/var/cache/apt/pkgcache.bin",
+		"/var/lib/NetworkManager", "/var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_InRelease",
+		"/var/log/apt/history.log", "/var/log/foo/foo.log", "/var/log/gone"}
 	slices.Sort(dropped)
 	if !slices.Equal(dropped, want) {
 		t.Errorf("dropped %q, want %q", dropped, want)
@@ -57,7 +80,21 @@ func TestClean(t *testing.T) {
 			t.Errorf("%s: %v", rel, err)
 		}
 	}
-	for _, rel := range []string{"etc/gone", "var/log/gone"} {
+	if st, err := os.Lstat(filepath.Join(up, "var/log/foo")); err != nil || st.Mode() != os.ModeDir|0o750 || st.Sys().(*syscall.Stat_t).Uid != 7 || st.Sys().(*syscall.Stat_t).Gid != 4 {
+		t.Errorf("var/log/foo: want the dir, 750 7:4: %v %v", st, err)
+	}
+	if _, err := getXattr(filepath.Join(up, "srv"), xattrOpaque); err == nil {
+		t.Error("srv: still opaque, so the image's /srv/tmp/t would not show")
+	}
+	if v, err := getXattr(filepath.Join(up, "opt"), xattrOpaque); err != nil || string(v) != "y" {
+		t.Errorf("opt: no longer opaque: %q %v", v, err)
+	}
+	for _, rel := range []string{"srv/tmp/t", "opt/old"} {
+		if _, err := os.Lstat(filepath.Join(up, rel)); err == nil {
+			t.Errorf("%s: a whiteout for a path left out, or under an opaque dir", rel)
+		}
+	}
+	for _, rel := range []string{"etc/gone", "srv/old"} {
 		var st unix.Stat_t
 		if err := unix.Lstat(filepath.Join(up, rel), &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFCHR || st.Rdev != 0 || st.Nlink != 1 {
 			t.Errorf("%s: want a whiteout with one link: mode %o nlink %d %v", rel, st.Mode, st.Nlink, err)
@@ -82,21 +119,9 @@ func TestCleanRefusesRedirect(t *testing.T) {
 		up := t.TempDir()
 		must(t, os.Mkdir(filepath.Join(up, "d"), 0o755))
 		must(t, unix.Lsetxattr(filepath.Join(up, "d"), x[0], []byte(x[1]), 0))
-		_, err := Clean(up, nil)
+		_, err := Clean(up, nil, nil)
 		if err == nil || !strings.Contains(err.Error(), "/d: "+x[0]) {
 			t.Errorf("%s: got %v, want an error naming /d and the xattr", x[0], err)
-		}
-	}
-}
-
-func TestExcluded(t *testing.T) {
-	for rel, want := range map[string]bool{
-		"/var/log/syslog": true, "/var/log": false, "/var/logger": false, "/etc/ssh/ssh_host_rsa_key.pub": true,
-		"/etc/ssh/sshd_config": false, "/var/cache/apt/srcpkgcache.bin": true, "/var/cache/apt/x/y.bin": false,
-		"/tmp/a/b": true, "/etc/machine-id": true, "/etc/machine-id.old": false,
-	} {
-		if got := excluded(rel, Volatile); got != want {
-			t.Errorf("excluded(%s) = %v, want %v", rel, got, want)
 		}
 	}
 }

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pifleet/pifleet/images"
+	"github.com/pifleet/pifleet/overlay"
 	"github.com/pifleet/pifleet/test/require"
 	"golang.org/x/sys/unix"
 )
@@ -199,7 +201,7 @@ func TestRunChangesBecomeLayer(t *testing.T) {
 	if !strings.Contains(out.String(), "root:x:0:0") {
 		t.Errorf("output %q lacks /etc/passwd", out.String())
 	}
-	dropped, err := Clean(f.upper, nil)
+	dropped, err := Clean(f.upper, f.lowers, layerExcludes(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -242,6 +244,15 @@ func TestRunChangesBecomeLayer(t *testing.T) {
 	}
 }
 
+// layerExcludes is images.LayerExcludes, compiled.
+func layerExcludes(t *testing.T) *overlay.Excludes {
+	ex, err := overlay.ParseExcludes(images.LayerExcludes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ex
+}
+
 // TestRunEnvironment: /proc (the namespace's own), /dev/null, a read-only bind, the host's
 // DNS config and a clean environment inside the root.
 func TestRunEnvironment(t *testing.T) {
@@ -271,7 +282,7 @@ func TestRunEnvironment(t *testing.T) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}
 	}
-	if _, err := Clean(f.upper, nil); err != nil {
+	if _, err := Clean(f.upper, f.lowers, layerExcludes(t)); err != nil {
 		t.Fatal(err)
 	}
 	var names []string
