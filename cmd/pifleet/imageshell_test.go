@@ -165,13 +165,20 @@ func mountsUnder(t *testing.T, dir string) []string {
 
 // TestImageShell: the command's writes and deletions become the new image's top layer
 // (a whiteout for the deletion), the base stays byte for byte, a failing command makes no
-// image and passes its exit status on, and nothing stays mounted or half-made.
+// image and passes its exit status on, and nothing stays mounted or half-made. What
+// `board commit` leaves out is left out (server.commit.exclude in fleet.yaml included),
+// and a new log dir is in the layer, empty, with its owner and mode.
 func TestImageShell(t *testing.T) {
 	needsImageShell(t)
 	l := newShellLab(t, busyboxSource(t), false)
 	before := l.digest(t, "base")
+	if err := os.WriteFile(l.cfg, []byte("server: {state: st, ports: {http: 1}, commit: {exclude: [/srv/cache]}}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 
-	code, out, errOut := runCLI("image", "shell", "-c", l.cfg, "base", "--as", "v2", "--", "sh", "-c", "echo x > /etc/foo; rm /etc/bar")
+	code, out, errOut := runCLI("image", "shell", "-c", l.cfg, "base", "--as", "v2", "--", "sh", "-c", "echo x > /etc/foo; rm /etc/bar; "+
+		"busybox mkdir -p /srv/cache /var/log/foo && echo c > /srv/cache/blob && echo l > /var/log/foo/foo.log && "+
+		"busybox chmod 750 /var/log/foo && busybox chown 7:4 /var/log/foo && echo id > /etc/machine-id")
 	if code != 0 {
 		t.Fatalf("image shell: exit %d\n%s%s", code, out, errOut)
 	}
@@ -192,6 +199,14 @@ func TestImageShell(t *testing.T) {
 	var st unix.Stat_t
 	if err := unix.Lstat(filepath.Join(v2[0], "etc", "bar"), &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFCHR || st.Rdev != 0 {
 		t.Errorf("new layer etc/bar: want a whiteout, got mode %o rdev %d (%v)", st.Mode, st.Rdev, err)
+	}
+	for _, p := range []string{"srv/cache", "var/log/foo/foo.log", "etc/machine-id"} {
+		if _, err := os.Lstat(filepath.Join(v2[0], p)); err == nil {
+			t.Errorf("new layer holds %s, which board commit leaves out", p)
+		}
+	}
+	if err := unix.Lstat(filepath.Join(v2[0], "var/log/foo"), &st); err != nil || st.Mode != unix.S_IFDIR|0o750 || st.Uid != 7 || st.Gid != 4 {
+		t.Errorf("new layer var/log/foo: mode %o owner %d:%d (%v), want the dir made, 750 7:4", st.Mode, st.Uid, st.Gid, err)
 	}
 	for _, img := range []string{"base", "v2"} {
 		if code, out, errOut := runCLI("image", "verify", "-c", l.cfg, img); code != 0 {
