@@ -110,7 +110,7 @@ func TestBoardCommit(t *testing.T) {
 }
 
 // checkCommitted checks image name = img + a layer with /etc/app.conf and without the
-// excluded paths.
+// excluded paths, with the board's /var/log dir but not its files.
 func checkCommitted(t *testing.T, store *images.Store, name string) {
 	t.Helper()
 	layers, err := store.Layers(name)
@@ -120,9 +120,12 @@ func checkCommitted(t *testing.T, store *images.Store, name string) {
 	if b, err := os.ReadFile(filepath.Join(layers[0], "etc/app.conf")); err != nil || string(b) != "kiosk\n" {
 		t.Errorf("%s: etc/app.conf %q %v", name, b, err)
 	}
-	for _, p := range []string{"etc/hostname", "srv/cache", "var/log"} {
+	for _, p := range []string{"etc/hostname", "srv/cache", "var/log/syslog"} {
 		if _, err := os.Lstat(filepath.Join(layers[0], p)); err == nil {
 			t.Errorf("%s: excluded %s is in the layer", name, p)
 		}
+	}
+	if fi, err := os.Lstat(filepath.Join(layers[0], "var/log")); err != nil || !fi.IsDir() {
+		t.Errorf("%s: the board's new /var/log is not in the layer as a dir (its files left out): %v", name, err)
 	}
 }
