@@ -120,7 +120,7 @@ type ExportStats struct {
 //
 // The layer keeps owners, modes (setuid, setgid, sticky), xattrs (ACLs, capabilities),
 // mtimes to the nanosecond, symlinks, devices, fifos and sockets, and hard links between
-// exported names; sparse files stay sparse. File data is copied with copy_file_range
+// exported names (of any type but dirs); sparse files stay sparse. File data is copied with copy_file_range
 // (a reflink where the file system can), once per inode: the layer must not share inodes
 // with the upper, which the board keeps writing, nor carry its trusted.pifleet.* ids.
 // Whiteouts are char devices 0/0, and an opaque upper dir stays opaque unless an exclude
@@ -210,6 +210,16 @@ func (x *exporter) one(c Change) error {
 	if isWhiteout(&st) {
 		return nil // replaced by a whiteout meanwhile: the lowers' version is still there
 	}
+	if !isDir(&st) && st.Nlink > 1 {
+		if first, ok := x.links[st.Ino]; ok {
+			if err := unix.Link(x.dst+first, dst); err == nil {
+				x.stats.Entries++
+				return nil
+			} else if err != unix.ENOENT {
+				return err
+			}
+		}
+	}
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFDIR:
 		if err := unix.Mkdir(dst, 0o700); err != nil {
@@ -228,16 +238,6 @@ func (x *exporter) one(c Change) error {
 		// meta now, times after the dir is filled (finish)
 		return exportMeta(src, &st, dst, false)
 	case unix.S_IFREG:
-		if st.Nlink > 1 {
-			if first, ok := x.links[st.Ino]; ok {
-				if err := unix.Link(x.dst+first, dst); err == nil {
-					x.stats.Entries++
-					return nil
-				} else if err != unix.ENOENT {
-					return err
-				}
-			}
-		}
 		n, err := copySparse(src, dst)
 		if errors.Is(err, unix.ENOENT) {
 			return nil // removed meanwhile
@@ -246,9 +246,6 @@ func (x *exporter) one(c Change) error {
 			return err
 		}
 		x.stats.Bytes += n
-		if st.Nlink > 1 {
-			x.links[st.Ino] = c.Path
-		}
 	case unix.S_IFLNK:
 		target, err := os.Readlink(src)
 		if err != nil {
@@ -261,6 +258,9 @@ func (x *exporter) one(c Change) error {
 		if err := unix.Mknod(dst, st.Mode&unix.S_IFMT|0o600, int(st.Rdev)); err != nil {
 			return err
 		}
+	}
+	if st.Nlink > 1 {
+		x.links[st.Ino] = c.Path
 	}
 	x.stats.Entries++
 	return exportMeta(src, &st, dst, true)
