@@ -93,8 +93,17 @@ func TestHistorySurvivesKill(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), "arm_64bit=1") {
 		t.Fatalf("tftp: %v %s", err, out)
 	}
-	if h := history(base); len(h.Boots) != 1 {
-		t.Fatalf("history before the kill: %+v", h)
+	// The read is recorded when the server sees the last ACK, which may be just after
+	// curl returns: poll (bounded).
+	for i := 0; ; i++ {
+		h := history(base)
+		if len(h.Boots) == 1 && len(h.Boots[0].Events) == 1 {
+			break
+		}
+		if i == 100 {
+			t.Fatalf("history before the kill: %+v", h)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	file := filepath.Join(state, "history", "boards", "pi-01.jsonl")
 	for i := 0; ; i++ { // bounded: the periodic flush comes within seconds
