@@ -80,16 +80,14 @@ func parseLayerMeta(b []byte) (*layerMeta, error) {
 	if len(b) > maxLayerInfoSize {
 		return nil, fmt.Errorf("%d bytes, larger than any layer.yaml pifleet writes", len(b))
 	}
-	var m layerMeta
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(&m); err != nil {
-		return nil, fmt.Errorf("parse: %w", err)
+	m, err := decodeStrict[layerMeta](b)
+	if err != nil {
+		return nil, err
 	}
 	if m.Files < 1 || m.Bytes < 0 {
 		return nil, errors.New("file count below 1 or negative byte count")
 	}
-	return &m, nil
+	return m, nil
 }
 
 func (s *Store) layersDir() string             { return filepath.Join(s.dir, layersDirName) }

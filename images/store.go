@@ -223,15 +223,25 @@ func (s *Store) Info(name string) (*Info, error) {
 // maxInfoSize bounds image.yaml: it is small, and a huge one is not ours.
 const maxInfoSize = 1 << 20
 
+// decodeStrict decodes a YAML file pifleet wrote (image.yaml, layer.yaml): a key it does
+// not know means the file is not ours, or is from a newer pifleet.
+func decodeStrict[T any](b []byte) (*T, error) {
+	var v T
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&v); err != nil {
+		return nil, fmt.Errorf("parse: %w", err)
+	}
+	return &v, nil
+}
+
 func parseInfo(b []byte) (*Info, error) {
 	if len(b) > maxInfoSize {
 		return nil, fmt.Errorf("%d bytes, larger than any image.yaml pifleet writes", len(b))
 	}
-	var info Info
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(&info); err != nil {
-		return nil, fmt.Errorf("parse: %w", err)
+	info, err := decodeStrict[Info](b)
+	if err != nil {
+		return nil, err
 	}
 	if info.Files < 0 || info.Bytes < 0 {
 		return nil, errors.New("negative file count or byte count")
@@ -257,7 +267,7 @@ func parseInfo(b []byte) (*Info, error) {
 			return nil, fmt.Errorf("base: %w", err)
 		}
 	}
-	return &info, nil
+	return info, nil
 }
 
 // List returns every image, sorted by name. An image dir with an unreadable image.yaml is

@@ -132,7 +132,7 @@ func buildDeb(t *testing.T, dir string) string {
 	t.Helper()
 	root := filepath.Join(dir, "deb")
 	for p, body := range map[string]string{
-		"DEBIAN/control": "Package: " + v3Package + "\nVersion: 1.0\nArchitecture: all\nMaintainer: pifleet e2e <e2e@example.invalid>\nDescription: pifleet e2e test package\n",
+		"DEBIAN/control":                "Package: " + v3Package + "\nVersion: 1.0\nArchitecture: all\nMaintainer: pifleet e2e <e2e@example.invalid>\nDescription: pifleet e2e test package\n",
 		strings.TrimPrefix(v3File, "/"): "hello from v3\n",
 	} {
 		if err := os.MkdirAll(filepath.Join(root, filepath.Dir(p)), 0o755); err != nil {
