@@ -185,6 +185,18 @@ func copyData(src, dst string, withData bool, midCopy func(string)) error {
 // after chown because chown drops security.capability; times come last because the
 // other calls change them.
 func copyMeta(src string, st *unix.Stat_t, dst string, id uint64) error {
+	if err := copyOwnerModeXattrs(src, st, dst); err != nil {
+		return err
+	}
+	if err := unix.Lsetxattr(dst, xattrFileID, encodeFileID(id), 0); err != nil {
+		return err
+	}
+	return setTimes(dst, st)
+}
+
+// copyOwnerModeXattrs gives dst the owner, mode and xattrs of the object st describes, in
+// the order copyMeta explains (chown, chmod, xattrs); the FileID and times are the caller's.
+func copyOwnerModeXattrs(src string, st *unix.Stat_t, dst string) error {
 	if err := unix.Lchown(dst, int(st.Uid), int(st.Gid)); err != nil {
 		return err
 	}
@@ -193,13 +205,7 @@ func copyMeta(src string, st *unix.Stat_t, dst string, id uint64) error {
 			return err
 		}
 	}
-	if err := copyXattrs(src, dst); err != nil {
-		return err
-	}
-	if err := unix.Lsetxattr(dst, xattrFileID, encodeFileID(id), 0); err != nil {
-		return err
-	}
-	return setTimes(dst, st)
+	return copyXattrs(src, dst)
 }
 
 func setTimes(dst string, st *unix.Stat_t) error {

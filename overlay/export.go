@@ -368,15 +368,7 @@ func publicXattrs(real string) (map[string]string, error) {
 // describes, and its times when withTimes (dirs get theirs once filled). The order is
 // copyMeta's: chown, chmod, xattrs, times.
 func exportMeta(src string, st *unix.Stat_t, dst string, withTimes bool) error {
-	if err := unix.Lchown(dst, int(st.Uid), int(st.Gid)); err != nil {
-		return err
-	}
-	if !isSymlink(st) {
-		if err := unix.Chmod(dst, st.Mode&0o7777); err != nil {
-			return err
-		}
-	}
-	if err := copyXattrs(src, dst); err != nil {
+	if err := copyOwnerModeXattrs(src, st, dst); err != nil {
 		return err
 	}
 	if !withTimes {
