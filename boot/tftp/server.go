@@ -674,9 +674,11 @@ func (s *Server) serveRead(ctx context.Context, sock *socket, t *transfer, maxBl
 		default:
 			counter = &s.errs
 		}
+		// The slot is freed before the ERROR leaves: a client may ask again the moment
+		// it reads it, and must find its slot free.
+		s.land(t)
 		snd.pkt = make([]byte, 5+len(msg))
 		snd.sendError(code, msg)
-		s.land(t) // the client may ask again at once: its slot is free before the logging
 		switch {
 		case board != nil:
 			s.finish(board, client, mac, req.name, what, 0, start, err)
@@ -689,9 +691,9 @@ func (s *Server) serveRead(ctx context.Context, sock *socket, t *transfer, maxBl
 	defer f.Close()
 
 	if req.mode != "octet" && req.mode != "netascii" {
+		s.land(t)
 		snd.pkt = make([]byte, 64)
 		snd.sendError(errCodeIllegal, "mode must be octet or netascii")
-		s.land(t)
 		counter = &s.errs
 		s.finish(board, client, mac, req.name, "error", 0, start, fmt.Errorf("unsupported mode %q", req.mode))
 		return

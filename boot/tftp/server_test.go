@@ -382,10 +382,14 @@ func expectSilence(t *testing.T, port int, pkt []byte) {
 	c := rawConn(t, "127.0.0.1")
 	c.WriteToUDP(pkt, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
 	c.WriteToUDP(rrq(opRRQ, "name.txt", "octet"), &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
-	p, _, err := readPacket(t, c, 5*time.Second)
+	p, from, err := readPacket(t, c, 5*time.Second)
 	if err != nil || len(p) < 4 || binary.BigEndian.Uint16(p) != opDATA || string(p[4:]) != "pi-a\n" {
 		t.Errorf("after %q: got %q, %v; want only the DATA of the next request", pkt, p, err)
+		return
 	}
+	// Finish the transfer: an unacknowledged one keeps its per-client slot until it
+	// times out, and the caller goes on to ask from the same address.
+	c.WriteToUDP(ack(1), from)
 }
 
 func TestMalformedAndRefused(t *testing.T) {
