@@ -101,6 +101,9 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, addr netip.Addr, p *
 			s.bufs.put(rec) // a reply or junk without an xid: nothing to answer
 			continue
 		}
+		if s.observe != nil {
+			h.arrived = time.Now()
+		}
 		// Hold the call's bytes before running it: with the budget spent (replies the
 		// peer does not read, calls that wait on the disk) the socket is not read.
 		cost := callCost(h, rec)
@@ -112,7 +115,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, addr netip.Addr, p *
 		// lone request to another goroutine costs a thread wake-up per call, which on a
 		// loaded machine is most of a small call's latency. Pipelined requests, and calls
 		// that may wait on the disk, get their own goroutines so they run side by side.
-		if br.Buffered() == 0 && !mayBlock(h) {
+		if br.Buffered() == 0 && !mayBlock(h) && !s.exact {
 			reply := s.dispatch(cc, h, cerr)
 			s.bufs.put(rec)
 			cc.write(reply, cost)
@@ -228,6 +231,9 @@ func (s *Server) dispatch(cc *conn, h *rpcCallHdr, cerr *callError) []byte {
 		return s.answer(cc, h, cerr)
 	}
 	start := time.Now()
+	if h.arrived.IsZero() {
+		h.arrived = start
+	}
 	rec := s.answer(cc, h, cerr)
 	s.observe(callOf(h, rec, time.Since(start)))
 	return rec

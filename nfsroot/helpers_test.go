@@ -58,6 +58,7 @@ type fixture struct {
 	exps    []Export      // what the server was given
 	limits  func(*limits) // adjusts the server's limits before it serves
 	observe func(Call)    // the server's Options.Observer
+	exact   bool          // the server's Options.ExactArrivals
 
 	mu      sync.Mutex
 	onMount []string // board@client for every OnMount call
@@ -137,7 +138,7 @@ func (f *fixture) start() {
 		f.mu.Lock()
 		defer f.mu.Unlock()
 		f.onMount = append(f.onMount, board+"@"+client.String())
-	}, Observer: f.observe})
+	}, Observer: f.observe, ExactArrivals: f.exact})
 	if f.limits != nil {
 		f.limits(&f.srv.lim)
 		f.srv.bytes = newBudget(f.srv.lim.totalBytes)

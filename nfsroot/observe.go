@@ -7,8 +7,9 @@ import (
 
 // Call is one answered call, as Options.Observer sees it: which procedure, how it ended,
 // how long the server took (from the parsed call to the reply record, not counting the
-// time the reply waits to be sent) and which board's export it ran against. Its names
-// come from fixed tables, so a caller that labels metrics with them has bounded labels.
+// time the reply waits to be sent), when it arrived, who sent it and which board's export
+// it ran against. Its names come from fixed tables, so a caller that labels metrics with
+// them has bounded labels.
 type Call struct {
 	Program  uint32 // the RPC program number (100003 NFS, 100005 MOUNT, 100227 NFS_ACL)
 	Proc     uint32 // the procedure number
@@ -16,6 +17,15 @@ type Call struct {
 	Accept   int32  // the RPC accept_stat (0 = SUCCESS); -1 when the call was denied
 	Board    string // the board whose export the call used; "" if none (e.g. MOUNT, strangers' bad handles)
 	Duration time.Duration
+	// Arrived is when the server had read the call's whole record off the connection
+	// (before it waited for a goroutine or for its buffer budget); the call was answered
+	// Duration after it started running, which is at or after Arrived.
+	Arrived time.Time
+	// UID, GID and GIDs are the caller's AUTH_SYS credential as it sent it, before any
+	// root squash (an AUTH_NONE caller shows as 65534/65534 with no GIDs). GIDs aliases
+	// the call's header: valid only while the Observer runs.
+	UID, GID uint32
+	GIDs     []uint32
 	// Args and Reply are the call's XDR arguments and its whole reply record, for a
 	// tracer. They alias the server's buffers: valid only while the Observer runs.
 	Args, Reply []byte
@@ -92,7 +102,8 @@ func (c Call) StatusName() string {
 // mark, xid, REPLY, reply_stat, then verifier and accept_stat when accepted, then the
 // procedure's result, whose first word is its status for the procedures that have one).
 func callOf(h *rpcCallHdr, rec []byte, d time.Duration) Call {
-	c := Call{Program: h.prog, Proc: h.proc, Duration: d, Args: h.args, Reply: rec}
+	c := Call{Program: h.prog, Proc: h.proc, Duration: d, Args: h.args, Reply: rec,
+		Arrived: h.arrived, UID: h.cred.uid, GID: h.cred.gid, GIDs: h.cred.gids}
 	if len(h.held) > 0 {
 		c.Board = h.held[0].Board
 	}

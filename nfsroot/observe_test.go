@@ -45,6 +45,70 @@ func TestObserverSeesCalls(t *testing.T) {
 	}
 }
 
+// TestObserverArrivalsAndCredentials: with ExactArrivals, a call sent while the previous
+// one is still being answered is read (and its arrival taken) before that answer ends,
+// and the Observer sees each call's AUTH_SYS credential. Without ExactArrivals the first
+// call would run on the connection's reader, and the second would wait for its answer.
+func TestObserverArrivalsAndCredentials(t *testing.T) {
+	f := newFixture(t)
+	f.exact = true
+	type seen struct {
+		arrived  time.Time
+		uid, gid uint32
+		gids     []uint32
+	}
+	var mu sync.Mutex
+	var getattr, lookup seen
+	inGetattr, lookupSeen := make(chan struct{}), make(chan struct{})
+	overlapped := false
+	f.observe = func(c Call) {
+		if c.Program != progNFS {
+			return
+		}
+		s := seen{arrived: c.Arrived, uid: c.UID, gid: c.GID, gids: slices.Clone(c.GIDs)}
+		switch c.Proc {
+		case 1: // GETATTR: held until the LOOKUP sent after it was answered (bounded)
+			close(inGetattr)
+			select {
+			case <-lookupSeen:
+				mu.Lock()
+				overlapped = true
+				mu.Unlock()
+			case <-time.After(5 * time.Second):
+			}
+			mu.Lock()
+			getattr = s
+			mu.Unlock()
+		case 3:
+			mu.Lock()
+			lookup = s
+			mu.Unlock()
+			close(lookupSeen)
+		}
+	}
+	f.restart()
+	c, root := f.client("pi-a")
+	c.as(1000, 1000, 24, 27)
+	if _, err := c.c.Write(c.callMsg(progNFS, 3, 1, root)); err != nil {
+		t.Fatal(err)
+	}
+	<-inGetattr
+	if st, _, _ := c.lookup(root, "etc"); st != 0 {
+		t.Fatalf("lookup etc: %d", st)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !overlapped {
+		t.Fatal("the LOOKUP sent during the GETATTR's answer was not answered before it")
+	}
+	if getattr.arrived.IsZero() || lookup.arrived.Before(getattr.arrived) {
+		t.Errorf("arrivals: GETATTR %v, LOOKUP %v", getattr.arrived, lookup.arrived)
+	}
+	if lookup.uid != 1000 || lookup.gid != 1000 || !slices.Equal(lookup.gids, []uint32{24, 27}) {
+		t.Errorf("LOOKUP credential %d/%d %v, want 1000/1000 [24 27]", lookup.uid, lookup.gid, lookup.gids)
+	}
+}
+
 // TestCallOfAllocatesNothing: describing a call for the Observer costs no allocation.
 func TestCallOfAllocatesNothing(t *testing.T) {
 	w := replyBuf(nil, 7)

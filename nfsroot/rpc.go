@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"time"
 )
 
 // ONC RPC (RFC 5531) constants this server speaks.
@@ -131,6 +132,7 @@ type rpcCallHdr struct {
 	cred                  cred
 	args                  []byte
 	held                  []*export // exports the call runs against (fence.go)
+	arrived               time.Time // when its record was read; set only for an Observer
 }
 
 // callError says how to answer a call whose header cannot be served.

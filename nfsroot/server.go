@@ -26,6 +26,11 @@ type Options struct {
 	// Observer, if set, sees every answered NFS, MOUNT and NFS_ACL call (see Call). It
 	// runs on the connection's goroutine before the reply is sent: keep it cheap.
 	Observer func(Call)
+	// ExactArrivals answers every call on its own goroutine, never inline on the
+	// connection's reader, so that the next call's record is read (and its Call.Arrived
+	// taken) as soon as it came in, not after the previous call's answer. It costs a
+	// goroutine hand-off per call: for capturing a boot's concurrency, not for serving.
+	ExactArrivals bool
 }
 
 // Server answers NFSv3 and MOUNT v3 for every board's export.
@@ -33,6 +38,7 @@ type Server struct {
 	log     *slog.Logger
 	onMount func(string, netip.Addr)
 	observe func(Call)
+	exact   bool // Options.ExactArrivals
 	// verf is the write verifier: it changes only when the server restarts, which tells
 	// clients to resend UNSTABLE writes that were never committed.
 	verf    [8]byte
@@ -112,7 +118,7 @@ func New(opts Options) *Server {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Server{log: log, onMount: opts.OnMount, observe: opts.Observer, peers: make(map[netip.Addr]*peer),
+	s := &Server{log: log, onMount: opts.OnMount, observe: opts.Observer, exact: opts.ExactArrivals, peers: make(map[netip.Addr]*peer),
 		rl: ratelog.New(log, logBurst, logEvery), lim: defaultLimits()}
 	s.bytes = newBudget(s.lim.totalBytes)
 	_, _ = rand.Read(s.verf[:])

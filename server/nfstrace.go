@@ -10,14 +10,20 @@ import (
 	"github.com/pifleet/pifleet/nfsroot"
 )
 
-// nfsTraceEnv names a file to which the server appends every answered NFS and MOUNT
-// call (a debugging and capture aid: test/scale's boot trace is made from it; see
-// test/scale/README.md). Unset, nothing is traced.
+// nfsTraceEnv names a file to which the server appends every answered NFS, MOUNT and
+// NFS_ACL call (a debugging and capture aid: test/scale's boot trace is made from it;
+// see the README's "Scale" section). Unset, nothing is traced.
 const nfsTraceEnv = "PIFLEET_NFS_TRACE"
 
-// nfsTrace writes one binary record per call: u32 length of the rest, i64 Unix
-// nanoseconds, u32 program, u32 procedure, then board name, arguments and reply record
-// as u32-length-prefixed bytes. WRITE data and READ data are cut (the sizes stay in the
+// nfsTraceVersion is the record layout's version, the first word of every record (the
+// first layout, without it, began with the reply time, whose high word is never 2).
+const nfsTraceVersion = 2
+
+// nfsTrace writes one binary record per call, all integers big-endian: u32 length of the
+// rest, u32 version (2), i64 Unix nanoseconds of the call's arrival and of its reply,
+// u32 program, u32 procedure, u32 uid, u32 gid, u32 number of groups and that many u32
+// groups (the AUTH_SYS credential), then board name, arguments and reply record as
+// u32-length-prefixed bytes. WRITE data and READ data are cut (the sizes stay in the
 // headers), so the file grows with the number of calls, not the bytes moved.
 type nfsTrace struct {
 	mu  sync.Mutex
@@ -53,9 +59,17 @@ func (t *nfsTrace) record(c nfsroot.Call) {
 		return
 	}
 	b := binary.BigEndian.AppendUint32(t.buf[:0], 0)
+	b = binary.BigEndian.AppendUint32(b, nfsTraceVersion)
+	b = binary.BigEndian.AppendUint64(b, uint64(c.Arrived.UnixNano()))
 	b = binary.BigEndian.AppendUint64(b, uint64(time.Now().UnixNano()))
 	b = binary.BigEndian.AppendUint32(b, c.Program)
 	b = binary.BigEndian.AppendUint32(b, c.Proc)
+	b = binary.BigEndian.AppendUint32(b, c.UID)
+	b = binary.BigEndian.AppendUint32(b, c.GID)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(c.GIDs)))
+	for _, g := range c.GIDs {
+		b = binary.BigEndian.AppendUint32(b, g)
+	}
 	for _, s := range [][]byte{[]byte(c.Board), args, reply} {
 		b = binary.BigEndian.AppendUint32(b, uint32(len(s)))
 		b = append(b, s...)

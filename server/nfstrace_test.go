@@ -6,12 +6,13 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/pifleet/pifleet/nfsroot"
 )
 
 // TestNFSTrace checks the PIFLEET_NFS_TRACE record layout (test/scale's readRawTrace reads
-// it) and that READ data is cut while a LOOKUP's reply is kept whole.
+// it): version, arrival, credential, and READ data cut while a LOOKUP's reply is kept whole.
 func TestNFSTrace(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "nfs.trace")
 	t.Setenv(nfsTraceEnv, p)
@@ -20,7 +21,9 @@ func TestNFSTrace(t *testing.T) {
 		t.Fatalf("openNFSTrace: %v, %v", tr, err)
 	}
 	lookupReply := bytes.Repeat([]byte{7}, 300)
-	tr.record(nfsroot.Call{Program: 100003, Proc: 3, Board: "b1", Args: []byte("args"), Reply: lookupReply})
+	arrived := time.Unix(1700000000, 123)
+	tr.record(nfsroot.Call{Program: 100003, Proc: 3, Board: "b1", Args: []byte("args"), Reply: lookupReply,
+		Arrived: arrived, UID: 1000, GID: 100, GIDs: []uint32{24, 27}})
 	tr.record(nfsroot.Call{Program: 100003, Proc: 6, Board: "b1", Args: []byte("read"), Reply: make([]byte, 128<<10)})
 	b, err := os.ReadFile(p)
 	if err != nil {
@@ -31,10 +34,20 @@ func TestNFSTrace(t *testing.T) {
 		n := binary.BigEndian.Uint32(b)
 		rec := b[4 : 4+n]
 		b = b[4+n:]
-		if proc := binary.BigEndian.Uint32(rec[12:]); proc != 3 && proc != 6 {
+		if v := binary.BigEndian.Uint32(rec); v != nfsTraceVersion {
+			t.Fatalf("version %d", v)
+		}
+		at, replied := int64(binary.BigEndian.Uint64(rec[4:])), int64(binary.BigEndian.Uint64(rec[12:]))
+		proc := binary.BigEndian.Uint32(rec[24:])
+		uid, gid, ngids := binary.BigEndian.Uint32(rec[28:]), binary.BigEndian.Uint32(rec[32:]), binary.BigEndian.Uint32(rec[36:])
+		switch {
+		case proc == 3 && (at != arrived.UnixNano() || replied < at || uid != 1000 || gid != 100 || ngids != 2 ||
+			binary.BigEndian.Uint32(rec[40:]) != 24 || binary.BigEndian.Uint32(rec[44:]) != 27):
+			t.Fatalf("LOOKUP record: arrived %d replied %d uid %d gid %d groups %d", at, replied, uid, gid, ngids)
+		case proc != 3 && proc != 6:
 			t.Fatalf("procedure %d", proc)
 		}
-		rec = rec[16:]
+		rec = rec[40+4*ngids:]
 		for range 3 {
 			l := binary.BigEndian.Uint32(rec)
 			got = append(got, rec[4:4+l])

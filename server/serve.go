@@ -140,13 +140,13 @@ func newServer(cfg *Config, lock *StateLock, log *slog.Logger) (*Server, error) 
 	s.timeline.OnEvent = s.onEvent
 	s.fleet.onBind = s.rememberAddress
 	s.ui = newWebUI(s)
-	s.nfs = nfsroot.New(nfsroot.Options{Logger: log.With("service", "nfs"), OnMount: func(board string, client netip.Addr) {
-		s.writes.mounted(board)
-		s.timeline.Record(boot.Event{Board: board, Client: client, Stage: boot.StageNFS, What: "mount"})
-	}, Observer: s.observeCall})
 	if s.nfsTrace, err = openNFSTrace(); err != nil {
 		return nil, err
 	}
+	s.nfs = nfsroot.New(nfsroot.Options{Logger: log.With("service", "nfs"), OnMount: func(board string, client netip.Addr) {
+		s.writes.mounted(board)
+		s.timeline.Record(boot.Event{Board: board, Client: client, Stage: boot.StageNFS, What: "mount"})
+	}, Observer: s.observeCall, ExactArrivals: s.nfsTrace != nil})
 	s.metrics.registerServer(s)
 	if err := finishResets(st, log); err != nil {
 		return nil, err
