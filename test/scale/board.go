@@ -30,6 +30,7 @@ type BoardResult struct {
 	KeepAlives      int    // NULL calls answered while idle
 	Diverged        int    // replayed NFS calls answered otherwise than in the capture
 	FirstDiverge    string // the first of them
+	MaxInFlight     int    // the most replayed NFS calls outstanding at once
 	Err             error  // the first failure; the boot stopped there
 	IdleErr         error  // a keep-alive that failed
 }
@@ -102,7 +103,7 @@ func (b *board) boot(ctx, idle context.Context, f *Fleet, booted func(*BoardResu
 	if err == nil {
 		defer c.rpc.Close()
 		r.NFSBytes, err = f.work.run(c)
-		r.Diverged, r.FirstDiverge = c.diverged, c.firstDiverge
+		r.Diverged, r.FirstDiverge, r.MaxInFlight = c.diverged, c.firstDiverge, c.maxInFlight
 	}
 	r.NFS = time.Since(t)
 	if err != nil {

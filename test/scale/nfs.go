@@ -22,6 +22,16 @@ type nfsClient struct {
 	wdata        []byte
 	diverged     int    // calls answered otherwise than in the capture
 	firstDiverge string // the first of them
+	maxInFlight  int    // the most calls the replay had outstanding at once
+}
+
+// known is p's handle if the board has one.
+func (c *nfsClient) known(p string) ([]byte, bool) {
+	if p == "/" {
+		return c.root, true
+	}
+	fh, ok := c.fhs[p]
+	return fh, ok
 }
 
 // portmapGetport asks the portmapper (TCP 111) for prog v3 over TCP, as klibc nfsmount does.
@@ -97,10 +107,7 @@ func (c *nfsClient) fsinfo() error {
 
 // lookup resolves p through the dcache; missing is true for an ENOENT answer.
 func (c *nfsClient) lookup(p string) (fh []byte, missing bool, err error) {
-	if p == "/" {
-		return c.root, false, nil
-	}
-	if fh, ok := c.fhs[p]; ok {
+	if fh, ok := c.known(p); ok {
 		return fh, false, nil
 	}
 	dir, missing, err := c.lookup(path.Dir(p))

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"sync"
 	"time"
 )
 
@@ -16,6 +17,7 @@ const (
 	progPortmap = 100000
 	progNFS     = 100003
 	progMount   = 100005
+	progACL     = 100227 // NFS_ACL
 
 	procNull        = 0
 	procGetattr     = 1
@@ -35,15 +37,28 @@ const callTimeout = 60 * time.Second
 // maxRecord bounds a reply record (a READ of 128 KiB plus headers is far below it).
 const maxRecord = 4 << 20
 
-// rpcConn is one board's RPC connection over TCP from its own address, with AUTH_SYS
-// root credentials as a board's kernel sends them.
+// rpcConn is one board's RPC connection over TCP from its own address. Calls go with
+// AUTH_SYS root credentials as a board's kernel sends them, or with a caller's (send); a
+// reader goroutine takes the replies off the socket as they come, as the kernel does, so
+// several calls can be outstanding (matched by xid) without the server ever waiting on a
+// full socket.
 type rpcConn struct {
-	c     net.Conn
-	br    *bufio.Reader
-	xid   uint32
-	cred  []byte
-	delay time.Duration // the board's think time after each reply
-	buf   []byte
+	c       net.Conn
+	xid     uint32
+	machine string
+	cred    []byte        // root's AUTH_SYS body
+	delay   time.Duration // the board's think time after each reply
+	buf     []byte
+	replies chan rpcReply // from the reader goroutine
+	quit    chan struct{} // closed by Close: the reader stops
+	timer   *time.Timer   // callTimeout for one wait
+	once    sync.Once
+}
+
+// rpcReply is one record the reader took off the socket, or why it stopped.
+type rpcReply struct {
+	rec []byte
+	err error
 }
 
 // dialRPC connects from (the board's address) to the server's port.
@@ -53,66 +68,127 @@ func dialRPC(from netip.Addr, to netip.AddrPort, machine string, delay time.Dura
 	if err != nil {
 		return nil, fmt.Errorf("connect %s from %s: %w", to, from, err)
 	}
-	var e enc
-	e.u32(uint32(time.Now().Unix()))
-	e.str(machine)
-	e.u32(0) // uid root
-	e.u32(0) // gid root
-	e.u32(0) // no supplementary groups
-	return &rpcConn{c: c, br: bufio.NewReaderSize(c, 256<<10), xid: 1, cred: e.b, delay: delay}, nil
+	r := &rpcConn{c: c, xid: 1, machine: machine, delay: delay,
+		replies: make(chan rpcReply, 64), quit: make(chan struct{}), timer: time.NewTimer(time.Hour)}
+	r.timer.Stop()
+	r.cred = r.authSys(traceCred{})
+	go r.read(bufio.NewReaderSize(c, 256<<10))
+	return r, nil
 }
 
-func (r *rpcConn) Close() error { return r.c.Close() }
+// authSys encodes an AUTH_SYS credential body from this board.
+func (r *rpcConn) authSys(c traceCred) []byte {
+	var e enc
+	e.u32(uint32(time.Now().Unix()))
+	e.str(r.machine)
+	e.u32(c.uid)
+	e.u32(c.gid)
+	e.u32(uint32(len(c.gids)))
+	for _, g := range c.gids {
+		e.u32(g)
+	}
+	return e.b
+}
 
-// call sends one call and returns the result body after a SUCCESS accept_stat.
-func (r *rpcConn) call(prog, vers, proc uint32, args []byte) (*dec, error) {
+// read hands each reply record to the waiting side until the connection fails or closes.
+func (r *rpcConn) read(br *bufio.Reader) {
+	for {
+		rec, err := readRecord(br)
+		select {
+		case r.replies <- rpcReply{rec, err}:
+		case <-r.quit:
+			return
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// Close ends the connection and its reader.
+func (r *rpcConn) Close() error {
+	r.once.Do(func() { close(r.quit) })
+	return r.c.Close()
+}
+
+// send sends one call with the given AUTH_SYS body (nil: root) and returns its xid.
+func (r *rpcConn) send(prog, vers, proc uint32, cred, args []byte) (uint32, error) {
+	if cred == nil {
+		cred = r.cred
+	}
 	r.xid++
-	xid := r.xid
 	e := enc{b: r.buf[:0]}
 	e.u32(0) // record mark, filled in below
-	e.u32(xid)
+	e.u32(r.xid)
 	e.u32(0) // CALL
 	e.u32(2) // RPC version
 	e.u32(prog)
 	e.u32(vers)
 	e.u32(proc)
 	e.u32(1) // AUTH_SYS
-	e.opaque(r.cred)
+	e.opaque(cred)
 	e.u32(0) // verifier AUTH_NONE
 	e.u32(0)
 	e.b = append(e.b, args...)
 	binary.BigEndian.PutUint32(e.b, 0x80000000|uint32(len(e.b)-4))
 	r.buf = e.b
-	_ = r.c.SetDeadline(time.Now().Add(callTimeout))
+	_ = r.c.SetWriteDeadline(time.Now().Add(callTimeout))
 	if _, err := r.c.Write(e.b); err != nil {
-		return nil, fmt.Errorf("rpc %d/%d send: %w", prog, proc, err)
+		return 0, fmt.Errorf("rpc %d/%d send: %w", prog, proc, err)
 	}
-	rec, err := r.readRecord()
-	if err != nil {
-		return nil, fmt.Errorf("rpc %d/%d reply: %w", prog, proc, err)
+	return r.xid, nil
+}
+
+// recv waits (at most callTimeout) for the next reply, thinks (delay), and returns its
+// xid and the result body after a SUCCESS accept_stat.
+func (r *rpcConn) recv() (uint32, *dec, error) {
+	r.timer.Reset(callTimeout)
+	var rep rpcReply
+	select {
+	case rep = <-r.replies:
+		r.timer.Stop()
+	case <-r.timer.C:
+		return 0, nil, fmt.Errorf("rpc: no reply in %v", callTimeout)
+	}
+	if rep.err != nil {
+		return 0, nil, fmt.Errorf("rpc reply: %w", rep.err)
 	}
 	pause(r.delay)
-	d := &dec{b: rec}
-	if got := d.u32(); got != xid {
-		return nil, fmt.Errorf("rpc %d/%d: reply xid %d, want %d", prog, proc, got, xid)
-	}
+	d := &dec{b: rep.rec}
+	xid := d.u32()
 	if d.u32() != 1 || d.u32() != 0 { // REPLY, MSG_ACCEPTED
-		return nil, fmt.Errorf("rpc %d/%d: call denied", prog, proc)
+		return xid, nil, fmt.Errorf("rpc xid %d: call denied", xid)
 	}
 	d.u32()    // verifier flavor
 	d.opaque() // verifier body
 	if st := d.u32(); st != 0 {
-		return nil, fmt.Errorf("rpc %d/%d: accept_stat %d", prog, proc, st)
+		return xid, nil, fmt.Errorf("rpc xid %d: accept_stat %d", xid, st)
 	}
-	return d, d.err
+	return xid, d, d.err
+}
+
+// call sends one call as root and waits for its reply, with nothing else outstanding.
+func (r *rpcConn) call(prog, vers, proc uint32, args []byte) (*dec, error) {
+	xid, err := r.send(prog, vers, proc, nil, args)
+	if err != nil {
+		return nil, err
+	}
+	got, d, err := r.recv()
+	if err != nil {
+		return nil, fmt.Errorf("rpc %d/%d: %w", prog, proc, err)
+	}
+	if got != xid {
+		return nil, fmt.Errorf("rpc %d/%d: reply xid %d, want %d", prog, proc, got, xid)
+	}
+	return d, nil
 }
 
 // readRecord reads one record-marked message (all its fragments).
-func (r *rpcConn) readRecord() ([]byte, error) {
+func readRecord(br *bufio.Reader) ([]byte, error) {
 	var out []byte
 	for range 1024 {
 		var hdr [4]byte
-		if _, err := io.ReadFull(r.br, hdr[:]); err != nil {
+		if _, err := io.ReadFull(br, hdr[:]); err != nil {
 			return nil, err
 		}
 		h := binary.BigEndian.Uint32(hdr[:])
@@ -122,7 +198,7 @@ func (r *rpcConn) readRecord() ([]byte, error) {
 		}
 		start := len(out)
 		out = append(out, make([]byte, n)...)
-		if _, err := io.ReadFull(r.br, out[start:]); err != nil {
+		if _, err := io.ReadFull(br, out[start:]); err != nil {
 			return nil, err
 		}
 		if h&0x80000000 != 0 {

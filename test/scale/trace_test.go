@@ -3,11 +3,13 @@ package scale
 import (
 	"bytes"
 	"compress/gzip"
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -76,16 +78,18 @@ func TestMakeBootTrace(t *testing.T) {
 
 // traceStats counts a trace's calls per procedure and the bytes it reads and writes.
 func traceStats(tr *Trace) string {
-	n := map[string]int{}
+	n, creds := map[string]int{}, map[string]int{}
 	var rd, wr, size int64
 	for _, op := range tr.ops {
-		n[procNames[op.proc]]++
+		n[op.name()]++
+		creds[tr.creds[op.cred].String()]++
 		d := &dec{b: op.tail}
-		switch op.proc {
-		case 6:
+		switch {
+		case op.prog != progNFS:
+		case op.proc == 6:
 			d.u64()
 			rd += int64(d.u32())
-		case 7:
+		case op.proc == 7:
 			d.u64()
 			wr += int64(d.u32())
 		}
@@ -98,12 +102,18 @@ func traceStats(tr *Trace) string {
 		names = append(names, fmt.Sprintf("%s %d", k, v))
 	}
 	slices.Sort(names)
-	return fmt.Sprintf("calls: %s\nREAD asked %.1f MiB, WRITE %.1f MiB; tree %.1f MiB in %d entries, %d files read\n",
-		strings.Join(names, ", "), float64(rd)/(1<<20), float64(wr)/(1<<20), float64(size)/(1<<20), len(tr.tree), len(tr.read))
+	var callers []string
+	for k, v := range creds {
+		callers = append(callers, fmt.Sprintf("%s %d", k, v))
+	}
+	slices.Sort(callers)
+	return fmt.Sprintf("calls: %s\ncallers (uid:gid:groups): %s\nat most %d calls in flight\nREAD asked %.1f MiB, WRITE %.1f MiB; tree %.1f MiB in %d entries, %d files read\n",
+		strings.Join(names, ", "), strings.Join(callers, ", "), tr.maxInFlight,
+		float64(rd)/(1<<20), float64(wr)/(1<<20), float64(size)/(1<<20), len(tr.tree), len(tr.read))
 }
 
-// TestTraceFile checks the shipped trace: it parses, its tree holds every path its calls
-// expect to exist, and it writes back identically.
+// TestTraceFile checks the shipped trace: it parses, it writes back identically, and its
+// tree is laid out with the captured sizes, owners and modes.
 func TestTraceFile(t *testing.T) {
 	tr, err := LoadTrace(traceFile)
 	if err != nil {
@@ -114,12 +124,18 @@ func TestTraceFile(t *testing.T) {
 	if err := tr.Write(&buf); err != nil {
 		t.Fatal(err)
 	}
+	text := slices.Clone(buf.Bytes())
 	back, err := parseTrace(&buf)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if back.Steps() != tr.Steps() || back.Files() != tr.Files() {
-		t.Fatalf("round trip: %d calls, %d entries; want %d, %d", back.Steps(), back.Files(), tr.Steps(), tr.Files())
+	if back.Steps() != tr.Steps() || back.Files() != tr.Files() || back.MaxInFlight() != tr.MaxInFlight() {
+		t.Fatalf("round trip: %d calls, %d entries, %d in flight; want %d, %d, %d",
+			back.Steps(), back.Files(), back.MaxInFlight(), tr.Steps(), tr.Files(), tr.MaxInFlight())
+	}
+	var again bytes.Buffer
+	if err := back.Write(&again); err != nil || !bytes.Equal(again.Bytes(), text) {
+		t.Fatalf("round trip: the trace written back differs (%v)", err)
 	}
 	dir := t.TempDir()
 	if err := tr.WriteTree(dir); err != nil {
@@ -132,6 +148,58 @@ func TestTraceFile(t *testing.T) {
 		}
 		if e.typ == nf3Reg && fi.Size() != e.size {
 			t.Errorf("%s: size %d, want %d", p, fi.Size(), e.size)
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		if st.Uid != e.uid || st.Gid != e.gid || (e.typ != nf3Lnk && st.Mode&0o7777 != e.mode) {
+			t.Errorf("%s: owner %d:%d mode %o, want %d:%d %o", p, st.Uid, st.Gid, st.Mode&0o7777, e.uid, e.gid, e.mode)
+		}
+	}
+}
+
+// TestReplayFidelity boots one board (tiny boot set, full mode) and checks what the
+// replay keeps of the captured boot: calls overlap as they did there (more than one
+// outstanding, never more than the capture had), the NFS_ACL calls are made, and every
+// reply has the captured status although the calls go with their callers' credentials
+// to a tree with the captured owners and modes.
+func TestReplayFidelity(t *testing.T) {
+	tr, err := LoadTrace(traceFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	acl := map[string]int{}
+	nonRoot := 0
+	for _, op := range tr.ops {
+		if op.prog == progACL {
+			acl[strings.ToUpper(op.name())]++
+		}
+		if tr.creds[op.cred].uid != 0 {
+			nonRoot++
+		}
+	}
+	if acl["GETACL"] == 0 || acl["SETACL"] == 0 || nonRoot == 0 || tr.MaxInFlight() < 2 {
+		t.Fatalf("trace: NFS_ACL calls %v, %d calls not as root, at most %d in flight; want all three", acl, nonRoot, tr.MaxInFlight())
+	}
+	f := Start(t, withChildEnv(config(t, 1, true, false)))
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	res, err := f.Run(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	br := res.Boards[0]
+	if br.Err != nil {
+		t.Fatalf("board %s: %v\nserver log:\n%s", br.Name, br.Err, f.ServerLog())
+	}
+	t.Logf("board %s: %d calls in flight at most (the capture: %d), calls %v", br.Name, br.MaxInFlight, tr.MaxInFlight(), br.Ops)
+	if br.Diverged != 0 {
+		t.Errorf("%d replayed calls answered otherwise than captured; first: %s", br.Diverged, br.FirstDiverge)
+	}
+	if br.MaxInFlight < 2 || br.MaxInFlight > tr.MaxInFlight() {
+		t.Errorf("%d calls in flight at most; want 2 to %d", br.MaxInFlight, tr.MaxInFlight())
+	}
+	for name, n := range acl {
+		if br.Ops[name] != n {
+			t.Errorf("%d %s calls, the capture had %d", br.Ops[name], name, n)
 		}
 	}
 }
