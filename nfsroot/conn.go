@@ -101,7 +101,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, addr netip.Addr, p *
 			s.bufs.put(rec) // a reply or junk without an xid: nothing to answer
 			continue
 		}
-		if s.observe != nil {
+		if s.exact {
 			h.arrived = time.Now()
 		}
 		// Hold the call's bytes before running it: with the budget spent (replies the

@@ -17,9 +17,9 @@ type Call struct {
 	Accept   int32  // the RPC accept_stat (0 = SUCCESS); -1 when the call was denied
 	Board    string // the board whose export the call used; "" if none (e.g. MOUNT, strangers' bad handles)
 	Duration time.Duration
-	// Arrived is when the server had read the call's whole record off the connection
-	// (before it waited for a goroutine or for its buffer budget); the call was answered
-	// Duration after it started running, which is at or after Arrived.
+	// Arrived is, with Options.ExactArrivals, when the server had read the call's record
+	// off the connection (before it waited for a goroutine or for its buffer budget), else
+	// when the call started running; it was answered Duration after it started running.
 	Arrived time.Time
 	// UID, GID and GIDs are the caller's AUTH_SYS credential as it sent it, before any
 	// root squash (an AUTH_NONE caller shows as 65534/65534 with no GIDs). GIDs aliases

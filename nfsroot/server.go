@@ -26,10 +26,11 @@ type Options struct {
 	// Observer, if set, sees every answered NFS, MOUNT and NFS_ACL call (see Call). It
 	// runs on the connection's goroutine before the reply is sent: keep it cheap.
 	Observer func(Call)
-	// ExactArrivals answers every call on its own goroutine, never inline on the
-	// connection's reader, so that the next call's record is read (and its Call.Arrived
-	// taken) as soon as it came in, not after the previous call's answer. It costs a
-	// goroutine hand-off per call: for capturing a boot's concurrency, not for serving.
+	// ExactArrivals takes each call's Call.Arrived when its record was read, and answers
+	// every call on its own goroutine, never inline on the connection's reader, so that
+	// the next call's record is read as soon as it came in, not after the previous call's
+	// answer. It costs a goroutine hand-off per call: for capturing a boot's concurrency
+	// (PIFLEET_NFS_TRACE), not for serving.
 	ExactArrivals bool
 }
 
