@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -179,6 +180,10 @@ func TestReplayFidelity(t *testing.T) {
 	if acl["GETACL"] == 0 || acl["SETACL"] == 0 || nonRoot == 0 || tr.MaxInFlight() < 2 {
 		t.Fatalf("trace: NFS_ACL calls %v, %d calls not as root, at most %d in flight; want all three", acl, nonRoot, tr.MaxInFlight())
 	}
+	// The server traces what it gets (server/nfstrace.go): the callers and NFS_ACL calls
+	// the replay sent are checked there.
+	raw := filepath.Join(t.TempDir(), "replay.trace")
+	t.Setenv("PIFLEET_NFS_TRACE", raw)
 	f := Start(t, withChildEnv(config(t, 1, true, false)))
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -202,4 +207,32 @@ func TestReplayFidelity(t *testing.T) {
 			t.Errorf("%d %s calls, the capture had %d", br.Ops[name], name, n)
 		}
 	}
+	rf, err := os.Open(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rf.Close()
+	calls, err := readRawTrace(rf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := convertTrace(calls, br.Name, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want, have := callers(tr), callers(got); !maps.Equal(want, have) {
+		t.Errorf("the server got these calls not as root and NFS_ACL calls:\n%v\nthe capture had\n%v", have, want)
+	}
+}
+
+// callers counts a trace's calls made not as root, and its NFS_ACL calls, by procedure
+// and credential.
+func callers(tr *Trace) map[string]int {
+	n := map[string]int{}
+	for _, op := range tr.ops {
+		if c := tr.creds[op.cred]; c.uid != 0 || op.prog == progACL {
+			n[op.name()+" "+c.String()]++
+		}
+	}
+	return n
 }
