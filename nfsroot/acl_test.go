@@ -566,7 +566,7 @@ func FuzzNFSACLArgs(f *testing.F) {
 	cc := &conn{s: s, addr: addrA, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	f.Fuzz(func(t *testing.T, proc uint8, args []byte) {
 		h := &rpcCallHdr{xid: 1, prog: progNFSACL, vers: 3, proc: uint32(proc), cred: cred{flavor: authSys}, args: args}
-		rec := s.dispatch(cc, h, nil)
+		rec := s.dispatch(cc, h, nil).rec
 		if n := binary.BigEndian.Uint32(rec) & 0x7fffffff; int(n) != len(rec)-4 {
 			t.Fatalf("record mark %d for %d bytes", n, len(rec)-4)
 		}

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -18,9 +19,6 @@ const (
 	// readahead busy, small enough that one board cannot take every core (bytes are
 	// bounded by the connection's budget, see limits).
 	maxInFlight = 16
-	// writeTimeout closes a connection whose peer stopped reading replies, so its stuck
-	// writers give their memory back instead of waiting forever.
-	writeTimeout = 2 * time.Minute
 	// deadlineSlack: a deadline is moved only when it would move by more than its
 	// timeout/deadlineSlack, not on every call (each move costs a runtime timer update); a
 	// timeout may so end up to 1/64 early.
@@ -38,6 +36,10 @@ type conn struct {
 	writeDeadline time.Time
 	peer          *peer   // its address's share of the limits
 	bytes         *budget // its own: calls in flight and replies not yet sent
+	// raw is the TCP socket for spliced READ replies (splice.go); nil: every reply is
+	// copied. pipes counts the pipes its calls hold (at most pipesPerConn).
+	raw   syscall.RawConn
+	pipes atomic.Int32
 }
 
 // warn logs a warning about what the peer sent, rate-limited per client address.
@@ -52,6 +54,9 @@ const readerSize = 4 << 10
 func (s *Server) serveConn(ctx context.Context, c net.Conn, addr netip.Addr, p *peer, stranger bool) {
 	cc := &conn{s: s, c: c, addr: addr, peer: p, bytes: newBudget(s.lim.connBytes),
 		log: s.log.With("board", s.boardFor(addr), "client", addr.String())}
+	if sc, ok := c.(syscall.Conn); ok {
+		cc.raw, _ = sc.SyscallConn()
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer func() {
@@ -116,9 +121,9 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, addr netip.Addr, p *
 		// loaded machine is most of a small call's latency. Pipelined requests, and calls
 		// that may wait on the disk, get their own goroutines so they run side by side.
 		if br.Buffered() == 0 && !mayBlock(h) && !s.exact {
-			reply := s.dispatch(cc, h, cerr)
+			rep := s.dispatch(cc, h, cerr)
 			s.bufs.put(rec)
-			cc.write(reply, cost)
+			cc.write(rep, cost)
 			continue
 		}
 		sem <- struct{}{}
@@ -128,11 +133,35 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, addr netip.Addr, p *
 				<-sem
 				wg.Done()
 			}()
-			reply := s.dispatch(cc, h, cerr)
+			rep := s.dispatch(cc, h, cerr)
 			s.bufs.put(rec)
-			cc.write(reply, cost)
+			cc.write(rep, cost)
 		}()
 	}
+}
+
+// pipe returns an empty pipe for a READ of count bytes to splice, or nil: copy it (too
+// small or too big, no socket to splice to, this connection holds pipesPerConn, or no
+// pipe free).
+func (cc *conn) pipe(off int64, count int) *pipe {
+	if cc.raw == nil || count < spliceMin {
+		return nil
+	}
+	if cc.pipes.Add(1) > pipesPerConn {
+		cc.pipes.Add(-1)
+		return nil
+	}
+	p := cc.s.pipes.get(off, count)
+	if p == nil {
+		cc.pipes.Add(-1)
+	}
+	return p
+}
+
+// putPipe gives back a pipe the connection took and did not send.
+func (cc *conn) putPipe(p *pipe) {
+	cc.pipes.Add(-1)
+	cc.s.pipes.put(p)
 }
 
 // closing logs why the connection ends, if that is news: a peer that closed or a board
@@ -201,15 +230,25 @@ func (s *Server) boardFor(a netip.Addr) string {
 // known reports whether any export allows the address.
 func (s *Server) known(a netip.Addr) bool { return s.boardFor(a) != "unknown" }
 
-// write sends a reply and gives back the bytes its call held.
-func (cc *conn) write(rec []byte, cost int64) {
+// write sends a reply and gives back the bytes its call held. Replies leave one at a
+// time, each whole (wmu): a spliced READ's head, data and padding are one record.
+func (cc *conn) write(rep reply, cost int64) {
+	rec := rep.rec
 	cc.wmu.Lock()
-	if d := time.Now().Add(writeTimeout); d.Sub(cc.writeDeadline) > writeTimeout/deadlineSlack {
+	if d := time.Now().Add(cc.s.lim.writeTimeout); d.Sub(cc.writeDeadline) > cc.s.lim.writeTimeout/deadlineSlack {
 		cc.writeDeadline = d
 		_ = cc.c.SetWriteDeadline(d)
 	}
-	_, err := cc.c.Write(rec)
+	var err error
+	if rep.data != nil {
+		err = rep.data.send(cc.raw, rec)
+	} else {
+		_, err = cc.c.Write(rec)
+	}
 	cc.wmu.Unlock()
+	if rep.data != nil {
+		cc.putPipe(rep.data) // closed, not reused, if it was not sent whole
+	}
 	if err != nil {
 		if !errors.Is(err, net.ErrClosed) && !errors.Is(err, syscall.EPIPE) && !errors.Is(err, syscall.ECONNRESET) {
 			cc.warn("writing reply; closing connection", "err", err)
@@ -223,58 +262,68 @@ func (cc *conn) write(rec []byte, cost int64) {
 // errGarbage makes dispatch answer GARBAGE_ARGS.
 var errGarbage = errors.New("garbage arguments")
 
-// dispatch answers one call and returns the reply record. With an Observer, it times
-// the call (one time.Now pair, nothing allocated) and reports it once answered.
-func (s *Server) dispatch(cc *conn, h *rpcCallHdr, cerr *callError) []byte {
+// dispatch answers one call and returns the reply. With an Observer, it times the call
+// (one time.Now pair, nothing allocated) and reports it once answered.
+func (s *Server) dispatch(cc *conn, h *rpcCallHdr, cerr *callError) reply {
 	defer h.release() // before the reply is sent: a reset waits for calls, not for peers
+	w := replyBuf(s.bufs.get(replySize(h)), h.xid)
 	if s.observe == nil {
-		return s.answer(cc, h, cerr)
+		s.answer(cc, h, cerr, w)
+		return reply{rec: w.finish(), data: w.data}
 	}
 	start := time.Now()
 	if h.arrived.IsZero() {
 		h.arrived = start
 	}
-	rec := s.answer(cc, h, cerr)
+	s.answer(cc, h, cerr, w)
+	rec := w.finish()
 	s.observe(callOf(h, rec, time.Since(start)))
-	return rec
+	return reply{rec: rec, data: w.data}
 }
 
-// answer runs one call's procedure and returns the reply record.
-func (s *Server) answer(cc *conn, h *rpcCallHdr, cerr *callError) []byte {
-	w := replyBuf(s.bufs.get(replySize(h)), h.xid)
+// reply is an answered call's reply record. With data set (a spliced READ) rec is the
+// record's head: the pipe's bytes and their XDR padding follow it, and rec's record mark
+// counts them.
+type reply struct {
+	rec  []byte
+	data *pipe
+}
+
+// answer runs one call's procedure and writes its reply into w.
+func (s *Server) answer(cc *conn, h *rpcCallHdr, cerr *callError, w *xdrWriter) {
 	if cerr != nil {
 		cc.warn("refusing call", "prog", h.prog, "vers", h.vers, "proc", h.proc, "err", cerr.err)
 		w.callError(cerr, 0, 0)
-		return w.finish()
+		return
 	}
 	var handler func(*conn, *rpcCallHdr, *xdrReader, *xdrWriter) error
 	switch h.prog {
 	case progNFS:
 		if h.vers != 3 {
 			w.callError(&callError{stat: acceptProgMismatch}, 3, 3)
-			return w.finish()
+			return
 		}
 		handler = s.nfsProc(h.proc)
 	case progMount:
 		if h.vers != 3 {
 			w.callError(&callError{stat: acceptProgMismatch}, 3, 3)
-			return w.finish()
+			return
 		}
 		handler = s.mountProc(h.proc)
 	case progNFSACL:
 		if h.vers != 3 {
 			w.callError(&callError{stat: acceptProgMismatch}, 3, 3)
-			return w.finish()
+			return
 		}
 		handler = s.nfsaclProc(h.proc)
 	default:
 		// NLM and the rest: not offered (boards mount with nolock).
 		w.accepted(acceptProgUnavail)
-		return w.finish()
+		return
 	}
 	if handler == nil {
 		w.accepted(acceptProcUnavail)
-		return w.finish()
+		return
 	}
 	if h.prog == progNFS && mutates(h.proc) {
 		// Cached directory listings are reused only while nothing in the export changed;
@@ -296,5 +345,4 @@ func (s *Server) answer(cc *conn, h *rpcCallHdr, cerr *callError) []byte {
 		w.b = w.b[:mark]
 		w.accepted(acceptGarbageArgs)
 	}
-	return w.finish()
 }

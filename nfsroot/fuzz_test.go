@@ -98,7 +98,7 @@ func FuzzNFSArgs(f *testing.F) {
 		if mount {
 			h.prog = progMount
 		}
-		rec := s.dispatch(cc, h, nil)
+		rec := s.dispatch(cc, h, nil).rec
 		if n := binary.BigEndian.Uint32(rec) & 0x7fffffff; int(n) != len(rec)-4 {
 			t.Fatalf("record mark %d for %d bytes", n, len(rec)-4)
 		}

@@ -14,16 +14,19 @@ import (
 // and limits"). An address no export allows (a stranger) may only NULL and MOUNT (to be
 // refused), so it gets little of everything.
 type limits struct {
-	maxConns        int           // connections open at once, all addresses
-	maxStrangers    int           // of which from addresses no export allows
-	perBoard        int           // connections from one board's address
-	perStranger     int           // connections from one stranger's address
-	idleBoard       time.Duration // a board's connection with no call for this long is closed
-	idleStranger    time.Duration // a stranger's is closed this long after it connected
-	connBytes       int64         // bytes of calls and replies one connection may hold
-	addrBytes       int64         // all connections of one address together
-	totalBytes      int64         // the whole server
-	inFlightPerConn int           // calls one connection runs at once
+	maxConns     int           // connections open at once, all addresses
+	maxStrangers int           // of which from addresses no export allows
+	perBoard     int           // connections from one board's address
+	perStranger  int           // connections from one stranger's address
+	idleBoard    time.Duration // a board's connection with no call for this long is closed
+	idleStranger time.Duration // a stranger's is closed this long after it connected
+	// writeTimeout closes a connection whose peer stopped reading replies, so its stuck
+	// writers give their memory (and pipes) back instead of waiting forever.
+	writeTimeout    time.Duration
+	connBytes       int64 // bytes of calls and replies one connection may hold
+	addrBytes       int64 // all connections of one address together
+	totalBytes      int64 // the whole server
+	inFlightPerConn int   // calls one connection runs at once
 }
 
 func defaultLimits() limits {
@@ -41,6 +44,7 @@ func defaultLimits() limits {
 		perStranger:  4,
 		idleBoard:    15 * time.Minute, // the Linux client reconnects when it needs to
 		idleStranger: 30 * time.Second,
+		writeTimeout: 2 * time.Minute,
 		// Four 1 MiB READs or WRITEs in flight per connection keep a board's readahead
 		// busy; one address gets a few connections' worth, the server a few addresses'.
 		connBytes:       4 << 20,
@@ -163,6 +167,9 @@ func (s *Server) leave(addr netip.Addr, stranger bool) {
 	s.connMu.Lock()
 	defer s.connMu.Unlock()
 	s.nconns--
+	if s.nconns == 0 {
+		s.pipes.closeIdle() // a server without connections holds no pipe
+	}
 	if stranger {
 		s.nstrangers--
 	}

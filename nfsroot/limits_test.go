@@ -173,12 +173,15 @@ func TestUnreadRepliesBounded(t *testing.T) {
 	if st.ReservedPeak > bound {
 		t.Fatalf("calls and replies held %d bytes at most, want at most %d", st.ReservedPeak, bound)
 	}
-	t.Logf("peak held %d bytes over 8 connections with 1024 unread 1 MiB READs; throttled %d times", st.ReservedPeak, st.Throttled)
+	if n := f.srv.pipes.inUse(); n > pipesPerConn*len(attackers) {
+		t.Fatalf("%d pipes held by %d connections (at most %d each)", n, len(attackers), pipesPerConn)
+	}
+	t.Logf("peak held %d bytes over 8 connections with 1024 unread 1 MiB READs; throttled %d times; %d pipes held", st.ReservedPeak, st.Throttled, f.srv.pipes.inUse())
 	for _, c := range attackers {
 		c.Close()
 	}
 	waitFor(t, "every byte given back", func() bool {
 		s := f.srv.Stats()
-		return s.Reserved == 0 && s.Conns == 2
+		return s.Reserved == 0 && s.Conns == 2 && f.srv.pipes.inUse() == 0
 	})
 }

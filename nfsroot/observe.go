@@ -27,7 +27,9 @@ type Call struct {
 	UID, GID uint32
 	GIDs     []uint32
 	// Args and Reply are the call's XDR arguments and its whole reply record, for a
-	// tracer. They alias the server's buffers: valid only while the Observer runs.
+	// tracer. They alias the server's buffers: valid only while the Observer runs. A READ
+	// whose data is spliced from the file to the socket has only its head in Reply (up to
+	// the data's length; the record mark counts the data).
 	Args, Reply []byte
 }
 

@@ -248,8 +248,13 @@ func (w *xdrWriter) callError(e *callError, lowVers, highVers uint32) {
 	}
 }
 
-// finish fills in the record mark: one last fragment.
+// finish fills in the record mark: one last fragment (with a spliced READ's data and
+// padding, which follow b).
 func (w *xdrWriter) finish() []byte {
-	binary.BigEndian.PutUint32(w.b, 0x80000000|uint32(len(w.b)-4))
+	n := len(w.b) - 4
+	if w.data != nil {
+		n += (w.data.n + 3) &^ 3
+	}
+	binary.BigEndian.PutUint32(w.b, 0x80000000|uint32(n))
 	return w.b
 }

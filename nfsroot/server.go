@@ -48,6 +48,8 @@ type Server struct {
 
 	// Buffers of received records and of replies, reused across calls (bufpool.go).
 	bufs bufPool
+	// Pipes that carry big READs' data from the page cache to the socket (splice.go).
+	pipes pipePool
 
 	lim        limits
 	bytes      *budget // bytes all calls and queued replies hold (limits.totalBytes)

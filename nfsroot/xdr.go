@@ -77,8 +77,12 @@ func (r *xdrReader) opaque(max int) []byte {
 
 func (r *xdrReader) str(max int) string { return string(r.opaque(max)) }
 
-// xdrWriter appends XDR to a byte slice; it cannot fail.
-type xdrWriter struct{ b []byte }
+// xdrWriter appends XDR to a byte slice; it cannot fail. A spliced READ reply's data is
+// not in b but in data (splice.go), which finish counts in the record mark.
+type xdrWriter struct {
+	b    []byte
+	data *pipe
+}
 
 func (w *xdrWriter) u32(v uint32) { w.b = binary.BigEndian.AppendUint32(w.b, v) }
 func (w *xdrWriter) u64(v uint64) { w.b = binary.BigEndian.AppendUint64(w.b, v) }

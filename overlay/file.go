@@ -4,6 +4,7 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -34,6 +35,10 @@ func (f *File) WriteAt(p []byte, off int64) (int, error) { return f.f.WriteAt(p,
 
 // Seek moves the offset.
 func (f *File) Seek(off int64, whence int) (int64, error) { return f.f.Seek(off, whence) }
+
+// SyscallConn gives access to the file's descriptor, for the NFS server's READ, which
+// splices file data into the client's socket instead of copying it through a buffer.
+func (f *File) SyscallConn() (syscall.RawConn, error) { return f.f.SyscallConn() }
 
 // Close releases the file.
 func (f *File) Close() error { return f.f.Close() }
