@@ -37,9 +37,11 @@ type conn struct {
 	peer          *peer   // its address's share of the limits
 	bytes         *budget // its own: calls in flight and replies not yet sent
 	// raw is the TCP socket for spliced READ replies (splice.go); nil: every reply is
-	// copied. pipes counts the pipes its calls hold (at most pipesPerConn).
+	// copied. pipes counts the pipes its calls hold (at most pipesPerConn), calls the
+	// calls read and not yet answered.
 	raw   syscall.RawConn
 	pipes atomic.Int32
+	calls atomic.Int32
 }
 
 // warn logs a warning about what the peer sent, rate-limited per client address.
@@ -116,6 +118,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, addr netip.Addr, p *
 			s.bufs.put(rec)
 			return
 		}
+		cc.calls.Add(1) // until its reply is sent (write)
 		// With nothing else waiting on the socket, answer on this goroutine: handing a
 		// lone request to another goroutine costs a thread wake-up per call, which on a
 		// loaded machine is most of a small call's latency. Pipelined requests, and calls
@@ -141,10 +144,10 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, addr netip.Addr, p *
 }
 
 // pipe returns an empty pipe for a READ of count bytes to splice, or nil: copy it (too
-// small or too big, no socket to splice to, this connection holds pipesPerConn, or no
-// pipe free).
+// small or too big, other calls of the connection in flight, no socket to splice to,
+// this connection holds pipesPerConn, or no pipe free).
 func (cc *conn) pipe(off int64, count int) *pipe {
-	if cc.raw == nil || count < spliceMin {
+	if cc.raw == nil || count < spliceMin || cc.calls.Load() > 1 {
 		return nil
 	}
 	if cc.pipes.Add(1) > pipesPerConn {
@@ -257,6 +260,7 @@ func (cc *conn) write(rep reply, cost int64) {
 	}
 	cc.s.bufs.put(rec)
 	cc.unreserve(cost)
+	cc.calls.Add(-1)
 }
 
 // errGarbage makes dispatch answer GARBAGE_ARGS.

@@ -38,7 +38,13 @@
 // (backpressure): a peer that does not read its replies gets no more calls read, and what it
 // holds is bounded. Connections wait for a call holding a 4 KiB read buffer and nothing else.
 // Records and replies are built in pooled buffers (bufpool.go, size classes of 8 KiB to 1 MiB);
-// a call's cost is the capacity of both, so the budgets bound the pool too. An Accept error such as EMFILE is retried with
+// a call's cost is the capacity of both, so the budgets bound the pool too. A READ of 128 KiB
+// or more, alone on its connection, sends its data from the page cache to the socket
+// through a pipe (splice.go): the
+// pipe holds page references in place of the reply buffer the call was charged for; pipes
+// come from a server-wide pool of at most 64 (2 descriptors each), 2 per connection, 8 kept
+// idle while any connection is open; with none free the READ is copied. A connection whose
+// peer stops reading replies is closed after 2 minutes (its pipes with it). An Accept error such as EMFILE is retried with
 // back-off (5 ms doubling to 1 s), counted (Stats) and logged; a listener that dies ends
 // ServeNFS/ServeMount with an error. Log lines about a client are rate-limited per address
 // (internal/ratelog: 5, then 1 a minute, and a "suppressed log lines" summary).

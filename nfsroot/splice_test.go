@@ -92,7 +92,8 @@ func TestSplicedRead(t *testing.T) {
 		t.Fatal("no READ reply was spliced")
 	}
 
-	// Odd offsets and lengths, 8 in flight on one connection.
+	// Odd offsets and lengths, one at a time (spliced), then 8 in flight on one
+	// connection (copied: see conn.pipe), each reply whole and the file's.
 	c, root := f.client("pi-a")
 	fh := c.walk(root, "big")
 	type call struct {
@@ -101,6 +102,18 @@ func TestSplicedRead(t *testing.T) {
 	}
 	calls := []call{{0, 1 << 20}, {1, 300001}, {4095, 1<<20 - 4096}, {size - 200003, 1 << 20},
 		{3 << 20, 131072}, {12345, 131073}, {2<<20 + 7, 1<<20 - 7}, {size - 1, 1 << 20}}
+	for _, k := range calls {
+		sent := f.srv.pipes.spliced.Load()
+		st, data := c.read(fh, uint64(k.off), k.n)
+		wantStatus(t, "read", st, 0)
+		end := min(k.off+int64(k.n), size)
+		if !bytes.Equal(data, want[k.off:end]) {
+			t.Fatalf("READ %d bytes at %d: %d bytes, not the file's", k.n, k.off, len(data))
+		}
+		if spliced := f.srv.pipes.spliced.Load() > sent; spliced != (end-k.off >= spliceMin) {
+			t.Fatalf("READ %d bytes at %d: spliced %v", k.n, k.off, spliced)
+		}
+	}
 	byXid := map[uint32]call{}
 	var out bytes.Buffer
 	for _, k := range calls {
@@ -108,7 +121,6 @@ func TestSplicedRead(t *testing.T) {
 		byXid[c.xid] = k
 		out.Write(msg)
 	}
-	sent := f.srv.pipes.spliced.Load()
 	_ = c.c.SetDeadline(time.Now().Add(20 * time.Second))
 	_, err = c.c.Write(out.Bytes())
 	must(t, err)
@@ -126,9 +138,6 @@ func TestSplicedRead(t *testing.T) {
 		if eof != (end == size) {
 			t.Fatalf("READ %d bytes at %d: eof %v", k.n, k.off, eof)
 		}
-	}
-	if f.srv.pipes.spliced.Load() == sent {
-		t.Fatal("no pipelined READ reply was spliced")
 	}
 	if n := f.srv.pipes.inUse(); n != 0 {
 		t.Fatalf("%d pipes still held after every reply was read", n)
@@ -164,14 +173,15 @@ func TestSplicedReadBiggerThanPipe(t *testing.T) {
 	}
 }
 
-// TestSplicedReadTruncated truncates a file while READs of it wait, spliced into pipes
-// and socket buffers, for a client that does not read: every reply stays one well-formed
-// record whose count is the data it carries, each byte is the file's (or zero, where the
-// truncation cut a page the reply still holds, as a local read racing a truncate may
-// see), and READs after the truncation see the new size and EOF, byte-exact.
+// TestSplicedReadTruncated truncates a file while a spliced READ reply of it waits, in
+// its pipe and the socket's buffers, for a client that does not read, then truncates and
+// regrows it while READs run: every reply stays one well-formed record whose count is the
+// data it carries (short only with EOF), each byte is the file's (or zero, where a
+// truncation cut a page the reply still held, as a local read racing a truncate may see),
+// and READs after the truncations see the final file, byte-exact.
 func TestSplicedReadTruncated(t *testing.T) {
 	f := newFixture(t)
-	const size = 24 << 20
+	const size = 8 << 20
 	p := filepath.Join(f.upper("pi-a"), "shrinks")
 	must(t, os.MkdirAll(filepath.Dir(p), 0o755))
 	must(t, os.WriteFile(p, patBytes(0, size), 0o644))
@@ -186,23 +196,10 @@ func TestSplicedReadTruncated(t *testing.T) {
 	defer nc.Close()
 	c := &client{t: t, c: nc, br: bufio.NewReader(nc), xid: 100}
 	fh := c.walk(root, "shrinks")
-	const n = 24
-	var out bytes.Buffer
-	first := c.xid + 1
-	for i := range n {
-		out.Write(c.callMsg(progNFS, 3, 6, fh, uint64(i)<<20, uint32(1<<20)))
-	}
-	_ = nc.SetDeadline(time.Now().Add(30 * time.Second))
-	go func() { _, _ = nc.Write(out.Bytes()) }()
-	waitFor(t, "a READ reply held in a pipe", func() bool { return f.srv.pipes.inUse() > 0 })
-	time.Sleep(50 * time.Millisecond) // let the server fill what it can
-	const cut = 3<<20 + 1000          // mid-page: the kernel zeroes the rest of that page
-	must(t, os.Truncate(p, cut))
-	for range n {
-		xid, count, eof, data := readReply(t, c.br)
-		off := int64(xid-first) << 20
-		if xid < first || xid >= first+n || count > 1<<20 {
-			t.Fatalf("reply xid %d count %d", xid, count)
+	check := func(off int64, count uint32, eof bool, data []byte) {
+		t.Helper()
+		if count > 1<<20 {
+			t.Fatalf("READ at %d: count %d", off, count)
 		}
 		for i, b := range data {
 			if b != pat(off+int64(i)) && b != 0 {
@@ -213,7 +210,58 @@ func TestSplicedReadTruncated(t *testing.T) {
 			t.Fatalf("READ at %d: short (%d) without EOF", off, count)
 		}
 	}
-	// After the truncation: the new size, exactly.
+	// READs whose replies cannot leave, until one's data sits in a pipe when the file
+	// shrinks under it, in the middle of a page.
+	_ = nc.SetDeadline(time.Now().Add(30 * time.Second))
+	n := sendUntilHeld(t, f, c, fh, 2<<20)
+	must(t, os.Truncate(p, 2<<20+1000))
+	for range n {
+		_, count, eof, data := readReply(t, c.br)
+		if count != 1<<20 {
+			t.Fatalf("READ spliced before the truncation: count %d, want %d", count, 1<<20)
+		}
+		check(2<<20, count, eof, data)
+	}
+	// READs while the file is cut and regrown at odd sizes.
+	stop := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			default:
+			}
+			if err := os.Truncate(p, size/2+int64(i*104729)%(size/2)); err != nil {
+				done <- err
+				return
+			}
+			fw, err := os.OpenFile(p, os.O_WRONLY, 0)
+			if err != nil {
+				done <- err
+				return
+			}
+			time.Sleep(time.Millisecond)
+			_, err = fw.WriteAt(patBytes(0, size), 0)
+			fw.Close()
+			if err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	for i := range 200 {
+		off := int64(i%8) << 20
+		_, _ = nc.Write(c.callMsg(progNFS, 3, 6, fh, uint64(off), uint32(1<<20)))
+		_, count, eof, data := readReply(t, c.br)
+		check(off, count, eof, data)
+	}
+	close(stop)
+	must(t, <-done)
+	// After the truncations: the final file, exactly.
+	must(t, os.Truncate(p, 3<<20+1000))
 	st, data := c.read(fh, 3<<20, 1<<20)
 	wantStatus(t, "read after truncate", st, 0)
 	if !bytes.Equal(data, patBytes(3<<20, 1000)) {
@@ -228,6 +276,31 @@ func TestSplicedReadTruncated(t *testing.T) {
 	t.Logf("%d replies spliced", f.srv.pipes.spliced.Load())
 }
 
+// sendUntilHeld sends 1 MiB READs at off one at a time, each alone on the connection
+// (so spliced), without reading their replies, until one's pipe cannot empty into the
+// full socket; it returns how many it sent.
+func sendUntilHeld(t *testing.T, f *fixture, c *client, fh []byte, off uint64) int {
+	t.Helper()
+	for n := 1; n <= 64; n++ {
+		spliced := f.srv.pipes.spliced.Load()
+		_, err := c.c.Write(c.callMsg(progNFS, 3, 6, fh, off, uint32(1<<20)))
+		must(t, err)
+		// Its reply is spliced; then either its pipe is held or the socket took it all.
+		waitFor(t, "the READ spliced", func() bool { return f.srv.pipes.spliced.Load() > spliced })
+		for range 20 {
+			if f.srv.pipes.inUse() > 0 {
+				time.Sleep(20 * time.Millisecond)
+				if f.srv.pipes.inUse() > 0 {
+					return n
+				}
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	t.Fatal("64 unread 1 MiB replies and no pipe held")
+	return 0
+}
+
 // TestSplicedReadClientStopsReading: a client that stops reading in the middle of a
 // spliced reply is closed after the write timeout; its pipes are closed (they still hold
 // data), its bytes are given back, and the server goes on serving.
@@ -239,16 +312,8 @@ func TestSplicedReadClientStopsReading(t *testing.T) {
 	must(t, os.WriteFile(filepath.Join(f.lower, "big"), patBytes(0, 16<<20), 0o644))
 	c, root := f.client("pi-a")
 	fh := c.walk(root, "big")
-	var out bytes.Buffer
-	for i := range 16 {
-		out.Write(c.callMsg(progNFS, 3, 6, fh, uint64(i)<<20, uint32(1<<20)))
-	}
-	go func() { _, _ = c.c.Write(out.Bytes()) }()
-	// Read the first reply's first bytes, then nothing more.
-	var head [4096]byte
-	_ = c.c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	_, err := c.br.Read(head[:])
-	must(t, err)
+	// Replies not read, until one stops in the middle of its splice into the socket.
+	sendUntilHeld(t, f, c, fh, 1<<20)
 	waitFor(t, "the stuck connection closed and everything given back", func() bool {
 		s := f.srv.Stats()
 		return s.Conns == 0 && s.Reserved == 0 && f.srv.pipes.inUse() == 0
