@@ -42,7 +42,7 @@
 // or more, alone on its connection, sends its data from the page cache to the socket
 // through a pipe (splice.go): the
 // pipe holds page references in place of the reply buffer the call was charged for; pipes
-// come from a server-wide pool of at most 64 (2 descriptors each), 2 per connection, 8 kept
+// come from a server-wide pool of at most 64 (2 descriptors each), 1 per connection, 8 kept
 // idle while any connection is open; with none free the READ is copied. A connection whose
 // peer stops reading replies is closed after 2 minutes (its pipes with it). An Accept error such as EMFILE is retried with
 // back-off (5 ms doubling to 1 s), counted (Stats) and logged; a listener that dies ends

@@ -41,9 +41,9 @@ const (
 	// maxIdlePipes are kept open for the next READs; the rest are closed when let go,
 	// and all idle ones when the last connection closes.
 	maxIdlePipes = 8
-	// pipesPerConn bounds the pipes one connection holds at once (READs whose replies
-	// wait on the socket): a client that does not read its replies cannot take them all.
-	pipesPerConn = 2
+	// pipesPerConn bounds the pipes one connection holds at once: only a READ alone on
+	// its connection is spliced, so a client that does not read its replies holds one.
+	pipesPerConn = 1
 )
 
 // pipe is a pipe that carries one READ reply's data; n is how many bytes it holds.
