@@ -54,6 +54,11 @@ func (s *Server) onRead(cc *conn, h *rpcCallHdr, r *xdrReader, w *xdrWriter) err
 		eof, err := spliceRead(f, pp, int64(off), int(count))
 		if err == nil {
 			cc.s.pipes.spliced.Add(1)
+			// The pipe's pages stand in for the reply buffer the call was charged for:
+			// the header moves to a small one and the big one goes back to the pool now.
+			hb := append(cc.s.bufs.get(dataAt), w.b[:dataAt]...)
+			cc.s.bufs.put(w.b)
+			w.b = hb
 			w.data = pp
 			n := pp.n
 			eof = eof || (st != nil && int64(off)+int64(n) >= st.size)
