@@ -15,6 +15,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -47,19 +48,46 @@ var listening = regexp.MustCompile(`DevTools listening on (ws://\S+)`)
 func Start(t testing.TB) *Page {
 	t.Helper()
 	bin := require.Tool(t, "chromium", "chromium")
+	// The profile is not a t.TempDir: chromium's helper processes (zygote, renderer,
+	// crash handler) outlive a kill of the browser process by a moment and may still be
+	// writing into it when the test's own cleanup removes it.
+	profile, err := os.MkdirTemp("", "pifleet-chromium-")
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, bin, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
 		"--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
 		"--remote-allow-origins=*", "--remote-debugging-port=0", "--window-size=1200,900",
-		"--user-data-dir="+t.TempDir(), "about:blank")
+		"--user-data-dir="+profile, "about:blank")
+	// Its own process group, so that the whole browser, helpers included, is killed.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := cmd.Start(); err != nil {
+		os.RemoveAll(profile)
 		t.Fatalf("chromium: %v", err)
 	}
-	t.Cleanup(func() { cancel(); cmd.Wait() })
+	t.Cleanup(func() {
+		cancel()
+		cmd.Wait()
+		// Bounded: wait for the group to be gone, then remove the profile.
+		for i := 0; i < 100 && syscall.Kill(-cmd.Process.Pid, 0) == nil; i++ {
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			time.Sleep(50 * time.Millisecond)
+		}
+		var err error
+		for range 20 {
+			if err = os.RemoveAll(profile); err == nil {
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		t.Logf("chromium profile %s left behind: %v", profile, err)
+	})
 	found := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
