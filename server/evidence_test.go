@@ -120,6 +120,11 @@ boards:
 	if err := mount(); err == nil {
 		t.Fatal("a host that typed the board's serial mounted the board's root")
 	}
+	// The TFTP refusal is logged just after its ERROR leaves: the client can be done
+	// first. Wait (bounded) for the line.
+	for i := 0; i < 200 && !strings.Contains(logs.String(), "not bound to the board"); i++ {
+		time.Sleep(50 * time.Millisecond)
+	}
 	if !strings.Contains(logs.String(), "not bound to the board") {
 		t.Errorf("the refusal is not logged:\n%s", logs)
 	}

@@ -109,6 +109,14 @@ func metricsAfterTraffic(t *testing.T) string {
 	if _, err := tftpGet(t, "127.0.0.1", ts.tftp, "000abc00/no-such-file"); err == nil {
 		t.Fatal("tftp of a missing file succeeded")
 	}
+	// The server records and counts a transfer just after its last ACK or its ERROR: curl
+	// can be done first. Wait (bounded) until it is, as a board's kernel mounts its root
+	// seconds after its last TFTP read, not at once (a read recorded after the mount would
+	// begin a new boot). The caller checks the counts.
+	waitFor(t, "the TFTP transfers to be counted", func() bool {
+		out := ts.scrape()
+		return tftpComplete.MatchString(out) && tftpMissing.MatchString(out)
+	})
 	mc, err := dialMount(ts.srv.cfg.Server.Ports.Mount)
 	if err != nil {
 		t.Fatal(err)
@@ -137,6 +145,12 @@ func metricsAfterTraffic(t *testing.T) string {
 	waitFor(t, "the mount to show", func() bool { return strings.Contains(ts.scrape(), `pifleet_board_mounted{board="alpha"} 1`) })
 	return ts.scrape()
 }
+
+// tftpComplete and tftpMissing match /metrics once it counts a transfer of each kind.
+var (
+	tftpComplete = regexp.MustCompile(`pifleet_tftp_transfers_total\{result="complete"\} [1-9]`)
+	tftpMissing  = regexp.MustCompile(`pifleet_tftp_transfers_total\{result="missing"\} [1-9]`)
+)
 
 // TestMetricsExposition: after DHCP, TFTP and NFS traffic, /metrics passes `promtool check
 // metrics` and has what it promises: requests by type and outcome, TFTP transfers and

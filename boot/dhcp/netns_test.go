@@ -189,14 +189,17 @@ func (c *rawClient) replies(t testing.TB, xid [4]byte, wait time.Duration, max i
 }
 
 // exchange sends pkt (retrying a few times, as a client would) and returns the
-// first reply with the same xid, or nil after the bounded attempts.
+// first reply with the same xid, or nil after the bounded attempts. It resends after
+// 4 s, as RFC 2131 (4.1) has a client do: full mode ACKs only once the lease is on
+// disk, an fsync on a busy machine can take over a second, and a resend would be a
+// second REQUEST in the board's timeline.
 func (c *rawClient) exchange(t testing.TB, pkt []byte) []byte {
 	t.Helper()
 	var xid [4]byte
 	copy(xid[:], pkt[4:8])
 	for range 3 {
 		c.send(t, pkt)
-		if r := c.replies(t, xid, time.Second, 1); len(r) > 0 {
+		if r := c.replies(t, xid, 4*time.Second, 1); len(r) > 0 {
 			return r[0]
 		}
 	}
