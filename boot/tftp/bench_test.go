@@ -62,7 +62,8 @@ func TestMain(m *testing.M) {
 }
 
 // benchServe runs a TFTP server over root until SIGTERM: pifleet's, or a bare pin/tftp
-// v3.1.0 server as the baseline this package replaced. It prints "ready" once bound.
+// v3.1.0 server as the baseline this package replaced. It prints "ready" once bound
+// (pifleet's: "ready" and its address).
 func benchServe(mode, root, addr string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
@@ -93,7 +94,7 @@ func benchServe(mode, root, addr string) error {
 		if err != nil {
 			return err
 		}
-		fmt.Println("ready")
+		fmt.Println("ready", s.Addr())
 		return s.Serve(ctx)
 	case "pin":
 		fsys := r.FS()
@@ -277,7 +278,7 @@ func startBench() (*benchEnv, func(), error) {
 		})
 		if sv.ready {
 			line, _ := bufio.NewReader(out).ReadString('\n')
-			if strings.TrimSpace(line) != "ready" {
+			if f := strings.Fields(line); len(f) == 0 || f[0] != "ready" {
 				return fail(fmt.Errorf("%s did not start: %q", name, line))
 			}
 		}

@@ -21,6 +21,15 @@ import (
 // the transfer's own goroutine sends and receives: a round trip is one RawConn.Read
 // with the send in its callback (see roundTrip), and allocates nothing. shutdown, from
 // another goroutine, ends a wait.
+//
+// The round trip's send and receive are nonblocking (MSG_DONTWAIT), so they are made as
+// raw system calls (unix.RawSyscall6, for calls that do not block), which leave the Go
+// scheduler out. A unix.Syscall6 tells the scheduler that its thread may block, and when
+// every P had been idle, as the server is while its transfers wait for their ACKs, that
+// wakes the runtime's monitor thread: with clients that answer after 150 µs it woke and
+// slept again every block, two more thread switches per block on top of the one wait
+// for the ACK (TestOneSleepPerBlock): a quarter to half of the server's CPU in a
+// single transfer (README).
 type socket struct {
 	f        *os.File
 	rc       syscall.RawConn
@@ -128,14 +137,16 @@ func (s *socket) roundStep(fd uintptr) bool {
 	if s.out != nil {
 		out := s.out
 		s.out = nil
-		if err := unix.Send(int(fd), out, unix.MSG_DONTWAIT); err != nil && err != unix.EAGAIN {
-			s.err = s.sendFailure(err)
+		_, _, errno := unix.RawSyscall6(unix.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&out[0])), uintptr(len(out)),
+			unix.MSG_DONTWAIT, 0, 0)
+		if errno != 0 && errno != unix.EAGAIN {
+			s.err = s.sendFailure(errno)
 			return true
 		}
 		return false // the answer cannot be there yet
 	}
 	for {
-		n, _, err := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&s.in[0])), uintptr(len(s.in)),
+		n, _, err := unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&s.in[0])), uintptr(len(s.in)),
 			unix.MSG_DONTWAIT, 0, 0) // no source address: the socket is connected
 		switch err {
 		case 0:
