@@ -380,42 +380,46 @@ func (e *benchEnv) cpuTime(server string) time.Duration {
 	return time.Duration(ticks) * 10 * time.Millisecond
 }
 
-// sideBySide runs one measurement against every server per iteration, in turn, so that
-// load from elsewhere on the machine hits them alike. It reports per server the median
-// time ("<server>-s") and the server's own CPU time per iteration ("<server>-cpu-ms",
-// which load on other CPUs disturbs far less than wall time), and pifleet's speed
-// relative to the fastest C server by both ("x-best-peer", "x-best-peer-cpu"; > 1 means
-// pifleet is faster).
+// sideBySide runs one measurement against every server per round, in turn (each round
+// starting one server later), so that load from elsewhere on the machine hits them
+// alike. It reports per server the median time ("<server>-s") and the median of the
+// server's own CPU time per round ("<server>-cpu-ms", which load on other CPUs disturbs
+// far less than wall time), and pifleet's speed relative to the fastest C server by
+// both ("x-best-peer", "x-best-peer-cpu"; > 1 means pifleet is faster).
 //
 // Each iteration measures rounds times per server, so that `make bench` (-benchtime 1s,
 // often a single iteration) still gets a median of several.
 func sideBySide(b *testing.B, e *benchEnv, rounds int, measure func(port int) (time.Duration, error)) {
 	b.Logf("load average before: %s", loadAvg())
 	times := map[string][]time.Duration{}
-	cpu := map[string]time.Duration{}
+	cpu := map[string][]time.Duration{}
+	n := len(benchServers)
+	round := 0
 	for b.Loop() {
-		for i := 0; i < rounds*len(benchServers); i++ {
-			server := benchServers[i%len(benchServers)]
-			c0 := e.cpuTime(server)
-			d, err := measure(e.ports[server])
-			if err != nil {
-				b.Fatalf("%s: %v", server, err)
+		for range rounds {
+			for i := range n {
+				server := benchServers[(i+round)%n]
+				c0 := e.cpuTime(server)
+				d, err := measure(e.ports[server])
+				if err != nil {
+					b.Fatalf("%s: %v", server, err)
+				}
+				time.Sleep(20 * time.Millisecond) // let tftpd-hpa's child exit
+				cpu[server] = append(cpu[server], e.cpuTime(server)-c0)
+				times[server] = append(times[server], d)
 			}
-			time.Sleep(20 * time.Millisecond) // let tftpd-hpa's child exit
-			cpu[server] += e.cpuTime(server) - c0
-			times[server] = append(times[server], d)
+			round++
 		}
 	}
-	med := map[string]time.Duration{}
+	med, medCPU := map[string]time.Duration{}, map[string]time.Duration{}
 	for _, server := range benchServers {
-		med[server] = median(times[server])
+		med[server], medCPU[server] = median(times[server]), median(cpu[server])
 		b.ReportMetric(med[server].Seconds(), server+"-s")
-		cpu[server] /= time.Duration(len(times[server]))
-		b.ReportMetric(float64(cpu[server].Microseconds())/1000, server+"-cpu-ms")
+		b.ReportMetric(float64(medCPU[server].Microseconds())/1000, server+"-cpu-ms")
 	}
 	b.ReportMetric(float64(min(med["tftpd-hpa"], med["dnsmasq"]))/float64(med["pifleet"]), "x-best-peer")
-	if cpu["pifleet"] > 0 {
-		b.ReportMetric(float64(min(cpu["tftpd-hpa"], cpu["dnsmasq"]))/float64(cpu["pifleet"]), "x-best-peer-cpu")
+	if medCPU["pifleet"] > 0 {
+		b.ReportMetric(float64(min(medCPU["tftpd-hpa"], medCPU["dnsmasq"]))/float64(medCPU["pifleet"]), "x-best-peer-cpu")
 	}
 	b.ReportMetric(0, "ns/op") // the loop times every server: meaningless
 	b.Logf("load average after: %s", loadAvg())
