@@ -108,6 +108,10 @@ func (r *replayer) status(op traceOp, d *dec) (uint32, error) {
 // diverge notes a call that went otherwise than in the capture.
 func (c *nfsClient) diverge(op traceOp, what string) {
 	c.diverged++
+	if c.divergedBy == nil {
+		c.divergedBy = map[string]int{}
+	}
+	c.divergedBy[strings.ToUpper(op.name())]++
 	if c.firstDiverge == "" {
 		c.firstDiverge = fmt.Sprintf("%s %s: %s", op.name(), op.path, what)
 	}
