@@ -61,6 +61,7 @@ type Fleet struct {
 	exited   chan error
 	logPath  string
 	peerLogs string // the peers' log directory (peer runs)
+	cgroup   string // the peers' cgroup v2 directory, "" without one
 }
 
 // firmware sizes: real (bench) and tiny (smoke test).
@@ -146,7 +147,7 @@ func Start(t testing.TB, cfg Config) *Fleet {
 	} else {
 		// A first start makes every board's identity (an RSA-3072 host key among them):
 		// about 0.65 s per board on a loaded 2-core machine.
-		f.startServer(dir, cfg.Serve(cfgPath), "pifleet serving", 10*time.Minute)
+		f.startServer(dir, cfg.Serve(cfgPath), nil, "pifleet serving", 10*time.Minute)
 	}
 	t.Logf("%s ready after %s", f.Name(), time.Since(setup).Round(time.Millisecond))
 	return f
@@ -162,7 +163,7 @@ func (f *Fleet) Name() string {
 
 // startServer runs cmd in the server namespace, its output to dir/serve.log, until that
 // log holds ready (at most timeout); t.Cleanup stops it.
-func (f *Fleet) startServer(dir string, cmd []string, ready string, timeout time.Duration) {
+func (f *Fleet) startServer(dir string, cmd []string, attr *syscall.SysProcAttr, ready string, timeout time.Duration) {
 	t := f.t
 	f.logPath = filepath.Join(dir, "serve.log")
 	logf, err := os.Create(f.logPath)
@@ -170,6 +171,7 @@ func (f *Fleet) startServer(dir string, cmd []string, ready string, timeout time
 	t.Cleanup(func() { logf.Close() })
 	f.server = exec.Command("ip", append([]string{"netns", "exec", f.pair.Server}, cmd...)...)
 	f.server.Stdout, f.server.Stderr = logf, logf
+	f.server.SysProcAttr = attr
 	must(t, f.server.Start())
 	f.exited = make(chan error, 1)
 	go func() { f.exited <- f.server.Wait() }()
@@ -178,11 +180,11 @@ func (f *Fleet) startServer(dir string, cmd []string, ready string, timeout time
 		select {
 		case err := <-f.exited:
 			f.server = nil
-			t.Fatalf("%s exited: %v\n%s", f.Name(), err, f.log())
+			t.Fatalf("%s exited: %v\n%s", f.Name(), err, f.ServerLog())
 		case <-time.After(100 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s did not start in %s\n%s", f.Name(), timeout, f.log())
+			t.Fatalf("%s did not start in %s\n%s", f.Name(), timeout, f.ServerLog())
 		}
 	}
 }
@@ -241,6 +243,7 @@ type procStat struct {
 	CPU      time.Duration // utime + stime
 	RSS, HWM int64         // bytes
 	Threads  int
+	ByCmd    map[string]time.Duration // CPU per command name (peers: the process tree)
 }
 
 // selfCPU is the simulator's own CPU time (its boards compete with the server for cores).
@@ -260,7 +263,7 @@ func (f *Fleet) serverStat() (procStat, error) {
 		return procStat{}, fmt.Errorf("%s is not running", f.Name())
 	}
 	if f.cfg.Peers {
-		return treeStat(f.server.Process.Pid)
+		return f.peerStat()
 	}
 	return readStat(strconv.Itoa(f.server.Process.Pid))
 }

@@ -23,6 +23,7 @@ package scale
 // stops them and itself when the simulator that started it is gone.
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -36,7 +37,9 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
+	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -130,7 +133,7 @@ func (f *Fleet) writePeerFiles(dir, image string) (string, error) {
 	g.WriteString("NFSV4 { Graceless = true; }\n")
 	g.WriteString("EXPORT_DEFAULTS { Access_Type = RW; Squash = No_Root_Squash; Protocols = 3; Transports = TCP; SecType = sys; }\n")
 	for i, name := range spec.Boards {
-		fmt.Fprintf(&g, "EXPORT { Export_Id = %d; Path = %s; Pseudo = /boards/%s; FSAL { Name = VFS; } }\n",
+		fmt.Fprintf(&g, "EXPORT { Export_Id = %d; Path = %q; Pseudo = \"/boards/%s\"; FSAL { Name = VFS; } }\n",
 			i+1, filepath.Join(spec.Dir, "mnt", name), name)
 	}
 	sj, _ := json.Marshal(spec)
@@ -320,11 +323,22 @@ func stopPeers(procs []*exec.Cmd, exited chan string) {
 
 // startPeers starts the supervisor in the server namespace and waits until it serves.
 func (f *Fleet) startPeers(dir, image string) {
+	f.cgroup = newCGroup(f.t)
 	specPath, err := f.writePeerFiles(dir, image)
 	must(f.t, err)
 	exe, err := os.Executable()
 	must(f.t, err)
-	f.startServer(dir, []string{"env", peerEnv + "=" + specPath, exe, "-test.run=^$"}, peersReady, 5*time.Minute)
+	var attr *syscall.SysProcAttr
+	if f.cgroup != "" {
+		// The supervisor starts in the cgroup (clone3 CLONE_INTO_CGROUP), so every peer
+		// process and every process they fork is counted there, also those nobody
+		// waits for (in.tftpd ignores SIGCHLD: its transfers' CPU never reaches a cutime).
+		cg, err := os.Open(f.cgroup)
+		must(f.t, err)
+		defer cg.Close()
+		attr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+	}
+	f.startServer(dir, []string{"env", peerEnv + "=" + specPath, exe, "-test.run=^$"}, attr, peersReady, 5*time.Minute)
 	f.peerLogs = filepath.Join(dir, "peers")
 }
 
@@ -373,6 +387,7 @@ func treeStat(pid int) (procStat, error) {
 	type entry struct {
 		ppid     int
 		cpu, rss int64
+		comm     string
 	}
 	procs := map[int]entry{}
 	page := int64(os.Getpagesize())
@@ -392,7 +407,8 @@ func treeStat(pid int) (procStat, error) {
 		}
 		num := func(i int) int64 { n, _ := strconv.ParseInt(fields[i], 10, 64); return n }
 		// fields[0] is stat field 3 (state): ppid 4, utime 14 .. cstime 17, rss 24.
-		procs[p] = entry{ppid: int(num(1)), cpu: num(11) + num(12) + num(13) + num(14), rss: num(21) * page}
+		comm := string(b[bytes.IndexByte(b, '(')+1 : i])
+		procs[p] = entry{ppid: int(num(1)), cpu: num(11) + num(12) + num(13) + num(14), rss: num(21) * page, comm: comm}
 	}
 	if _, ok := procs[pid]; !ok {
 		return procStat{}, fmt.Errorf("process %d is gone", pid)
@@ -406,13 +422,80 @@ func treeStat(pid int) (procStat, error) {
 			}
 		}
 	}
-	var s procStat
-	var ticks int64
+	s := procStat{ByCmd: map[string]time.Duration{}}
 	for p := range in {
-		ticks += procs[p].cpu
+		cpu := time.Duration(procs[p].cpu) * time.Second / 100
+		s.CPU += cpu
+		s.ByCmd[procs[p].comm] += cpu
 		s.RSS += procs[p].rss
 		s.Threads++
 	}
-	s.CPU = time.Duration(ticks) * time.Second / 100
+	return s, nil
+}
+
+// newCGroup makes a cgroup v2 directory for the peers (removed by t.Cleanup, after the
+// supervisor was stopped: anything left in it is killed first); "" when the machine
+// has no cgroup v2 hierarchy to write to.
+func newCGroup(t testing.TB) string {
+	mounts, err := os.ReadFile("/proc/mounts")
+	if err != nil {
+		return ""
+	}
+	for _, line := range strings.Split(string(mounts), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 3 || f[2] != "cgroup2" {
+			continue
+		}
+		dir := filepath.Join(f[1], fmt.Sprintf("pifleet-sim-%d-%d", os.Getpid(), cgroupSeq.Add(1)))
+		if os.Mkdir(dir, 0o755) != nil {
+			continue
+		}
+		t.Cleanup(func() {
+			os.WriteFile(filepath.Join(dir, "cgroup.kill"), []byte("1"), 0o644)
+			for range 100 { // the kernel removes a killed cgroup's last task asynchronously
+				if os.Remove(dir) == nil || os.IsNotExist(os.Remove(dir)) {
+					return
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			t.Errorf("cgroup %s not removed", dir)
+		})
+		return dir
+	}
+	return ""
+}
+
+// cgroupSeq numbers the cgroups of one simulator process.
+var cgroupSeq atomic.Int64
+
+// cgroupCPU is the CPU every process that ever ran in cgroup dir has used.
+func cgroupCPU(dir string) (time.Duration, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "cpu.stat"))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "usage_usec "); ok {
+			n, err := strconv.ParseInt(v, 10, 64)
+			return time.Duration(n) * time.Microsecond, err
+		}
+	}
+	return 0, fmt.Errorf("%s/cpu.stat: no usage_usec", dir)
+}
+
+// peerStat is the peers' figures: RSS and CPU per command from their process tree,
+// CPU in all from their cgroup; what the cgroup counts beyond the tree is the CPU of
+// processes that ended unwaited for (in.tftpd's transfers).
+func (f *Fleet) peerStat() (procStat, error) {
+	s, err := treeStat(f.server.Process.Pid)
+	if err != nil || f.cgroup == "" {
+		return s, err
+	}
+	cpu, err := cgroupCPU(f.cgroup)
+	if err != nil {
+		return s, err
+	}
+	s.ByCmd["ended, unwaited (in.tftpd transfers)"] = max(0, cpu-s.CPU)
+	s.CPU = cpu
 	return s, nil
 }

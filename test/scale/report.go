@@ -20,10 +20,11 @@ type Summary struct {
 	SimCPU                    time.Duration    // the simulator's CPU meanwhile
 	PeakRSS, IdleRSS, BaseRSS int64
 	Errors, Retries           int
-	MaxRetries                int            // the most retransmissions one exchange needed
-	Ops                       int            // NFS calls per board (mean)
-	Diverged                  int            // replayed calls answered otherwise than captured (all boards)
-	DivergedBy                map[string]int // the same per procedure
+	MaxRetries                int                      // the most retransmissions one exchange needed
+	Ops                       int                      // NFS calls per board (mean)
+	Diverged                  int                      // replayed calls answered otherwise than captured (all boards)
+	DivergedBy                map[string]int           // the same per procedure
+	CPUByCmd                  map[string]time.Duration // server CPU per command (peers)
 	FirstDiverge              string
 	KeepAlives                int
 	Load                      string
@@ -34,7 +35,10 @@ type Summary struct {
 // Summarize reduces r, a run of server.
 func Summarize(server string, r *Result) Summary {
 	s := Summary{Server: server, DivergedBy: map[string]int{}, Boards: len(r.Boards), AllBooted: r.AllBooted, Load: r.Load, ServerWarns: r.ServerWarns,
-		CPU: r.Booted.CPU - r.Start.CPU, SimCPU: r.SimCPU, PeakRSS: r.Booted.HWM, IdleRSS: r.Idle.RSS, BaseRSS: r.Start.RSS}
+		CPU: r.Booted.CPU - r.Start.CPU, CPUByCmd: map[string]time.Duration{}, SimCPU: r.SimCPU, PeakRSS: r.Booted.HWM, IdleRSS: r.Idle.RSS, BaseRSS: r.Start.RSS}
+	for c, d := range r.Booted.ByCmd {
+		s.CPUByCmd[c] = d - r.Start.ByCmd[c]
+	}
 	var total, dhcp, tftp, nfs []time.Duration
 	ops := 0
 	for _, b := range r.Boards {
@@ -103,6 +107,16 @@ func WriteTable(w io.Writer, mode string, rows []Summary) {
 			sec(s.DHCP[0]), sec(s.DHCP[1]), sec(s.TFTP[0]), sec(s.TFTP[1]), sec(s.NFS[0]), sec(s.NFS[1]),
 			s.Ops, sec(s.CPU), sec(s.SimCPU), mib(s.BaseRSS), mib(s.PeakRSS), mib(s.IdleRSS), mib(int64(perBoard)),
 			s.Errors, s.Diverged, s.Retries, s.MaxRetries, s.Load)
+	}
+	for _, s := range rows {
+		if len(s.CPUByCmd) == 0 {
+			continue
+		}
+		var by []string
+		for _, c := range slices.Sorted(maps.Keys(s.CPUByCmd)) {
+			by = append(by, fmt.Sprintf("%s %s", c, sec(s.CPUByCmd[c])))
+		}
+		fmt.Fprintf(w, "\n%s, %d boards: server CPU by process: %s\n", s.Server, s.Boards, strings.Join(by, ", "))
 	}
 	for _, s := range rows {
 		if s.Diverged == 0 {
