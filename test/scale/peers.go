@@ -17,10 +17,11 @@ package scale
 //     classic netboot recipe; index=on,nfs_export=on make overlayfs handles decodable).
 //
 // Everything runs under one supervisor: this test binary started inside the server
-// namespace with `ip netns exec` (peerEnv names its spec). ip netns exec gives it a
-// mount namespace of its own, so the overlays and the private /run it mounts vanish
-// with it whatever happens; its children get SIGKILL when it dies (Pdeathsig), and it
-// stops them and itself when the simulator that started it is gone.
+// namespace with `ip netns exec` (peerEnv names its spec), as the first process of a
+// PID namespace, in a cgroup of its own (startPeers). ip netns exec gives it a mount
+// namespace of its own, so the overlays and the private /run it mounts vanish with it
+// whatever happens; when it ends, the kernel kills what is left in its PID namespace;
+// it gets SIGKILL when the simulator ends; the simulator's cleanup kills the cgroup.
 
 import (
 	"bytes"
@@ -149,8 +150,8 @@ func (f *Fleet) writePeerFiles(dir, image string) (string, error) {
 }
 
 // peerChild is the supervisor: it mounts the overlays, starts rpcbind, ganesha,
-// in.tftpd and dnsmasq, prints peersReady, and stops them all on SIGTERM, when one of
-// them ends, or when its parent is gone. It returns the exit code.
+// in.tftpd and dnsmasq, prints peersReady, and stops them all on SIGTERM or when one
+// of them ends. It returns the exit code.
 func peerChild(specPath string) int {
 	// Pdeathsig belongs to the thread that forks: keep every fork on this one.
 	runtime.LockOSThread()
@@ -278,23 +279,12 @@ func peerChild(specPath string) int {
 		return 1
 	}
 	fmt.Fprintln(os.Stderr, peersReady)
-
-	parent := os.Getppid()
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return 0
-		case msg := <-exited:
-			fmt.Fprintln(os.Stderr, "peers:", msg)
-			return 1
-		case <-tick.C:
-			if os.Getppid() != parent {
-				fmt.Fprintln(os.Stderr, "peers: the simulator is gone; stopping")
-				return 1
-			}
-		}
+	select {
+	case <-ctx.Done():
+		return 0
+	case msg := <-exited:
+		fmt.Fprintln(os.Stderr, "peers:", msg)
+		return 1
 	}
 }
 
@@ -328,15 +318,18 @@ func (f *Fleet) startPeers(dir, image string) {
 	must(f.t, err)
 	exe, err := os.Executable()
 	must(f.t, err)
-	var attr *syscall.SysProcAttr
+	// The supervisor is the first process of a PID namespace of its own: when it ends,
+	// however, the kernel kills every peer process (rpcbind, dnsmasq and in.tftpd drop
+	// root, which clears their own Pdeathsig); it gets SIGKILL when the simulator ends.
+	attr := &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID, Pdeathsig: syscall.SIGKILL}
 	if f.cgroup != "" {
-		// The supervisor starts in the cgroup (clone3 CLONE_INTO_CGROUP), so every peer
-		// process and every process they fork is counted there, also those nobody
-		// waits for (in.tftpd ignores SIGCHLD: its transfers' CPU never reaches a cutime).
+		// It starts in the cgroup (clone3 CLONE_INTO_CGROUP), so every peer process and
+		// every process they fork is counted there, also those nobody waits for
+		// (in.tftpd ignores SIGCHLD: its transfers' CPU never reaches a cutime).
 		cg, err := os.Open(f.cgroup)
 		must(f.t, err)
 		defer cg.Close()
-		attr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+		attr.UseCgroupFD, attr.CgroupFD = true, int(cg.Fd())
 	}
 	f.startServer(dir, []string{"env", peerEnv + "=" + specPath, exe, "-test.run=^$"}, attr, peersReady, 5*time.Minute)
 	f.peerLogs = filepath.Join(dir, "peers")
@@ -375,7 +368,7 @@ func peerWarnings(dir string, from []int64) int {
 	return n
 }
 
-// treeStat sums what pid and every process below it have used: utime+stime and the
+// treeStat sums what every process below pid has used: utime+stime and the
 // children's times that each parent reaped (cutime+cstime; in.tftpd forks a process per
 // transfer), and RSS (shared pages count once per process). HWM stays 0: a forked
 // child's peak is not in /proc after it ends; Run samples RSS instead.
@@ -423,6 +416,7 @@ func treeStat(pid int) (procStat, error) {
 		}
 	}
 	s := procStat{ByCmd: map[string]time.Duration{}}
+	delete(in, pid) // the supervisor is the simulator's, not a peer (it only waits)
 	for p := range in {
 		cpu := time.Duration(procs[p].cpu) * time.Second / 100
 		s.CPU += cpu
