@@ -8,6 +8,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -177,7 +178,7 @@ func withChildEnv(cfg Config) Config {
 
 // BenchmarkFleet boots 1, 50 and 200 boards with the real boot set and the full
 // workload, in full and proxy DHCP mode, from pifleet and from the peer stack (peers.go)
-// one after the other for each size, and prints the figures side by side (make
+// one after the other for each size (who goes first alternates), and prints the figures side by side (make
 // bench-scale). PIFLEET_SIM_BOARDS=1,50 picks the sizes; PIFLEET_SIM_MODES=full the
 // modes; PIFLEET_SIM_SERVERS=pifleet the stacks.
 func BenchmarkFleet(b *testing.B) {
@@ -199,8 +200,12 @@ func BenchmarkFleet(b *testing.B) {
 	stacks := servers(b, "pifleet,peers")
 	for _, mode := range modes {
 		var rows []Summary
-		for _, n := range sizes {
-			for _, server := range stacks {
+		for i, n := range sizes {
+			order := slices.Clone(stacks)
+			if i%2 == 1 { // rotate who goes first: the machine's load drifts
+				slices.Reverse(order)
+			}
+			for _, server := range order {
 				b.Run(fmt.Sprintf("%s/boards=%d/%s", mode, n, server), func(b *testing.B) {
 					rows = append(rows, benchFleet(b, mode, n, server)...)
 				})
