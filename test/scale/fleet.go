@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -172,9 +173,22 @@ func (f *Fleet) startServer(dir string, cmd []string, attr *syscall.SysProcAttr,
 	f.server = exec.Command("ip", append([]string{"netns", "exec", f.pair.Server}, cmd...)...)
 	f.server.Stdout, f.server.Stderr = logf, logf
 	f.server.SysProcAttr = attr
-	must(t, f.server.Start())
 	f.exited = make(chan error, 1)
-	go func() { f.exited <- f.server.Wait() }()
+	started := make(chan error, 1)
+	go func() {
+		// Pdeathsig fires when the thread that forked ends, and the runtime ends a thread
+		// whose goroutine exits locked (netns.Do's do): fork and wait on a thread that
+		// stays locked here until the server has ended.
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := f.server.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		f.exited <- f.server.Wait()
+	}()
+	must(t, <-started)
 	t.Cleanup(f.stop)
 	for deadline := time.Now().Add(timeout); !strings.Contains(f.log(), ready); {
 		select {

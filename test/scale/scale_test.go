@@ -132,7 +132,7 @@ func smoke(t *testing.T, server string, full bool) {
 	defer cancel()
 	res, err := f.Run(ctx)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v\nserver log:\n%s", err, f.ServerLog())
 	}
 	s := Summarize(f.Name(), res)
 	var b strings.Builder
@@ -231,7 +231,7 @@ func benchFleet(b *testing.B, mode string, n int, server string) []Summary {
 		res, err := f.Run(ctx)
 		cancel()
 		if err != nil {
-			b.Fatal(err)
+			b.Fatalf("%v\nserver log:\n%s", err, f.ServerLog())
 		}
 		s := Summarize(f.Name(), res)
 		rows = append(rows, s)
