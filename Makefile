@@ -97,8 +97,9 @@ bench:
 	$(GO) test -count=1 -run '^$$' -bench . -benchmem -timeout 60m ./...
 
 # The fleet simulator (test/scale): 1, 50 and 200 simulated Pi 4 boards boot at once from
-# bin/pifleet in a network namespace, in full and proxy DHCP mode; prints the figures table.
-# PIFLEET_SIM_BOARDS=1,50 and PIFLEET_SIM_MODES=full narrow the run (root).
+# bin/pifleet in a network namespace, in full and proxy DHCP mode, then from the peer stack
+# (dnsmasq, tftpd-hpa, nfs-ganesha: setup-apt.sh --bench); prints the figures side by side.
+# PIFLEET_SIM_BOARDS=1,50, PIFLEET_SIM_MODES=full, PIFLEET_SIM_SERVERS=pifleet narrow the run (root).
 bench-scale: build
 	PIFLEET_BIN=$(abspath $(BIN)) $(GO) test -count=1 -run '^$$' -bench Fleet -benchtime 1x -timeout 90m ./test/scale/
 

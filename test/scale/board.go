@@ -33,6 +33,8 @@ type BoardResult struct {
 	MaxInFlight     int    // the most replayed NFS calls outstanding at once
 	Err             error  // the first failure; the boot stopped there
 	IdleErr         error  // a keep-alive that failed
+
+	DivergedBy map[string]int // Diverged per procedure name
 }
 
 // bootFile is one TFTP request of the Pi 4 boot set.
@@ -103,7 +105,7 @@ func (b *board) boot(ctx, idle context.Context, f *Fleet, booted func(*BoardResu
 	if err == nil {
 		defer c.rpc.Close()
 		r.NFSBytes, err = f.work.run(c)
-		r.Diverged, r.FirstDiverge, r.MaxInFlight = c.diverged, c.firstDiverge, c.maxInFlight
+		r.Diverged, r.FirstDiverge, r.MaxInFlight, r.DivergedBy = c.diverged, c.firstDiverge, c.maxInFlight, c.divergedBy
 	}
 	r.NFS = time.Since(t)
 	if err != nil {

@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,6 +29,7 @@ import (
 	"time"
 
 	"github.com/pifleet/pifleet/test/netns"
+	"github.com/pifleet/pifleet/test/require"
 )
 
 // Config is one simulated run.
@@ -41,6 +43,9 @@ type Config struct {
 	// Serve returns the command that runs `pifleet serve -c cfgPath`; it is started
 	// inside the server namespace with `ip netns exec`.
 	Serve func(cfgPath string) []string
+	// Peers boots the fleet from the peer stack (dnsmasq, tftpd-hpa, nfs-ganesha on
+	// overlayfs; peers.go) instead of pifleet; Serve is not used then.
+	Peers bool
 }
 
 // Fleet is a started simulation: namespaces, image, server process.
@@ -56,6 +61,8 @@ type Fleet struct {
 	server   *exec.Cmd
 	exited   chan error
 	logPath  string
+	peerLogs string // the peers' log directory (peer runs)
+	cgroup   string // the peers' cgroup v2 directory, "" without one
 }
 
 // firmware sizes: real (bench) and tiny (smoke test).
@@ -71,6 +78,9 @@ var (
 func Start(t testing.TB, cfg Config) *Fleet {
 	t.Helper()
 	netns.RequireRoot(t, "creates network namespaces and runs pifleet serve in one")
+	if cfg.Peers {
+		require.Tools(t, peerTools)
+	}
 	if cfg.Boards < 1 || cfg.Boards > 250*250 {
 		t.Fatalf("boards: %d", cfg.Boards)
 	}
@@ -133,31 +143,64 @@ func Start(t testing.TB, cfg Config) *Fleet {
 	must(t, os.WriteFile(cfgPath, []byte(y.String()), 0o644))
 
 	t.Logf("image, namespaces and %d board addresses ready after %s", cfg.Boards, time.Since(setup).Round(time.Millisecond))
+	if cfg.Peers {
+		f.startPeers(dir, root)
+	} else {
+		// A first start makes every board's identity (an RSA-3072 host key among them):
+		// about 0.65 s per board on a loaded 2-core machine.
+		f.startServer(dir, cfg.Serve(cfgPath), nil, "pifleet serving", 10*time.Minute)
+	}
+	t.Logf("%s ready after %s", f.Name(), time.Since(setup).Round(time.Millisecond))
+	return f
+}
+
+// Name is the server stack's name in the figures.
+func (f *Fleet) Name() string {
+	if f.cfg.Peers {
+		return "peers"
+	}
+	return "pifleet"
+}
+
+// startServer runs cmd in the server namespace, its output to dir/serve.log, until that
+// log holds ready (at most timeout); t.Cleanup stops it.
+func (f *Fleet) startServer(dir string, cmd []string, attr *syscall.SysProcAttr, ready string, timeout time.Duration) {
+	t := f.t
 	f.logPath = filepath.Join(dir, "serve.log")
 	logf, err := os.Create(f.logPath)
 	must(t, err)
 	t.Cleanup(func() { logf.Close() })
-	args := append([]string{"netns", "exec", f.pair.Server}, cfg.Serve(cfgPath)...)
-	f.server = exec.Command("ip", args...)
+	f.server = exec.Command("ip", append([]string{"netns", "exec", f.pair.Server}, cmd...)...)
 	f.server.Stdout, f.server.Stderr = logf, logf
-	must(t, f.server.Start())
+	f.server.SysProcAttr = attr
 	f.exited = make(chan error, 1)
-	go func() { f.exited <- f.server.Wait() }()
+	started := make(chan error, 1)
+	go func() {
+		// Pdeathsig fires when the thread that forked ends, and the runtime ends a thread
+		// whose goroutine exits locked (netns.Do's do): fork and wait on a thread that
+		// stays locked here until the server has ended.
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := f.server.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		f.exited <- f.server.Wait()
+	}()
+	must(t, <-started)
 	t.Cleanup(f.stop)
-	for i := 0; !strings.Contains(f.log(), "pifleet serving"); i++ {
+	for deadline := time.Now().Add(timeout); !strings.Contains(f.log(), ready); {
 		select {
 		case err := <-f.exited:
-			t.Fatalf("pifleet serve exited: %v\n%s", err, f.log())
+			f.server = nil
+			t.Fatalf("%s exited: %v\n%s", f.Name(), err, f.ServerLog())
 		case <-time.After(100 * time.Millisecond):
 		}
-		// A first start makes every board's identity (an RSA-3072 host key among them):
-		// about 0.65 s per board on a loaded 2-core machine.
-		if i > 6000 {
-			t.Fatalf("pifleet serve did not start in 10 minutes\n%s", f.log())
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not start in %s\n%s", f.Name(), timeout, f.ServerLog())
 		}
 	}
-	t.Logf("pifleet serve ready after %s", time.Since(setup).Round(time.Millisecond))
-	return f
 }
 
 func must(t testing.TB, err error) {
@@ -214,6 +257,7 @@ type procStat struct {
 	CPU      time.Duration // utime + stime
 	RSS, HWM int64         // bytes
 	Threads  int
+	ByCmd    map[string]time.Duration // CPU per command name (peers: the process tree)
 }
 
 // selfCPU is the simulator's own CPU time (its boards compete with the server for cores).
@@ -225,9 +269,16 @@ func selfCPU() time.Duration {
 	return s.CPU
 }
 
-// serverStat reads the server's /proc entries. `ip netns exec` execs the command in
-// place, so the child's pid is the server's.
+// serverStat reads the server's /proc entries; for the peers, the sum over the
+// supervisor and every process below it. `ip netns exec` execs the command in place,
+// so the child's pid is the server's (the supervisor's).
 func (f *Fleet) serverStat() (procStat, error) {
+	if f.server == nil {
+		return procStat{}, fmt.Errorf("%s is not running", f.Name())
+	}
+	if f.cfg.Peers {
+		return f.peerStat()
+	}
 	return readStat(strconv.Itoa(f.server.Process.Pid))
 }
 
@@ -285,6 +336,10 @@ type Result struct {
 func (f *Fleet) Run(ctx context.Context) (*Result, error) {
 	res := &Result{}
 	var err error
+	var logsAt []int64
+	if f.cfg.Peers {
+		logsAt = peerLogSizes(f.peerLogs)
+	}
 	if res.Start, err = f.serverStat(); err != nil {
 		return nil, err
 	}
@@ -301,6 +356,27 @@ func (f *Fleet) Run(ctx context.Context) (*Result, error) {
 	idle, stopIdle := context.WithCancel(ctx)
 	defer stopIdle()
 	var wg, bootWG sync.WaitGroup
+	// The peers' peak RSS: their sum, sampled (a forked tftpd's peak is gone with it).
+	sampled := make(chan int64, 1)
+	stopSampling := make(chan struct{})
+	go func() {
+		peak := res.Start.RSS
+		tick := time.NewTicker(250 * time.Millisecond)
+		defer tick.Stop()
+		for f.cfg.Peers {
+			select {
+			case <-stopSampling:
+				sampled <- peak
+				return
+			case <-tick.C:
+				if s, err := f.serverStat(); err == nil {
+					peak = max(peak, s.RSS)
+				}
+			}
+		}
+		<-stopSampling
+		sampled <- 0
+	}()
 	res.Boards = make([]*BoardResult, len(f.boards))
 	start, simCPU := time.Now(), selfCPU()
 	bootWG.Add(len(f.boards))
@@ -312,7 +388,13 @@ func (f *Fleet) Run(ctx context.Context) (*Result, error) {
 	bootWG.Wait()
 	res.AllBooted = time.Since(start)
 	res.SimCPU = selfCPU() - simCPU
-	if res.Booted, err = f.serverStat(); err != nil {
+	close(stopSampling)
+	peak := <-sampled
+	res.Booted, err = f.serverStat()
+	if f.cfg.Peers {
+		res.Booted.HWM = max(peak, res.Booted.RSS)
+	}
+	if err != nil {
 		stopIdle()
 		wg.Wait()
 		return nil, err
@@ -328,12 +410,25 @@ func (f *Fleet) Run(ctx context.Context) (*Result, error) {
 	stopIdle()
 	wg.Wait()
 	for _, line := range strings.Split(f.log(), "\n") {
-		if strings.Contains(line, "level=WARN") || strings.Contains(line, "level=ERROR") {
+		if strings.Contains(line, "level=WARN") || strings.Contains(line, "level=ERROR") || strings.HasPrefix(line, "peers: ") {
 			res.ServerWarns++
 		}
+	}
+	if f.cfg.Peers {
+		res.ServerWarns += peerWarnings(f.peerLogs, logsAt)
 	}
 	return res, err
 }
 
-// ServerLog returns the server's output (for failure messages).
-func (f *Fleet) ServerLog() string { return f.log() }
+// ServerLog returns the server's output (for failure messages); for the peers, the
+// ends of their own logs too.
+func (f *Fleet) ServerLog() string {
+	out := f.log()
+	if f.cfg.Peers {
+		for _, name := range peerLogs {
+			b, _ := os.ReadFile(filepath.Join(f.peerLogs, name))
+			out += fmt.Sprintf("--- %s (end):\n%s", name, b[max(0, len(b)-4000):])
+		}
+	}
+	return out
+}

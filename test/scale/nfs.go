@@ -23,6 +23,8 @@ type nfsClient struct {
 	diverged     int    // calls answered otherwise than in the capture
 	firstDiverge string // the first of them
 	maxInFlight  int    // the most calls the replay had outstanding at once
+
+	divergedBy map[string]int // diverged per procedure name
 }
 
 // known is p's handle if the board has one.

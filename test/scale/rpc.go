@@ -139,6 +139,11 @@ func (r *rpcConn) send(prog, vers, proc uint32, cred, args []byte) (uint32, erro
 	return r.xid, nil
 }
 
+// rpcRefused is a reply whose call the server did not run (accept_stat not SUCCESS).
+type rpcRefused struct{ xid, stat uint32 }
+
+func (e *rpcRefused) Error() string { return fmt.Sprintf("rpc xid %d: accept_stat %d", e.xid, e.stat) }
+
 // recv waits (at most callTimeout) for the next reply, thinks (delay), and returns its
 // xid and the result body after a SUCCESS accept_stat.
 func (r *rpcConn) recv() (uint32, *dec, error) {
@@ -162,7 +167,7 @@ func (r *rpcConn) recv() (uint32, *dec, error) {
 	d.u32()    // verifier flavor
 	d.opaque() // verifier body
 	if st := d.u32(); st != 0 {
-		return xid, nil, fmt.Errorf("rpc xid %d: accept_stat %d", xid, st)
+		return xid, nil, &rpcRefused{xid: xid, stat: st}
 	}
 	return xid, d, d.err
 }

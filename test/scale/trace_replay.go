@@ -2,6 +2,7 @@ package scale
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"path"
 	"strings"
@@ -57,6 +58,13 @@ func (t *Trace) run(c *nfsClient) (int64, error) {
 // wait takes the next reply and does what its call asked for.
 func (r *replayer) wait() error {
 	xid, d, err := r.c.rpc.recv()
+	var refused *rpcRefused
+	if errors.As(err, &refused) && r.pending[xid] != nil {
+		// A server that does not run a call (a peer, say, without NFS_ACL or refusing
+		// its arguments) answered it otherwise than the capture: a divergence, counted
+		// by status() as such, not a failed boot.
+		d, err = &dec{b: binary.BigEndian.AppendUint32(nil, refusedStatus+refused.stat)}, nil
+	}
 	if err != nil {
 		return err
 	}
@@ -99,15 +107,24 @@ func (r *replayer) status(op traceOp, d *dec) (uint32, error) {
 	if d.err != nil {
 		return 0, fmt.Errorf("%s %s: reply: %w", op.name(), op.path, d.err)
 	}
-	if st != op.status {
+	if st >= refusedStatus {
+		r.c.diverge(op, fmt.Sprintf("refused (RPC accept_stat %d), captured status %d", st-refusedStatus, op.status))
+	} else if st != op.status {
 		r.c.diverge(op, fmt.Sprintf("status %d, captured %d", st, op.status))
 	}
 	return st, nil
 }
 
+// refusedStatus plus the accept_stat stands for the status of a call the server refused.
+const refusedStatus = 1 << 16
+
 // diverge notes a call that went otherwise than in the capture.
 func (c *nfsClient) diverge(op traceOp, what string) {
 	c.diverged++
+	if c.divergedBy == nil {
+		c.divergedBy = map[string]int{}
+	}
+	c.divergedBy[strings.ToUpper(op.name())]++
 	if c.firstDiverge == "" {
 		c.firstDiverge = fmt.Sprintf("%s %s: %s", op.name(), op.path, what)
 	}
